@@ -1,0 +1,75 @@
+# The two commands a newcomer needs:  `make serve`  and  `make test`.
+# Everything else here is a building block of those two or a longer job of its own.
+
+PYTHON ?= python3
+VENV   ?= .venv
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# ONNX Runtime flavour for serving and tests: gpu (onnxruntime-gpu, falls back to the CPU) or cpu.
+ORT    ?= gpu
+
+BIN := $(VENV)/bin
+PY  := $(BIN)/python
+# A stamp per dependency set, named by the hash of pyproject.toml, makes a re-run a no-op.
+HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
+SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
+DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
+
+.PHONY: serve test lint format demo-data models bench replicate clean system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[serve,$(ORT)]"
+	touch $@
+
+# torch first, pinned: an unpinned resolve pulls a CUDA build of several GB.
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[serve,$(ORT),train,dev]"
+	touch $@
+
+## serve: start the service on the bundled default models at http://$(HOST):$(PORT)
+serve: $(SERVE_STAMP)
+	$(BIN)/bridle-serve --host $(HOST) --port $(PORT)
+
+## system-deps: Debian packages the tests use (espeak-ng for the demo speech); idempotent
+system-deps:
+	@bash scripts/system-deps.sh
+
+## test: lint, format check and the whole test suite
+test: $(DEV_STAMP) system-deps
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(DEV_STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## demo-data: synthesise the demo data sets (spoken digits, digit images, moving-digit clips) into data/
+demo-data: $(DEV_STAMP) system-deps
+	$(PY) -m training.demo_data --out data
+
+## models: retrain and re-export the bundled default models into models/
+models: demo-data
+	bash scripts/build-models.sh
+
+## bench: the throughput benchmarks, each printing a ratio against a baseline measured in the same run
+bench: $(DEV_STAMP)
+	$(PY) -m bench.quantizer
+	$(PY) -m bench.fbank
+	$(PY) -m bench.export
+
+## replicate: the small-scale replication of the paper's comparisons (about 30 minutes)
+replicate: demo-data
+	$(PY) -m training.replicate --data data --out results/replication
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

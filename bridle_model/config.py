@@ -1,0 +1,252 @@
+"""Typed configuration for every BRIDLE model part, and named presets.
+
+One `ModelConfig` describes a whole model: the modality and its input, the patch grid, the four
+networks (encoder E, label predictor D, tokenizer T, tokenizer estimator TE), the residual quantizer
+and the masking. Training recipes, checkpoints, exports and the service all carry this object (as
+JSON through `to_dict` / `from_dict`), so nothing else needs its own copy of these numbers.
+
+Imports no torch: the service reads configs too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Modality = Literal["audio", "image", "video"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """16 kHz mono waveform -> Kaldi log-mel fbank -> (x - mean) / (2 std) -> fixed frame count."""
+
+    sample_rate: int = 16_000
+    num_mel_bins: int = 128
+    frame_length_ms: float = 25.0
+    frame_shift_ms: float = 10.0
+    window: str = "hanning"
+    preemphasis: float = 0.97
+    num_frames: int = 1024  # frames per window: 1024 = 10.24 s
+    # Normalisation statistics of the fbank values of a waveform in [-1, 1] (AudioSet figures, as in
+    # AST); training recipes measure and store their own data set's.
+    mean: float = -4.27
+    std: float = 4.57
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in a window of `num_frames` frames (the encoder's fixed input length)."""
+        length = round(self.sample_rate * self.frame_length_ms / 1000)
+        shift = round(self.sample_rate * self.frame_shift_ms / 1000)
+        return (self.num_frames - 1) * shift + length
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """RGB image resized (shorter side) and centre-cropped to `image_size`, then mean/std."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """`num_frames` frames sampled uniformly over the clip, each an `ImageInput`-style RGB frame."""
+
+    num_frames: int = 16
+    image_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """A stack of pre-LN transformer blocks."""
+
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    """Residual quantizer: `levels` codebooks of `codebook_size` codes of `dim` each."""
+
+    levels: int = 4
+    codebook_size: int = 256
+    dim: int = 256
+    decay: float = 0.99  # EMA decay of the codewords
+    beta: float = 0.25  # commitment weight in L_cb
+    init: Literal["kmeans", "random"] = "kmeans"
+    kmeans_iters: int = 10
+    dead_code_steps: int = 100  # a code unused this many updates in a row is re-seeded; 0 = never
+    eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    modality: Modality
+    input: AudioInput | ImageInput | VideoInput
+    patch_size: int = 16  # square patches on (time x mel) or (H x W)
+    tubelet: int = 2  # video only: frames per tubelet
+    encoder: ViTConfig = field(default_factory=ViTConfig)  # E
+    predictor: ViTConfig = field(default_factory=lambda: ViTConfig(dim=512, depth=16, heads=8))  # D
+    tokenizer: ViTConfig = field(default_factory=ViTConfig)  # T's ViT
+    estimator: ViTConfig = field(default_factory=lambda: ViTConfig(depth=3))  # TE
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    mask_ratio: float = 0.8  # video: tube masking, 0.9 in the reference
+
+    # ---- derived shapes -------------------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.modality == "audio" else 3
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Patch grid: audio (time, mel), image (h, w), video (t, h, w)."""
+        p = self.patch_size
+        if isinstance(self.input, AudioInput):
+            return (self.input.num_frames // p, self.input.num_mel_bins // p)
+        if isinstance(self.input, ImageInput):
+            return (self.input.image_size // p, self.input.image_size // p)
+        return (self.input.num_frames // self.tubelet, self.input.image_size // p, self.input.image_size // p)
+
+    @property
+    def num_patches(self) -> int:
+        n = 1
+        for g in self.grid:
+            n *= g
+        return n
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch (or tubelet)."""
+        t = self.tubelet if self.modality == "video" else 1
+        return self.in_channels * t * self.patch_size * self.patch_size
+
+    def __post_init__(self) -> None:
+        expected = {"audio": AudioInput, "image": ImageInput, "video": VideoInput}[self.modality]
+        if not isinstance(self.input, expected):
+            raise ValueError(f"modality {self.modality!r} needs {expected.__name__}, got {type(self.input)}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if isinstance(self.input, AudioInput):
+            dims = (self.input.num_frames, self.input.num_mel_bins)
+        else:
+            dims = (self.input.image_size, self.input.image_size)
+        if any(d % self.patch_size for d in dims):
+            raise ValueError(f"input sizes {dims} must be multiples of patch_size {self.patch_size}")
+        if isinstance(self.input, VideoInput) and self.input.num_frames % self.tubelet:
+            raise ValueError(
+                f"num_frames {self.input.num_frames} must be a multiple of tubelet {self.tubelet}"
+            )
+
+    # ---- (de)serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        input_cls = {"audio": AudioInput, "image": ImageInput, "video": VideoInput}[d["modality"]]
+        d["input"] = _build(input_cls, d["input"])
+        for name in ("encoder", "predictor", "tokenizer", "estimator"):
+            if name in d:
+                d[name] = _build(ViTConfig, d[name])
+        if "quantizer" in d:
+            d["quantizer"] = _build(QuantizerConfig, d["quantizer"])
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls: type, d: dict[str, Any]) -> Any:
+    """Build a frozen dataclass from a dict, turning lists back into tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ---- presets ---------------------------------------------------------------------------------
+# micro: seconds per test on a 2-core CPU.  tiny: the demo models.  base: the paper's ViT-B.
+
+_MICRO_VIT = ViTConfig(dim=32, depth=1, heads=2, mlp_ratio=2.0)
+_MICRO_RQ = QuantizerConfig(levels=2, codebook_size=16, dim=16, kmeans_iters=3, dead_code_steps=10)
+_TINY_VIT = ViTConfig(dim=192, depth=4, heads=3, mlp_ratio=4.0)
+_TINY_RQ = QuantizerConfig(levels=4, codebook_size=128, dim=64, dead_code_steps=50)
+
+
+def _sized(modality: Modality, input_: Any, patch: int, vit: ViTConfig, pred: ViTConfig, est: ViTConfig,
+           rq: QuantizerConfig) -> ModelConfig:  # fmt: skip
+    return ModelConfig(
+        modality=modality,
+        input=input_,
+        patch_size=patch,
+        encoder=vit,
+        predictor=pred,
+        tokenizer=vit,
+        estimator=est,
+        quantizer=rq,
+        mask_ratio=0.9 if modality == "video" else 0.8,
+    )
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # micro: 1-block 32-d networks on small inputs (tests)
+    "micro-audio": _sized(
+        "audio", AudioInput(num_mel_bins=32, num_frames=32), 8, _MICRO_VIT, _MICRO_VIT, _MICRO_VIT, _MICRO_RQ
+    ),
+    "micro-image": _sized(
+        "image", ImageInput(image_size=16), 4, _MICRO_VIT, _MICRO_VIT, _MICRO_VIT, _MICRO_RQ
+    ),
+    "micro-video": _sized(
+        "video", VideoInput(num_frames=4, image_size=16), 4, _MICRO_VIT, _MICRO_VIT, _MICRO_VIT, _MICRO_RQ
+    ),
+    # tiny: 4 x 192 ViTs, the bundled demo models (1.28 s audio windows, 32 px images, 8-frame clips)
+    "tiny-audio": _sized(
+        "audio",
+        AudioInput(num_mel_bins=128, num_frames=128),
+        16,
+        _TINY_VIT,
+        ViTConfig(dim=128, depth=2, heads=4),
+        ViTConfig(dim=192, depth=1, heads=3),
+        _TINY_RQ,
+    ),
+    "tiny-image": _sized(
+        "image",
+        ImageInput(image_size=32),
+        4,
+        _TINY_VIT,
+        ViTConfig(dim=128, depth=2, heads=4),
+        ViTConfig(dim=192, depth=1, heads=3),
+        _TINY_RQ,
+    ),
+    "tiny-video": _sized(
+        "video",
+        VideoInput(num_frames=8, image_size=32),
+        8,
+        _TINY_VIT,
+        ViTConfig(dim=128, depth=2, heads=4),
+        ViTConfig(dim=192, depth=1, heads=3),
+        _TINY_RQ,
+    ),
+    # base: the paper's ViT-B (12 x 768), D of 16 x 512, TE of 3 blocks, RQ 4 x 256 x 256
+    "base-audio": ModelConfig(modality="audio", input=AudioInput(), mask_ratio=0.8),
+    "base-image": ModelConfig(modality="image", input=ImageInput(), mask_ratio=0.8),
+    "base-video": ModelConfig(modality="video", input=VideoInput(), mask_ratio=0.9),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset, optionally with top-level fields replaced."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

@@ -1,0 +1,1 @@
+"""Export: checkpoints -> ONNX model directories, and their verification."""

@@ -1,0 +1,1 @@
+"""Service: FastAPI on ONNX Runtime; imports no torch."""

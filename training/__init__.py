@@ -1,0 +1,1 @@
+"""Training: media files -> servable checkpoints (see README)."""
