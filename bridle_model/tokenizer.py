@@ -1,0 +1,91 @@
+"""T, the tokenizer: what turns each patch into one code per RQ level, the targets E learns to predict.
+
+Two kinds, with the same output:
+
+- `RandomProjectionTokenizer` (iteration 1, the cold start): a frozen random linear map of each raw
+  patch, plus sin-cos positions, then a frozen random map to the code dim, then the residual quantizer,
+  whose codebooks are k-means-initialised on the first training batch and then frozen. Nothing in it is
+  learned; its codes only group patches that look alike.
+- `Tokenizer` (iteration 2 onwards): a ViT over the full, unmasked input, Linear-Tanh-Linear down to the
+  code dim, then the residual quantizer. It is trained by distillation from a trained encoder (see
+  `estimator.TokenizerEstimator`), so its codes carry what the encoder learned.
+
+    x (B, C, [T,] H, W) -> (B, N, code_dim) -> RQ -> codes (B, N, L), quantized (B, N, code_dim), L_cb
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bridle_model.config import ModelConfig
+from bridle_model.patches import PatchEmbed, init_linear_and_norm, patchify, sincos_position_embedding
+from bridle_model.quantizer import ResidualQuantizer
+from bridle_model.transformer import Transformer
+
+
+@dataclass(frozen=True)
+class TokenizerOutput:
+    codes: torch.Tensor  # (B, N, L) int64
+    quantized: torch.Tensor  # (B, N, code_dim), straight-through
+    loss: torch.Tensor  # scalar L_cb
+
+
+class Tokenizer(nn.Module):
+    pos_embed: torch.Tensor
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        dim = cfg.tokenizer.dim
+        self.patch_embed = PatchEmbed(cfg, dim)
+        self.register_buffer("pos_embed", sincos_position_embedding(cfg.grid, dim), persistent=False)
+        self.transformer = Transformer(cfg.tokenizer)
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, cfg.quantizer.dim))
+        self.head.apply(init_linear_and_norm)
+        self.quantizer = ResidualQuantizer(cfg.quantizer)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The vectors to quantize -> (B, N, code_dim)."""
+        tokens = self.transformer(self.patch_embed(x) + self.pos_embed)  # (B, N, D_T)
+        return self.head(tokens)
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        out = self.quantizer(self.embed(x))
+        return TokenizerOutput(codes=out.codes, quantized=out.quantized, loss=out.loss)
+
+
+class RandomProjectionTokenizer(nn.Module):
+    """Frozen random projections + RQ; the codebooks are fitted once, on the first training batch."""
+
+    patch_projection: torch.Tensor
+    code_projection: torch.Tensor
+    pos_embed: torch.Tensor
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.encoder.dim
+        g = torch.Generator().manual_seed(seed)
+        # Scaled so that a unit-variance patch maps to unit-variance features, comparable to the positions.
+        patch_projection = torch.randn(cfg.patch_dim, dim, generator=g) / cfg.patch_dim**0.5
+        code_projection = torch.randn(dim, cfg.quantizer.dim, generator=g) / dim**0.5
+        self.register_buffer("patch_projection", patch_projection)  # (patch_dim, D)
+        self.register_buffer("code_projection", code_projection)  # (D, code_dim)
+        self.register_buffer("pos_embed", sincos_position_embedding(cfg.grid, dim), persistent=False)
+        self.quantizer = ResidualQuantizer(cfg.quantizer)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The vectors to quantize -> (B, N, code_dim)."""
+        features = patchify(x, self.cfg) @ self.patch_projection + self.pos_embed  # (B, N, D)
+        return features @ self.code_projection
+
+    def forward(self, x: torch.Tensor) -> TokenizerOutput:
+        z = self.embed(x)
+        if self.training and not bool(self.quantizer.frozen) and not torch.compiler.is_exporting():
+            # Fit the codebooks once, on this batch, then never again (iteration 1 keeps its targets fixed).
+            self.quantizer.init_codebooks(z)
+            self.quantizer.freeze()
+        out = self.quantizer(z)
+        return TokenizerOutput(codes=out.codes, quantized=out.quantized, loss=out.loss)
