@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests and the demo data need. Installs only what is missing.
+# Debian packages the tests and the demo data need (espeak-ng, docker-compose). Installs only what is missing.
 set -euo pipefail
 need=()
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
+# a real compose parser, to check docker/compose.yaml (there is no Docker engine on CI)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

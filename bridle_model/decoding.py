@@ -1,0 +1,302 @@
+"""Media bytes -> the arrays the graphs take: audio (samples,) float32, images and video frames uint8.
+
+Training (`training/data.py`) and the service (`service/media.py`) both decode through this module, so a
+model sees at serving time exactly the pixels and samples it was trained on: the same resampler, the same
+mono mixdown, the same resize and centre crop.
+
+Every failure the caller should report is a `MediaError` with a stable `.code` (the service maps codes to
+HTTP statuses in `service/errors.py`). Limits (`max_seconds`, `max_pixels`) are checked before or while
+decoding, never after, so an oversized upload costs little work.
+
+numpy, PyAV and Pillow only: the service imports this module without torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Literal
+
+import av
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MediaCode = Literal["empty", "corrupt", "unsupported", "too_long", "too_large", "no_frames"]
+Modality = Literal["audio", "image", "video"]
+Source = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
+
+
+class MediaError(ValueError):
+    """Media that cannot be used, with a machine-readable `.code` and a message for a person."""
+
+    def __init__(self, code: MediaCode, message: str):
+        super().__init__(message)
+        self.code: MediaCode = code
+
+
+@dataclass
+class DecodedVideo:
+    """Every frame of a video, already square; `sample_frames` picks a fixed number of them."""
+
+    frames: np.ndarray  # (F, 3, S, S) uint8
+    times: np.ndarray  # (F,) float64 seconds from the first frame, increasing
+    duration: float  # seconds covered by the frames (last time + one frame interval)
+
+
+# ---- sources ----------------------------------------------------------------------------------------
+
+
+def _as_readable(src: Source) -> str | BinaryIO:
+    """A path string or a binary file object for PyAV / Pillow; empty input -> MediaError("empty").
+
+    A missing path raises FileNotFoundError (an OSError) as usual: that is the caller's mistake,
+    not bad media.
+    """
+    if isinstance(src, bytes | bytearray | memoryview):
+        if len(src) == 0:
+            raise MediaError("empty", "the media is empty (0 bytes)")
+        return io.BytesIO(bytes(src))
+    if isinstance(src, str | os.PathLike):
+        path = os.fspath(src)
+        if os.stat(path).st_size == 0:
+            raise MediaError("empty", f"the media file is empty (0 bytes): {path}")
+        return path
+    if src.seekable():  # a file object: peek at its size without reading it
+        here = src.tell()
+        end = src.seek(0, io.SEEK_END)
+        src.seek(here)
+        if end - here == 0:
+            raise MediaError("empty", "the media is empty (0 bytes)")
+    return src
+
+
+def _reason(e: av.FFmpegError) -> str:
+    """FFmpeg's own words for a failure, without the errno and the '<none>' file name PyAV adds."""
+    return getattr(e, "strerror", None) or str(e)
+
+
+@contextmanager
+def _open_container(src: Source) -> Iterator[av.container.InputContainer]:
+    """Open `src` with PyAV; anything FFmpeg cannot parse is "corrupt"."""
+    readable = _as_readable(src)
+    try:
+        container = av.open(readable, "r")
+    except av.FFmpegError as e:
+        raise MediaError("corrupt", f"the media could not be read: {_reason(e)}") from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def _declared_seconds(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    """The duration the headers claim (stream first, then container), or None when they claim none."""
+    if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and container.duration > 0:
+        return container.duration / av.time_base
+    return None
+
+
+# ---- audio ------------------------------------------------------------------------------------------
+
+
+def decode_audio(src: Source, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Decode the first audio stream to mono float32 at `sample_rate`, in [-1, 1]: (samples,).
+
+    FFmpeg's resampler does the rate conversion and the channel mixdown. Its stereo -> mono matrix
+    weighs each channel by 1/sqrt(2), so loud stereo can leave [-1, 1]: the result is clipped.
+    Decoding stops as soon as more than `max_seconds` have been decoded ("too_long").
+    """
+    with _open_container(src) as container:
+        if not container.streams.audio:
+            raise MediaError("unsupported", "the media has no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks: list[np.ndarray] = []
+        decoded_seconds = 0.0
+        try:
+            for frame in container.decode(stream):
+                decoded_seconds += frame.samples / frame.sample_rate
+                if max_seconds is not None and decoded_seconds > max_seconds:
+                    raise MediaError("too_long", f"the audio is longer than the limit of {max_seconds:g} s")
+                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # flush
+        except av.FFmpegError as e:
+            raise MediaError("corrupt", f"the audio could not be decoded: {_reason(e)}") from None
+    if not chunks or sum(len(c) for c in chunks) == 0:
+        raise MediaError("corrupt", "no audio samples could be decoded")
+    wave = np.concatenate(chunks).astype(np.float32, copy=False)  # (samples,)
+    return np.clip(wave, -1.0, 1.0, out=wave)
+
+
+# ---- images -----------------------------------------------------------------------------------------
+
+
+def _square(image: Image.Image, size: int) -> np.ndarray:
+    """RGB image -> shorter side resized to `size` (bicubic), centre crop: (3, size, size) uint8.
+
+    Images and video frames share this, so a model sees frames exactly as it sees images.
+    """
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()  # (H, W, 3) -> (3, S, S)
+
+
+def decode_image(src: Source, image_size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image, apply its EXIF orientation, make it RGB and square: (3, S, S) uint8.
+
+    `Image.open` reads only the header, so the pixel limit is checked before any pixel is decoded.
+    Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) also reports "too_large".
+    """
+    readable = _as_readable(src)
+    try:
+        with Image.open(readable) as image:
+            w, h = image.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise MediaError(
+                    "too_large", f"the image has {w}x{h} = {w * h} pixels, over the limit of {max_pixels}"
+                )
+            if image.format == "JPEG":  # let libjpeg decode at a reduced scale that is still >= size
+                image.draft("RGB", (image_size, image_size))
+            upright = ImageOps.exif_transpose(image)  # loads the pixels
+            return _square(upright.convert("RGB"), image_size)
+    except (MediaError, FileNotFoundError):
+        raise
+    except UnidentifiedImageError:
+        raise MediaError("corrupt", "the data is not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise MediaError("too_large", f"the image is too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "bad data"
+        raise MediaError("corrupt", f"the image could not be decoded: {e}") from None
+
+
+# ---- video ------------------------------------------------------------------------------------------
+
+
+def decode_video(src: Source, image_size: int, max_seconds: float | None = None) -> DecodedVideo:
+    """Decode every frame of the first video stream, each made RGB and square like an image.
+
+    Times count from the first frame. A duration over `max_seconds` is "too_long": checked against the
+    headers before decoding when they state one, and against frame times while decoding.
+    """
+    with _open_container(src) as container:
+        if not container.streams.video:
+            raise MediaError("no_frames", "the media has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        declared = _declared_seconds(container, stream)
+        if max_seconds is not None and declared is not None and declared > max_seconds:
+            raise MediaError(
+                "too_long", f"the video lasts {declared:.2f} s, over the limit of {max_seconds:g} s"
+            )
+        rate = float(stream.average_rate) if stream.average_rate else 0.0
+        frames: list[np.ndarray] = []
+        times: list[float] = []
+        try:
+            for frame in container.decode(stream):
+                if frame.time is not None:
+                    t = float(frame.time)
+                else:  # no timestamps: count frames at the nominal rate
+                    t = times[-1] + 1.0 / rate if times and rate else float(len(times))
+                if max_seconds is not None and times and t - times[0] > max_seconds:
+                    raise MediaError("too_long", f"the video is longer than the limit of {max_seconds:g} s")
+                rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                frames.append(_square(Image.fromarray(rgb), image_size))
+                times.append(t)
+        except av.FFmpegError as e:
+            raise MediaError("corrupt", f"the video could not be decoded: {_reason(e)}") from None
+    if not frames:
+        raise MediaError("no_frames", "the video stream holds no decodable frames")
+    order = np.argsort(np.asarray(times), kind="stable")  # presentation order, whatever the decoder did
+    stamps = np.asarray(times, dtype=np.float64)[order]
+    stamps -= stamps[0]  # (F,)
+    step = 1.0 / rate if rate else (float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0)
+    return DecodedVideo(np.stack([frames[i] for i in order]), stamps, float(stamps[-1] + step))
+
+
+def sample_frames(
+    video: DecodedVideo, num_frames: int, start: float = 0.0, end: float | None = None
+) -> np.ndarray:
+    """`num_frames` frames nearest to evenly spaced times in [start, end): (num_frames, 3, S, S).
+
+    The times are start + i * (end - start) / num_frames, so a clip of exactly `num_frames` frames at a
+    steady rate comes back whole and in order; a shorter clip repeats frames.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    end = video.duration if end is None else end
+    span = max(end - start, 0.0)
+    targets = start + np.arange(num_frames) * (span / num_frames)  # (num_frames,)
+    times = video.times  # (F,) increasing
+    right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
+    left = np.clip(right - 1, 0, len(times) - 1)
+    nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)
+    return video.frames[nearest]
+
+
+# ---- sniffing ---------------------------------------------------------------------------------------
+
+
+def _sniff_magic(head: bytes) -> Modality | None:
+    """The modality from a file's first bytes, or None for a format this module does not know."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:2] == b"\xff\xd8" or head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image"
+    if head[:2] == b"BM":
+        return "image"
+    if head[:4] == b"fLaC" or head[:3] == b"ID3":
+        return "audio"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio / ADTS frame sync
+        return "audio"
+    if head[:4] == b"OggS":
+        return "video" if b"\x80theora" in head else "audio"
+    if head[4:8] == b"ftyp":
+        return "audio" if head[8:12] in (b"M4A ", b"M4B ") else "video"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
+        return "video"
+    return None
+
+
+def sniff_modality(data: bytes, content_type: str | None) -> Modality:
+    """The modality of an upload: from its content type's prefix, else from its magic bytes.
+
+    A generic content type (application/octet-stream, text/plain, none) falls through to the bytes.
+    """
+    if not data:
+        raise MediaError("empty", "the media is empty (0 bytes)")
+    if content_type:
+        major = content_type.split(";", 1)[0].strip().lower().split("/", 1)[0]
+        if major in ("audio", "image", "video"):
+            return major  # type: ignore[return-value]
+    found = _sniff_magic(bytes(data[:512]))
+    if found is None:
+        what = f" ({content_type})" if content_type else ""
+        raise MediaError(
+            "unsupported", f"the media type{what} is not audio, image or video this service reads"
+        )
+    return found
+
+
+__all__ = [
+    "DecodedVideo",
+    "MediaError",
+    "decode_audio",
+    "decode_image",
+    "decode_video",
+    "sample_frames",
+    "sniff_modality",
+]
