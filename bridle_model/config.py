@@ -181,18 +181,19 @@ def _build(cls: type, d: dict[str, Any]) -> Any:
 _MICRO_VIT = ViTConfig(dim=32, depth=1, heads=2, mlp_ratio=2.0)
 _MICRO_RQ = QuantizerConfig(levels=2, codebook_size=16, dim=16, kmeans_iters=3, dead_code_steps=10)
 _TINY_VIT = ViTConfig(dim=192, depth=4, heads=3, mlp_ratio=4.0)
+_TINY_TOKENIZER = ViTConfig(dim=192, depth=2, heads=3, mlp_ratio=4.0)  # keeps the bundled models small
 _TINY_RQ = QuantizerConfig(levels=4, codebook_size=128, dim=64, dead_code_steps=50)
 
 
 def _sized(modality: Modality, input_: Any, patch: int, vit: ViTConfig, pred: ViTConfig, est: ViTConfig,
-           rq: QuantizerConfig) -> ModelConfig:  # fmt: skip
+           rq: QuantizerConfig, tokenizer: ViTConfig | None = None) -> ModelConfig:  # fmt: skip
     return ModelConfig(
         modality=modality,
         input=input_,
         patch_size=patch,
         encoder=vit,
         predictor=pred,
-        tokenizer=vit,
+        tokenizer=tokenizer or vit,
         estimator=est,
         quantizer=rq,
         mask_ratio=0.9 if modality == "video" else 0.8,
@@ -210,7 +211,8 @@ PRESETS: dict[str, ModelConfig] = {
     "micro-video": _sized(
         "video", VideoInput(num_frames=4, image_size=16), 4, _MICRO_VIT, _MICRO_VIT, _MICRO_VIT, _MICRO_RQ
     ),
-    # tiny: 4 x 192 ViTs, the bundled demo models (1.28 s audio windows, 32 px images, 8-frame clips)
+    # tiny: 4 x 192 ViTs (T: 2 x 192), the bundled demo models
+    # (1.28 s audio windows, 32 px images, 8-frame clips)
     "tiny-audio": _sized(
         "audio",
         AudioInput(num_mel_bins=128, num_frames=128),
@@ -219,6 +221,7 @@ PRESETS: dict[str, ModelConfig] = {
         ViTConfig(dim=128, depth=2, heads=4),
         ViTConfig(dim=192, depth=1, heads=3),
         _TINY_RQ,
+        _TINY_TOKENIZER,
     ),
     "tiny-image": _sized(
         "image",
@@ -228,6 +231,7 @@ PRESETS: dict[str, ModelConfig] = {
         ViTConfig(dim=128, depth=2, heads=4),
         ViTConfig(dim=192, depth=1, heads=3),
         _TINY_RQ,
+        _TINY_TOKENIZER,
     ),
     "tiny-video": _sized(
         "video",
@@ -237,6 +241,7 @@ PRESETS: dict[str, ModelConfig] = {
         ViTConfig(dim=128, depth=2, heads=4),
         ViTConfig(dim=192, depth=1, heads=3),
         _TINY_RQ,
+        _TINY_TOKENIZER,
     ),
     # base: the paper's ViT-B (12 x 768), D of 16 x 512, TE of 3 blocks, RQ 4 x 256 x 256
     "base-audio": ModelConfig(modality="audio", input=AudioInput(), mask_ratio=0.8),

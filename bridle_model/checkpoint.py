@@ -1,0 +1,289 @@
+"""Servable checkpoints: the networks a trained model serves, saved as safetensors + JSON.
+
+A servable checkpoint is a directory with
+
+- `weights.safetensors`: the state of the encoder E, the tokenizer T and the optional classifier head,
+  keys prefixed `encoder.`, `tokenizer.`, `classifier.` (buffers included: the quantizer's codebooks
+  are buffers);
+- `config.json`: {"model": ModelConfig.to_dict(), "labels", "tokenizer_kind", "num_classes",
+  "provenance"}.
+
+Directories and single files are written atomically (written beside the target, fsynced, renamed into
+place), so an interrupted save never leaves a half-written checkpoint. Training uses the same helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bridle_model.classifier import ClassifierHead
+from bridle_model.config import AudioInput, ImageInput, ModelConfig
+from bridle_model.encoder import Encoder
+from bridle_model.quantizer import ResidualQuantizer
+from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+TokenizerKind = Literal["random", "trained"]
+TOKENIZER_KINDS: tuple[str, ...] = ("random", "trained")
+PRIMING_BATCH = 8  # random inputs that seed a fresh tokenizer's k-means codebooks
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or does not match its config."""
+
+
+@dataclass
+class Servable:
+    """What a model directory is exported from: E, T, an optional classifier head and their metadata."""
+
+    config: ModelConfig
+    encoder: Encoder
+    tokenizer: nn.Module  # Tokenizer or RandomProjectionTokenizer
+    classifier: ClassifierHead | None = None
+    labels: list[str] = field(default_factory=list)
+    tokenizer_kind: TokenizerKind = "trained"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tokenizer_kind not in TOKENIZER_KINDS:
+            raise CheckpointError(
+                f"tokenizer_kind must be one of {TOKENIZER_KINDS}, got {self.tokenizer_kind!r}"
+            )
+        if (self.classifier is None) != (not self.labels):
+            raise CheckpointError("a classifier head needs labels, and labels need a classifier head")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The networks by their key prefix in `weights.safetensors`."""
+        parts: dict[str, nn.Module] = {"encoder": self.encoder, "tokenizer": self.tokenizer}
+        if self.classifier is not None:
+            parts["classifier"] = self.classifier
+        return parts
+
+    def eval(self) -> Servable:
+        for module in self.modules().values():
+            module.eval()
+        return self
+
+
+def build_servable(
+    config: ModelConfig,
+    labels: Sequence[str] = (),
+    tokenizer_kind: TokenizerKind = "trained",
+    seed: int = 0,
+    provenance: dict[str, Any] | None = None,
+) -> Servable:
+    """Fresh (untrained) networks for `config`, seeded, tokenizer codebooks initialised; a classifier
+    head when `labels` are given. For tests, micro exports and benchmarks."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        servable = _build_modules(config, list(labels), tokenizer_kind, provenance or {})
+        _init_codebooks(servable)
+        return servable.eval()
+
+
+def _init_codebooks(servable: Servable, batch: int = PRIMING_BATCH) -> None:
+    """Give a fresh tokenizer usable codebooks: k-means-initialised quantizers start empty and refuse to
+    run in eval mode, so one train-mode forward on a random model input seeds them (as the first training
+    step would)."""
+    quantizers = [m for m in servable.tokenizer.modules() if isinstance(m, ResidualQuantizer)]
+    if all(bool(q.initialized.all()) for q in quantizers):
+        return
+    cfg = servable.config
+    if isinstance(cfg.input, AudioInput):
+        shape: tuple[int, ...] = (1, cfg.input.num_frames, cfg.input.num_mel_bins)  # (1, frames, mel)
+    elif isinstance(cfg.input, ImageInput):
+        shape = (3, cfg.input.image_size, cfg.input.image_size)  # (3, S, S)
+    else:
+        shape = (3, cfg.input.num_frames, cfg.input.image_size, cfg.input.image_size)  # (3, T, S, S)
+    servable.tokenizer.train()
+    with torch.no_grad():
+        servable.tokenizer(torch.randn(batch, *shape))
+    servable.tokenizer.eval()
+
+
+def _build_modules(
+    config: ModelConfig, labels: list[str], tokenizer_kind: str, provenance: dict[str, Any]
+) -> Servable:
+    if tokenizer_kind not in TOKENIZER_KINDS:
+        raise CheckpointError(f"tokenizer_kind must be one of {TOKENIZER_KINDS}, got {tokenizer_kind!r}")
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"labels must be distinct, got {labels}")
+    tokenizer_cls = RandomProjectionTokenizer if tokenizer_kind == "random" else Tokenizer
+    return Servable(
+        config=config,
+        encoder=Encoder(config),
+        tokenizer=tokenizer_cls(config),
+        classifier=ClassifierHead(config.encoder.dim, len(labels)) if labels else None,
+        labels=labels,
+        tokenizer_kind=tokenizer_kind,  # type: ignore[arg-type]
+        provenance=dict(provenance),
+    )
+
+
+# ---- saving -------------------------------------------------------------------------------------
+
+
+def save_servable(directory: str | os.PathLike[str], servable: Servable) -> Path:
+    """Write `weights.safetensors` + `config.json` into `directory` atomically; returns the directory.
+
+    An existing checkpoint at `directory` is replaced only once the new one is complete.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for prefix, module in servable.modules().items():
+        for key, value in module.state_dict().items():
+            # safetensors refuses shared or strided storage: store an own contiguous copy of each
+            tensors[f"{prefix}.{key}"] = value.detach().to("cpu").contiguous().clone()
+    meta = {
+        "model": servable.config.to_dict(),
+        "labels": list(servable.labels),
+        "tokenizer_kind": servable.tokenizer_kind,
+        "num_classes": servable.num_classes,
+        "provenance": servable.provenance,
+    }
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    return write_directory_atomically(directory, write)
+
+
+def write_directory_atomically(directory: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Fill a temporary directory beside `directory` with `write(tmp)`, fsync it, rename it into place.
+
+    If `write` raises, the temporary directory is removed and `directory` is left as it was.
+    """
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary_sibling(target) as tmp:
+        write(tmp)
+        for file in tmp.iterdir():
+            if file.is_file():
+                _fsync_file(file)
+        _fsync_dir(tmp)
+        _replace_directory(tmp, target)
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` via a temporary file in the same directory, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+@contextmanager
+def _temporary_sibling(target: Path) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
+
+
+def _replace_directory(src: Path, target: Path) -> None:
+    """Rename `src` to `target`; an existing `target` is moved aside first and deleted afterwards."""
+    if not target.exists():
+        os.replace(src, target)
+        return
+    if not target.is_dir():
+        raise CheckpointError(f"{target} exists and is not a directory")
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, old / target.name)
+    try:
+        os.replace(src, target)
+    except BaseException:
+        os.replace(old / target.name, target)  # put the previous version back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+def load_servable(directory: str | os.PathLike[str]) -> Servable:
+    """Read a checkpoint written by `save_servable`; the networks come back in eval mode."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint directory {str(root)!r} does not exist")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (root / name).is_file():
+            raise CheckpointError(f"{str(root)!r} is not a servable checkpoint: {name} is missing")
+    try:
+        meta = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+        config = ModelConfig.from_dict(meta["model"])
+        labels = [str(x) for x in meta.get("labels", [])]
+        tokenizer_kind = meta.get("tokenizer_kind", "trained")
+        provenance = dict(meta.get("provenance") or {})
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{root / CONFIG_FILE} is invalid: {e!r}") from e
+    if meta.get("num_classes", len(labels)) != len(labels):
+        raise CheckpointError(
+            f"{root / CONFIG_FILE}: num_classes {meta['num_classes']} != {len(labels)} labels"
+        )
+    try:
+        tensors = load_file(str(root / WEIGHTS_FILE))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{root / WEIGHTS_FILE} is corrupt or unreadable: {e}") from e
+
+    servable = _build_modules(config, labels, tokenizer_kind, provenance)
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        prefix, _, name = key.partition(".")
+        groups.setdefault(prefix, {})[name] = value
+    modules = servable.modules()
+    unknown = set(groups) - set(modules)
+    if unknown:
+        raise CheckpointError(f"{root / WEIGHTS_FILE} holds weights of unknown parts {sorted(unknown)}")
+    for prefix, module in modules.items():
+        try:
+            module.load_state_dict(groups.get(prefix, {}), strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{root / WEIGHTS_FILE}: the {prefix} weights do not match the config: {e}"
+            ) from e
+    return servable.eval()

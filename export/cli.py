@@ -1,0 +1,71 @@
+"""`bridle-export`: turn a servable checkpoint into a verified model directory, or verify one.
+
+bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--window-seconds S] [--no-verify] [--force]
+bridle-export verify MODEL_DIR [--checkpoint CHECKPOINT_DIR] [--json]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.command("export")
+def export_command(
+    checkpoint_dir: Annotated[
+        Path, typer.Argument(help="servable checkpoint (weights.safetensors + config.json)")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="model directory to create")],
+    name: Annotated[
+        str | None, typer.Option(help="model name in the manifest (default: OUT_DIR's name)")
+    ] = None,
+    window_seconds: Annotated[
+        float | None, typer.Option(help="video: clip length the service samples T frames from (default 2.0)")
+    ] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="verify before writing")] = True,
+    force: Annotated[bool, typer.Option(help="replace an existing non-empty OUT_DIR")] = False,
+) -> None:
+    """Export CHECKPOINT_DIR to OUT_DIR (encoder.onnx, tokenizer.onnx, manifest.json)."""
+    from bridle_model.checkpoint import CheckpointError
+    from export.model_dir import ExportError, export_model_dir
+
+    try:
+        result = export_model_dir(
+            checkpoint_dir, out_dir, name=name, window_seconds=window_seconds, run_verify=verify, force=force
+        )
+    except (CheckpointError, ExportError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    if result.report is not None:
+        typer.echo(str(result.report))
+    typer.echo(f"wrote {result.model_dir} ({result.manifest.modality}, {result.manifest.name})")
+
+
+@app.command("verify")
+def verify_command(
+    model_dir: Annotated[Path, typer.Argument(help="model directory to check")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="servable checkpoint to compare PyTorch against ONNX Runtime")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check MODEL_DIR's hashes, graphs and ONNX Runtime outputs (and parity with --checkpoint)."""
+    from export.verify import verify
+
+    report = verify(model_dir, checkpoint)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Dynamic batching: concurrent requests for one model graph are gathered into one ONNX Runtime run.
+
+A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` refuses
+with 503 + Retry-After). Its worker takes the oldest request, waits until `max_batch_size` rows are
+waiting or `max_wait_s` has passed since that request arrived, concatenates the rows along the batch
+axis, runs the graph once in its own thread (the event loop never blocks) and hands each request its
+rows of every output. While one batch runs, the next one gathers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ServiceError
+
+RunBatch = Callable[[np.ndarray], dict[str, np.ndarray]]  # (B, ...) -> {name: (B, ...)}
+
+
+@dataclass
+class _Request:
+    rows: np.ndarray  # (k, ...) with k <= max_batch_size
+    future: asyncio.Future[dict[str, np.ndarray]]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatcherHooks:
+    """Callbacks for metrics; each gets plain numbers."""
+
+    on_batch: Callable[[int], None] = lambda rows: None
+    on_depth: Callable[[int], None] = lambda depth: None
+    on_reject: Callable[[str], None] = lambda reason: None
+
+
+class Batcher:
+    def __init__(
+        self,
+        run: RunBatch,
+        name: str,
+        max_batch_size: int,
+        max_wait_s: float,
+        queue_size: int,
+        timeout_s: float,
+        retry_after_s: int = 1,
+        hooks: BatcherHooks | None = None,
+    ) -> None:
+        self.run = run
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.hooks = hooks or BatcherHooks()
+        self._pending: deque[_Request] = deque()
+        self._arrival = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._worker: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        for request in self._pending:
+            if not request.future.done():
+                request.future.set_exception(ServiceError(503, "shutting_down", "the service is stopping"))
+        self._pending.clear()
+        self._executor.shutdown(wait=False)
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    # ---- requests ----------------------------------------------------------------------------
+    async def submit(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph on `rows` (k, ...) within the batches of everyone else; outputs (k, ...)."""
+        chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
+        if len(self._pending) + len(chunks) > self.queue_size:
+            self.hooks.on_reject("queue_full")
+            raise ServiceError(
+                503,
+                "queue_full",
+                f"the {self.name} queue is full ({self.queue_size} requests waiting); retry later",
+                {"Retry-After": str(self.retry_after_s)},
+            )
+        loop = asyncio.get_running_loop()
+        requests = [_Request(chunk, loop.create_future()) for chunk in chunks]
+        self._pending.extend(requests)
+        self.hooks.on_depth(len(self._pending))
+        self._arrival.set()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                parts = [await r.future for r in requests]
+        except TimeoutError:
+            self._withdraw(requests)
+            self.hooks.on_reject("timeout")
+            raise ServiceError(
+                503,
+                "timeout",
+                f"no result from {self.name} within {self.timeout_s:g} s; retry later",
+                {"Retry-After": str(self.retry_after_s)},
+            ) from None
+        except BaseException:
+            self._withdraw(requests)
+            raise
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _withdraw(self, requests: list[_Request]) -> None:
+        for r in requests:
+            if r in self._pending:
+                self._pending.remove(r)
+            if not r.future.done():
+                r.future.cancel()
+        self.hooks.on_depth(len(self._pending))
+
+    # ---- the worker --------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            self.hooks.on_depth(len(self._pending))
+            signal = np.concatenate([r.rows for r in batch])  # (B, ...)
+            self.hooks.on_batch(len(signal))
+            try:
+                outputs = await loop.run_in_executor(self._executor, self.run, signal)
+            except Exception as e:  # the graph failed on this batch: each request learns why
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(ServiceError(500, "inference_failed", f"{self.name}: {e}"))
+                continue
+            start = 0
+            for r in batch:
+                end = start + len(r.rows)
+                if not r.future.done():
+                    r.future.set_result({k: v[start:end] for k, v in outputs.items()})
+                start = end
+
+    async def _gather(self) -> list[_Request]:
+        """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch."""
+        while not self._pending:
+            self._arrival.clear()
+            await self._arrival.wait()
+        deadline = self._pending[0].arrived + self.max_wait_s
+        while sum(len(r.rows) for r in self._pending) < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._pending:
+                break
+            self._arrival.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._arrival.wait()
+        batch: list[_Request] = []
+        rows = 0
+        while self._pending and (not batch or rows + len(self._pending[0].rows) <= self.max_batch_size):
+            r = self._pending.popleft()
+            rows += len(r.rows)
+            batch.append(r)
+        if not batch:  # every waiting request withdrew meanwhile
+            return await self._gather()
+        return batch

@@ -1,0 +1,94 @@
+"""Prometheus metrics, one registry per app (so several apps can live in one process, as in tests)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter  # route, status
+    latency: Histogram  # route
+    batch_size: Histogram  # model, graph: rows per ORT run
+    queue_depth: Gauge  # model, graph: requests waiting for a batch
+    rejected: Counter  # model, graph, reason ("queue_full", "timeout")
+
+    @classmethod
+    def create(cls) -> Metrics:
+        r = CollectorRegistry()
+        return cls(
+            registry=r,
+            requests=Counter(
+                "bridle_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+            ),
+            latency=Histogram(
+                "bridle_request_latency_seconds",
+                "request latency",
+                ["route"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            batch_size=Histogram(
+                "bridle_batch_size",
+                "rows per ONNX Runtime run",
+                ["model", "graph"],
+                buckets=BATCH_BUCKETS,
+                registry=r,
+            ),
+            queue_depth=Gauge(
+                "bridle_queue_depth", "requests waiting for a batch", ["model", "graph"], registry=r
+            ),
+            rejected=Counter(
+                "bridle_rejected",
+                "requests refused by a batching queue",
+                ["model", "graph", "reason"],
+                registry=r,
+            ),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """ASGI middleware: counts every HTTP request by route and status and times it (no body buffering).
+
+    Paths that are not routes of the app are counted as "other" (the label set stays bounded).
+    """
+
+    def __init__(self, app: Any, metrics: Metrics, routes: Callable[[], Sequence[Any]]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+        self._paths: set[str] | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._paths is None:
+            self._paths = {p for r in self.routes() if isinstance(p := getattr(r, "path", None), str)}
+        route = scope["path"] if scope["path"] in self._paths else "other"
+        status = 500  # unless a response starts
+        start = time.perf_counter()
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)

@@ -1,0 +1,122 @@
+"""Real uvicorn servers on loopback, one per settings profile (module-scoped), over micro models."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).parent))
+import sample_media
+from model_dirs import write_contract_model
+
+API_KEY = "s3cret-key"
+
+
+@dataclass
+class Server:
+    url: str
+    client: httpx.Client
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three model directories (audio, image, video), as `models/` is laid out."""
+    root = tmp_path_factory.mktemp("models")
+    for i, modality in enumerate(("audio", "image", "video")):
+        write_contract_model(root / modality, modality, f"micro-{modality}", seed=i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def unlabelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_contract_model(tmp_path_factory.mktemp("plain") / "m", "image", "plain-image", labels=[])
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def run_server(model_dirs: list[Path], **settings_overrides) -> Iterator[Server]:
+    """Start the app in a uvicorn server thread, wait for /ready, yield, then shut it down."""
+    from service.app import create_app
+    from service.runtime import ProviderChooser, load_models
+    from service.settings import Settings
+
+    settings = Settings(model_dirs=model_dirs, **settings_overrides)
+    models = load_models(settings.model_dirs, ProviderChooser(["CPUExecutionProvider"]), 1)
+    app = create_app(settings, models)
+    sock = _free_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = httpx.Client(base_url=url, timeout=20)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if client.get("/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.05)
+    try:
+        yield Server(url, client)
+    finally:
+        client.close()
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+# ---- media ---------------------------------------------------------------------------------------
+
+MICRO_AUDIO_WINDOW_S = 5360 / 16_000  # micro-audio: (32 - 1) * 160 + 400 samples
+
+
+@pytest.fixture(scope="session")
+def media_files() -> dict[str, tuple[bytes, str]]:
+    """One short file per format: format -> (bytes, content type)."""
+    files = {f: sample_media.audio_bytes(f, 0.3) for f in sample_media.AUDIO}
+    files |= {f: sample_media.image_bytes(f) for f in ("png", "jpeg")}
+    files |= {f: sample_media.video_bytes(f, 0.8) for f in sample_media.VIDEO}
+    return {f: (data, sample_media.CONTENT_TYPES[f]) for f, data in files.items()}
+
+
+@pytest.fixture(scope="session")
+def long_audio() -> tuple[bytes, str, float]:
+    """A wav 2.5 windows of micro-audio long, and the window length in seconds."""
+    return sample_media.audio_bytes("wav", 2.5 * MICRO_AUDIO_WINDOW_S), "audio/wav", MICRO_AUDIO_WINDOW_S
+
+
+@pytest.fixture(scope="session")
+def long_video() -> tuple[bytes, str]:
+    return sample_media.video_bytes("mp4", 2.5), "video/mp4"
+
+
+@pytest.fixture(scope="session")
+def audio_of_seconds():
+    return lambda seconds: (sample_media.audio_bytes("wav", seconds), "audio/wav")
+
+
+@pytest.fixture(scope="session")
+def big_image() -> tuple[bytes, str]:
+    return sample_media.image_bytes("png", 400, 400), "image/png"
+
+
+@pytest.fixture(scope="session")
+def frameless_video() -> tuple[bytes, str]:
+    """An mp4 with an audio track and no video frames."""
+    return sample_media.video_bytes("mp4", 0.5, with_video=False), "video/mp4"

@@ -1,0 +1,123 @@
+"""The dynamic batcher on its own, with a recording fake graph."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.batching import Batcher
+from service.errors import ServiceError
+
+
+class FakeGraph:
+    """Doubles its input; records every batch size; optionally slow or failing."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.delay, self.fail = delay, fail
+
+    def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
+        self.batches.append(len(signal))
+        time.sleep(self.delay)
+        if self.fail:
+            raise RuntimeError("graph exploded")
+        return {"out": signal * 2, "sum": signal.sum(axis=1)}
+
+
+def make(graph: FakeGraph, **kw) -> Batcher:
+    options = {"max_batch_size": 8, "max_wait_s": 0.05, "queue_size": 64, "timeout_s": 5.0} | kw
+    return Batcher(graph, "fake", **options)
+
+
+async def _with(batcher: Batcher, work):
+    """Start `batcher`, await `work()` (a coroutine factory, run inside the loop), stop it."""
+    batcher.start()
+    try:
+        return await work()
+    finally:
+        await batcher.stop()
+
+
+def rows(i: int, k: int = 1) -> np.ndarray:
+    return np.full((k, 3), float(i), dtype=np.float32)  # (k, 3)
+
+
+def test_concurrent_requests_share_one_run_and_get_their_own_rows() -> None:
+    graph = FakeGraph()
+    b = make(graph)
+    outs = asyncio.run(_with(b, lambda: asyncio.gather(*(b.submit(rows(i)) for i in range(8)))))
+    assert graph.batches == [8]
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["out"], rows(i) * 2)
+        np.testing.assert_array_equal(out["sum"], [3.0 * i])
+
+
+def test_batches_never_exceed_max_and_large_requests_are_split() -> None:
+    graph = FakeGraph()
+    b = make(graph, max_batch_size=4)
+    big = np.arange(30, dtype=np.float32).reshape(10, 3)  # 10 rows > 4
+    outs = asyncio.run(
+        _with(b, lambda: asyncio.gather(b.submit(big), *(b.submit(rows(i, 3)) for i in range(3))))
+    )
+    assert max(graph.batches) <= 4 and sum(graph.batches) == 19
+    np.testing.assert_array_equal(outs[0]["out"], big * 2)
+    for i, out in enumerate(outs[1:]):
+        np.testing.assert_array_equal(out["out"], rows(i, 3) * 2)
+
+
+def test_a_lone_request_waits_at_most_max_wait() -> None:
+    graph = FakeGraph()
+    b = make(graph, max_wait_s=0.2)
+
+    async def timed() -> float:
+        t = time.monotonic()
+        await b.submit(rows(1))
+        return time.monotonic() - t
+
+    elapsed = asyncio.run(_with(b, timed))
+    assert 0.15 < elapsed < 1.0 and graph.batches == [1]
+
+
+def test_full_queue_refuses_with_retry_after() -> None:
+    graph = FakeGraph(delay=0.3)
+    b = make(graph, max_batch_size=1, max_wait_s=0.0, queue_size=2)
+
+    async def flood() -> list:
+        return await asyncio.gather(*(b.submit(rows(i)) for i in range(6)), return_exceptions=True)
+
+    results = asyncio.run(_with(b, flood))
+    refused = [r for r in results if isinstance(r, ServiceError)]
+    assert refused and all(r.status == 503 and r.code == "queue_full" for r in refused)
+    assert all(r.headers.get("Retry-After") for r in refused)
+    assert sum(isinstance(r, dict) for r in results) == 2  # exactly the queue's capacity got through
+
+
+def test_timeout_is_503_and_the_request_leaves_the_queue() -> None:
+    graph = FakeGraph()
+    b = make(graph, max_batch_size=8, max_wait_s=1.0, timeout_s=0.1)
+
+    async def late() -> int:
+        with pytest.raises(ServiceError) as e:
+            await b.submit(rows(1))
+        assert (e.value.status, e.value.code) == (503, "timeout")
+        return b.depth
+
+    assert asyncio.run(_with(b, late)) == 0
+    assert graph.batches == []
+
+
+def test_a_failing_graph_fails_its_requests_not_the_worker() -> None:
+    graph = FakeGraph(fail=True)
+    b = make(graph, max_wait_s=0.0)
+
+    async def twice() -> None:
+        for _ in range(2):
+            with pytest.raises(ServiceError) as e:
+                await b.submit(rows(1))
+            assert e.value.code == "inference_failed"
+
+    asyncio.run(_with(b, twice))
+    assert graph.batches == [1, 1]

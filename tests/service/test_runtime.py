@@ -1,0 +1,57 @@
+"""Model loading and the execution-provider choice."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from service.runtime import (
+    CPU,
+    CUDA,
+    ModelLoadError,
+    ProviderChooser,
+    find_model_dirs,
+    load_model,
+    load_models,
+)
+
+
+def test_the_provider_probe_is_quiet_and_matches_the_session(model_root: Path, capfd) -> None:
+    chooser = ProviderChooser()
+    model = load_model(model_root / "audio", chooser)
+    err = capfd.readouterr().err
+    assert "Failed to load" not in err and "LoadLibrary" not in err, err
+    assert model.providers == model.sessions["encoder"].get_providers()
+    if CUDA in ort.get_available_providers():  # onnxruntime-gpu: the probe says whether CUDA really loaded
+        assert chooser._cuda_works is (CUDA in model.providers)
+    if not chooser._cuda_works:
+        assert model.providers == [CPU] and chooser.requested() == [CPU]
+
+
+def test_providers_override(model_root: Path) -> None:
+    assert load_model(model_root / "image", ProviderChooser([CPU])).providers == [CPU]
+    with pytest.raises(ModelLoadError, match="not available"):
+        ProviderChooser(["NoSuchExecutionProvider"]).requested()
+
+
+def test_model_dirs_are_found_under_a_folder_and_names_must_be_unique(
+    model_root: Path, tmp_path: Path
+) -> None:
+    assert [p.name for p in find_model_dirs([model_root])] == ["audio", "image", "video"]
+    assert find_model_dirs([model_root / "audio"]) == [model_root / "audio"]
+    with pytest.raises(ModelLoadError, match="holds no model directory"):
+        find_model_dirs([tmp_path])
+    shutil.copytree(model_root / "audio", tmp_path / "again")
+    with pytest.raises(ModelLoadError, match="two model directories are named 'micro-audio'"):
+        load_models([model_root / "audio", tmp_path / "again"], ProviderChooser([CPU]))
+
+
+def test_dummy_batch_runs_both_graphs(model_root: Path) -> None:
+    model = load_model(model_root / "video", ProviderChooser([CPU]))
+    out = model.run("tokenizer", model.dummy_batch(2))
+    assert out["codes"].shape == (2, 32, 2) and out["quantized"].shape == (2, 32, 16)
+    out = model.run("encoder", model.dummy_batch(2))
+    assert out["embedding"].shape == (2, 32) and out["logits"].shape == (2, 4)

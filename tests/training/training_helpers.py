@@ -1,0 +1,33 @@
+"""Micro recipes over synthetic media, for the training tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training_media import write_media
+
+from training.recipe import Recipe, load_recipe
+
+REPO = Path(__file__).resolve().parents[2]
+MICRO = REPO / "training" / "recipes" / "micro.yaml"
+
+
+def micro_overrides(modality: str, root: Path, per_class: int = 4, test: bool = True) -> list[str]:
+    """Overrides that point the micro recipe at fresh synthetic `modality` data under `root`."""
+    train = write_media(modality, root / "train", per_class)
+    items = [f"model.preset=micro-{modality}", f"data.modality={modality}", f"data.train={train}",
+             f"out_dir={root / 'run'}"]  # fmt: skip
+    items.append(f"data.test={write_media(modality, root / 'test', 2)}" if test else "data.test=null")
+    return items
+
+
+def micro_recipe(modality: str, root: Path, extra: list[str] = (), **kw) -> Recipe:  # type: ignore[assignment]
+    return load_recipe(MICRO, [*micro_overrides(modality, root, **kw), *extra])
+
+
+def stage_losses(recipe: Recipe, index: int) -> list[float]:
+    from training.state import load_stage
+
+    state = load_stage(Path(recipe.out_dir) / recipe.stage_name(index))
+    assert state is not None
+    return list(state.extra["history"]["loss"])

@@ -1,0 +1,217 @@
+"""A training recipe: one YAML file naming the model, the data and the ordered stages.
+
+    name: audio-digits
+    seed: 0
+    out_dir: runs/audio-digits
+    checkpoint_every: 100
+    model: {preset: tiny-audio, overrides: {mask_ratio: 0.75}}
+    data: {train: data/audio-digits/train, test: data/audio-digits/test, modality: audio, batch_size: 32}
+    stages:
+      - {kind: pretrain, steps: 300, lr: 1.0e-3, warmup_steps: 30}
+      - {kind: tokenizer, steps: 200, lr: 1.0e-3}
+      - {kind: classifier, mode: linear, steps: 200, lr: 3.0e-3}
+
+Command-line overrides are dotted `key=value` pairs (`stages.0.steps=50 model.overrides.mask_ratio=0.75`;
+`model.mask_ratio=0.75` is read as a model override); values are parsed as YAML. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from bridle_model.config import ModelConfig, preset
+
+StageKind = Literal["pretrain", "tokenizer", "classifier"]
+STAGE_KINDS: tuple[str, ...] = ("pretrain", "tokenizer", "classifier")
+CLASSIFIER_MODES: tuple[str, ...] = ("linear", "finetune")
+
+
+class RecipeError(ValueError):
+    """A recipe file or override is malformed."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: str
+    modality: Literal["audio", "image", "video"]
+    test: str | None = None
+    batch_size: int = 32
+    workers: int = 0
+    fbank_stats_clips: int = 512  # audio: training clips the fbank mean/std are measured on
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    kind: StageKind
+    steps: int
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    batch_size: int | None = None  # None: data.batch_size
+    mode: Literal["linear", "finetune"] = "linear"  # classifier stages only
+    name: str | None = None  # folder under out_dir; default "<index>-<kind>"
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    stages: tuple[StageSpec, ...]
+    seed: int = 0
+    out_dir: str = "runs/default"
+    checkpoint_every: int = 100
+    source: str = ""  # the recipe file it was read from (provenance)
+
+    def stage_name(self, index: int) -> str:
+        stage = self.stages[index]
+        return stage.name or f"{index:02d}-{stage.kind}"
+
+    def model_config(self) -> ModelConfig:
+        """The preset with the recipe's overrides applied (nested dicts merge into the preset's)."""
+        try:
+            base = preset(self.model.preset).to_dict()
+        except KeyError as e:
+            raise RecipeError(str(e.args[0])) from e
+        try:
+            return ModelConfig.from_dict(_merge(base, self.model.overrides, "model.overrides"))
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"model.overrides: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML file, apply dotted `key=value` overrides, check every key and value."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    raw["source"] = str(path)
+    return recipe_from_dict(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.0.c=value` in a nested dict/list in place (value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override {item!r} is not of the form key=value")
+    parts = key.split(".")
+    if parts[0] == "model" and len(parts) > 1 and parts[1] not in ("preset", "overrides"):
+        parts.insert(1, "overrides")
+    value = yaml.safe_load(text)
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_index(node, part, key)]
+        else:
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {key!r}: {'.'.join(parts[:i])} is not a mapping")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(node, last, key)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise RecipeError(f"override {key!r}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def _index(node: list[Any], part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"override {key!r}: {part!r} is not an index below {len(node)}")
+    return int(part)
+
+
+def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+    raw = copy.deepcopy(raw)
+    stages_raw = raw.pop("stages", None)
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise RecipeError("recipe.stages must be a non-empty list")
+    stages = tuple(_build(StageSpec, s, f"stages.{i}") for i, s in enumerate(stages_raw))
+    raw["model"] = _build(ModelSpec, raw.get("model"), "model")
+    raw["data"] = _build(DataSpec, raw.get("data"), "data")
+    recipe = _build(Recipe, {**raw, "stages": stages}, "recipe")
+    _check(recipe)
+    recipe.model_config()  # fails early on bad model overrides
+    return recipe
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{where} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise RecipeError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    missing = sorted(
+        n
+        for n, f in fields.items()
+        if n not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise RecipeError(f"{where}: missing keys {missing}")
+    return cls(**raw)
+
+
+def _check(recipe: Recipe) -> None:
+    if recipe.data.modality not in ("audio", "image", "video"):
+        raise RecipeError(f"data.modality must be audio, image or video, got {recipe.data.modality!r}")
+    if recipe.checkpoint_every < 1 or recipe.data.batch_size < 1:
+        raise RecipeError("checkpoint_every and data.batch_size must be >= 1")
+    names = set()
+    for i, s in enumerate(recipe.stages):
+        where = f"stages.{i}"
+        if s.kind not in STAGE_KINDS:
+            raise RecipeError(f"{where}.kind must be one of {STAGE_KINDS}, got {s.kind!r}")
+        if s.mode not in CLASSIFIER_MODES:
+            raise RecipeError(f"{where}.mode must be one of {CLASSIFIER_MODES}, got {s.mode!r}")
+        if not isinstance(s.steps, int) or s.steps < 1:
+            raise RecipeError(f"{where}.steps must be a positive integer, got {s.steps!r}")
+        if not 0 <= s.warmup_steps <= s.steps:
+            raise RecipeError(f"{where}.warmup_steps must be in [0, steps], got {s.warmup_steps!r}")
+        if not float(s.lr) > 0 or float(s.weight_decay) < 0:
+            raise RecipeError(f"{where}: lr must be > 0 and weight_decay >= 0")
+        if s.batch_size is not None and s.batch_size < 1:
+            raise RecipeError(f"{where}.batch_size must be >= 1")
+        name = recipe.stage_name(i)
+        if name in names or name == "servable":
+            raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
+        names.add(name)
+    if recipe.stages[0].kind == "tokenizer":
+        raise RecipeError("a tokenizer stage needs an encoder: put a pretrain stage before it")
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(changes, dict):
+        raise RecipeError(f"{where} must be a mapping, got {changes!r}")
+    out = dict(base)
+    for key, value in changes.items():
+        if key not in out:
+            raise RecipeError(f"{where}: unknown model field {key!r}; allowed: {sorted(out)}")
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = _merge(out[key], value, f"{where}.{key}")
+        else:
+            out[key] = value
+    return out

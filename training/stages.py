@@ -1,0 +1,433 @@
+"""The interleaved BRIDLE stages and the loop that trains any of them.
+
+    pretrain    E + D predict the current tokenizer's codes at masked patches (masked_code_loss);
+                the first pretrain stage uses a frozen RandomProjectionTokenizer (cold start)
+    tokenizer   E frozen as teacher; T + TE trained on L_cos(TE(T(x).quantized), E.features(x)) + L_cb
+    classifier  ClassifierHead on E.pooled(x): E frozen ("linear") or trained with it ("finetune");
+                evaluated on the test set at the end (metrics.json)
+
+Each stage saves its networks in `out_dir/<stage>/checkpoint/` (every `checkpoint_every` steps and at the
+end) and a servable checkpoint in `out_dir/servable/`. A stage takes E and T from the latest earlier stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from bridle_model.preprocessing import build_preprocessor, fbank_stats
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from bridle_model.checkpoint import Servable, save_servable
+from bridle_model.classifier import ClassifierHead
+from bridle_model.config import AudioInput, ModelConfig
+from bridle_model.encoder import Encoder
+from bridle_model.estimator import TokenizerEstimator
+from bridle_model.losses import cosine_distillation_loss, masked_code_loss
+from bridle_model.masking import random_mask
+from bridle_model.predictor import LabelPredictor
+from bridle_model.quantizer import LevelUsage, ResidualQuantizer
+from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
+from training.data import UNLABELLED, MediaDataset
+from training.distributed import DistInfo, barrier, wrap
+from training.monitor import StageMonitor
+from training.optim import build_optimizer
+from training.recipe import Recipe, StageSpec
+from training.state import StageState, load_stage, save_stage, set_rng_state
+
+log = logging.getLogger(__name__)
+MODEL_CONFIG_FILE = "model_config.json"
+SERVABLE_DIR = "servable"
+
+
+class StageError(RuntimeError):
+    """A stage cannot run: an earlier stage is missing, or the data does not fit the stage."""
+
+
+# ---- the run: resolved model config and data -------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    recipe: Recipe
+    config: ModelConfig  # the recipe's model with the measured fbank statistics
+    info: DistInfo
+    out_dir: Path
+    train_set: MediaDataset
+    test_set: MediaDataset | None
+
+
+def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContext:
+    """Load the data; measure the audio fbank mean/std on the training set (or reuse the stored config)."""
+    out_dir = Path(recipe.out_dir)
+    config = recipe.model_config()
+    if config.modality != recipe.data.modality:
+        raise StageError(f"model modality {config.modality!r} != data.modality {recipe.data.modality!r}")
+    train_set = MediaDataset(recipe.data.train, config, cache=True, random_crop=config.modality == "audio")
+    test_set = None
+    if recipe.data.test:
+        labels = train_set.labels or None
+        test_set = MediaDataset(recipe.data.test, config, labels=labels, cache=True)
+    stored = out_dir / MODEL_CONFIG_FILE
+    if reuse_config and stored.is_file():
+        config = ModelConfig.from_dict(json.loads(stored.read_text(encoding="utf-8")))
+    elif isinstance(config.input, AudioInput):
+        config = _with_fbank_stats(config, train_set, recipe.data.fbank_stats_clips)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    barrier(info)
+    return RunContext(recipe, config, info, out_dir, train_set, test_set)
+
+
+def _with_fbank_stats(config: ModelConfig, data: MediaDataset, clips: int) -> ModelConfig:
+    assert isinstance(config.input, AudioInput)
+    waves = torch.stack([data[i][0] for i in range(min(clips, len(data)))])  # (n, window_samples)
+    mean, std = fbank_stats(waves, config.input)
+    log.info("fbank statistics of the training data: mean %.3f std %.3f", float(mean), float(std))
+    return config.replace(input=dataclasses.replace(config.input, mean=float(mean), std=float(std)))
+
+
+# ---- the three stage tasks -------------------------------------------------------------------------------
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, no quantizer updates, eval mode (kept by `train()` of the task, see `Task.train`)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for q in quantizers(module):
+        q.freeze()
+    return module.eval()
+
+
+def quantizers(module: nn.Module) -> list[ResidualQuantizer]:
+    return [m for m in module.modules() if isinstance(m, ResidualQuantizer)]
+
+
+class Task(nn.Module):
+    """One stage's networks; `forward(x, y) -> (loss, scalars)`. Frozen parts stay in eval mode."""
+
+    kind: str
+    tokenizer_kind: str = "trained"
+    frozen: tuple[str, ...] = ()
+
+    def train(self, mode: bool = True) -> Task:
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
+
+    def parts(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def trainable(self) -> list[nn.Module]:
+        return [m for name, m in self.parts().items() if name not in self.frozen]
+
+    def watched_tokenizer(self) -> nn.Module | None:
+        return getattr(self, "tokenizer", None)
+
+
+class PretrainTask(Task):
+    """E + D: masked prediction of the (frozen) tokenizer's codes."""
+
+    kind = "pretrain"
+    frozen = ("tokenizer",)
+
+    def __init__(self, config: ModelConfig, tokenizer: nn.Module, tokenizer_kind: str) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder, self.predictor, self.tokenizer = Encoder(config), LabelPredictor(config), tokenizer
+        self.tokenizer_kind = tokenizer_kind
+        for p in tokenizer.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def _prime_tokenizer(self, x: torch.Tensor) -> None:
+        """A fresh (random) tokenizer k-means-initialises its codebooks on the first batch, then freezes."""
+        if not all(bool(q.initialized.all()) for q in quantizers(self.tokenizer)):
+            self.tokenizer.train()
+            self.tokenizer(x)
+        if not all(bool(q.frozen) for q in quantizers(self.tokenizer)):
+            freeze(self.tokenizer)
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "predictor": self.predictor, "tokenizer": self.tokenizer}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        self._prime_tokenizer(x)
+        with torch.no_grad():
+            codes = self.tokenizer(x).codes  # (B, N, L)
+        mask = random_mask(x.shape[0], self.config.grid, self.config.mask_ratio).to(x.device)  # (B, N)
+        logits = self.predictor(self.encoder(x, mask), mask)  # (B, N, L, K)
+        loss = masked_code_loss(logits, codes, mask)
+        return loss, {"loss": loss.item()}
+
+
+class TokenizerTask(Task):
+    """T + TE distilled from the frozen encoder's features, plus the codebook loss."""
+
+    kind = "tokenizer"
+    frozen = ("encoder",)
+
+    def __init__(self, config: ModelConfig, teacher: Encoder) -> None:
+        super().__init__()
+        self.encoder, self.tokenizer, self.estimator = teacher, Tokenizer(config), TokenizerEstimator(config)
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"tokenizer": self.tokenizer, "estimator": self.estimator, "encoder": self.encoder}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            target = self.encoder.features(x)  # (B, N, D) teacher: E's last LayerNorm, cls dropped
+        out = self.tokenizer(x)
+        cos = cosine_distillation_loss(self.estimator(out.quantized), target)
+        loss = cos + out.loss
+        return loss, {"loss": loss.item(), "loss_cos": cos.item(), "loss_cb": out.loss.item()}
+
+
+class ClassifierTask(Task):
+    """Pooled patch tokens -> ClassifierHead; E frozen (linear probe) or fine-tuned."""
+
+    kind = "classifier"
+
+    def __init__(
+        self, config: ModelConfig, encoder: Encoder, tokenizer: nn.Module, num_classes: int, mode: str
+    ) -> None:
+        super().__init__()
+        self.encoder, self.tokenizer = encoder, tokenizer
+        self.classifier = ClassifierHead(config.encoder.dim, num_classes)
+        self.frozen = ("encoder", "tokenizer") if mode == "linear" else ("tokenizer",)
+        freeze(tokenizer)
+        if mode == "linear":
+            freeze(encoder)
+
+    def parts(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder, "classifier": self.classifier, "tokenizer": self.tokenizer}
+
+    def watched_tokenizer(self) -> nn.Module | None:
+        return None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen):
+            pooled = self.encoder.pooled(x)  # (B, D)
+        return self.classifier(pooled)  # (B, C)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.logits(x)
+        loss = F.cross_entropy(logits, y)
+        accuracy = (logits.argmax(-1) == y).float().mean()
+        return loss, {"loss": loss.item(), "train_accuracy": accuracy.item()}
+
+
+# ---- building a stage from the earlier ones --------------------------------------------------------------
+
+
+def earlier_parts(ctx: RunContext, index: int) -> dict[str, tuple[dict[str, torch.Tensor], str]]:
+    """part -> (weights, tokenizer kind) from the latest finished earlier stage that has it."""
+    found: dict[str, tuple[dict[str, torch.Tensor], str]] = {}
+    for j in range(index - 1, -1, -1):
+        name = ctx.recipe.stage_name(j)
+        state = load_stage(ctx.out_dir / name)
+        if state is None or not state.done:
+            raise StageError(f"stage {j} ({name}) has not finished in {ctx.out_dir}: run it first")
+        for part in ("encoder", "tokenizer"):
+            if part in state.weights and part not in found:
+                found[part] = (state.weights[part], state.tokenizer_kind)
+    return found
+
+
+def build_task(ctx: RunContext, index: int, resume: StageState | None) -> Task:
+    spec, config = ctx.recipe.stages[index], ctx.config
+    torch.manual_seed(ctx.recipe.seed + index)  # the same initial networks on every rank
+    prior = earlier_parts(ctx, index)
+
+    def encoder() -> Encoder:
+        if "encoder" not in prior:
+            raise StageError(f"stage {index} ({spec.kind}) needs an encoder from an earlier pretrain stage")
+        e = Encoder(config)
+        e.load_state_dict(prior["encoder"][0])
+        return e
+
+    def tokenizer() -> tuple[nn.Module, str]:
+        kind = resume.tokenizer_kind if resume else prior.get("tokenizer", (None, "random"))[1]
+        t = RandomProjectionTokenizer(config) if kind == "random" else Tokenizer(config)
+        if not resume and "tokenizer" in prior:
+            t.load_state_dict(prior["tokenizer"][0])
+        return t, kind
+
+    task: Task
+    if spec.kind == "pretrain":
+        tok, kind = tokenizer()
+        task = PretrainTask(config, tok, kind)
+        if "encoder" in prior and not resume:
+            task.encoder.load_state_dict(prior["encoder"][0])  # warm start from the latest encoder
+    elif spec.kind == "tokenizer":
+        task = TokenizerTask(config, freeze(encoder()))
+    else:
+        if not ctx.train_set.labels or UNLABELLED in ctx.train_set.targets:
+            raise StageError(f"the classifier stage needs labelled training data; {ctx.recipe.data.train} "
+                             "has unlabelled files")  # fmt: skip
+        tok, kind = tokenizer()
+        task = ClassifierTask(config, encoder(), tok, len(ctx.train_set.labels), spec.mode)
+        task.tokenizer_kind = kind
+    if resume is not None:
+        for name, module in task.parts().items():
+            module.load_state_dict(resume.weights[name])
+    return task.to(ctx.info.device)
+
+
+# ---- the loop --------------------------------------------------------------------------------------------
+
+
+def batches(data: MediaDataset, batch_size: int, seed: int, info: DistInfo, workers: int) -> Iterator[Any]:
+    """Shuffled batches forever (a new order each epoch; each rank its own shard when distributed)."""
+    drop_last = len(data) >= batch_size * info.world_size
+    epoch = 0
+    while True:
+        if info.enabled:
+            sampler: Any = DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed + epoch))
+        yield from DataLoader(data, batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
+        epoch += 1
+
+
+def level_usage(task: Task) -> list[LevelUsage]:
+    tok = task.watched_tokenizer()
+    if tok is None:
+        return []
+    usage = [u for q in quantizers(tok) for u in q.usage()]
+    for q in quantizers(tok):
+        q.reset_usage()
+    return usage
+
+
+@dataclass
+class StageResult:
+    summary: dict[str, Any]  # stage name, steps, seconds, test accuracy (classifier)
+    task: Task | None  # the trained networks (None when the stage had finished earlier)
+
+
+def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
+    """Train stage `index` (continuing its last checkpoint when `resume`)."""
+    recipe, info = ctx.recipe, ctx.info
+    spec: StageSpec = recipe.stages[index]
+    name = recipe.stage_name(index)
+    stage_dir = ctx.out_dir / name
+    state = load_stage(stage_dir) if resume else None
+    if state is not None and state.done:
+        log.info("stage %s finished earlier (step %d): skipped", name, state.step)
+        return StageResult({"stage": name, "step": state.step, "skipped": True}, None)
+    task = build_task(ctx, index, state)
+    if info.is_main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    preprocess = build_preprocessor(ctx.config).to(info.device)
+    model = wrap(task, info)
+    optimizer, scheduler = build_optimizer(
+        task.trainable(), float(spec.lr), float(spec.weight_decay), spec.warmup_steps, spec.steps
+    )
+    start = 0
+    history = None
+    if state is not None:
+        optimizer.load_state_dict(state.extra["optimizer"])
+        scheduler.load_state_dict(state.extra["scheduler"])
+        set_rng_state(state.extra["rng"])
+        start, history = state.step, state.extra.get("history")
+        log.info("stage %s resumes at step %d", name, start)
+    else:
+        _seed_everything(recipe.seed + 1000 * index + info.rank)
+
+    batch_size = spec.batch_size or recipe.data.batch_size
+    data = batches(ctx.train_set, batch_size, recipe.seed + 1000 * index + start, info, recipe.data.workers)
+    monitor = StageMonitor(stage_dir, name, spec.steps, start, history, enabled=info.is_main)
+
+    def checkpoint(step: int, done: bool) -> None:
+        if info.is_main:
+            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "history": monitor.history}  # fmt: skip
+            save_stage(
+                stage_dir, task.parts(), ctx.config, task.tokenizer_kind, step, spec.steps, done, extra
+            )
+        barrier(info)
+
+    model.train()
+    tic, seen = time.perf_counter(), 0
+    for step in range(start, spec.steps):
+        signal, label = next(data)
+        with torch.no_grad():
+            x = preprocess(signal.to(info.device))
+        loss, scalars = model(x, label.to(info.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        done_steps, seen = step + 1, seen + signal.shape[0]
+        if done_steps % spec.log_every == 0 or done_steps == spec.steps:
+            rate = seen * info.world_size / (time.perf_counter() - tic)
+            monitor.log(done_steps, {**scalars, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate},
+                        level_usage(task))  # fmt: skip
+        monitor.advance()
+        if done_steps % recipe.checkpoint_every == 0 and done_steps < spec.steps:
+            checkpoint(done_steps, done=False)
+    checkpoint(spec.steps, done=True)
+    monitor.close(plot=True)
+
+    summary: dict[str, Any] = {"stage": name, "step": spec.steps, "seconds": time.perf_counter() - tic}
+    if isinstance(task, ClassifierTask) and ctx.test_set is not None:
+        summary["accuracy"] = evaluate(task, preprocess, ctx.test_set, batch_size, info)
+        if info.is_main:
+            metrics = {"accuracy": summary["accuracy"], "test_examples": len(ctx.test_set),
+                       "labels": ctx.train_set.labels, "step": spec.steps}  # fmt: skip
+            (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if info.is_main:
+        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, task, name, spec.steps))
+    barrier(info)
+    return StageResult(summary, task)
+
+
+@torch.no_grad()
+def evaluate(
+    task: ClassifierTask, preprocess: nn.Module, data: MediaDataset, batch: int, info: DistInfo
+) -> float:
+    """Top-1 accuracy of the classifier on `data`."""
+    task.eval()
+    correct = 0
+    for signal, label in DataLoader(data, batch):
+        logits = task.logits(preprocess(signal.to(info.device)))
+        correct += int((logits.argmax(-1).cpu() == label).sum())
+    return correct / len(data)
+
+
+def servable_of(ctx: RunContext, task: Task, stage: str, step: int) -> Servable:
+    parts = task.parts()
+    classifier = parts.get("classifier")
+    provenance = {"recipe": ctx.recipe.source or ctx.recipe.name, "stage": stage, "step": step,
+                  "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    return Servable(
+        config=ctx.config,
+        encoder=parts["encoder"],
+        tokenizer=parts["tokenizer"],
+        classifier=classifier,
+        labels=list(ctx.train_set.labels) if classifier is not None else [],
+        tokenizer_kind=task.tokenizer_kind,  # type: ignore[arg-type]
+        provenance=provenance,
+    )
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
