@@ -79,6 +79,16 @@ def _nearest_code(r: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return (r @ directions.t()).argmax(dim=-1)  # (N,)
 
 
+DUPLICATE_COSINE = 1 - 1e-4  # codes closer than this in direction count as one (see _restart_dead_codes)
+
+
+def _duplicates(codebook: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: codes whose direction repeats a lower-numbered code's."""
+    u = F.normalize(codebook, dim=-1)
+    similar = torch.triu(u @ u.t() > DUPLICATE_COSINE, diagonal=1)  # (K, K), [i, j] for i < j
+    return similar.any(dim=0)
+
+
 def spherical_kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
     """k centroids of x (N, D): assignments by cosine, centroids = raw means of their members -> (k, D).
 
@@ -244,16 +254,26 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def _restart_dead_codes(self, level: int, r: torch.Tensor, used: torch.Tensor) -> None:
-        """Re-seed codes unused for `dead_code_steps` updates in a row from this batch's residuals."""
+        """Re-seed dead codes from this batch's worst-served residuals.
+
+        A code is dead when it was unused for `dead_code_steps` updates in a row, or when it points the
+        same way as a lower-numbered code (cosine > `DUPLICATE_COSINE`): codes are chosen by direction, so
+        such a pair cannot be told apart, and which one wins comes down to rounding (a model whose codes
+        flip between PyTorch and ONNX Runtime). New codewords are drawn from the residuals their current
+        codes serve worst (the half with the lowest best-cosine), not from everywhere: a batch full of
+        near-identical vectors (silence, flat background) would otherwise seed duplicates again.
+        """
         steps = self.unused_steps[level]
         steps.copy_(torch.where(used, torch.zeros_like(steps), steps + 1))
         if self.cfg.dead_code_steps == 0:
             return
-        dead = steps >= self.cfg.dead_code_steps  # same on every rank: counts were all-reduced
+        book = self.codebooks[level]
+        dead = (steps >= self.cfg.dead_code_steps) | _duplicates(book)  # same on every rank
         if not bool(dead.any()):
             return
-        book = self.codebooks[level]
-        book.copy_(torch.where(dead[:, None], _sample_rows(r, book.shape[0]), book))
+        best = (r @ F.normalize(book, dim=-1).t()) / r.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        worst = r[best.max(dim=-1).values.argsort()[: max(1, r.shape[0] // 2)]]  # (N/2, D)
+        book.copy_(torch.where(dead[:, None], _sample_rows(worst, book.shape[0]), book))
         if _distributed():
             dist.broadcast(book, src=0)
         steps.masked_fill_(dead, 0)

@@ -29,7 +29,7 @@ from export.onnx_graphs import EncoderGraph, TokenizerGraph, tensor_spec
 
 EMBEDDING_TOLERANCE = 1e-4  # max abs diff, torch vs ORT, of every float output
 CODE_AGREEMENT = 0.999  # share of code positions that must be identical
-VERIFY_BATCH = 4
+VERIFY_BATCH = 16  # enough patches that one near-tie flip (one patch, every level) stays under 0.1 %
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,21 @@ def test_dead_codes_are_restarted_from_batch_residuals() -> None:
     assert int(rq.unused_steps[0, 3]) == 0
 
 
+def test_a_code_parallel_to_another_is_restarted_from_a_badly_served_residual() -> None:
+    """Codes are chosen by direction: a second code pointing the same way is dead weight (and a tie)."""
+    cfg = dataclasses.replace(CFG, levels=1, codebook_size=3, dim=3, decay=0.99, dead_code_steps=50)
+    rq = ResidualQuantizer(cfg)
+    with torch.no_grad():
+        rq.codebooks[0] = torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [0, 1.0, 0]])  # codes 0 and 1 parallel
+        rq.initialized.fill_(True)
+    rq.train()
+    # Half the batch sits on the x axis (served perfectly), half points along z (served badly).
+    x = torch.cat([torch.tensor([[1.0, 0, 0]]).repeat(32, 1), torch.tensor([[0.1, 0.1, 1.0]]).repeat(32, 1)])
+    rq(x)
+    assert torch.allclose(rq.codebooks[0, 1], torch.tensor([0.1, 0.1, 1.0]))  # re-seeded at once, from z
+    assert F.cosine_similarity(rq.codebooks[0, 0], torch.tensor([1.0, 0, 0]), dim=0) > 0.99  # code 0 stays
+
+
 def test_dead_code_steps_zero_never_restarts() -> None:
     cfg = dataclasses.replace(CFG, levels=1, codebook_size=4, dim=4, dead_code_steps=0)
     rq = ResidualQuantizer(cfg)
