@@ -1,7 +1,7 @@
 """Load test of the inference service: `python -m bench.service_load [--model-dir DIR] [--seconds S]`.
 
 Starts `bridle-serve` on loopback (a subprocess) with an audio model directory (default: the bundled
-`models/audio`, else a freshly exported tiny-audio model), drives `POST /embed` with many concurrent
+`models/audio-digits`, else a freshly exported tiny-audio model), drives `POST /embed` with many concurrent
 clients (one-window wav bodies) and prints, from one run:
 
 1. service throughput at saturation / in-process ONNX Runtime throughput on the same model and batch
@@ -33,7 +33,7 @@ import numpy as np
 from bridle_model.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED_AUDIO = REPO / "models" / "audio"
+BUNDLED_AUDIO = REPO / "models" / "audio-digits"
 
 
 @dataclass
@@ -161,9 +161,7 @@ def ort_throughput(model_dir: Path, batch: int, threads: int, seconds: float) ->
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--model-dir", type=Path, help="an audio model directory (default: models/audio or a tiny export)"
-    )
+    p.add_argument("--model-dir", type=Path, help="an audio model directory (default: models/audio-digits)")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load phase")
     p.add_argument("--clients", type=int, default=64, help="concurrent clients for the saturation phase")
     p.add_argument("--batch", type=int, default=16, help="max_batch_size of the batching service")

@@ -79,7 +79,8 @@ def _nearest_code(r: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return (r @ directions.t()).argmax(dim=-1)  # (N,)
 
 
-DUPLICATE_COSINE = 1 - 1e-4  # codes closer than this in direction count as one (see _restart_dead_codes)
+# Codes closer than this in direction (2.6 degrees) count as one (see `_restart_dead_codes`).
+DUPLICATE_COSINE = 1 - 1e-3
 
 
 def _duplicates(codebook: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Real uvicorn servers on loopback, one per settings profile (module-scoped), over micro models."""
+"""Real uvicorn servers on loopback, one per settings profile (module-scoped), over exported micro models."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import sample_media
-from model_dirs import write_contract_model
+from model_dirs import export_micro, export_unlabelled
 
 API_KEY = "s3cret-key"
 
@@ -29,16 +29,16 @@ class Server:
 
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of three model directories (audio, image, video), as `models/` is laid out."""
+    """A folder of three real micro exports (audio, image, video), as `models/` is laid out; exported once
+    per session because torch export is the slow part of the suite."""
     root = tmp_path_factory.mktemp("models")
-    for i, modality in enumerate(("audio", "image", "video")):
-        write_contract_model(root / modality, modality, f"micro-{modality}", seed=i)
+    export_micro(root)
     return root
 
 
 @pytest.fixture(scope="session")
 def unlabelled_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_contract_model(tmp_path_factory.mktemp("plain") / "m", "image", "plain-image", labels=[])
+    return export_unlabelled(tmp_path_factory.mktemp("plain") / "m")
 
 
 def _free_socket() -> socket.socket:

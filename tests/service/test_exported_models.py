@@ -1,7 +1,4 @@
-"""The service on models made by bridle's own exporter (torch -> ONNX), one per modality.
-
-Skipped, with the reason, while the torch model modules are not importable.
-"""
+"""Every route on each exported micro model: flac audio, jpeg image, webm video."""
 
 from __future__ import annotations
 
@@ -11,20 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Server, run_server
-from model_dirs import LABELS, export_micro
+from model_dirs import LABELS
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    pytest.importorskip("torch")
-    pytest.importorskip("bridle_model.encoder", reason="bridle_model.encoder is not written yet")
-    pytest.importorskip("export.model_dir")
-    return export_micro(tmp_path_factory.mktemp("exported"))
-
-
-@pytest.fixture(scope="module")
-def server(exported: dict[str, Path]) -> Iterator[Server]:
-    yield from run_server(list(exported.values()), max_batch_size=4)
+def server(model_root: Path) -> Iterator[Server]:
+    yield from run_server([model_root], max_batch_size=4)
 
 
 @pytest.mark.parametrize(("fmt", "modality"), [("flac", "audio"), ("jpeg", "image"), ("webm", "video")])
