@@ -90,6 +90,24 @@ def _duplicates(codebook: torch.Tensor) -> torch.Tensor:
     return similar.any(dim=0)
 
 
+def _farthest_residuals(r: torch.Tensor, book: torch.Tensor, n: int) -> torch.Tensor:
+    """`n` rows of r (N, D), farthest-first in angle from `book` (K', D) and from each other -> (n, D).
+
+    Greedy: take the residual whose best cosine to the codes so far is lowest, add it to the codes, repeat.
+    """
+    directions = F.normalize(r.float(), dim=-1)  # (N, D)
+    if book.shape[0]:
+        best = (directions @ F.normalize(book.float(), dim=-1).t()).max(dim=-1).values  # (N,)
+    else:
+        best = torch.full((r.shape[0],), -1.0, device=r.device)
+    picks = []
+    for _ in range(n):
+        i = best.argmin()
+        picks.append(i)
+        best = torch.maximum(best, directions @ directions[i])
+    return r[torch.stack(picks)].to(book.dtype)
+
+
 def spherical_kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
     """k centroids of x (N, D): assignments by cosine, centroids = raw means of their members -> (k, D).
 
@@ -260,9 +278,9 @@ class ResidualQuantizer(nn.Module):
         A code is dead when it was unused for `dead_code_steps` updates in a row, or when it points the
         same way as a lower-numbered code (cosine > `DUPLICATE_COSINE`): codes are chosen by direction, so
         such a pair cannot be told apart, and which one wins comes down to rounding (a model whose codes
-        flip between PyTorch and ONNX Runtime). New codewords are drawn from the residuals their current
-        codes serve worst (the half with the lowest best-cosine), not from everywhere: a batch full of
-        near-identical vectors (silence, flat background) would otherwise seed duplicates again.
+        flip between PyTorch and ONNX Runtime). New codewords are the batch residuals the live codes serve
+        worst, picked farthest-first (`_farthest_residuals`), not at random: a batch full of near-identical
+        vectors (silence, flat background) would otherwise seed the same vector into many codes at once.
         """
         steps = self.unused_steps[level]
         steps.copy_(torch.where(used, torch.zeros_like(steps), steps + 1))
@@ -272,9 +290,7 @@ class ResidualQuantizer(nn.Module):
         dead = (steps >= self.cfg.dead_code_steps) | _duplicates(book)  # same on every rank
         if not bool(dead.any()):
             return
-        best = (r @ F.normalize(book, dim=-1).t()) / r.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        worst = r[best.max(dim=-1).values.argsort()[: max(1, r.shape[0] // 2)]]  # (N/2, D)
-        book.copy_(torch.where(dead[:, None], _sample_rows(worst, book.shape[0]), book))
+        book[dead] = _farthest_residuals(r, book[~dead], int(dead.sum()))
         if _distributed():
             dist.broadcast(book, src=0)
         steps.masked_fill_(dead, 0)

@@ -214,6 +214,22 @@ def test_a_code_parallel_to_another_is_restarted_from_a_badly_served_residual() 
     assert F.cosine_similarity(rq.codebooks[0, 0], torch.tensor([1.0, 0, 0]), dim=0) > 0.99  # code 0 stays
 
 
+def test_restarts_on_a_batch_of_repeated_vectors_leave_no_duplicate_codes() -> None:
+    """Silence-like data: most residuals are one vector. Several dead codes must not all become it."""
+    cfg = dataclasses.replace(CFG, levels=1, codebook_size=8, dim=4, dead_code_steps=1)
+    rq = ResidualQuantizer(cfg)
+    with torch.no_grad():
+        rq.codebooks[0] = -torch.ones(8, 4) + 0.01 * torch.randn(8, 4)  # all dead, nearly parallel
+        rq.initialized.fill_(True)
+    rq.train()
+    torch.manual_seed(0)
+    x = torch.cat([torch.tensor([[1.0, 0.5, 0, 0]]).repeat(56, 1), torch.randn(8, 4)])
+    rq(x)
+    directions = F.normalize(rq.codebooks[0], dim=-1)
+    cosines = directions @ directions.t() - 2 * torch.eye(8)
+    assert float(cosines.max()) < 0.999  # no two codes point the same way
+
+
 def test_dead_code_steps_zero_never_restarts() -> None:
     cfg = dataclasses.replace(CFG, levels=1, codebook_size=4, dim=4, dead_code_steps=0)
     rq = ResidualQuantizer(cfg)
