@@ -41,13 +41,13 @@ system-deps:
 
 ## test: lint, format check and the whole test suite
 test: $(DEV_STAMP) system-deps
-	$(BIN)/ruff format --check .
-	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --no-cache .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/pytest
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff format --check .
-	$(BIN)/ruff check .
+	$(BIN)/ruff format --check --no-cache .
+	$(BIN)/ruff check --no-cache .
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .

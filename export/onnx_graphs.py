@@ -20,12 +20,12 @@ from pathlib import Path
 
 import onnx
 import torch
-from bridle_model.preprocessing import build_preprocessor
 from torch import nn
 
 from bridle_model.checkpoint import Servable
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.manifest import GraphFile, TensorSpec, sha256_file
+from bridle_model.preprocessing import build_preprocessor
 
 OPSET = 18
 ORT_MAX_IR_VERSION = 10  # onnx 1.23 writes IR 14; ONNX Runtime 1.31 loads at most 13

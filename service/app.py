@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import anyio.to_thread
 import numpy as np
-from bridle_model.decoding import MediaError, sniff_modality
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from bridle_model.decoding import MediaError, sniff_modality
 from service.batching import Batcher, BatcherHooks
 from service.errors import ServiceError, error_response, from_media_error, install_handlers
 from service.media import Limits, Upload, Windows, read_uploads, to_windows

@@ -8,11 +8,12 @@ undecodable media, video with no frames, model without classifier, invalid param
 
 from __future__ import annotations
 
-from bridle_model.decoding import MediaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bridle_model.decoding import MediaError
 
 MEDIA_STATUS = {
     "empty": 400,

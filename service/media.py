@@ -15,10 +15,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from bridle_model.decoding import decode_audio, decode_image, decode_video, sample_frames
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from bridle_model.decoding import decode_audio, decode_image, decode_video, sample_frames
 from bridle_model.manifest import Manifest
 from service.errors import ServiceError
 

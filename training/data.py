@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video, sample_frames
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
+from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video, sample_frames
 
 log = logging.getLogger(__name__)
 

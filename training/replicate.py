@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bridle_model.preprocessing import build_preprocessor
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
+from bridle_model.preprocessing import build_preprocessor
 from training.distributed import DistInfo
 from training.probe import (
     ProbeConfig,

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
@@ -38,6 +37,7 @@ from bridle_model.estimator import TokenizerEstimator
 from bridle_model.losses import cosine_distillation_loss, masked_code_loss
 from bridle_model.masking import random_mask
 from bridle_model.predictor import LabelPredictor
+from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from bridle_model.quantizer import LevelUsage, ResidualQuantizer
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
 from training.data import UNLABELLED, MediaDataset

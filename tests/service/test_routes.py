@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from bridle_model.decoding import decode_image
 from conftest import Server, run_server
 
+from bridle_model.decoding import decode_image
 from bridle_model.manifest import read_manifest
 
 AUDIO_FORMATS = ["wav", "flac", "mp3", "ogg"]

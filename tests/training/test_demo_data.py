@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bridle_model.decoding import decode_audio, decode_image, decode_video
 
+from bridle_model.decoding import decode_audio, decode_image, decode_video
 from training.demo_data import (
     DIGIT_WORDS,
     DIRECTIONS,
