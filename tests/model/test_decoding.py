@@ -123,6 +123,20 @@ def test_too_long_audio_stops_decoding_early() -> None:
     assert len(decode_audio(data, 16_000, max_seconds=61.0)) == 960_000
 
 
+@pytest.mark.parametrize("kind", ["speechlike", "noise"])
+def test_plain_wav_fast_path_equals_ffmpeg(kind: str) -> None:
+    """A 16 kHz mono 16-bit wav in memory skips FFmpeg; a file object of the same bytes goes through it."""
+    data = make_audio("wav", 1.5, kind=kind)
+    fast, ffmpeg = decode_audio(data, 16_000), decode_audio(io.BytesIO(data), 16_000)
+    assert fast.dtype == ffmpeg.dtype == np.float32
+    np.testing.assert_array_equal(fast, ffmpeg)
+    assert code_of(decode_audio, data, 16_000, max_seconds=1.0) == "too_long"
+    truncated = data[: len(data) - 1000]  # the header promises more samples than there are
+    np.testing.assert_array_equal(
+        decode_audio(truncated, 16_000), decode_audio(io.BytesIO(truncated), 16_000)
+    )
+
+
 def test_audio_errors() -> None:
     wav = make_audio("wav", 1.0)
     assert code_of(decode_audio, b"", 16_000) == "empty"
