@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bridle_model.atomic import write_directory_atomically
 from bridle_model.classifier import ClassifierHead
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.encoder import Encoder
@@ -164,82 +162,6 @@ def save_servable(directory: str | os.PathLike[str], servable: Servable) -> Path
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     return write_directory_atomically(directory, write)
-
-
-def write_directory_atomically(directory: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Fill a temporary directory beside `directory` with `write(tmp)`, fsync it, rename it into place.
-
-    If `write` raises, the temporary directory is removed and `directory` is left as it was.
-    """
-    target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _temporary_sibling(target) as tmp:
-        write(tmp)
-        for file in tmp.iterdir():
-            if file.is_file():
-                _fsync_file(file)
-        _fsync_dir(tmp)
-        _replace_directory(tmp, target)
-    _fsync_dir(target.parent)
-    return target
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` via a temporary file in the same directory, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-@contextmanager
-def _temporary_sibling(target: Path) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
-
-
-def _replace_directory(src: Path, target: Path) -> None:
-    """Rename `src` to `target`; an existing `target` is moved aside first and deleted afterwards."""
-    if not target.exists():
-        os.replace(src, target)
-        return
-    if not target.is_dir():
-        raise CheckpointError(f"{target} exists and is not a directory")
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / target.name)
-    try:
-        os.replace(src, target)
-    except BaseException:
-        os.replace(old / target.name, target)  # put the previous version back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- loading ------------------------------------------------------------------------------------

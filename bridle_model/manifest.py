@@ -14,11 +14,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridle_model.atomic import atomic_write_bytes
 from bridle_model.config import ModelConfig
 
 FORMAT_VERSION = 1
@@ -230,16 +230,7 @@ def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Pat
     Manifest.from_dict(json.loads(json.dumps(manifest.to_dict())))  # refuse to write what we could not read
     path = Path(model_dir) / MANIFEST_FILE
     data = (json.dumps(manifest.to_dict(), indent=2) + "\n").encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
     return path
 
 

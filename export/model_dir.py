@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridle_model.checkpoint import Servable, load_servable, write_directory_atomically
+from bridle_model.atomic import write_directory_atomically
+from bridle_model.checkpoint import Servable, load_servable
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.manifest import (
     GRID_AXES,

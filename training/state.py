@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bridle_model.checkpoint import write_directory_atomically
+from bridle_model.atomic import write_directory_atomically
 from bridle_model.config import ModelConfig
 
 CHECKPOINT_DIR = "checkpoint"

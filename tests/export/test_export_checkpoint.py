@@ -11,13 +11,8 @@ from export_cases import LABELS
 from safetensors.torch import load_file
 
 import bridle_model.checkpoint as checkpoint
-from bridle_model.checkpoint import (
-    CheckpointError,
-    atomic_write_bytes,
-    build_servable,
-    load_servable,
-    save_servable,
-)
+from bridle_model.atomic import atomic_write_bytes, write_directory_atomically
+from bridle_model.checkpoint import CheckpointError, build_servable, load_servable, save_servable
 from bridle_model.config import preset
 from export.onnx_graphs import EncoderGraph, TokenizerGraph
 from export.verify import sample_inputs
@@ -115,6 +110,12 @@ def test_atomic_write_bytes(tmp_path: Path) -> None:
         atomic_write_bytes(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"new"
     assert [p.name for p in path.parent.iterdir()] == ["state.json"]
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by a service running as another user
+
+
+def test_written_directories_are_readable_by_others(tmp_path: Path) -> None:
+    directory = write_directory_atomically(tmp_path / "d", lambda tmp: (tmp / "x").write_bytes(b"1"))
+    assert directory.stat().st_mode & 0o777 == 0o755
 
 
 def test_load_errors_are_clear(tmp_path: Path) -> None:
