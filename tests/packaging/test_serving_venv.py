@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import socket
 import subprocess
 import time
 import urllib.request
 import venv
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
+from media_files import make_audio
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
@@ -23,18 +22,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _wav_bytes(seconds: float = 2.0, rate: int = 16000) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    pcm = (0.3 * np.sin(2 * np.pi * 440.0 * t) * 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return buf.getvalue()
 
 
 def _post_file(url: str, data: bytes) -> tuple[int, dict]:
@@ -86,7 +73,7 @@ def test_serving_extras_install_without_torch_and_serve(tmp_path: Path) -> None:
                 pass
             assert time.monotonic() < deadline, "service not ready in time"
             time.sleep(0.5)
-        status, reply = _post_file(f"{base}/embed", _wav_bytes())
+        status, reply = _post_file(f"{base}/embed", make_audio("wav", 2.0))
         assert status == 200
         result = reply["results"][0]
         assert result["dim"] == len(result["embedding"]) > 0

@@ -15,10 +15,14 @@ import pytest
 import uvicorn
 
 sys.path.insert(0, str(Path(__file__).parent))
-import sample_media
+from media_files import make_audio, make_image, make_video
 from model_dirs import export_micro, export_unlabelled
 
 API_KEY = "s3cret-key"
+CONTENT_TYPES = {
+    "wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
+    "png": "image/png", "jpeg": "image/jpeg", "mp4": "video/mp4", "webm": "video/webm",
+}  # fmt: skip
 
 
 @dataclass
@@ -89,34 +93,34 @@ MICRO_AUDIO_WINDOW_S = 5360 / 16_000  # micro-audio: (32 - 1) * 160 + 400 sample
 @pytest.fixture(scope="session")
 def media_files() -> dict[str, tuple[bytes, str]]:
     """One short file per format: format -> (bytes, content type)."""
-    files = {f: sample_media.audio_bytes(f, 0.3) for f in sample_media.AUDIO}
-    files |= {f: sample_media.image_bytes(f) for f in ("png", "jpeg")}
-    files |= {f: sample_media.video_bytes(f, 0.8) for f in sample_media.VIDEO}
-    return {f: (data, sample_media.CONTENT_TYPES[f]) for f, data in files.items()}
+    files = {f: make_audio(f, 0.3) for f in ("wav", "flac", "mp3", "ogg")}
+    files |= {f: make_image(f) for f in ("png", "jpeg")}
+    files |= {f: make_video(f, 0.8) for f in ("mp4", "webm")}
+    return {f: (data, CONTENT_TYPES[f]) for f, data in files.items()}
 
 
 @pytest.fixture(scope="session")
 def long_audio() -> tuple[bytes, str, float]:
     """A wav 2.5 windows of micro-audio long, and the window length in seconds."""
-    return sample_media.audio_bytes("wav", 2.5 * MICRO_AUDIO_WINDOW_S), "audio/wav", MICRO_AUDIO_WINDOW_S
+    return make_audio("wav", 2.5 * MICRO_AUDIO_WINDOW_S), "audio/wav", MICRO_AUDIO_WINDOW_S
 
 
 @pytest.fixture(scope="session")
 def long_video() -> tuple[bytes, str]:
-    return sample_media.video_bytes("mp4", 2.5), "video/mp4"
+    return make_video("mp4", 2.5), "video/mp4"
 
 
 @pytest.fixture(scope="session")
 def audio_of_seconds():
-    return lambda seconds: (sample_media.audio_bytes("wav", seconds), "audio/wav")
+    return lambda seconds: (make_audio("wav", seconds), "audio/wav")
 
 
 @pytest.fixture(scope="session")
 def big_image() -> tuple[bytes, str]:
-    return sample_media.image_bytes("png", 400, 400), "image/png"
+    return make_image("png", (400, 400)), "image/png"
 
 
 @pytest.fixture(scope="session")
 def frameless_video() -> tuple[bytes, str]:
     """An mp4 with an audio track and no video frames."""
-    return sample_media.video_bytes("mp4", 0.5, with_video=False), "video/mp4"
+    return make_audio("m4a", 0.5), "video/mp4"  # an mp4 container with only an audio track
