@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models bench replicate clean system-deps
+.PHONY: serve test lint format demo-data models bench bench-service replicate clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.quantizer
 	$(PY) -m bench.fbank
 	$(PY) -m bench.export
+
+## bench-service: load test of the running service with wrk (Debian) against in-process ONNX Runtime
+bench-service: $(DEV_STAMP)
+	@bash scripts/system-deps.sh wrk
+	$(PY) -m bench.service_load
 
 ## replicate: the small-scale replication of the paper's comparisons (about 30 minutes)
 replicate: demo-data

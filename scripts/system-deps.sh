@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the tests and the demo data need (espeak-ng, docker-compose). Installs only what is missing.
+# Debian packages the tests and the demo data need (espeak-ng, docker-compose), plus any named as
+# arguments (a package whose command has its name, e.g. `wrk` for the service benchmark).
+# Installs only what is missing.
 set -euo pipefail
 need=()
+for extra in "$@"; do
+  command -v "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 # a real compose parser, to check docker/compose.yaml (there is no Docker engine on CI)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)

@@ -3,8 +3,9 @@
 A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` refuses
 with 503 + Retry-After). Its worker takes the oldest request, waits until `max_batch_size` rows are
 waiting or `max_wait_s` has passed since that request arrived, concatenates the rows along the batch
-axis, runs the graph once in its own thread (the event loop never blocks) and hands each request its
-rows of every output. While one batch runs, the next one gathers.
+axis, runs the graph once in a worker thread (the event loop never blocks) and hands each request its
+rows of every output. Up to `concurrent_runs` batches run at once (on a CPU, several one-thread runs
+keep the cores busier than one run spread over them); while they run, the next batch gathers.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Batcher:
         timeout_s: float,
         retry_after_s: int = 1,
         hooks: BatcherHooks | None = None,
+        concurrent_runs: int = 1,
     ) -> None:
         self.run = run
         self.name = name
@@ -62,11 +64,16 @@ class Batcher:
         self.hooks = hooks or BatcherHooks()
         self._pending: deque[_Request] = deque()
         self._arrival = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self.concurrent_runs = concurrent_runs
+        self._executor = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix=f"ort-{name}")
+        self._free_runs: asyncio.Semaphore | None = None
+        self._runs: set[asyncio.Task[None]] = set()
+        self._busy = 0  # batches running now
         self._worker: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
+        self._free_runs = asyncio.Semaphore(self.concurrent_runs)
         self._worker = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
@@ -74,6 +81,8 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        for run in list(self._runs):
+            run.cancel()
         for request in self._pending:
             if not request.future.done():
                 request.future.set_exception(ServiceError(503, "shutting_down", "the service is stopping"))
@@ -128,32 +137,55 @@ class Batcher:
 
     # ---- the worker --------------------------------------------------------------------------
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Wait for a free run, gather a batch (it grows while every run is busy), start it; repeat."""
+        assert self._free_runs is not None, "start() first"
         while True:
-            batch = await self._gather()
+            await self._free_runs.acquire()
+            try:
+                batch = await self._gather()
+            except BaseException:
+                self._free_runs.release()
+                raise
+            self._busy += 1
+            run = asyncio.get_running_loop().create_task(self._run(batch))
+            self._runs.add(run)
+            run.add_done_callback(self._runs.discard)
+
+    async def _run(self, batch: list[_Request]) -> None:
+        """One ONNX Runtime call for `batch`; each request gets its rows of every output."""
+        assert self._free_runs is not None
+        try:
             self.hooks.on_depth(len(self._pending))
             signal = np.concatenate([r.rows for r in batch])  # (B, ...)
             self.hooks.on_batch(len(signal))
+            loop = asyncio.get_running_loop()
             try:
                 outputs = await loop.run_in_executor(self._executor, self.run, signal)
             except Exception as e:  # the graph failed on this batch: each request learns why
                 for r in batch:
                     if not r.future.done():
                         r.future.set_exception(ServiceError(500, "inference_failed", f"{self.name}: {e}"))
-                continue
+                return
             start = 0
             for r in batch:
                 end = start + len(r.rows)
                 if not r.future.done():
                     r.future.set_result({k: v[start:end] for k, v in outputs.items()})
                 start = end
+        finally:
+            self._busy -= 1
+            self._free_runs.release()
 
     async def _gather(self) -> list[_Request]:
-        """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch."""
+        """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch.
+
+        Waiting only pays while no batch runs: when another run keeps the device busy, what has arrived
+        starts at once (and the rest arrives for the next free run)."""
         while not self._pending:
             self._arrival.clear()
             await self._arrival.wait()
-        deadline = self._pending[0].arrived + self.max_wait_s
+        waits = self._busy == 0
+        deadline = self._pending[0].arrived + (self.max_wait_s if waits else 0.0)
         while sum(len(r.rows) for r in self._pending) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._pending:

@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     chooser = ProviderChooser(settings.providers, settings.use_tensorrt)
     try:
         if settings.workers == 1:
-            models = load_models(settings.model_dirs, chooser, settings.intra_op_threads)
+            models = load_models(settings.model_dirs, chooser, settings.cpu_threads)
         else:  # each worker loads its own copy: check everything here first
             for directory in find_model_dirs(settings.model_dirs):
-                load_models([directory], chooser, settings.intra_op_threads)
+                load_models([directory], chooser, settings.cpu_threads)
     except ModelLoadError as e:
         print(f"bridle-serve: cannot start: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_MODEL)
@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers == 1:
         from service.app import create_app
 
-        uvicorn.run(create_app(settings, models), host=settings.host, port=settings.port, log_level="info")
+        uvicorn.run(
+            create_app(settings, models),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            access_log=settings.access_log,
+        )
         return
     # several workers re-read their settings from the environment
     os.environ["BRIDLE_MODEL_DIRS"] = ",".join(str(p) for p in settings.model_dirs)
@@ -64,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level="info",
+        access_log=settings.access_log,
     )
 
 

@@ -116,15 +116,24 @@ class LoadedModel:
         return np.zeros(shape, dtype=NUMPY_DTYPES[self.manifest.input.dtype])
 
 
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
+@dataclass(frozen=True)
+class CpuThreads:
+    """How one session's runs use the CPU cores."""
+
+    intra_op: int = 0  # threads per run; 0: ORT's default, one per core
+    spin: bool = False  # idle threads busy-wait for work: faster alone, slower beside the event loop
+
+
+def session_options(threads: CpuThreads) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = ORT_ERROR_SEVERITY
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.spin else "0")
+    if threads.intra_op:
+        options.intra_op_num_threads = threads.intra_op
     return options
 
 
-def load_model(directory: Path, chooser: ProviderChooser, intra_op_threads: int = 0) -> LoadedModel:
+def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = CpuThreads()) -> LoadedModel:
     """Read and hash-check the manifest, open both graphs, check their input against the manifest."""
     try:
         manifest = read_manifest(directory, check_hashes=True)
@@ -137,7 +146,7 @@ def load_model(directory: Path, chooser: ProviderChooser, intra_op_threads: int 
     sessions = {}
     for graph, spec in manifest.files.items():
         try:
-            sessions[graph] = chooser.session(directory / spec.path, session_options(intra_op_threads))
+            sessions[graph] = chooser.session(directory / spec.path, session_options(threads))
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise ModelLoadError(f"{directory}: ONNX Runtime cannot load {spec.path!r}: {e}") from e
         inputs = [i.name for i in sessions[graph].get_inputs()]
@@ -151,12 +160,12 @@ def load_model(directory: Path, chooser: ProviderChooser, intra_op_threads: int 
 
 
 def load_models(
-    paths: list[Path], chooser: ProviderChooser, intra_op_threads: int = 0
+    paths: list[Path], chooser: ProviderChooser, threads: CpuThreads = CpuThreads()
 ) -> dict[str, LoadedModel]:
     """Every model directory under `paths`, by manifest name; names must be unique."""
     models: dict[str, LoadedModel] = {}
     for directory in find_model_dirs(paths):
-        model = load_model(directory, chooser, intra_op_threads)
+        model = load_model(directory, chooser, threads)
         if model.name in models:
             raise ModelLoadError(
                 f"two model directories are named {model.name!r}: "

@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.runtime import CpuThreads
+
 # the bundled demo models: `models/` beside the packages in the repository
 DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models"
 
@@ -23,6 +25,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+    access_log: bool = False  # a log line per request (/metrics counts requests either way)
+    opentelemetry: bool = False  # FastAPI's OpenTelemetry spans and metrics (with a configured provider)
 
     # dynamic batching, per model and graph
     max_batch_size: int = Field(16, ge=1)
@@ -30,6 +34,9 @@ class Settings(BaseSettings):
     queue_size: int = Field(256, ge=1)  # requests waiting for a batch; beyond it: 503 + Retry-After
     request_timeout_s: float = Field(30.0, gt=0.0)  # waiting for and running the batch; then 503 "timeout"
     retry_after_s: int = Field(1, ge=0)
+    concurrent_runs: int = Field(2, ge=1)  # batches of one graph running at once
+
+    decode_threads: int = Field(0, ge=0)  # threads decoding uploads; 0: one per core
 
     # input limits
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)  # the whole request body
@@ -41,6 +48,7 @@ class Settings(BaseSettings):
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: probe CUDA, else CPU
     use_tensorrt: bool = False
     intra_op_threads: int = Field(0, ge=0)  # 0: ORT's default
+    spin_threads: bool = False  # ORT's idle threads busy-wait: faster alone, slower beside the event loop
 
     api_key: str | None = None  # when set: `X-API-Key: <key>` or `Authorization: Bearer <key>`
 
@@ -56,3 +64,7 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def cpu_threads(self) -> CpuThreads:
+        return CpuThreads(intra_op=self.intra_op_threads, spin=self.spin_threads)

@@ -55,11 +55,12 @@ def _free_socket() -> socket.socket:
 def run_server(model_dirs: list[Path], **settings_overrides) -> Iterator[Server]:
     """Start the app in a uvicorn server thread, wait for /ready, yield, then shut it down."""
     from service.app import create_app
-    from service.runtime import ProviderChooser, load_models
+    from service.runtime import CpuThreads, ProviderChooser, load_models
     from service.settings import Settings
 
     settings = Settings(model_dirs=model_dirs, **settings_overrides)
-    models = load_models(settings.model_dirs, ProviderChooser(["CPUExecutionProvider"]), 1)
+    one_thread = CpuThreads(intra_op=1)  # the tests share two cores with the server
+    models = load_models(settings.model_dirs, ProviderChooser(["CPUExecutionProvider"]), one_thread)
     app = create_app(settings, models)
     sock = _free_socket()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -121,3 +122,52 @@ def test_a_failing_graph_fails_its_requests_not_the_worker() -> None:
 
     asyncio.run(_with(b, twice))
     assert graph.batches == [1, 1]
+
+
+class ConcurrencyProbe(FakeGraph):
+    """A slow graph that records how many of its runs overlap."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self.running = 0
+        self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            return super().__call__(signal)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("runs", [1, 2, 3])
+def test_at_most_concurrent_runs_batches_run_at_once(runs: int) -> None:
+    graph = ConcurrencyProbe(delay=0.05)
+    b = make(graph, max_batch_size=2, max_wait_s=0.0, concurrent_runs=runs)
+    outs = asyncio.run(_with(b, lambda: asyncio.gather(*(b.submit(rows(i)) for i in range(12)))))
+    assert graph.most_at_once == runs
+    assert sum(graph.batches) == 12 and max(graph.batches) <= 2
+    for i, out in enumerate(outs):
+        np.testing.assert_array_equal(out["out"], rows(i) * 2)
+
+
+def test_while_a_run_is_busy_a_free_run_starts_without_waiting() -> None:
+    graph = FakeGraph(delay=0.5)
+    b = make(graph, max_batch_size=8, max_wait_s=0.3, concurrent_runs=2)
+
+    async def work() -> float:
+        first = asyncio.ensure_future(b.submit(rows(0)))  # alone: waits max_wait, then runs 0.5 s
+        await asyncio.sleep(0.4)  # now the first batch runs
+        t0 = time.monotonic()
+        await b.submit(rows(1))  # the second run takes it at once: 0.5 s, not 0.3 + 0.5 s
+        second = time.monotonic() - t0
+        await first
+        return second
+
+    second = asyncio.run(_with(b, work))
+    assert graph.batches == [1, 1]
+    assert second < 0.75, f"the second request waited for a batch while the device was busy ({second:.2f} s)"

@@ -11,11 +11,13 @@ import pytest
 from service.runtime import (
     CPU,
     CUDA,
+    CpuThreads,
     ModelLoadError,
     ProviderChooser,
     find_model_dirs,
     load_model,
     load_models,
+    session_options,
 )
 
 
@@ -55,3 +57,12 @@ def test_dummy_batch_runs_both_graphs(model_root: Path) -> None:
     assert out["codes"].shape == (2, 32, 2) and out["quantized"].shape == (2, 32, 16)
     out = model.run("encoder", model.dummy_batch(2))
     assert out["embedding"].shape == (2, 32) and out["logits"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("threads", [CpuThreads(), CpuThreads(intra_op=1, spin=True)])
+def test_session_options_follow_the_thread_settings(threads: CpuThreads) -> None:
+    options = session_options(threads)
+    assert options.intra_op_num_threads == threads.intra_op
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == (
+        "1" if threads.spin else "0"
+    )

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.runtime import CpuThreads
 from service.settings import DEFAULT_MODELS_ROOT, Settings
 
 
@@ -25,6 +26,11 @@ def test_environment_variables_set_every_field(monkeypatch: pytest.MonkeyPatch) 
         "BRIDLE_MAX_UPLOAD_BYTES": "1000",
         "BRIDLE_API_KEY": "k",
         "BRIDLE_WORKERS": "2",
+        "BRIDLE_CONCURRENT_RUNS": "3",
+        "BRIDLE_INTRA_OP_THREADS": "1",
+        "BRIDLE_SPIN_THREADS": "true",
+        "BRIDLE_DECODE_THREADS": "5",
+        "BRIDLE_ACCESS_LOG": "1",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -33,6 +39,8 @@ def test_environment_variables_set_every_field(monkeypatch: pytest.MonkeyPatch) 
     assert s.providers == ["CPUExecutionProvider"]
     assert (s.max_batch_size, s.max_wait_ms, s.queue_size, s.request_timeout_s) == (4, 2.5, 9, 1.5)
     assert (s.max_upload_bytes, s.api_key, s.workers) == (1000, "k", 2)
+    assert (s.concurrent_runs, s.decode_threads, s.access_log) == (3, 5, True)
+    assert s.cpu_threads == CpuThreads(intra_op=1, spin=True)
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
