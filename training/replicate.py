@@ -219,6 +219,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     modalities = list(dict.fromkeys(r["modality"] for r in rows))
     fig, axes = plt.subplots(1, len(modalities), figsize=(5 * len(modalities), 4), squeeze=False)
@@ -244,6 +245,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
         axes[1][col].set_ylabel("perplexity")
         axes[1][col].set_yscale("log")
         axes[1][col].set_xlabel("RQ level")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # levels are whole numbers
         axes[0][col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "usage.png", dpi=100)
