@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -67,7 +67,7 @@ class Batcher:
         self.concurrent_runs = concurrent_runs
         self._executor = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix=f"ort-{name}")
         self._free_runs: asyncio.Semaphore | None = None
-        self._runs: set[asyncio.Task[None]] = set()
+        self._runs: dict[asyncio.Task[None], list[_Request]] = {}  # running batches
         self._busy = 0  # batches running now
         self._worker: asyncio.Task[None] | None = None
 
@@ -81,11 +81,14 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        for run in list(self._runs):
+        runs = dict(self._runs)  # each run leaves self._runs as it ends
+        for run in runs:
             run.cancel()
-        for request in self._pending:
-            if not request.future.done():
-                request.future.set_exception(ServiceError(503, "shutting_down", "the service is stopping"))
+        await asyncio.gather(*runs, return_exceptions=True)
+        stopping = ServiceError(503, "shutting_down", "the service is stopping")
+        for batch in runs.values():
+            _fail(batch, stopping)
+        _fail(self._pending, stopping)
         self._pending.clear()
         self._executor.shutdown(wait=False)
 
@@ -148,8 +151,8 @@ class Batcher:
                 raise
             self._busy += 1
             run = asyncio.get_running_loop().create_task(self._run(batch))
-            self._runs.add(run)
-            run.add_done_callback(self._runs.discard)
+            self._runs[run] = batch
+            run.add_done_callback(lambda done: self._runs.pop(done, None))
 
     async def _run(self, batch: list[_Request]) -> None:
         """One ONNX Runtime call for `batch`; each request gets its rows of every output."""
@@ -162,9 +165,7 @@ class Batcher:
             try:
                 outputs = await loop.run_in_executor(self._executor, self.run, signal)
             except Exception as e:  # the graph failed on this batch: each request learns why
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(ServiceError(500, "inference_failed", f"{self.name}: {e}"))
+                _fail(batch, ServiceError(500, "inference_failed", f"{self.name}: {e}"))
                 return
             start = 0
             for r in batch:
@@ -203,3 +204,9 @@ class Batcher:
         if not batch:  # every waiting request withdrew meanwhile
             return await self._gather()
         return batch
+
+
+def _fail(requests: Iterable[_Request], error: ServiceError) -> None:
+    for r in requests:
+        if not r.future.done():
+            r.future.set_exception(error)

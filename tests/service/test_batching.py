@@ -171,3 +171,22 @@ def test_while_a_run_is_busy_a_free_run_starts_without_waiting() -> None:
     second = asyncio.run(_with(b, work))
     assert graph.batches == [1, 1]
     assert second < 0.75, f"the second request waited for a batch while the device was busy ({second:.2f} s)"
+
+
+def test_stopping_fails_running_and_waiting_requests_with_503() -> None:
+    graph = FakeGraph(delay=0.5)
+    b = make(graph, max_batch_size=1, max_wait_s=0.0, concurrent_runs=1)
+
+    async def work() -> list[object]:
+        b.start()
+        submitted = [asyncio.ensure_future(b.submit(rows(i))) for i in range(3)]
+        await asyncio.sleep(0.1)  # request 0 runs, 1 and 2 wait
+        t0 = time.monotonic()
+        await b.stop()
+        results = await asyncio.gather(*submitted, return_exceptions=True)
+        assert time.monotonic() - t0 < 0.3, "stop() waited for the running batch"
+        return results
+
+    results = asyncio.run(work())
+    assert all(isinstance(r, ServiceError) and r.status == 503 for r in results), results
+    assert all(r.code == "shutting_down" for r in results)
