@@ -7,8 +7,9 @@ back to back. wrk is C and event-driven, so on the same cores it takes ~1 % of a
 client took more than half of them. It prints, from one run:
 
 1. service throughput at saturation / in-process ONNX Runtime throughput on the same model and batch
-   size (goal >= 0.85). The in-process figure is the best of four: one run at a time or
-   `concurrent_runs` at once (the service's setting), with ORT's idle threads spinning or not;
+   size (goal >= 0.85). The in-process figure is the best of one run at a time or `concurrent_runs`
+   at once (the service's setting), ORT's default threads or one thread per run, idle threads spinning
+   or not;
 2. throughput with dynamic batching / without (max_batch_size=1, all else equal) at 16 clients
    (goal >= 1.5), and beside it the most batching could give here: in-process ORT at the batch size
    over in-process ORT at batch 1, with the same concurrency;
@@ -63,7 +64,7 @@ class LoadResult:
 
     def line(self, label: str) -> str:
         return (
-            f"{label:<40} {self.throughput:8.1f} req/s   p50 {self.p50_ms:7.1f} ms   "
+            f"{label:<58} {self.throughput:8.1f} req/s   p50 {self.p50_ms:7.1f} ms   "
             f"p99 {self.p99_ms:7.1f} ms   ({self.errors} errors)"
         )
 
@@ -211,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=int, default=64, help="concurrent clients for the saturation phase")
     p.add_argument("--batch", type=int, default=defaults.max_batch_size, help="max_batch_size when batching")
     p.add_argument("--runs", type=int, default=defaults.concurrent_runs, help="concurrent runs per graph")
-    p.add_argument("--threads", type=int, default=defaults.intra_op_threads, help="ORT intra-op threads")
+    p.add_argument(
+        "--threads", type=int, default=defaults.intra_op_threads, help="ORT threads per run (0: cores / runs)"
+    )
     args = p.parse_args(argv)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -226,16 +229,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{model_dir} is a {manifest.modality} model; this bench drives an audio model")
         body = Path(tmp) / "window.wav"
         body.write_bytes(wav_bytes(int(manifest.input.shape[1]), int(manifest.input.sample_rate or 16_000)))
+        served = Settings(concurrent_runs=args.runs, intra_op_threads=args.threads).cpu_threads
         print(
             f"model {manifest.name} ({model_dir}), one {manifest.input.window_seconds:.3f} s window per "
             f"request; service: batch <= {args.batch}, {args.runs} concurrent run(s), "
-            f"intra-op threads {args.threads or 'ORT default'}, {os.cpu_count()} cores"
+            f"{served.intra_op} ORT thread(s) per run, {os.cpu_count()} cores"
         )
 
-        served = CpuThreads(intra_op=args.threads, spin=defaults.spin_threads)
         candidates = [
-            (args.batch, runs, CpuThreads(intra_op=args.threads, spin=spin))
+            (args.batch, runs, CpuThreads(intra_op=threads, spin=spin))
             for runs in sorted({1, args.runs})
+            for threads in sorted({0, 1, served.intra_op})
             for spin in (False, True)
         ]
         ort = {c: ort_throughput(model_dir, *c, args.seconds / 2) for c in candidates}
@@ -248,8 +252,11 @@ def main(argv: list[str] | None = None) -> None:
             single16 = drive(wrk, url, body, 16, args.seconds)
 
     for (batch, runs, threads), rate in ort.items():
-        label = f"in-process ORT, batch {batch}, {runs} run(s), {'spinning' if threads.spin else 'no spin'}"
-        print(f"{label:<40} {rate:8.1f} windows/s")
+        label = (
+            f"in-process ORT, batch {batch}, {runs} run(s) x {threads.intra_op or 'default'} thread(s), "
+            f"{'spinning' if threads.spin else 'no spin'}"
+        )
+        print(f"{label:<58} {rate:8.1f} windows/s")
     print(saturated.line(f"service, {args.clients} clients, batch <= {args.batch}"))
     print(batched16.line(f"service, 16 clients, batch <= {args.batch}"))
     print(single16.line("service, 16 clients, batch 1"))

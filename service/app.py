@@ -327,7 +327,7 @@ def _add_routes(app: FastAPI) -> None:
             "mean", description="tokens: also the (N, D) patch embeddings"
         ),
         normalize: bool = Query(False, description="L2-normalise the embeddings"),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         state = state_of(request)
         results = []
         for p, out in await _run(state, request, model, "encoder"):
@@ -345,7 +345,7 @@ def _add_routes(app: FastAPI) -> None:
             results.append(
                 {**_header(p), "dim": int(clip.shape[0]), "embedding": clip.tolist(), "windows": windows}
             )
-        return {"results": results}
+        return JSONResponse({"results": results})  # a Response: FastAPI does not re-serialise it
 
     @app.post(
         "/tokenize",
@@ -353,7 +353,7 @@ def _add_routes(app: FastAPI) -> None:
         openapi_extra=UPLOAD_BODY,
         dependencies=[Depends(require_key)],
     )
-    async def tokenize(request: Request, model: str | None = ModelParam) -> dict[str, Any]:
+    async def tokenize(request: Request, model: str | None = ModelParam) -> JSONResponse:
         state = state_of(request)
         results = []
         for p, out in await _run(state, request, model, "tokenizer"):
@@ -374,7 +374,7 @@ def _add_routes(app: FastAPI) -> None:
                     ],
                 }
             )
-        return {"results": results}
+        return JSONResponse({"results": results})  # a Response: FastAPI does not re-serialise it
 
     @app.post(
         "/classify",
@@ -386,7 +386,7 @@ def _add_routes(app: FastAPI) -> None:
         request: Request,
         model: str | None = ModelParam,
         top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         state = state_of(request)
         if model is not None and model in state.models and not state.models[model].manifest.has_classifier:
             raise ServiceError(422, "no_classifier", f"model {model!r} has no classifier head")
@@ -404,4 +404,4 @@ def _add_routes(app: FastAPI) -> None:
             results.append(
                 {**_header(p), "labels": _top(probs.mean(axis=0), m.labels, k), "windows": windows}
             )
-        return {"results": results}
+        return JSONResponse({"results": results})  # a Response: FastAPI does not re-serialise it

@@ -128,6 +128,8 @@ class Batcher:
         except BaseException:
             self._withdraw(requests)
             raise
+        if len(parts) == 1:
+            return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def _withdraw(self, requests: list[_Request]) -> None:
@@ -178,7 +180,8 @@ class Batcher:
             self._free_runs.release()
 
     async def _gather(self) -> list[_Request]:
-        """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch.
+        """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch
+        (or an even share of what waits, when several runs are free).
 
         Waiting only pays while no batch runs: when another run keeps the device busy, what has arrived
         starts at once (and the rest arrives for the next free run)."""
@@ -195,9 +198,13 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._arrival.wait()
+        # share what waits among the free runs (this one included), so that no run idles beside a full one
+        free = self.concurrent_runs - self._busy
+        waiting = sum(len(r.rows) for r in self._pending)
+        limit = min(self.max_batch_size, -(-waiting // free))
         batch: list[_Request] = []
         rows = 0
-        while self._pending and (not batch or rows + len(self._pending[0].rows) <= self.max_batch_size):
+        while self._pending and (not batch or rows + len(self._pending[0].rows) <= limit):
             r = self._pending.popleft()
             rows += len(r.rows)
             batch.append(r)

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # ONNX Runtime
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: probe CUDA, else CPU
     use_tensorrt: bool = False
-    intra_op_threads: int = Field(0, ge=0)  # 0: ORT's default
+    intra_op_threads: int = Field(0, ge=0)  # per run; 0: the cores / concurrent_runs
     spin_threads: bool = False  # ORT's idle threads busy-wait: faster alone, slower beside the event loop
 
     api_key: str | None = None  # when set: `X-API-Key: <key>` or `Authorization: Bearer <key>`
@@ -67,4 +67,13 @@ class Settings(BaseSettings):
 
     @property
     def cpu_threads(self) -> CpuThreads:
-        return CpuThreads(intra_op=self.intra_op_threads, spin=self.spin_threads)
+        """ORT's threads per run: as set, or the cores shared among the concurrent runs."""
+        threads = self.intra_op_threads or max(1, usable_cores() // self.concurrent_runs)
+        return CpuThreads(intra_op=threads, spin=self.spin_threads)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

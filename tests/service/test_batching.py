@@ -190,3 +190,11 @@ def test_stopping_fails_running_and_waiting_requests_with_503() -> None:
     results = asyncio.run(work())
     assert all(isinstance(r, ServiceError) and r.status == 503 for r in results), results
     assert all(r.code == "shutting_down" for r in results)
+
+
+def test_free_runs_share_what_waits_evenly() -> None:
+    graph = ConcurrencyProbe(delay=0.2)
+    b = make(graph, max_batch_size=16, max_wait_s=0.05, concurrent_runs=2)
+    asyncio.run(_with(b, lambda: asyncio.gather(*(b.submit(rows(i)) for i in range(16)))))
+    assert graph.batches == [8, 8]  # not 16 on one run while the other idles
+    assert graph.most_at_once == 2

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.runtime import CpuThreads
-from service.settings import DEFAULT_MODELS_ROOT, Settings
+from service.settings import DEFAULT_MODELS_ROOT, Settings, usable_cores
 
 
 def test_defaults_point_at_the_bundled_models(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,3 +47,11 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BRIDLE_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize("runs", [1, 2, 64])
+def test_ort_threads_default_to_the_cores_shared_among_the_runs(runs: int) -> None:
+    threads = Settings(concurrent_runs=runs).cpu_threads
+    assert threads.intra_op == max(1, usable_cores() // runs)
+    assert threads.spin is False
+    assert Settings(concurrent_runs=runs, intra_op_threads=3).cpu_threads.intra_op == 3
