@@ -1,6 +1,6 @@
 """ONNX Runtime vs PyTorch eager throughput of the exported encoder graph (goal: ratio >= 1.3).
 
-    python -m bench.export [--preset tiny-audio] [--batch 8] [--iters 30] [--rounds 3]
+    python -m bench.export [--preset tiny-audio] [--batch 8] [--iters 30] [--rounds 3] [--opset 18]
 
 Both run the same graph (preprocessing + encoder + mean pool) with the same weights on the same batch.
 Each runtime is timed in a process of its own, as it would be deployed (torch's OpenMP threads and ORT's
@@ -24,7 +24,7 @@ import torch
 
 from bridle_model.checkpoint import build_servable
 from bridle_model.config import preset
-from export.onnx_graphs import EncoderGraph, example_signal, export_graph
+from export.onnx_graphs import OPSET, EncoderGraph, example_signal, export_graph
 from export.verify import sample_inputs
 
 GOAL = 1.3
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset of the exported graph")
     parser.add_argument("--worker", choices=["torch", "ort"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, list[float]] = {"torch": [], "ort": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        export_graph(graph, example_signal(config, batch=2), work / "encoder.onnx")
+        export_graph(graph, example_signal(config, batch=2), work / "encoder.onnx", args.opset)
         torch.save(graph.state_dict(), work / "graph.pt")
         np.save(work / "signal.npy", sample_inputs(config, args.batch))
         for _ in range(args.rounds):
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
     ratio = ms["torch"] / ms["ort"]
     print(
-        f"{args.preset} encoder (preprocessing + encoder + pool), batch {args.batch}, each runtime in its "
+        f"{args.preset} encoder (preprocessing + encoder + pool, opset {args.opset}), batch {args.batch}, "
+        f"each runtime in its "
         f"own process, {args.rounds} rounds x {args.iters} timed runs, median; torch threads "
         f"{torch.get_num_threads()}, ORT intra-op threads: its default"
     )

@@ -1,6 +1,7 @@
 """`bridle-export`: turn a servable checkpoint into a verified model directory, or verify one.
 
-bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--window-seconds S] [--no-verify] [--force]
+bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--window-seconds S] [--opset N] [--no-verify]
+                     [--force]
 bridle-export verify MODEL_DIR [--checkpoint CHECKPOINT_DIR] [--json]
 """
 
@@ -27,6 +28,12 @@ def export_command(
     window_seconds: Annotated[
         float | None, typer.Option(help="video: clip length the service samples T frames from (default 2.0)")
     ] = None,
+    opset: Annotated[
+        int | None,
+        typer.Option(
+            help="ONNX opset, 18..23 (default 18: runs everywhere; 23 has fused attention, faster on CPU)"
+        ),
+    ] = None,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="verify before writing")] = True,
     force: Annotated[bool, typer.Option(help="replace an existing non-empty OUT_DIR")] = False,
 ) -> None:
@@ -36,7 +43,13 @@ def export_command(
 
     try:
         result = export_model_dir(
-            checkpoint_dir, out_dir, name=name, window_seconds=window_seconds, run_verify=verify, force=force
+            checkpoint_dir,
+            out_dir,
+            name=name,
+            window_seconds=window_seconds,
+            run_verify=verify,
+            force=force,
+            opset=opset,
         )
     except (CheckpointError, ExportError) as e:
         typer.echo(f"error: {e}", err=True)

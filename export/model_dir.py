@@ -26,6 +26,7 @@ from bridle_model.manifest import (
 from export.onnx_graphs import (
     INPUT_NAME,
     OPSET,
+    OPSETS,
     EncoderGraph,
     TokenizerGraph,
     example_signal,
@@ -60,13 +61,17 @@ def export_model_dir(
     window_seconds: float | None = None,
     run_verify: bool = True,
     force: bool = False,
+    opset: int | None = None,
 ) -> ExportResult:
     """Export a servable checkpoint (a directory or a loaded `Servable`) to the model directory `out_dir`.
 
     `window_seconds` is the video clip length the service samples T frames from (default 2.0 s); audio
-    windows follow from the config and images have none. Refuses to overwrite a non-empty `out_dir`
-    unless `force`, and to write a directory that fails verification.
+    windows follow from the config and images have none. `opset`: 18 (default) .. 23. Refuses to
+    overwrite a non-empty `out_dir` unless `force`, and to write a directory that fails verification.
     """
+    opset = OPSET if opset is None else opset
+    if opset not in OPSETS:
+        raise ExportError(f"opset {opset} is not supported; choose {OPSETS.start}..{OPSETS.stop - 1}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(
@@ -83,9 +88,9 @@ def export_model_dir(
 
     def build(tmp: Path) -> None:
         example = example_signal(servable.config, batch=2)
-        export_graph(EncoderGraph(servable), example, tmp / GRAPH_FILES["encoder"])
-        export_graph(TokenizerGraph(servable), example, tmp / GRAPH_FILES["tokenizer"])
-        manifest = build_manifest(tmp, servable, manifest_name, checkpoint, window_seconds)
+        export_graph(EncoderGraph(servable), example, tmp / GRAPH_FILES["encoder"], opset)
+        export_graph(TokenizerGraph(servable), example, tmp / GRAPH_FILES["tokenizer"], opset)
+        manifest = build_manifest(tmp, servable, manifest_name, checkpoint, window_seconds, opset)
         write_manifest(tmp, manifest)
         result["manifest"] = manifest
         if run_verify:
@@ -103,7 +108,12 @@ def export_model_dir(
 
 
 def build_manifest(
-    model_dir: Path, servable: Servable, name: str, checkpoint: str, window_seconds: float | None = None
+    model_dir: Path,
+    servable: Servable,
+    name: str,
+    checkpoint: str,
+    window_seconds: float | None = None,
+    opset: int = OPSET,
 ) -> Manifest:
     """The manifest of the graphs in `model_dir`: shapes read from the graphs, hashes from the files."""
     cfg = servable.config
@@ -156,7 +166,7 @@ def build_manifest(
         quantizer=QuantizerSpec(levels=q.levels, codebook_size=q.codebook_size, dim=q.dim),
         tokenizer_kind=servable.tokenizer_kind,
         labels=list(servable.labels),
-        opset=OPSET,
+        opset=opset,
         files=files,
         model_config=cfg.to_dict(),
         provenance=provenance,

@@ -186,7 +186,7 @@ def test_failed_verification_writes_nothing(
     # graphs of one set of weights exported under another's name: parity fails, the export must refuse
     source = exported["micro-image"].model_dir
     monkeypatch.setattr(
-        model_dir_module, "export_graph", lambda g, x, path: shutil.copy(source / path.name, path)
+        model_dir_module, "export_graph", lambda g, x, path, opset: shutil.copy(source / path.name, path)
     )
     other = build_servable(preset("micro-image"), labels=LABELS, seed=99)
     with pytest.raises(ExportError, match="failed verification") as info:
@@ -213,3 +213,34 @@ def test_cli_refuses_bad_input(exported, tmp_path: Path) -> None:
 
     with pytest.raises(ExportError, match="video models only"):
         export_model_dir(exported["micro-audio"].checkpoint, tmp_path / "o", window_seconds=2.0)
+
+
+@pytest.mark.parametrize("name", MICRO_PRESETS)
+def test_opset_23_exports_fused_attention_that_verifies(exported, tmp_path: Path, name: str) -> None:
+    out = tmp_path / "opset23"
+    if name == "micro-image":
+        result = CliRunner().invoke(
+            app, ["export", str(exported[name].checkpoint), str(out), "--opset", "23"]
+        )
+        assert result.exit_code == 0, result.output
+    else:
+        window = VIDEO_WINDOW_SECONDS if name == "micro-video" else None
+        export_model_dir(exported[name].checkpoint, out, window_seconds=window, opset=23)
+    manifest = read_manifest(out, check_hashes=True)
+    assert manifest.opset == 23
+    model = onnx.load(str(out / "encoder.onnx"))
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version == 23 and model.ir_version == 11  # the least IR for opset 23
+    assert "Attention" in {n.op_type for n in model.graph.node}
+    report = verify(out, load_servable(exported[name].checkpoint))
+    assert report.ok, str(report)
+
+
+def test_unsupported_opsets_are_refused(exported, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"opset 17 is not supported; choose 18\.\.23"):
+        export_model_dir(exported["micro-audio"].checkpoint, tmp_path / "o", opset=17)
+    result = CliRunner().invoke(
+        app, ["export", str(exported["micro-audio"].checkpoint), str(tmp_path / "o"), "--opset", "99"]
+    )
+    assert result.exit_code == 1 and "opset 99 is not supported" in result.output
+    assert not (tmp_path / "o").exists()
