@@ -15,30 +15,18 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.timing import call_times
 from bridle_model.checkpoint import build_servable
 from bridle_model.config import preset
 from export.onnx_graphs import OPSET, EncoderGraph, example_signal, export_graph
 from export.verify import sample_inputs
 
 GOAL = 1.3
-
-
-def _times(fn: Callable[[], object], warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def time_torch(work: Path, preset_name: str, warmup: int, iters: int) -> list[float]:
@@ -50,7 +38,7 @@ def time_torch(work: Path, preset_name: str, warmup: int, iters: int) -> list[fl
         with torch.inference_mode():
             graph(x)
 
-    return _times(run, warmup, iters)
+    return call_times(run, warmup, iters)
 
 
 def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
@@ -58,7 +46,7 @@ def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
 
     session = ort.InferenceSession(str(work / "encoder.onnx"), providers=["CPUExecutionProvider"])
     signal = np.load(work / "signal.npy")
-    return _times(lambda: session.run(["embedding"], {"signal": signal}), warmup, iters)
+    return call_times(lambda: session.run(["embedding"], {"signal": signal}), warmup, iters)
 
 
 def _measure_in_subprocess(runtime: str, work: Path, args: argparse.Namespace) -> list[float]:

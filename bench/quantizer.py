@@ -12,25 +12,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from bench.timing import call_times
 from bridle_model.config import QuantizerConfig
 from bridle_model.quantizer import ResidualQuantizer
 
 
 def _time(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     """Median seconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(call_times(fn, warmup, repeats))
 
 
 def _clustered(batch: int, tokens: int, dim: int, seed: int) -> torch.Tensor:
