@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from service.errors import ServiceError, error_response, from_media_error, insta
 from service.media import Limits, Upload, Windows, read_uploads, to_windows
 from service.metrics import Metrics, MetricsMiddleware
 from service.runtime import LoadedModel, ProviderChooser, load_models
-from service.settings import Settings
+from service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")
 
@@ -152,7 +151,7 @@ def create_app(settings: Settings | None = None, models: dict[str, LoadedModel] 
         _make_batchers(state)
         for batcher in state.batchers.values():
             batcher.start()
-        threads = settings.decode_threads or os.cpu_count() or 1
+        threads = settings.decode_threads or usable_cores()
         state.decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         warm = asyncio.create_task(_warm_up(state))
         try:
@@ -254,6 +253,11 @@ def _header(p: Prepared) -> dict[str, Any]:
     }
 
 
+def _results(results: list[dict[str, Any]]) -> JSONResponse:
+    """The body of /embed, /tokenize and /classify; a Response, so FastAPI does not serialise it again."""
+    return JSONResponse({"results": results})
+
+
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -345,7 +349,7 @@ def _add_routes(app: FastAPI) -> None:
             results.append(
                 {**_header(p), "dim": int(clip.shape[0]), "embedding": clip.tolist(), "windows": windows}
             )
-        return JSONResponse({"results": results})  # a Response: FastAPI does not re-serialise it
+        return _results(results)
 
     @app.post(
         "/tokenize",
@@ -374,7 +378,7 @@ def _add_routes(app: FastAPI) -> None:
                     ],
                 }
             )
-        return JSONResponse({"results": results})  # a Response: FastAPI does not re-serialise it
+        return _results(results)
 
     @app.post(
         "/classify",
@@ -404,4 +408,4 @@ def _add_routes(app: FastAPI) -> None:
             results.append(
                 {**_header(p), "labels": _top(probs.mean(axis=0), m.labels, k), "windows": windows}
             )
-        return JSONResponse({"results": results})  # a Response: FastAPI does not re-serialise it
+        return _results(results)

@@ -68,7 +68,6 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix=f"ort-{name}")
         self._free_runs: asyncio.Semaphore | None = None
         self._runs: dict[asyncio.Task[None], list[_Request]] = {}  # running batches
-        self._busy = 0  # batches running now
         self._worker: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -81,7 +80,7 @@ class Batcher:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-        runs = dict(self._runs)  # each run leaves self._runs as it ends
+        runs = dict(self._runs)  # a run cancelled before it started never leaves self._runs
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
@@ -102,11 +101,8 @@ class Batcher:
         chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
         if len(self._pending) + len(chunks) > self.queue_size:
             self.hooks.on_reject("queue_full")
-            raise ServiceError(
-                503,
-                "queue_full",
-                f"the {self.name} queue is full ({self.queue_size} requests waiting); retry later",
-                {"Retry-After": str(self.retry_after_s)},
+            raise self._retry_later(
+                "queue_full", f"the {self.name} queue is full ({self.queue_size} requests waiting)"
             )
         loop = asyncio.get_running_loop()
         requests = [_Request(chunk, loop.create_future()) for chunk in chunks]
@@ -119,11 +115,8 @@ class Batcher:
         except TimeoutError:
             self._withdraw(requests)
             self.hooks.on_reject("timeout")
-            raise ServiceError(
-                503,
-                "timeout",
-                f"no result from {self.name} within {self.timeout_s:g} s; retry later",
-                {"Retry-After": str(self.retry_after_s)},
+            raise self._retry_later(
+                "timeout", f"no result from {self.name} within {self.timeout_s:g} s"
             ) from None
         except BaseException:
             self._withdraw(requests)
@@ -131,6 +124,9 @@ class Batcher:
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _retry_later(self, code: str, message: str) -> ServiceError:
+        return ServiceError(503, code, f"{message}; retry later", {"Retry-After": str(self.retry_after_s)})
 
     def _withdraw(self, requests: list[_Request]) -> None:
         for r in requests:
@@ -151,10 +147,8 @@ class Batcher:
             except BaseException:
                 self._free_runs.release()
                 raise
-            self._busy += 1
             run = asyncio.get_running_loop().create_task(self._run(batch))
             self._runs[run] = batch
-            run.add_done_callback(lambda done: self._runs.pop(done, None))
 
     async def _run(self, batch: list[_Request]) -> None:
         """One ONNX Runtime call for `batch`; each request gets its rows of every output."""
@@ -176,7 +170,7 @@ class Batcher:
                     r.future.set_result({k: v[start:end] for k, v in outputs.items()})
                 start = end
         finally:
-            self._busy -= 1
+            self._runs.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._free_runs.release()
 
     async def _gather(self) -> list[_Request]:
@@ -188,7 +182,7 @@ class Batcher:
         while not self._pending:
             self._arrival.clear()
             await self._arrival.wait()
-        waits = self._busy == 0
+        waits = not self._runs
         deadline = self._pending[0].arrived + (self.max_wait_s if waits else 0.0)
         while sum(len(r.rows) for r in self._pending) < self.max_batch_size:
             remaining = deadline - time.monotonic()
@@ -199,7 +193,7 @@ class Batcher:
                 async with asyncio.timeout(remaining):
                     await self._arrival.wait()
         # share what waits among the free runs (this one included), so that no run idles beside a full one
-        free = self.concurrent_runs - self._busy
+        free = self.concurrent_runs - len(self._runs)
         waiting = sum(len(r.rows) for r in self._pending)
         limit = min(self.max_batch_size, -(-waiting // free))
         batch: list[_Request] = []
