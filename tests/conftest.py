@@ -1,12 +1,7 @@
-"""Shared by every test folder: puts tests/ on sys.path so tests can `import media_files`, and makes a
-run in which no test passed a failure (so CI cannot go green on an empty or all-skipped suite)."""
-
-import sys
-from pathlib import Path
+"""Shared by every test folder: makes a run in which no test passed a failure (so CI cannot go green on
+an empty or all-skipped suite). Helpers shared across folders are modules of the `tests` package."""
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,6 +1,6 @@
 """Real media bytes for tests, encoded with PyAV and Pillow: audio, images and videos of known content.
 
-Importable from any test as `import media_files` (tests/conftest.py puts tests/ on sys.path).
+Imported from any test as `tests.media_files`.
 """
 
 from __future__ import annotations

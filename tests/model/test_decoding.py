@@ -7,16 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_files import (
-    AUDIO_FORMATS,
-    VIDEO_FORMATS,
-    encode_audio,
-    frame_value,
-    make_audio,
-    make_image,
-    make_video,
-    signal,
-)
 from PIL import Image
 
 from bridle_model.decoding import (
@@ -27,6 +17,16 @@ from bridle_model.decoding import (
     decode_video,
     sample_frames,
     sniff_modality,
+)
+from tests.media_files import (
+    AUDIO_FORMATS,
+    VIDEO_FORMATS,
+    encode_audio,
+    frame_value,
+    make_audio,
+    make_image,
+    make_video,
+    signal,
 )
 
 

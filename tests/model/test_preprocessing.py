@@ -11,6 +11,7 @@ import torch
 from bridle_model.config import IMAGENET_MEAN, IMAGENET_STD, AudioInput, ModelConfig, preset
 from bridle_model.fbank import KaldiFbank
 from bridle_model.preprocessing import build_preprocessor, fbank_stats
+from tests.fbank_rounding import U, log_mel_difference_bound
 
 
 def waves(batch: int, samples: int, seed: int) -> torch.Tensor:
@@ -55,7 +56,9 @@ def test_audio_longer_input_is_cropped_to_the_first_frames() -> None:
         head = pre(long[:, : audio.window_samples])
     assert full.shape[1] > audio.num_frames
     assert out.shape == (2, 1, audio.num_frames, audio.num_mel_bins)
-    torch.testing.assert_close(out[:, 0], full[:, : audio.num_frames], atol=1e-5, rtol=0)
+    # the two fbanks run on inputs of different lengths, whose matmuls may round differently
+    bound = normalised_bound(long[:, : audio.window_samples].numpy(), audio, out[:, 0].numpy())
+    assert np.all((out[:, 0] - full[:, : audio.num_frames]).abs().numpy() <= bound)
     torch.testing.assert_close(out, head, atol=0, rtol=0)
 
 
@@ -139,6 +142,14 @@ def test_fbank_stats_over_all_values_of_mixed_inputs() -> None:
         fbank_stats([np.zeros(100, np.float32)], audio)
 
 
+def normalised_bound(wave: np.ndarray, audio: AudioInput, normalised: np.ndarray) -> np.ndarray:
+    """Bound on |run_1 - run_2| of the normalised fbank: the log-mel bound times the scale, plus each
+    run's rounding of the subtraction and the multiplication."""
+    scale = 1.0 / (2.0 * audio.std)
+    rounding = 2 * 2 * U * (np.abs(normalised) + abs(audio.mean) * scale)
+    return log_mel_difference_bound(wave, audio) * scale + rounding
+
+
 # ---- ONNX ---------------------------------------------------------------------------------------------
 def example_input(cfg: ModelConfig, batch: int, seed: int) -> torch.Tensor:
     if cfg.modality == "audio":
@@ -197,9 +208,9 @@ def test_exports_to_onnx_with_dynamic_batch(name: str, dynamo: bool, tmp_path) -
         assert got.shape == expected.shape and got.shape[0] == batch
         diff = np.abs(got - expected)
         if cfg.modality == "audio":
-            # A band of a single FFT bin (many, at 128 mel bins) follows that bin's power, which now and
-            # then falls near zero in noise; there float32 rounding (different in torch and ORT) shows
-            # up to ~1e-3 in the log. Everywhere else the two agree to 1e-4.
-            assert np.quantile(diff, 0.999) < 1e-4 and diff.max() < 1e-3
+            # torch and ORT sum in different orders: bounded by float32 rounding through the fbank
+            assert np.all(diff[:, 0] <= normalised_bound(x.numpy(), cfg.input, expected[:, 0]))
         else:
-            assert diff.max() < 1e-4
+            # x * scale + bias, fused or not: at most U (|x * scale| + |result|) apart from exact, and
+            # |x * scale| <= |result| + |bias| <= 2 max |result| (a black pixel's result is -bias)
+            assert diff.max() <= 2 * 3 * U * np.abs(expected).max()

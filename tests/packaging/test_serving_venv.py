@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from media_files import make_audio
+
+from tests.media_files import make_audio
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

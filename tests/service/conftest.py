@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,10 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-
-sys.path.insert(0, str(Path(__file__).parent))
-from media_files import make_audio, make_image, make_video
 from model_dirs import export_micro, export_unlabelled
+
+from tests.media_files import make_audio, make_image, make_video
 
 API_KEY = "s3cret-key"
 CONTENT_TYPES = {

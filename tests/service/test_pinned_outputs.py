@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Server, run_server
-from media_files import make_image, make_video
+
+from tests.media_files import make_image, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
