@@ -158,7 +158,7 @@ def _plain_wav(src: Source, sample_rate: int, max_seconds: float | None) -> np.n
             if max_seconds is not None and frames / sample_rate > max_seconds:
                 raise MediaError("too_long", f"the audio is longer than the limit of {max_seconds:g} s")
             data = w.readframes(frames)
-    except (wave.Error, EOFError):
+    except (wave.Error, EOFError, RuntimeError):  # RuntimeError: a chunk size past the end of the data
         return None
     if frames == 0 or len(data) != 2 * frames:  # empty or truncated: FFmpeg's reading and errors apply
         return None
