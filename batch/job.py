@@ -1,0 +1,139 @@
+"""A batch job on Ray Data: list the files, skip the shards already done, run the rest through a pool of
+ONNX Runtime actors (`map_batches`, one shard per call), and sum up.
+
+Ray starts in this process when none is running and no address is given; `address` joins an existing
+cluster. Actors are sized from the resources Ray sees: each takes an equal share of the CPUs (a fraction
+when there are more actors than CPUs, so that they never hold every CPU while a task they wait for
+queues), and with GPUs one GPU share each and the CUDA provider.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import ray
+from ray.data import ActorPoolStrategy
+
+from batch.inputs import digest, list_files, shard
+from batch.settings import JobSettings, SettingsError
+from batch.store import OutputStore
+from batch.worker import ModelFiles, ShardWorker, read_model_files
+from bridle_model.manifest import MANIFEST_FILE
+from service.runtime import CPU, CUDA
+
+log = logging.getLogger("bridle.batch")
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    actors: int
+    cpus: float  # Ray CPUs per actor
+    gpus: float  # Ray GPUs per actor
+    threads: int  # ONNX Runtime intra-op threads per actor
+    providers: list[str]
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    files: int
+    shards: int
+    shards_skipped: int  # complete before this run
+    windows: int  # of every shard, done now or before
+    errors: int
+    seconds: float  # this run, Ray start included
+    windows_this_run: int
+    plan: ActorPlan | None  # None when nothing was left to do
+
+
+def plan_actors(settings: JobSettings, cpus: float, gpus: float, node_cpus: float) -> ActorPlan:
+    """How many actors with which resources, from what the Ray cluster has."""
+    device = settings.device
+    if device == "auto":
+        device = "gpu" if gpus >= 1 else "cpu"
+    if device == "gpu" and gpus < 1:
+        raise SettingsError("device gpu: the Ray cluster has no GPU")
+    actors = settings.actors or (int(gpus) if device == "gpu" else max(1, int(cpus)))
+    share = min(cpus / actors, node_cpus)  # an actor must fit on one node
+    threads = settings.threads or max(1, math.floor(share))
+    if device == "gpu":
+        return ActorPlan(actors, share, gpus / actors, threads, [CUDA, CPU])
+    return ActorPlan(actors, share, 0.0, threads, [CPU])
+
+
+def job_record(settings: JobSettings, files: list[str], model_files: ModelFiles) -> dict:
+    """What makes an output folder this job's: the same files, shards and models (a manifest holds its
+    graphs' hashes)."""
+    models = {name: hashlib.sha256(f[MANIFEST_FILE]).hexdigest() for name, f in model_files.items()}
+    return {
+        "files": len(files),
+        "digest": digest(files),
+        "shard_files": settings.shard_files,
+        "models": models,
+    }
+
+
+def _start_ray(settings: JobSettings) -> bool:
+    """Join `settings.address`, or start a local Ray; True when this call started or joined it."""
+    if ray.is_initialized():
+        return False
+    if settings.address:
+        ray.init(address=settings.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=settings.num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def run_job(settings: JobSettings) -> JobSummary:
+    began = time.monotonic()
+    files = list_files(settings.input)
+    model_files = read_model_files(list(settings.model_dirs))
+    store = OutputStore(settings.output)
+    store.claim(job_record(settings, files, model_files))
+    shards = shard(files, settings.shard_files)
+    done = store.done_shards()
+    todo = [(i, paths) for i, paths in enumerate(shards) if i not in done]
+    plan = None
+    windows_now = 0
+    if todo:
+        started = _start_ray(settings)
+        try:
+            resources = ray.cluster_resources()
+            node_cpus = max(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"])
+            plan = plan_actors(settings, resources.get("CPU", 0.0), resources.get("GPU", 0.0), node_cpus)
+            log.info("%d of %d shards to do on %s", len(todo), len(shards), plan)
+            rows = [{"shard": i, "paths": paths} for i, paths in todo]
+            results = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                ShardWorker,
+                batch_size=1,
+                compute=ActorPoolStrategy(size=plan.actors),
+                num_cpus=plan.cpus,
+                num_gpus=plan.gpus,
+                fn_constructor_kwargs={
+                    "model_files": model_files,
+                    "providers": plan.providers,
+                    "threads": plan.threads,
+                    "output": settings.output,
+                    "limits": settings.limits,
+                    "batch_size": settings.batch_size,
+                    "top_k": settings.top_k,
+                },
+            )
+            windows_now = sum(int(r["windows"]) for r in results.iter_rows())
+        finally:
+            if started:
+                ray.shutdown()
+    summaries = store.summaries()
+    return JobSummary(
+        files=len(files),
+        shards=len(shards),
+        shards_skipped=len(done),
+        windows=sum(s["windows"] for s in summaries),
+        errors=sum(s["errors"] for s in summaries),
+        seconds=time.monotonic() - began,
+        windows_this_run=windows_now,
+        plan=plan,
+    )

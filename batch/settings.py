@@ -1,0 +1,51 @@
+"""The settings of one batch job (the CLI fills them from its flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from service.media import Limits
+
+Device = Literal["auto", "cpu", "gpu"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot make a job (bad numbers, a GPU the cluster does not have)."""
+
+
+# media over these goes to the errors table (too_long / too_large); offline, longer files than the
+# service takes are fine
+DEFAULT_LIMITS = Limits(max_audio_seconds=3600.0, max_image_pixels=40_000_000, max_video_seconds=600.0)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    input: str  # a folder, or a .csv / .jsonl / .parquet manifest with a `path` column; local or fsspec URL
+    model_dirs: tuple[str, ...]  # model directories or folders of them, readable by the driver
+    output: str  # the output dataset folder, local or fsspec URL
+    address: str | None = None  # an existing Ray cluster ("auto", "host:6379", "ray://..."); None: local
+    actors: int = 0  # ONNX Runtime actors; 0: one per CPU (per GPU with device gpu)
+    batch_size: int = 16  # windows per ONNX Runtime run
+    shard_files: int = 64  # files per shard: the unit of work, output and resume
+    device: Device = "auto"  # auto: GPU actors with the CUDA provider when the cluster has GPUs
+    threads: int = 0  # ONNX Runtime threads per actor; 0: the actor's share of the CPUs
+    top_k: int = 5  # labels per window when the model has a classifier
+    limits: Limits = DEFAULT_LIMITS
+    num_cpus: int | None = None  # CPUs of the local Ray (tests); None: all of them
+
+    def __post_init__(self) -> None:
+        checks = {
+            "actors": self.actors >= 0,
+            "batch_size": self.batch_size >= 1,
+            "shard_files": self.shard_files >= 1,
+            "threads": self.threads >= 0,
+            "top_k": self.top_k >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise SettingsError(f"invalid settings: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
+        if self.device not in ("auto", "cpu", "gpu"):
+            raise SettingsError(f"device must be auto, cpu or gpu, not {self.device!r}")
+        if not self.model_dirs:
+            raise SettingsError("at least one model directory is needed")
