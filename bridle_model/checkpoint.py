@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bridle_model.atomic import write_directory_atomically
+from bridle_model.beats import BeatsEncoder, build_beats_networks
 from bridle_model.classifier import ClassifierHead
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.encoder import Encoder
@@ -49,9 +50,9 @@ class Servable:
     """What a model directory is exported from: E, T, an optional classifier head and their metadata."""
 
     config: ModelConfig
-    encoder: Encoder
-    tokenizer: nn.Module  # Tokenizer or RandomProjectionTokenizer
-    classifier: ClassifierHead | None = None
+    encoder: Encoder | BeatsEncoder
+    tokenizer: nn.Module  # Tokenizer, RandomProjectionTokenizer or BeatsTokenizer
+    classifier: nn.Module | None = None  # ClassifierHead; a plain Linear for BEATs
     labels: list[str] = field(default_factory=list)
     tokenizer_kind: TokenizerKind = "trained"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -124,12 +125,24 @@ def _build_modules(
         raise CheckpointError(f"tokenizer_kind must be one of {TOKENIZER_KINDS}, got {tokenizer_kind!r}")
     if len(set(labels)) != len(labels):
         raise CheckpointError(f"labels must be distinct, got {labels}")
-    tokenizer_cls = RandomProjectionTokenizer if tokenizer_kind == "random" else Tokenizer
+    if config.beats is not None:  # an imported BEATs model
+        if tokenizer_kind == "trained" and config.beats.tokenizer is None:
+            raise CheckpointError(
+                "a BEATs model with a trained tokenizer needs beats.tokenizer in its config"
+            )
+        encoder, beats_tokenizer, classifier = build_beats_networks(
+            config, len(labels), trained_tokenizer=tokenizer_kind == "trained"
+        )
+        tokenizer = beats_tokenizer or RandomProjectionTokenizer(config)
+    else:
+        tokenizer_cls = RandomProjectionTokenizer if tokenizer_kind == "random" else Tokenizer
+        encoder, tokenizer = Encoder(config), tokenizer_cls(config)
+        classifier = ClassifierHead(config.encoder.dim, len(labels)) if labels else None
     return Servable(
         config=config,
-        encoder=Encoder(config),
-        tokenizer=tokenizer_cls(config),
-        classifier=ClassifierHead(config.encoder.dim, len(labels)) if labels else None,
+        encoder=encoder,
+        tokenizer=tokenizer,
+        classifier=classifier,
         labels=labels,
         tokenizer_kind=tokenizer_kind,  # type: ignore[arg-type]
         provenance=dict(provenance),

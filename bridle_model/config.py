@@ -89,6 +89,31 @@ class QuantizerConfig:
 
 
 @dataclass(frozen=True)
+class BeatsBackboneConfig:
+    """What a BEATs transformer (bridle_model/beats.py) adds to its `ViTConfig`: a conv stem of
+    `embed_dim` channels, a grouped convolutional position embedding, post-LN (deep-norm) blocks and a
+    gated relative position bias over `num_buckets` log-spaced distance buckets."""
+
+    embed_dim: int = 512  # channels of the patch conv, projected to the ViT dim when they differ
+    conv_bias: bool = False  # the patch conv has a bias
+    conv_pos: int = 128  # kernel of the positional convolution (over the token sequence)
+    conv_pos_groups: int = 16
+    relative_position: bool = True  # relative position bias in the attention
+    num_buckets: int = 320
+    max_distance: int = 800
+    gated_position_bias: bool = True  # the bias is scaled per query by a gate computed from it
+    deep_norm: bool = True  # residual x * (2 depth)^(1/4) before each post-LN
+
+
+@dataclass(frozen=True)
+class BeatsConfig:
+    """E (and T, when it is a BEATs tokenizer) are BEATs transformers instead of BRIDLE's ViTs."""
+
+    encoder: BeatsBackboneConfig = field(default_factory=BeatsBackboneConfig)
+    tokenizer: BeatsBackboneConfig | None = None  # None: the model has no BEATs tokenizer
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     modality: Modality
     input: AudioInput | ImageInput | VideoInput
@@ -100,6 +125,9 @@ class ModelConfig:
     estimator: ViTConfig = field(default_factory=lambda: ViTConfig(depth=3))  # TE
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     mask_ratio: float = 0.8  # video: tube masking, 0.9 in the reference
+    # "softmax": one label per input; "sigmoid": independent labels (multi-label, as AudioSet's)
+    classifier_activation: Literal["softmax", "sigmoid"] = "softmax"
+    beats: BeatsConfig | None = None  # an imported BEATs model (importers/beats.py)
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -133,6 +161,12 @@ class ModelConfig:
         expected = {"audio": AudioInput, "image": ImageInput, "video": VideoInput}[self.modality]
         if not isinstance(self.input, expected):
             raise ValueError(f"modality {self.modality!r} needs {expected.__name__}, got {type(self.input)}")
+        if self.classifier_activation not in ("softmax", "sigmoid"):
+            raise ValueError(
+                f"classifier_activation must be 'softmax' or 'sigmoid', got {self.classifier_activation!r}"
+            )
+        if self.beats is not None and self.modality != "audio":
+            raise ValueError(f"BEATs models are audio models, got modality {self.modality!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if isinstance(self.input, AudioInput):
@@ -160,6 +194,12 @@ class ModelConfig:
                 d[name] = _build(ViTConfig, d[name])
         if "quantizer" in d:
             d["quantizer"] = _build(QuantizerConfig, d["quantizer"])
+        if d.get("beats") is not None:
+            beats = dict(d["beats"])
+            for name in ("encoder", "tokenizer"):
+                if beats.get(name) is not None:
+                    beats[name] = _build(BeatsBackboneConfig, beats[name])
+            d["beats"] = _build(BeatsConfig, beats)
         return cls(**d)
 
     def replace(self, **changes: Any) -> ModelConfig:

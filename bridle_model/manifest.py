@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODALITIES = ("audio", "image", "video")
 GRAPHS = ("encoder", "tokenizer")  # every model directory holds both
+CLASSIFIER_ACTIVATIONS = ("softmax", "sigmoid")
 GRID_AXES = {"audio": ["time", "mel"], "image": ["height", "width"], "video": ["time", "height", "width"]}
 WINDOWING = "inputs longer than one window are cut into windows by the caller (the service)"
 
@@ -79,6 +80,13 @@ class QuantizerSpec:
 
 
 @dataclass(frozen=True)
+class ClassifierSpec:
+    """How the service turns the `logits` output into scores."""
+
+    activation: str = "softmax"  # "softmax": scores sum to 1 over the labels; "sigmoid": independent labels
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     modality: str
@@ -93,6 +101,7 @@ class Manifest:
     files: dict[str, GraphFile]  # "encoder", "tokenizer"
     model_config: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
     windowing: str = WINDOWING
     format_version: int = FORMAT_VERSION
 
@@ -177,6 +186,7 @@ class Manifest:
             files={k: _graph_file(v, f"manifest files.{k}") for k, v in files_d.items()},
             model_config=_field(d, "model_config", dict, "manifest"),
             provenance=dict(d.get("provenance") or {}),
+            classifier=_classifier_spec(d.get("classifier", {})),
         )
 
 
@@ -254,6 +264,16 @@ def _optional(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
         raise ManifestError(f"{where} field {key!r} has the wrong type {type(value).__name__}")
     return value
+
+
+def _classifier_spec(d: Any) -> ClassifierSpec:
+    _require(d, dict, "manifest classifier")
+    activation = d.get("activation", "softmax")  # manifests written before multi-label heads: softmax
+    if activation not in CLASSIFIER_ACTIVATIONS:
+        raise ManifestError(
+            f"manifest classifier activation {activation!r} must be one of {list(CLASSIFIER_ACTIVATIONS)}"
+        )
+    return ClassifierSpec(activation=activation)
 
 
 def _int_list(values: list[Any], where: str) -> list[int]:

@@ -18,6 +18,7 @@ from bridle_model.checkpoint import Servable, load_servable
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.manifest import (
     GRID_AXES,
+    ClassifierSpec,
     InputSpec,
     Manifest,
     QuantizerSpec,
@@ -170,6 +171,7 @@ def build_manifest(
         files=files,
         model_config=cfg.to_dict(),
         provenance=provenance,
+        classifier=ClassifierSpec(activation=cfg.classifier_activation),
     )
 
 

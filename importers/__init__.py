@@ -1,0 +1,1 @@
+"""Importers of public checkpoints: each writes the servable checkpoint that training writes."""

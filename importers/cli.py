@@ -1,0 +1,62 @@
+"""`bridle-import`: turn a public checkpoint into a servable checkpoint that `bridle-export` exports.
+
+bridle-import beats --checkpoint BEATs.pt [--tokenizer Tokenizer.pt] --out DIR [--num-frames 992] [--force]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def main_callback() -> None:
+    """Import public checkpoints (one sub-command per model family)."""
+
+
+@app.command("beats")
+def beats_command(
+    checkpoint: Annotated[
+        Path, typer.Option(help="BEATs model checkpoint (.pt) from microsoft/unilm beats/ (MIT licence)")
+    ],
+    out: Annotated[Path, typer.Option(help="servable checkpoint directory to write")],
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="BEATs tokenizer checkpoint (.pt); without it /tokenize serves random-projection codes"),
+    ] = None,
+    num_frames: Annotated[
+        int, typer.Option(help="fbank frames per window (992 = 9.935 s); a multiple of the patch size")
+    ] = 992,
+    force: Annotated[bool, typer.Option(help="replace an existing non-empty OUT")] = False,
+) -> None:
+    """Import a BEATs checkpoint (and its tokenizer) as a servable checkpoint in OUT."""
+    from importers.beats import BeatsImportError, write_import
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        typer.echo(f"error: {str(out)!r} exists and is not empty (pass --force to replace it)", err=True)
+        raise typer.Exit(code=1)
+    try:
+        servable = write_import(out, checkpoint, tokenizer, num_frames)
+    except BeatsImportError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    cfg = servable.config
+    typer.echo(
+        f"wrote {out}: BEATs encoder {cfg.encoder.depth} x {cfg.encoder.dim}, "
+        f"{len(servable.labels)} labels (sigmoid), tokenizer {servable.tokenizer_kind}"
+        f" ({cfg.quantizer.codebook_size} codes), windows of {cfg.input.window_samples} samples"
+    )
+    if servable.tokenizer_kind == "random":
+        typer.echo("note: no --tokenizer: the model directory's codes come from a random-projection tokenizer")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
