@@ -24,6 +24,7 @@ from bridle_model.config import ModelConfig
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MODALITIES = ("audio", "image", "video")
+PRECISIONS = ("fp32", "int8", "fp16")
 GRAPHS = ("encoder", "tokenizer")  # every model directory holds both
 CLASSIFIER_ACTIVATIONS = ("softmax", "sigmoid")
 GRID_AXES = {"audio": ["time", "mel"], "image": ["height", "width"], "video": ["time", "height", "width"]}
@@ -103,6 +104,8 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
     windowing: str = WINDOWING
+    precision: str = "fp32"  # of the transformer's matrix products: "fp32", "int8" (CPU), "fp16" (GPU)
+    gate: dict[str, Any] | None = None  # a lower-precision variant's accuracy gate (export/gate.py)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -186,6 +189,8 @@ class Manifest:
             files={k: _graph_file(v, f"manifest files.{k}") for k, v in files_d.items()},
             model_config=_field(d, "model_config", dict, "manifest"),
             provenance=dict(d.get("provenance") or {}),
+            precision=_precision(d),
+            gate=_optional(d, "gate", dict, "manifest"),
             classifier=_classifier_spec(d.get("classifier", {})),
         )
 
@@ -274,6 +279,15 @@ def _classifier_spec(d: Any) -> ClassifierSpec:
             f"manifest classifier activation {activation!r} must be one of {list(CLASSIFIER_ACTIVATIONS)}"
         )
     return ClassifierSpec(activation=activation)
+
+
+def _precision(d: dict[str, Any]) -> str:
+    precision = d.get("precision", "fp32")  # manifests written before variants existed are float32
+    if precision not in PRECISIONS:
+        raise ManifestError(f"manifest precision {precision!r} must be one of {list(PRECISIONS)}")
+    if precision != "fp32" and not isinstance(d.get("gate"), dict):
+        raise ManifestError(f"a {precision} manifest must hold its accuracy gate (field 'gate')")
+    return precision
 
 
 def _int_list(values: list[Any], where: str) -> list[int]:

@@ -2,7 +2,8 @@
 
 bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--window-seconds S] [--opset N] [--no-verify]
                      [--force]
-bridle-export verify MODEL_DIR [--checkpoint CHECKPOINT_DIR] [--json]
+bridle-export verify MODEL_DIR [--checkpoint CHECKPOINT_DIR] [--reference FP32_DIR --data HELD_OUT] [--json]
+bridle-export quantize MODEL_DIR --precision int8|fp16 --data HELD_OUT [--out OUT_DIR] [--force]
 """
 
 from __future__ import annotations
@@ -65,15 +66,45 @@ def verify_command(
     checkpoint: Annotated[
         Path | None, typer.Option(help="servable checkpoint to compare PyTorch against ONNX Runtime")
     ] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="int8/fp16 variants: the float32 model directory to gate against")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="int8/fp16 variants: held-out data (class folders or a CSV/JSONL)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Check MODEL_DIR's hashes, graphs and ONNX Runtime outputs (and parity with --checkpoint)."""
+    """Check MODEL_DIR's hashes, graphs and ONNX Runtime outputs (and parity with --checkpoint, or a
+    variant's accuracy gate with --reference and --data)."""
     from export.verify import verify
 
-    report = verify(model_dir, checkpoint)
+    if (reference is None) != (data is None):
+        typer.echo("error: --reference and --data go together", err=True)
+        raise typer.Exit(code=2)
+    report = verify(model_dir, checkpoint, reference, data)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+@app.command("quantize")
+def quantize_command(
+    model_dir: Annotated[Path, typer.Argument(help="float32 model directory")],
+    precision: Annotated[str, typer.Option(help="int8 (CPU) or fp16 (GPU)")],
+    data: Annotated[Path, typer.Option(help="held-out data for the gate (class folders or a CSV/JSONL)")],
+    out: Annotated[Path | None, typer.Option(help="variant directory (default: MODEL_DIR-PRECISION)")] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing non-empty output directory")] = False,
+) -> None:
+    """Write MODEL_DIR's int8 or fp16 sibling, only when it passes its accuracy gate on --data."""
+    from export.quantize import QuantizeError, write_variant
+
+    try:
+        result = write_variant(model_dir, precision, data, out_dir=out, force=force)
+    except QuantizeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(f"gate passed: {result.gate.summary()}")
+    typer.echo(f"wrote {result.model_dir} ({precision} variant of {result.manifest.name})")
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ Checks, in order:
    the manifest's shapes with finite values;
 4. with a checkpoint: the same inputs through the PyTorch modules give embeddings within
    `EMBEDDING_TOLERANCE` (max abs diff) and codes identical on at least `CODE_AGREEMENT` of positions.
+   A lower-precision variant (int8, fp16) passes its accuracy gate instead (export/gate.py): the figures
+   stored in its manifest, and, given the float32 `reference` directory and held-out `data`, measured anew.
 """
 
 from __future__ import annotations
@@ -72,10 +74,14 @@ class VerifyReport:
 
 
 def verify(
-    model_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | Servable | None = None
+    model_dir: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | Servable | None = None,
+    reference: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
 ) -> VerifyReport:
-    """Run every check on `model_dir` (and PyTorch parity when `checkpoint` is given); never raises on a
-    bad model, the report says what failed."""
+    """Run every check on `model_dir` (and PyTorch parity when `checkpoint` is given; a variant's gate
+    against the float32 `reference` on held-out `data` when both are given); never raises on a bad model,
+    the report says what failed."""
     root = Path(model_dir)
     report = VerifyReport(model_dir=str(root))
     try:
@@ -97,9 +103,47 @@ def verify(
         if outputs is not None:
             ort_outputs[key] = outputs
 
-    if checkpoint is not None and report.ok:
+    if manifest.precision != "fp32":
+        if report.ok:
+            _check_gate(report, root, manifest, reference, data)
+    elif checkpoint is not None and report.ok:
         _check_parity(report, manifest, config, checkpoint, signal, ort_outputs)
     return report
+
+
+def _check_gate(
+    report: VerifyReport,
+    root: Path,
+    manifest: Manifest,
+    reference: str | os.PathLike[str] | None,
+    data: str | os.PathLike[str] | None,
+) -> None:
+    """A variant's stored gate figures pass its thresholds; with `reference` and `data`, so do new ones."""
+    from export.gate import GateResult, load_held_out, measure_gate
+
+    try:
+        stored = GateResult.from_dict(manifest.gate or {})
+    except TypeError as e:
+        report.add("gate: stored", False, f"the manifest's gate record is malformed: {e}")
+        return
+    report.add("gate: stored", stored.passed, "; ".join(stored.failures) or stored.summary())
+    if reference is None or data is None:
+        return
+    try:
+        ref_manifest = read_manifest(reference, check_hashes=True)
+        if ref_manifest.precision != "fp32" or ref_manifest.model_config != manifest.model_config:
+            raise ManifestError(f"{reference} is not the float32 directory of the same model")
+        held_out = load_held_out(data, ref_manifest)
+    except (ManifestError, ValueError) as e:
+        report.add("gate: measured", False, str(e))
+        return
+    graphs = {key: root / graph.path for key, graph in manifest.files.items()}
+    gate = measure_gate(reference, ref_manifest, graphs, held_out)
+    report.figures["gate embedding_cosine"] = gate.embedding_cosine
+    report.figures["gate code_agreement level 1"] = gate.code_agreement[0]
+    if gate.accuracy_drop is not None:
+        report.figures["gate accuracy_drop points"] = gate.accuracy_drop
+    report.add("gate: measured", gate.passed, "; ".join(gate.failures) or gate.summary())
 
 
 def _check_graph(
