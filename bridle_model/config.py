@@ -55,9 +55,11 @@ class ImageInput:
 
 @dataclass(frozen=True)
 class VideoInput:
-    """`num_frames` frames sampled uniformly over the clip, each an `ImageInput`-style RGB frame."""
+    """`num_frames` frames sampled uniformly over each `clip_seconds` of video, each an `ImageInput`-style
+    RGB frame; longer videos are cut into consecutive clips (bridle_model/windowing.py)."""
 
     num_frames: int = 16
+    clip_seconds: float = 2.0
     image_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -175,6 +177,8 @@ class ModelConfig:
             dims = (self.input.image_size, self.input.image_size)
         if any(d % self.patch_size for d in dims):
             raise ValueError(f"input sizes {dims} must be multiples of patch_size {self.patch_size}")
+        if isinstance(self.input, VideoInput) and not self.input.clip_seconds > 0:
+            raise ValueError(f"clip_seconds must be positive, got {self.input.clip_seconds}")
         if isinstance(self.input, VideoInput) and self.input.num_frames % self.tubelet:
             raise ValueError(
                 f"num_frames {self.input.num_frames} must be a multiple of tubelet {self.tubelet}"

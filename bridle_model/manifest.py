@@ -122,13 +122,6 @@ class Manifest:
         return self.files["tokenizer"]
 
     @property
-    def num_patches(self) -> int:
-        n = 1
-        for g in self.patch_grid:
-            n *= g
-        return n
-
-    @property
     def has_classifier(self) -> bool:
         return bool(self.labels) and self.encoder.output("logits") is not None
 
@@ -172,7 +165,7 @@ class Manifest:
             format_version=version,
             name=_field(d, "name", str, "manifest"),
             modality=modality,
-            input=_input_spec(_field(d, "input", dict, "manifest")),
+            input=_input_spec(_field(d, "input", dict, "manifest"), modality),
             windowing=d.get("windowing", WINDOWING),
             patch_grid=_int_list(_field(d, "patch_grid", list, "manifest"), "manifest patch_grid"),
             grid_axes=[str(a) for a in _field(d, "grid_axes", list, "manifest")],
@@ -312,8 +305,18 @@ def _tensor(d: Any, where: str) -> TensorSpec:
     )
 
 
-def _input_spec(d: dict[str, Any]) -> InputSpec:
+# the input fields a modality's windowing needs: older manifests without them are refused, not guessed
+REQUIRED_INPUT = {"audio": ("sample_rate", "window_seconds"), "image": (), "video": ("window_seconds",)}
+
+
+def _input_spec(d: dict[str, Any], modality: str) -> InputSpec:
     where = "manifest input"
+    missing = [key for key in REQUIRED_INPUT[modality] if d.get(key) is None]
+    if missing:
+        raise ManifestError(
+            f"{where} of this {modality} model lacks {missing}: it was written by an older exporter, "
+            "export the model again"
+        )
     window = _optional(d, "window_seconds", (int, float), where)
     return InputSpec(
         name=_field(d, "name", str, where),

@@ -1,7 +1,6 @@
 """`bridle-export`: turn a servable checkpoint into a verified model directory, or verify one.
 
-bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--window-seconds S] [--opset N] [--no-verify]
-                     [--force]
+bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--opset N] [--no-verify] [--force]
 bridle-export verify MODEL_DIR [--checkpoint CHECKPOINT_DIR] [--reference FP32_DIR --data HELD_OUT] [--json]
 bridle-export quantize MODEL_DIR --precision int8|fp16 --data HELD_OUT [--out OUT_DIR] [--force]
 """
@@ -26,9 +25,6 @@ def export_command(
     name: Annotated[
         str | None, typer.Option(help="model name in the manifest (default: OUT_DIR's name)")
     ] = None,
-    window_seconds: Annotated[
-        float | None, typer.Option(help="video: clip length the service samples T frames from (default 2.0)")
-    ] = None,
     opset: Annotated[
         int | None,
         typer.Option(
@@ -47,7 +43,6 @@ def export_command(
             checkpoint_dir,
             out_dir,
             name=name,
-            window_seconds=window_seconds,
             run_verify=verify,
             force=force,
             opset=opset,

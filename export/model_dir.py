@@ -15,7 +15,7 @@ from typing import Any
 
 from bridle_model.atomic import write_directory_atomically
 from bridle_model.checkpoint import Servable, load_servable
-from bridle_model.config import AudioInput, ImageInput, ModelConfig
+from bridle_model.config import AudioInput, ImageInput
 from bridle_model.manifest import (
     GRID_AXES,
     ClassifierSpec,
@@ -36,7 +36,6 @@ from export.onnx_graphs import (
 )
 from export.verify import VerifyReport, verify
 
-DEFAULT_VIDEO_WINDOW_SECONDS = 2.0
 GRAPH_FILES = {"encoder": "encoder.onnx", "tokenizer": "tokenizer.onnx"}
 
 
@@ -59,15 +58,14 @@ def export_model_dir(
     source: str | os.PathLike[str] | Servable,
     out_dir: str | os.PathLike[str],
     name: str | None = None,
-    window_seconds: float | None = None,
     run_verify: bool = True,
     force: bool = False,
     opset: int | None = None,
 ) -> ExportResult:
     """Export a servable checkpoint (a directory or a loaded `Servable`) to the model directory `out_dir`.
 
-    `window_seconds` is the video clip length the service samples T frames from (default 2.0 s); audio
-    windows follow from the config and images have none. `opset`: 18 (default) .. 23. Refuses to
+    The manifest's input window (audio window, video clip length) comes from the model's input config,
+    the one training used. `opset`: 18 (default) .. 23. Refuses to
     overwrite a non-empty `out_dir` unless `force`, and to write a directory that fails verification.
     """
     opset = OPSET if opset is None else opset
@@ -82,7 +80,6 @@ def export_model_dir(
         servable, checkpoint = source.eval(), str(source.provenance.get("checkpoint", "<in memory>"))
     else:
         servable, checkpoint = load_servable(source), str(Path(source).resolve())
-    _check_window_seconds(servable.config, window_seconds)
     manifest_name = name or out.resolve().name
 
     result: dict[str, Any] = {}
@@ -91,7 +88,7 @@ def export_model_dir(
         example = example_signal(servable.config, batch=2)
         export_graph(EncoderGraph(servable), example, tmp / GRAPH_FILES["encoder"], opset)
         export_graph(TokenizerGraph(servable), example, tmp / GRAPH_FILES["tokenizer"], opset)
-        manifest = build_manifest(tmp, servable, manifest_name, checkpoint, window_seconds, opset)
+        manifest = build_manifest(tmp, servable, manifest_name, checkpoint, opset)
         write_manifest(tmp, manifest)
         result["manifest"] = manifest
         if run_verify:
@@ -113,7 +110,6 @@ def build_manifest(
     servable: Servable,
     name: str,
     checkpoint: str,
-    window_seconds: float | None = None,
     opset: int = OPSET,
 ) -> Manifest:
     """The manifest of the graphs in `model_dir`: shapes read from the graphs, hashes from the files."""
@@ -127,7 +123,6 @@ def build_manifest(
         raise ExportError("the encoder graph has no output 'embedding'")
 
     inp = cfg.input
-    _check_window_seconds(cfg, window_seconds)
     if isinstance(inp, AudioInput):
         input_spec = InputSpec(
             name=signal.name,
@@ -146,7 +141,7 @@ def build_manifest(
             shape=signal.shape,
             image_size=inp.image_size,
             clip_frames=inp.num_frames,
-            window_seconds=DEFAULT_VIDEO_WINDOW_SECONDS if window_seconds is None else float(window_seconds),
+            window_seconds=float(inp.clip_seconds),
         )
 
     provenance = dict(servable.provenance)
@@ -174,11 +169,3 @@ def build_manifest(
         classifier=ClassifierSpec(activation=cfg.classifier_activation),
     )
 
-
-def _check_window_seconds(cfg: ModelConfig, window_seconds: float | None) -> None:
-    if window_seconds is None:
-        return
-    if cfg.modality != "video":
-        raise ExportError(f"window_seconds applies to video models only, this one is {cfg.modality}")
-    if not window_seconds > 0:
-        raise ExportError(f"window_seconds must be positive, got {window_seconds}")

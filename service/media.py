@@ -4,22 +4,22 @@ Uploads come as `multipart/form-data` (one or more parts named `file`, kept in o
 with its own Content-Type. The body limit is checked against Content-Length before anything is read and
 again on every chunk, so an oversized upload is refused without being buffered.
 
-Audio longer than the model's window is cut into consecutive windows, the last padded with silence;
-video is cut into clips of `window_seconds`, each sampled to the model's T frames (the last clip samples
-its shorter span). Images are one window.
+Audio and video are cut into the model's windows by bridle_model/windowing.py, as in training: audio
+into consecutive windows, the last padded with silence; video into clips of the manifest's
+`window_seconds` (the model's `clip_seconds`), each sampled to T frames. Images are one window.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from bridle_model.decoding import decode_audio, decode_image, decode_video, sample_frames
+from bridle_model.decoding import decode_audio, decode_image, decode_video
 from bridle_model.manifest import Manifest
+from bridle_model.windowing import audio_windows, video_windows
 from service.errors import ServiceError
 
 FILE_FIELDS = ("file", "files")
@@ -147,24 +147,15 @@ async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> 
 
 def to_windows(manifest: Manifest, data: bytes, limits: Limits) -> Windows:
     """Decode `data` for the model of `manifest` and cut it into the graphs' fixed-size windows."""
-    spec = manifest.input
+    spec = manifest.input  # read_manifest refuses manifests without the fields used here
     shape = [int(d) for d in spec.shape[1:]]
     if manifest.modality == "audio":
-        rate = int(spec.sample_rate or 16_000)
-        wave = decode_audio(data, rate, max_seconds=limits.max_audio_seconds)  # (samples,)
-        n = shape[0]
-        count = max(1, math.ceil(len(wave) / n))
-        padded = np.zeros(count * n, dtype=np.float32)
-        padded[: len(wave)] = wave
-        duration = len(wave) / rate
-        spans = [(i * n / rate, min((i + 1) * n / rate, duration)) for i in range(count)]
-        return Windows(padded.reshape(count, n), spans, duration)  # (W, samples)
+        wave = decode_audio(data, spec.sample_rate, max_seconds=limits.max_audio_seconds)  # (samples,)
+        windows, spans = audio_windows(wave, shape[0], spec.sample_rate)  # (W, samples)
+        return Windows(windows, spans, len(wave) / spec.sample_rate)
     if manifest.modality == "image":
         image = decode_image(data, int(spec.image_size or shape[-1]), max_pixels=limits.max_image_pixels)
         return Windows(image[None], [(None, None)], None)  # (1, 3, S, S)
     video = decode_video(data, int(spec.image_size or shape[-1]), max_seconds=limits.max_video_seconds)
-    window = float(spec.window_seconds or video.duration or 1.0)
-    count = max(1, math.ceil(video.duration / window - 1e-9))
-    spans = [(i * window, min((i + 1) * window, video.duration)) for i in range(count)]
-    clips = [sample_frames(video, shape[0], start=s, end=e) for s, e in spans]  # each (T, 3, S, S)
-    return Windows(np.stack(clips), spans, video.duration)  # (W, T, 3, S, S)
+    clips, spans = video_windows(video, shape[0], spec.window_seconds)  # (W, T, 3, S, S)
+    return Windows(clips, spans, video.duration)

@@ -6,9 +6,11 @@ A `MediaDataset` reads one of
       resolved against the manifest's folder; a `split` column can select rows, e.g. a demo `metadata.csv`);
   (c) a folder of unlabelled files (pretraining), label -1.
 Items are what `bridle_model.preprocessing` takes, one example at a time (docs/contracts.md):
-  audio float32 (window_samples,)   16 kHz mono, cut (start-aligned, or a random crop) or zero-padded
+  audio float32 (window_samples,)   mono at the model's rate, cut (start-aligned, or a random crop) or
+                                    zero-padded
   image uint8   (3, S, S)
-  video uint8   (T, 3, S, S)        T frames sampled uniformly over the whole clip
+  video uint8   (T, 3, S, S)        T frames sampled uniformly over the first `clip_seconds`
+The windows are cut by bridle_model/windowing.py, as the service cuts them.
 A file that cannot be decoded is skipped with one warning and recorded in `dataset.skipped`.
 """
 
@@ -27,7 +29,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
-from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video, sample_frames
+from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video
+from bridle_model.windowing import first_clip, fit_window
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +160,7 @@ def decode_example(path: Path, cfg: ModelConfig) -> np.ndarray:
     if cfg.modality == "image":
         return decode_image(path, cfg.input.image_size)  # (3, S, S) uint8
     video = decode_video(path, cfg.input.image_size)
-    return sample_frames(video, cfg.input.num_frames)  # (T, 3, S, S) uint8
-
-
-def fit_window(wave: np.ndarray, window: int, start: int = 0) -> np.ndarray:
-    """Cut `wave` (samples,) to `window` samples from `start`, zero-padding at the end when short."""
-    out = np.zeros(window, np.float32)
-    piece = wave[start : start + window]
-    out[: len(piece)] = piece
-    return out
+    return first_clip(video, cfg.input.num_frames, cfg.input.clip_seconds)  # (T, 3, S, S) uint8
 
 
 # ---- the data set ---------------------------------------------------------------------------------------

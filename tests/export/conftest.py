@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from export_cases import LABELS, MICRO_PRESETS, VIDEO_WINDOW_SECONDS
+from export_cases import LABELS, MICRO_PRESETS, micro_config
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     from typer.testing import CliRunner
 
     from bridle_model.checkpoint import build_servable, save_servable
-    from bridle_model.config import preset
     from export.cli import app
     from export.model_dir import export_model_dir
 
@@ -30,7 +29,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     out: dict[str, Exported] = {}
     for i, name in enumerate(MICRO_PRESETS):
         servable = build_servable(
-            preset(name), labels=LABELS, seed=i, provenance={"recipe": "test", "step": 7}
+            micro_config(name), labels=LABELS, seed=i, provenance={"recipe": "test", "step": 7}
         )
         checkpoint = save_servable(root / f"ckpt-{name}", servable)
         model_dir = root / f"model-{name}"
@@ -40,7 +39,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
             )
             assert result.exit_code == 0, result.output
         else:
-            window = VIDEO_WINDOW_SECONDS if name == "micro-video" else None
-            export_model_dir(checkpoint, model_dir, window_seconds=window)
+            export_model_dir(checkpoint, model_dir)
         out[name] = Exported(name, checkpoint, model_dir)
     return out

@@ -129,6 +129,28 @@ def test_missing_graph_file(tmp_path: Path) -> None:
         read_manifest(model_dir, check_hashes=False)
 
 
+@pytest.mark.parametrize(
+    ("modality", "fields", "missing"),
+    [
+        ("audio", {"sample_rate": None, "window_seconds": 1.0}, r"\['sample_rate'\]"),
+        ("audio", {"sample_rate": 16000}, r"\['window_seconds'\]"),
+        ("video", {"clip_frames": 4}, r"\['window_seconds'\]"),
+    ],
+)
+def test_a_manifest_without_its_window_is_refused_not_guessed(
+    tmp_path: Path, modality: str, fields: dict, missing: str
+) -> None:
+    model_dir, _ = _model_dir(tmp_path)
+
+    def older(raw: dict) -> None:
+        raw["modality"] = modality
+        raw["input"].update(fields)
+
+    _edit(model_dir, older)
+    with pytest.raises(ManifestError, match=rf"lacks {missing}: .* export the model again"):
+        read_manifest(model_dir)
+
+
 def test_manifest_module_imports_no_torch() -> None:
     code = (
         "import sys, bridle_model.manifest; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"

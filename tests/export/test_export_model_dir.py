@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from export_cases import LABELS, MICRO_PRESETS, VIDEO_WINDOW_SECONDS
+from export_cases import LABELS, MICRO_PRESETS, VIDEO_CLIP_SECONDS, micro_config
 from typer.testing import CliRunner
 
 import export.model_dir as model_dir_module
@@ -35,7 +35,7 @@ def test_manifest_describes_the_model(exported, name: str) -> None:
         "manifest.json",
         "tokenizer.onnx",
     ]
-    cfg = preset(name)
+    cfg = micro_config(name)
     m = read_manifest(e.model_dir)
     assert m.name == ("micro-img" if name == "micro-image" else e.model_dir.name)
     assert (m.modality, m.patch_grid, m.embedding_dim, m.opset) == (cfg.modality, list(cfg.grid), 32, 18)
@@ -65,7 +65,8 @@ def test_manifest_describes_the_model(exported, name: str) -> None:
         assert m.grid_axes == ["height", "width"]
     else:
         assert (inp.dtype, inp.shape, inp.clip_frames) == ("uint8", ["batch", 4, 3, 16, 16], 4)
-        assert inp.window_seconds == VIDEO_WINDOW_SECONDS and m.grid_axes == ["time", "height", "width"]
+        assert inp.window_seconds == VIDEO_CLIP_SECONDS == cfg.input.clip_seconds
+        assert m.grid_axes == ["time", "height", "width"]
 
 
 @pytest.mark.parametrize("name", MICRO_PRESETS)
@@ -211,9 +212,6 @@ def test_cli_refuses_bad_input(exported, tmp_path: Path) -> None:
     result = runner.invoke(app, ["verify", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "does not exist" in result.output
 
-    with pytest.raises(ExportError, match="video models only"):
-        export_model_dir(exported["micro-audio"].checkpoint, tmp_path / "o", window_seconds=2.0)
-
 
 @pytest.mark.parametrize("name", MICRO_PRESETS)
 def test_opset_23_exports_fused_attention_that_verifies(exported, tmp_path: Path, name: str) -> None:
@@ -224,8 +222,7 @@ def test_opset_23_exports_fused_attention_that_verifies(exported, tmp_path: Path
         )
         assert result.exit_code == 0, result.output
     else:
-        window = VIDEO_WINDOW_SECONDS if name == "micro-video" else None
-        export_model_dir(exported[name].checkpoint, out, window_seconds=window, opset=23)
+        export_model_dir(exported[name].checkpoint, out, opset=23)
     manifest = read_manifest(out, check_hashes=True)
     assert manifest.opset == 23
     model = onnx.load(str(out / "encoder.onnx"))

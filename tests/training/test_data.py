@@ -8,13 +8,12 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from bridle_model.config import preset
-from training.data import MediaDataset, fit_window, manifest_entries, split_by_metadata
+from training.data import MediaDataset, manifest_entries, split_by_metadata
 
 SETS = {
     "audio": ("audio-digits", ".wav"),
@@ -131,11 +130,7 @@ def test_metadata_label_column_builds_a_speaker_task(demo_root: Path) -> None:
         manifest_entries(metadata, label_column="speaker")
 
 
-def test_audio_window_is_cut_or_padded_and_randomly_cropped(demo_root: Path) -> None:
-    wave = np.arange(10, dtype=np.float32)
-    assert fit_window(wave, 4).tolist() == [0, 1, 2, 3]
-    assert fit_window(wave, 4, start=8).tolist() == [8, 9, 0, 0]
-    assert fit_window(wave, 12).tolist() == [*range(10), 0, 0]
+def test_audio_window_is_randomly_cropped(demo_root: Path) -> None:
     cfg = preset("micro-audio")  # 5360-sample windows, shorter than a spoken digit
     folder = demo_root / "audio-digits" / "train"
     aligned = MediaDataset(folder, cfg, cache=True)
