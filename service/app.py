@@ -1,14 +1,16 @@
-"""The HTTP service: FastAPI routes over dynamically batched ONNX Runtime sessions.
+"""The HTTP service: FastAPI routes over the inference layer (`service/infer.py`).
 
-`create_app(settings, models)` builds the app; the models are loaded (and checked) before, by the CLI, or
-in the lifespan when not given. Routes:
+`create_app(settings)` builds the app; its lifespan loads the models once, starts the batchers and warms
+every graph up (503 `not_ready` until then). The routes read and validate requests and serialise the
+typed results; everything between lives in `Inference`. Routes:
 
 - `POST /embed`, `POST /tokenize`, `POST /classify`: uploads as multipart (`file`, several allowed) or a
   raw body; `model` query parameter (manifest name) or the model of the detected modality. Unknown
   model: 404 `unknown_model`.
 - `GET /health`, `GET /ready`, `GET /metrics`, `GET /models`, `GET /` (a small page), `/docs`.
 
-Errors are JSON `{"error": {"code", "message"}}` (service/errors.py lists the status codes).
+Errors are JSON `{"error": {"code", "message"}}` (service/errors.py lists the status codes); every
+response carries `X-Request-ID` (service/middleware.py).
 """
 
 from __future__ import annotations
@@ -18,29 +20,25 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
-import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from bridle_model.decoding import MediaError, sniff_modality
-from service.batching import Batcher, BatcherHooks
-from service.errors import ServiceError, error_response, from_media_error, install_handlers
-from service.media import Limits, Upload, Windows, read_uploads, to_windows
+from service.errors import ServiceError, error_response, install_handlers, retry_later
+from service.infer import Codes, Embedding, Inference, Label, Labels, Source
+from service.media import read_uploads
 from service.metrics import Metrics, MetricsMiddleware
-from service.runtime import LoadedModel, ProviderChooser, load_models
-from service.settings import Settings, usable_cores
+from service.middleware import Admission, AdmissionState, RequestIds
+from service.runtime import ModelLoadError, ProviderChooser, load_models
+from service.settings import Settings
 
 log = logging.getLogger("bridle.service")
 
 STATIC = Path(__file__).parent / "static"
-GRAPHS = ("encoder", "tokenizer")
-ACCEPTS = {"audio": ("audio", "video"), "image": ("image",), "video": ("video", "audio")}
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -68,99 +66,40 @@ ModelParam = Query(
 @dataclass
 class ServiceState:
     settings: Settings
-    models: dict[str, LoadedModel]
-    metrics: Metrics
-    batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)
-    decoders: ThreadPoolExecutor | None = None  # decoding runs here, off the event loop
-    ready: bool = False
+    inference: Inference
+    admission: AdmissionState
+    startup_error: Exception | None = None  # why the lifespan could not load the models
 
-    @property
-    def limits(self) -> Limits:
-        s = self.settings
-        return Limits(s.max_audio_seconds, s.max_image_pixels, s.max_video_seconds)
-
-    def model_for(self, name: str | None, modality: str) -> LoadedModel:
-        if name is not None:
-            if name not in self.models:
-                raise ServiceError(
-                    404, "unknown_model", f"no model named {name!r}; loaded: {sorted(self.models)}"
-                )
-            model = self.models[name]
-            # audio and video files share containers: an audio model reads the sound of a video, and a
-            # video model given a file without pictures says so (422 no_frames) from its decoder
-            if modality not in ACCEPTS[model.manifest.modality]:
-                raise ServiceError(
-                    415,
-                    "wrong_modality",
-                    f"model {name!r} takes {model.manifest.modality}, the upload is {modality}",
-                )
-            return model
-        for model in self.models.values():
-            if model.manifest.modality == modality:
-                return model
-        raise ServiceError(
-            415, "unsupported", f"no loaded model takes {modality}; loaded: {sorted(self.models)}"
-        )
+    def unavailable(self) -> ServiceError | None:
+        """The 503 of a service that cannot take work yet (warming up) or any more (draining)."""
+        if self.admission.draining:
+            return self.admission.draining_error()
+        if not self.inference.ready:
+            return retry_later("not_ready", "the models are still warming up", self.settings.retry_after_s)
+        return None
 
 
-# ---- setup -----------------------------------------------------------------------------------------
-
-
-def _make_batchers(state: ServiceState) -> None:
-    s, m = state.settings, state.metrics
-    for name, model in state.models.items():
-        for graph in GRAPHS:
-            hooks = BatcherHooks(
-                on_batch=m.batch_size.labels(name, graph).observe,
-                on_depth=m.queue_depth.labels(name, graph).set,
-                on_reject=lambda reason, n=name, g=graph: m.rejected.labels(n, g, reason).inc(),
-            )
-            state.batchers[(name, graph)] = Batcher(
-                run=lambda signal, mdl=model, g=graph: mdl.run(g, signal),
-                name=f"{name}/{graph}",
-                max_batch_size=s.max_batch_size,
-                max_wait_s=s.max_wait_ms / 1000,
-                queue_size=s.queue_size,
-                timeout_s=s.request_timeout_s,
-                retry_after_s=s.retry_after_s,
-                hooks=hooks,
-                concurrent_runs=s.concurrent_runs,
-            )
-
-
-async def _warm_up(state: ServiceState) -> None:
-    """One dummy batch through every graph, then the service is ready."""
-    for model in state.models.values():
-        for graph in GRAPHS:
-            await anyio.to_thread.run_sync(model.run, graph, model.dummy_batch())
-    state.ready = True
-    log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in state.models.items()))
-
-
-def create_app(settings: Settings | None = None, models: dict[str, LoadedModel] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state: ServiceState = app.state.bridle
-        if not state.models:
-            chooser = ProviderChooser(settings.providers, settings.use_tensorrt)
-            state.models = await anyio.to_thread.run_sync(
-                load_models, settings.model_dirs, chooser, settings.cpu_threads
+        inference: Inference = app.state.bridle.inference
+        chooser = ProviderChooser(settings.providers, settings.use_tensorrt)
+        try:
+            inference.models = await anyio.to_thread.run_sync(
+                load_models, settings.model_dirs, chooser, settings.cpu_threads, settings.precision
             )
-        _make_batchers(state)
-        for batcher in state.batchers.values():
-            batcher.start()
-        threads = settings.decode_threads or usable_cores()
-        state.decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-        warm = asyncio.create_task(_warm_up(state))
+        except ModelLoadError as e:
+            app.state.bridle.startup_error = e
+            raise
+        inference.start()
+        warm = asyncio.create_task(inference.warm_up())
         try:
             yield
         finally:
             warm.cancel()
-            for batcher in state.batchers.values():
-                await batcher.stop()
-            state.decoders.shutdown(wait=False, cancel_futures=True)
+            await inference.stop()
 
     app = FastAPI(
         title="bridle",
@@ -173,9 +112,14 @@ def create_app(settings: Settings | None = None, models: dict[str, LoadedModel] 
             "logs": settings.opentelemetry,
         },
     )
-    app.state.bridle = ServiceState(settings=settings, models=dict(models or {}), metrics=Metrics.create())
+    metrics = Metrics.create()
+    admission = AdmissionState(settings.max_concurrent_requests, settings.retry_after_s)
+    app.state.bridle = ServiceState(settings, Inference(settings, {}, metrics), admission)
     install_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.bridle.metrics, routes=lambda: app.routes)
+    # the last added runs first: ids around everything, then metrics, then admission
+    app.add_middleware(Admission, state=admission)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.routes)
+    app.add_middleware(RequestIds)
     _add_routes(app)
     return app
 
@@ -207,50 +151,12 @@ async def require_key(request: Request) -> None:  # async: FastAPI runs a plain 
         )
 
 
-# ---- inference -------------------------------------------------------------------------------------
+# ---- serialisation ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Prepared:
-    upload: Upload
-    model: LoadedModel
-    windows: Windows
-
-
-async def _prepare(state: ServiceState, upload: Upload, model_name: str | None) -> Prepared:
-    """Sniff, pick the model, decode and window the upload (decoding runs in a worker thread)."""
-    try:
-        modality = sniff_modality(upload.data, upload.content_type)
-        model = state.model_for(model_name, modality)
-        loop = asyncio.get_running_loop()
-        windows = await loop.run_in_executor(
-            state.decoders, to_windows, model.manifest, upload.data, state.limits
-        )
-    except MediaError as e:
-        raise from_media_error(e, upload.filename) from None
-    return Prepared(upload, model, windows)
-
-
-async def _run(state: ServiceState, request: Request, model_name: str | None, graph: str):
-    if not state.ready:
-        retry = {"Retry-After": str(state.settings.retry_after_s)}
-        raise ServiceError(503, "not_ready", "the models are still warming up", retry)
-    uploads = await read_uploads(request, state.settings.max_upload_bytes)
-    prepared = await asyncio.gather(*(_prepare(state, u, model_name) for u in uploads))
-    outputs = await asyncio.gather(
-        *(state.batchers[(p.model.name, graph)].submit(p.windows.signal) for p in prepared)
-    )
-    return list(zip(prepared, outputs, strict=True))
-
-
-def _header(p: Prepared) -> dict[str, Any]:
-    m = p.model.manifest
-    return {
-        "filename": p.upload.filename,
-        "model": m.name,
-        "modality": m.modality,
-        "duration": p.windows.duration,
-    }
+def _header(source: Source) -> dict[str, Any]:
+    m = source.model.manifest
+    return {"filename": source.filename, "model": m.name, "modality": m.modality, "duration": source.duration}
 
 
 def _results(results: list[dict[str, Any]]) -> JSONResponse:
@@ -258,23 +164,57 @@ def _results(results: list[dict[str, Any]]) -> JSONResponse:
     return JSONResponse({"results": results})
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+def _labels(labels: list[Label]) -> list[dict[str, Any]]:
+    return [{"label": x.label, "score": x.score} for x in labels]
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+def _embedding(e: Embedding) -> dict[str, Any]:
+    windows = []
+    for w, (start, end) in enumerate(e.source.spans):
+        item: dict[str, Any] = {"start": start, "end": end, "embedding": e.windows[w].tolist()}
+        if e.tokens is not None:
+            item["patch_embeddings"] = e.tokens[w].tolist()  # (N, D)
+        windows.append(item)
+    return {
+        **_header(e.source),
+        "dim": int(e.clip.shape[0]),
+        "embedding": e.clip.tolist(),
+        "windows": windows,
+    }
 
 
-def _top(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"label": labels[i], "score": float(probs[i])} for i in order]
+def _codes(c: Codes) -> dict[str, Any]:
+    m = c.source.model.manifest
+    return {
+        **_header(c.source),
+        "patch_grid": m.patch_grid,
+        "grid_axes": m.grid_axes,
+        "layout": "codes[n]: the patch at row-major index n over patch_grid (grid_axes)",
+        "levels": m.quantizer.levels,
+        "codebook_size": m.quantizer.codebook_size,
+        "tokenizer_kind": m.tokenizer_kind,
+        "windows": [
+            {"start": s, "end": e, "codes": c.codes[w].tolist()} for w, (s, e) in enumerate(c.source.spans)
+        ],
+    }
+
+
+def _classes(x: Labels) -> dict[str, Any]:
+    windows = [
+        {"start": s, "end": e, "labels": _labels(x.windows[w])} for w, (s, e) in enumerate(x.source.spans)
+    ]
+    return {**_header(x.source), "labels": _labels(x.clip), "windows": windows}
 
 
 def _add_routes(app: FastAPI) -> None:
     def state_of(request: Request) -> ServiceState:
         return request.app.state.bridle
+
+    async def uploads_of(request: Request):
+        state = state_of(request)
+        if (error := state.unavailable()) is not None:
+            raise error
+        return await read_uploads(request, state.settings.max_upload_bytes)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -284,18 +224,18 @@ def _add_routes(app: FastAPI) -> None:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="200 once every model is loaded and warmed up, else 503")
+    @app.get("/ready", summary="200 once every model is loaded and warmed up, 503 before and while stopping")
     async def ready(request: Request) -> JSONResponse:
         state = state_of(request)
-        if not state.ready:
-            return error_response(503, "not_ready", "the models are still warming up", {"Retry-After": "1"})
-        return JSONResponse({"status": "ready", "models": sorted(state.models)})
+        if (e := state.unavailable()) is not None:
+            return error_response(e.status, e.code, e.message, e.headers)
+        return JSONResponse({"status": "ready", "models": sorted(state.inference.models)})
 
     @app.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_key)])
     async def metrics(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(state_of(request).inference.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/models",
@@ -303,7 +243,6 @@ def _add_routes(app: FastAPI) -> None:
         dependencies=[Depends(require_key)],
     )
     async def models(request: Request) -> dict[str, Any]:
-        state = state_of(request)
         return {
             "models": [
                 {
@@ -312,9 +251,10 @@ def _add_routes(app: FastAPI) -> None:
                     "directory": str(m.directory),
                     "providers": m.providers,
                     "execution_provider": m.providers[0],
+                    "precision": m.manifest.precision,
                     "manifest": m.manifest.to_dict(),
                 }
-                for name, m in state.models.items()
+                for name, m in state_of(request).inference.models.items()
             ]
         }
 
@@ -332,24 +272,9 @@ def _add_routes(app: FastAPI) -> None:
         ),
         normalize: bool = Query(False, description="L2-normalise the embeddings"),
     ) -> JSONResponse:
-        state = state_of(request)
-        results = []
-        for p, out in await _run(state, request, model, "encoder"):
-            emb = out["embedding"]  # (W, D)
-            clip = emb.mean(axis=0)  # (D,)
-            if normalize:
-                emb, clip = _l2(emb), _l2(clip)
-            windows = []
-            for w, (start, end) in enumerate(p.windows.spans):
-                item: dict[str, Any] = {"start": start, "end": end, "embedding": emb[w].tolist()}
-                if pooling == "tokens":
-                    tokens = out["patch_embeddings"][w]  # (N, D)
-                    item["patch_embeddings"] = (_l2(tokens) if normalize else tokens).tolist()
-                windows.append(item)
-            results.append(
-                {**_header(p), "dim": int(clip.shape[0]), "embedding": clip.tolist(), "windows": windows}
-            )
-        return _results(results)
+        uploads = await uploads_of(request)
+        found = await state_of(request).inference.embed(uploads, model, pooling == "tokens", normalize)
+        return _results([_embedding(e) for e in found])
 
     @app.post(
         "/tokenize",
@@ -358,27 +283,8 @@ def _add_routes(app: FastAPI) -> None:
         dependencies=[Depends(require_key)],
     )
     async def tokenize(request: Request, model: str | None = ModelParam) -> JSONResponse:
-        state = state_of(request)
-        results = []
-        for p, out in await _run(state, request, model, "tokenizer"):
-            m = p.model.manifest
-            codes = out["codes"]  # (W, N, L) int64
-            results.append(
-                {
-                    **_header(p),
-                    "patch_grid": m.patch_grid,
-                    "grid_axes": m.grid_axes,
-                    "layout": "codes[n]: the patch at row-major index n over patch_grid (grid_axes)",
-                    "levels": m.quantizer.levels,
-                    "codebook_size": m.quantizer.codebook_size,
-                    "tokenizer_kind": m.tokenizer_kind,
-                    "windows": [
-                        {"start": s, "end": e, "codes": codes[w].tolist()}
-                        for w, (s, e) in enumerate(p.windows.spans)
-                    ],
-                }
-            )
-        return _results(results)
+        uploads = await uploads_of(request)
+        return _results([_codes(c) for c in await state_of(request).inference.tokenize(uploads, model)])
 
     @app.post(
         "/classify",
@@ -391,21 +297,6 @@ def _add_routes(app: FastAPI) -> None:
         model: str | None = ModelParam,
         top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
     ) -> JSONResponse:
-        state = state_of(request)
-        if model is not None and model in state.models and not state.models[model].manifest.has_classifier:
-            raise ServiceError(422, "no_classifier", f"model {model!r} has no classifier head")
-        results = []
-        for p, out in await _run(state, request, model, "encoder"):
-            m = p.model.manifest
-            if not m.has_classifier or "logits" not in out:
-                raise ServiceError(422, "no_classifier", f"model {m.name!r} has no classifier head")
-            probs = _softmax(out["logits"].astype(np.float64))  # (W, C)
-            k = min(top_k, len(m.labels))
-            windows = [
-                {"start": s, "end": e, "labels": _top(probs[w], m.labels, k)}
-                for w, (s, e) in enumerate(p.windows.spans)
-            ]
-            results.append(
-                {**_header(p), "labels": _top(probs.mean(axis=0), m.labels, k), "windows": windows}
-            )
-        return _results(results)
+        uploads = await uploads_of(request)
+        found = await state_of(request).inference.classify(uploads, model, top_k)
+        return _results([_classes(x) for x in found])

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import ServiceError
+from service.errors import ServiceError, retry_later
 
 RunBatch = Callable[[np.ndarray], dict[str, np.ndarray]]  # (B, ...) -> {name: (B, ...)}
 
@@ -101,8 +101,10 @@ class Batcher:
         chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
         if len(self._pending) + len(chunks) > self.queue_size:
             self.hooks.on_reject("queue_full")
-            raise self._retry_later(
-                "queue_full", f"the {self.name} queue is full ({self.queue_size} requests waiting)"
+            raise retry_later(
+                "queue_full",
+                f"the {self.name} queue is full ({self.queue_size} requests waiting)",
+                self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
         requests = [_Request(chunk, loop.create_future()) for chunk in chunks]
@@ -115,8 +117,8 @@ class Batcher:
         except TimeoutError:
             self._withdraw(requests)
             self.hooks.on_reject("timeout")
-            raise self._retry_later(
-                "timeout", f"no result from {self.name} within {self.timeout_s:g} s"
+            raise retry_later(
+                "timeout", f"no result from {self.name} within {self.timeout_s:g} s", self.retry_after_s
             ) from None
         except BaseException:
             self._withdraw(requests)
@@ -124,9 +126,6 @@ class Batcher:
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-    def _retry_later(self, code: str, message: str) -> ServiceError:
-        return ServiceError(503, code, f"{message}; retry later", {"Retry-After": str(self.retry_after_s)})
 
     def _withdraw(self, requests: list[_Request]) -> None:
         for r in requests:

@@ -1,67 +1,115 @@
-"""`bridle-serve`: check and load the model directories, then serve them with uvicorn.
+"""`bridle-serve`: check the settings, then serve the model directories with uvicorn.
 
-A missing, corrupt or hash-mismatched model directory stops the start with a message and exit status 2.
+The models load once, in the app's lifespan (in each worker with `--workers` > 1). Invalid settings, a
+missing model directory, or one that fails to load (missing file, sha256 mismatch, a graph ONNX Runtime
+cannot open) stop the start with a message and exit status 2.
+
+SIGTERM (or Ctrl-C) drains: new inference requests get 503 `shutting_down`, the requests in flight finish
+(for at most `BRIDLE_DRAIN_TIMEOUT_S`), then the server stops and the process exits 0. A second signal
+stops at once. With several workers, uvicorn's own graceful shutdown (same timeout) applies instead.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
+from types import FrameType
+from typing import Annotated
 
+import typer
 import uvicorn
+from pydantic import ValidationError
 
-from service.runtime import ModelLoadError, ProviderChooser, find_model_dirs, load_models
+from service.middleware import AdmissionState
+from service.runtime import ModelLoadError, find_model_dirs
 from service.settings import Settings
 
-EXIT_BAD_MODEL = 2
+EXIT_BAD_START = 2
+log = logging.getLogger("bridle.service")
+
+cli = typer.Typer(add_completion=False, help="Serve BRIDLE model directories over HTTP.")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bridle-serve", description="Serve BRIDLE model directories over HTTP.")
-    p.add_argument("--host", help="bind address (BRIDLE_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (BRIDLE_PORT, default 8000)")
-    p.add_argument(
-        "--model-dir",
-        action="append",
-        type=Path,
-        dest="model_dirs",
-        help="a model directory or a folder of them; repeatable (BRIDLE_MODEL_DIRS, default models/)",
-    )
-    p.add_argument("--workers", type=int, help="uvicorn worker processes (BRIDLE_WORKERS, default 1)")
-    return p.parse_args(argv)
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a first SIGTERM / SIGINT that drains before the usual shutdown."""
+
+    def __init__(self, config: uvicorn.Config, admission: AdmissionState, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.admission = admission
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_started: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.started and self.drain_started is None:
+            self.admission.draining = True
+            self.drain_started = time.monotonic()
+            log.info(
+                "%s: draining %d request(s) in flight", signal.Signals(sig).name, self.admission.in_flight
+            )
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_started is not None:
+            waited = time.monotonic() - self.drain_started
+            if self.admission.in_flight == 0 or waited > self.drain_timeout_s:
+                return True
+        return await super().on_tick(counter)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+def _fail(message: str) -> None:
+    print(f"bridle-serve: cannot start: {message}", file=sys.stderr)
+    raise typer.Exit(EXIT_BAD_START)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (BRIDLE_HOST, default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (BRIDLE_PORT, default 8000)")] = None,
+    model_dir: Annotated[
+        list[Path] | None,
+        typer.Option(help="a model directory or a folder of them; repeatable (BRIDLE_MODEL_DIRS)"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="uvicorn worker processes (BRIDLE_WORKERS, default 1)")
+    ] = None,
+) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
-    chooser = ProviderChooser(settings.providers, settings.use_tensorrt)
+    given = {"host": host, "port": port, "model_dirs": model_dir or None, "workers": workers}
     try:
-        if settings.workers == 1:
-            models = load_models(settings.model_dirs, chooser, settings.cpu_threads)
-        else:  # each worker loads its own copy: check everything here first
-            for directory in find_model_dirs(settings.model_dirs):
-                load_models([directory], chooser, settings.cpu_threads)
-    except ModelLoadError as e:
-        print(f"bridle-serve: cannot start: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_MODEL)
-
-    if settings.workers == 1:
-        from service.app import create_app
-
-        uvicorn.run(
-            create_app(settings, models),
-            host=settings.host,
-            port=settings.port,
-            log_level="info",
-            access_log=settings.access_log,
-        )
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})
+        find_model_dirs(settings.model_dirs)
+    except (ValidationError, ModelLoadError) as e:
+        _fail(str(e))
+    if settings.workers > 1:
+        _serve_workers(settings)
         return
-    # several workers re-read their settings from the environment
+    from service.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    )
+    server = DrainingServer(config, app.state.bridle.admission, settings.drain_timeout_s)
+    with contextlib.suppress(SystemExit):  # uvicorn exits 3 when the lifespan fails to start
+        server.run()
+    if not server.started:
+        error = app.state.bridle.startup_error
+        _fail(str(error) if error is not None else "the server did not start (see the log above)")
+
+
+def _serve_workers(settings: Settings) -> None:
+    """Several worker processes; each builds the app from the environment and loads the models once."""
     os.environ["BRIDLE_MODEL_DIRS"] = ",".join(str(p) for p in settings.model_dirs)
     uvicorn.run(
         "service.app:app_from_env",
@@ -71,7 +119,12 @@ def main(argv: list[str] | None = None) -> None:
         workers=settings.workers,
         log_level="info",
         access_log=settings.access_log,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
     )
+
+
+def main() -> None:
+    cli()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Status codes: 400 empty / malformed request, 401 missing or wrong API key, 404 unknown model or route,
 413 body, audio, video or image over a limit, 415 unsupported media or no model for it, 422 corrupt or
-undecodable media, video with no frames, model without classifier, invalid parameters, 503 queue full
-(with Retry-After), timeout, not ready.
+undecodable media, video with no frames, model without classifier, invalid parameters, 500 an unexpected
+failure (with the request id), 503 overloaded, queue full, timeout, not ready or shutting down (with
+Retry-After).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class ServiceError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+def retry_later(code: str, message: str, retry_after_s: int) -> ServiceError:
+    """A 503 the client should retry: `{message}; retry later` with a Retry-After header."""
+    return ServiceError(503, code, f"{message}; retry later", {"Retry-After": str(retry_after_s)})
 
 
 def from_media_error(err: MediaError, filename: str | None = None) -> ServiceError:

@@ -14,13 +14,9 @@ import pytest
 import uvicorn
 from model_dirs import export_micro, export_unlabelled
 
-from tests.media_files import make_audio, make_image, make_video
+from tests.media_files import CONTENT_TYPES, make_audio, make_image, make_video
 
 API_KEY = "s3cret-key"
-CONTENT_TYPES = {
-    "wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-    "png": "image/png", "jpeg": "image/jpeg", "mp4": "video/mp4", "webm": "video/webm",
-}  # fmt: skip
 
 
 @dataclass
@@ -51,15 +47,14 @@ def _free_socket() -> socket.socket:
 
 
 def run_server(model_dirs: list[Path], **settings_overrides) -> Iterator[Server]:
-    """Start the app in a uvicorn server thread, wait for /ready, yield, then shut it down."""
+    """Start the app in a uvicorn server thread (its lifespan loads the models), wait for /ready, yield,
+    then shut it down."""
     from service.app import create_app
-    from service.runtime import CpuThreads, ProviderChooser, load_models
     from service.settings import Settings
 
-    settings = Settings(model_dirs=model_dirs, **settings_overrides)
-    one_thread = CpuThreads(intra_op=1)  # the tests share two cores with the server
-    models = load_models(settings.model_dirs, ProviderChooser(["CPUExecutionProvider"]), one_thread)
-    app = create_app(settings, models)
+    # one ORT thread per run: the tests share two cores with the server
+    defaults = {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1}
+    app = create_app(Settings(model_dirs=model_dirs, **(defaults | settings_overrides)))
     sock = _free_socket()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

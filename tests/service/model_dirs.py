@@ -6,6 +6,7 @@ exports of the untrained micro presets rather than hand-written graphs that coul
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from bridle_model.checkpoint import build_servable
@@ -19,9 +20,13 @@ VIDEO_WINDOW_SECONDS = 1.0  # the micro-video clip length the service samples it
 
 def export_one(directory: Path, modality: str, name: str, labels: list[str], seed: int) -> Path:
     """Export a freshly seeded micro preset of `modality` to `directory`; returns the model directory."""
-    servable = build_servable(preset(f"micro-{modality}"), labels=labels, seed=seed)
-    window = VIDEO_WINDOW_SECONDS if modality == "video" else None
-    return export_model_dir(servable, directory, name=name, window_seconds=window, run_verify=False).model_dir
+    config = preset(f"micro-{modality}")
+    if modality == "video":
+        config = dataclasses.replace(
+            config, input=dataclasses.replace(config.input, clip_seconds=VIDEO_WINDOW_SECONDS)
+        )
+    servable = build_servable(config, labels=labels, seed=seed)
+    return export_model_dir(servable, directory, name=name, run_verify=False).model_dir
 
 
 def export_micro(root: Path) -> dict[str, Path]:

@@ -69,17 +69,17 @@ def test_batches_never_exceed_max_and_large_requests_are_split() -> None:
         np.testing.assert_array_equal(out["out"], rows(i, 3) * 2)
 
 
-def test_a_lone_request_waits_at_most_max_wait() -> None:
+def test_a_lone_request_waits_for_max_wait_then_runs_alone() -> None:
     graph = FakeGraph()
-    b = make(graph, max_wait_s=0.2)
+    b = make(graph, max_wait_s=0.2, timeout_s=30.0)
 
     async def timed() -> float:
         t = time.monotonic()
-        await b.submit(rows(1))
+        await b.submit(rows(1))  # a batch that never fills: it must start once max_wait has passed
         return time.monotonic() - t
 
     elapsed = asyncio.run(_with(b, timed))
-    assert 0.15 < elapsed < 1.0 and graph.batches == [1]
+    assert elapsed >= 0.2 and graph.batches == [1]
 
 
 def test_full_queue_refuses_with_retry_after() -> None:
@@ -155,36 +155,63 @@ def test_at_most_concurrent_runs_batches_run_at_once(runs: int) -> None:
         np.testing.assert_array_equal(out["out"], rows(i) * 2)
 
 
+class GatedGraph(FakeGraph):
+    """A graph whose runs block until `release()`; `started` counts the runs that began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = 0
+
+    def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
+        self.started += 1
+        self.gate.wait(30)
+        return super().__call__(signal)
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+async def until(condition, timeout_s: float = 10.0) -> None:
+    """Yield to the loop until `condition()` holds (an order of events, not a latency bound)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
 def test_while_a_run_is_busy_a_free_run_starts_without_waiting() -> None:
-    graph = FakeGraph(delay=0.5)
-    b = make(graph, max_batch_size=8, max_wait_s=0.3, concurrent_runs=2)
+    graph = GatedGraph()
+    # a batch would wait a minute to fill: the second run must start long before that
+    b = make(graph, max_batch_size=8, max_wait_s=60.0, concurrent_runs=2, timeout_s=120.0)
 
-    async def work() -> float:
-        first = asyncio.ensure_future(b.submit(rows(0)))  # alone: waits max_wait, then runs 0.5 s
-        await asyncio.sleep(0.4)  # now the first batch runs
-        t0 = time.monotonic()
-        await b.submit(rows(1))  # the second run takes it at once: 0.5 s, not 0.3 + 0.5 s
-        second = time.monotonic() - t0
-        await first
-        return second
+    async def work() -> int:
+        b.max_wait_s = 0.0  # the first, lone request starts at once
+        first = asyncio.ensure_future(b.submit(rows(0)))
+        await until(lambda: graph.started == 1)
+        b.max_wait_s = 60.0
+        second = asyncio.ensure_future(b.submit(rows(1)))
+        await until(lambda: graph.started == 2)  # while the first run is still blocked
+        running_together = graph.started
+        graph.release()
+        await asyncio.gather(first, second)
+        return running_together
 
-    second = asyncio.run(_with(b, work))
+    assert asyncio.run(_with(b, work)) == 2
     assert graph.batches == [1, 1]
-    assert second < 0.75, f"the second request waited for a batch while the device was busy ({second:.2f} s)"
 
 
 def test_stopping_fails_running_and_waiting_requests_with_503() -> None:
-    graph = FakeGraph(delay=0.5)
+    graph = GatedGraph()
     b = make(graph, max_batch_size=1, max_wait_s=0.0, concurrent_runs=1)
 
     async def work() -> list[object]:
         b.start()
         submitted = [asyncio.ensure_future(b.submit(rows(i))) for i in range(3)]
-        await asyncio.sleep(0.1)  # request 0 runs, 1 and 2 wait
-        t0 = time.monotonic()
+        await until(lambda: graph.started == 1)  # request 0 runs (blocked), 1 and 2 wait
         await b.stop()
         results = await asyncio.gather(*submitted, return_exceptions=True)
-        assert time.monotonic() - t0 < 0.3, "stop() waited for the running batch"
+        assert not graph.gate.is_set(), "stop() waited for the running batch"
+        graph.release()
         return results
 
     results = asyncio.run(work())

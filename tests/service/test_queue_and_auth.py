@@ -12,7 +12,6 @@ import pytest
 from conftest import API_KEY, Server, run_server
 
 from service.app import create_app
-from service.runtime import ProviderChooser, load_models
 from service.settings import Settings
 
 
@@ -64,8 +63,7 @@ def test_api_key(keyed: Server, media_files) -> None:
 
 def test_not_ready_until_warmed_up(model_root: Path, media_files) -> None:
     """Before the lifespan has warmed the models (here: never started), /ready and inference say 503."""
-    models = load_models([model_root / "audio"], ProviderChooser(["CPUExecutionProvider"]))
-    app = create_app(Settings(model_dirs=[model_root / "audio"]), models)
+    app = create_app(Settings(model_dirs=[model_root / "audio"]))
     data, ctype = media_files["wav"]
 
     async def ask() -> tuple[httpx.Response, httpx.Response, httpx.Response]:

@@ -102,8 +102,11 @@ def test_several_files_give_one_result_each_in_order(server: Server, media_files
 
 
 def test_tokenize_returns_codes_on_the_patch_grid(server: Server, media_files) -> None:
-    for fmt, grid, axes in [("wav", [4, 4], ["time", "mel"]), ("png", [4, 4], ["height", "width"]),
-                            ("mp4", [2, 4, 4], ["time", "height", "width"])]:  # fmt: skip
+    for fmt, grid, axes in [
+        ("wav", [4, 4], ["time", "mel"]),
+        ("png", [4, 4], ["height", "width"]),
+        ("mp4", [2, 4, 4], ["time", "height", "width"]),
+    ]:
         data, ctype = media_files[fmt]
         r = post(server, "/tokenize", f"x.{fmt}", data, ctype)
         assert r.status_code == 200, r.text

@@ -1,0 +1,252 @@
+"""The inference layer between HTTP and ONNX Runtime: uploads in, typed results out.
+
+`Inference` owns the loaded models, one dynamic batcher per model graph and the decoding thread pool.
+For each request it picks the model of every upload, checks that the model can do what is asked (before
+any decoding or scheduling), decodes and windows the uploads off the event loop, checks the request's
+window count, runs the graph through the batchers and reduces the outputs: mean over windows, L2
+normalisation, softmax and top-k. It knows nothing of HTTP: `service/app.py` reads the request and
+serialises these results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+import numpy as np
+
+from bridle_model.decoding import MediaError, sniff_modality
+from service.batching import Batcher, BatcherHooks
+from service.errors import ServiceError, from_media_error
+from service.media import Limits, Upload, Windows, to_windows
+from service.metrics import Metrics
+from service.runtime import LoadedModel
+from service.settings import Settings, usable_cores
+
+log = logging.getLogger("bridle.service")
+
+GRAPHS = ("encoder", "tokenizer")
+# audio and video files share containers: an audio model reads the sound of a video, and a video model
+# given a file without pictures says so (422 no_frames) from its decoder
+ACCEPTS = {"audio": ("audio", "video"), "image": ("image",), "video": ("video", "audio")}
+
+
+# ---- results ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which upload a result is for, the model that read it and its windows' spans in seconds."""
+
+    filename: str | None
+    model: LoadedModel
+    duration: float | None  # seconds of media (audio, video); None for an image
+    spans: list[tuple[float | None, float | None]]  # (start, end) per window
+
+
+@dataclass(frozen=True)
+class Embedding:
+    source: Source
+    clip: np.ndarray  # (D,) mean of the window embeddings
+    windows: np.ndarray  # (W, D)
+    tokens: np.ndarray | None  # (W, N, D) patch embeddings, when asked for
+
+
+@dataclass(frozen=True)
+class Codes:
+    source: Source
+    codes: np.ndarray  # (W, N, L) int64
+
+
+@dataclass(frozen=True)
+class Label:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Labels:
+    source: Source
+    clip: list[Label]  # top-k of the mean of the window scores
+    windows: list[list[Label]]  # top-k per window
+
+
+# ---- the layer -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    upload: Upload
+    model: LoadedModel
+    windows: Windows
+
+    def source(self) -> Source:
+        return Source(self.upload.filename, self.model, self.windows.duration, self.windows.spans)
+
+
+@dataclass
+class Inference:
+    settings: Settings
+    models: dict[str, LoadedModel]
+    metrics: Metrics
+    batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)
+    ready: bool = False
+    _decoders: ThreadPoolExecutor | None = None
+
+    @property
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(s.max_audio_seconds, s.max_image_pixels, s.max_video_seconds)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start a batcher per model graph and the decoding pool (in the event loop)."""
+        s, m = self.settings, self.metrics
+        for name, model in self.models.items():
+            for graph in GRAPHS:
+                hooks = BatcherHooks(
+                    on_batch=m.batch_size.labels(name, graph).observe,
+                    on_depth=m.queue_depth.labels(name, graph).set,
+                    on_reject=lambda reason, n=name, g=graph: m.rejected.labels(n, g, reason).inc(),
+                )
+                batcher = Batcher(
+                    run=lambda signal, mdl=model, g=graph: mdl.run(g, signal),
+                    name=f"{name}/{graph}",
+                    max_batch_size=s.max_batch_size,
+                    max_wait_s=s.max_wait_ms / 1000,
+                    queue_size=s.queue_size,
+                    timeout_s=s.request_timeout_s,
+                    retry_after_s=s.retry_after_s,
+                    hooks=hooks,
+                    concurrent_runs=s.concurrent_runs,
+                )
+                batcher.start()
+                self.batchers[(name, graph)] = batcher
+        threads = s.decode_threads or usable_cores()
+        self._decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    async def warm_up(self) -> None:
+        """One dummy batch through every graph, then the service is ready."""
+        for model in self.models.values():
+            for graph in GRAPHS:
+                await anyio.to_thread.run_sync(model.run, graph, model.dummy_batch())
+        self.ready = True
+        log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
+
+    async def stop(self) -> None:
+        self.ready = False
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the three tasks ---------------------------------------------------------------------
+    async def embed(
+        self, uploads: list[Upload], model: str | None, tokens: bool = False, normalize: bool = False
+    ) -> list[Embedding]:
+        results = []
+        for p, out in await self._run(uploads, model, "encoder"):
+            windows = out["embedding"]  # (W, D)
+            clip = windows.mean(axis=0)  # (D,)
+            patches = out["patch_embeddings"] if tokens else None  # (W, N, D)
+            if normalize:
+                windows, clip = _l2(windows), _l2(clip)
+                patches = _l2(patches) if patches is not None else None
+            results.append(Embedding(p.source(), clip, windows, patches))
+        return results
+
+    async def tokenize(self, uploads: list[Upload], model: str | None) -> list[Codes]:
+        return [Codes(p.source(), out["codes"]) for p, out in await self._run(uploads, model, "tokenizer")]
+
+    async def classify(self, uploads: list[Upload], model: str | None, top_k: int) -> list[Labels]:
+        results = []
+        for p, out in await self._run(uploads, model, "encoder", need_classifier=True):
+            labels = p.model.manifest.labels
+            probs = _softmax(out["logits"].astype(np.float64))  # (W, C)
+            k = min(top_k, len(labels))
+            clip = _top(probs.mean(axis=0), labels, k)
+            results.append(Labels(p.source(), clip, [_top(row, labels, k) for row in probs]))
+        return results
+
+    # ---- steps -------------------------------------------------------------------------------
+    def model_for(self, name: str | None, modality: str) -> LoadedModel:
+        """The named model (404 unknown, 415 for a modality it does not read), or the first model of
+        the upload's modality (415 when none is loaded)."""
+        if name is not None:
+            if name not in self.models:
+                raise ServiceError(
+                    404, "unknown_model", f"no model named {name!r}; loaded: {sorted(self.models)}"
+                )
+            model = self.models[name]
+            if modality not in ACCEPTS[model.manifest.modality]:
+                raise ServiceError(
+                    415,
+                    "wrong_modality",
+                    f"model {name!r} takes {model.manifest.modality}, the upload is {modality}",
+                )
+            return model
+        for model in self.models.values():
+            if model.manifest.modality == modality:
+                return model
+        raise ServiceError(
+            415, "unsupported", f"no loaded model takes {modality}; loaded: {sorted(self.models)}"
+        )
+
+    async def _run(
+        self, uploads: list[Upload], model: str | None, graph: str, need_classifier: bool = False
+    ) -> list[tuple[_Prepared, dict[str, np.ndarray]]]:
+        prepared = await asyncio.gather(*(self._prepare(u, model, need_classifier) for u in uploads))
+        self._check_size([len(p.windows.spans) for p in prepared])
+        outputs = await asyncio.gather(
+            *(self.batchers[(p.model.name, graph)].submit(p.windows.signal) for p in prepared)
+        )
+        return list(zip(prepared, outputs, strict=True))
+
+    def _check_size(self, windows: list[int]) -> None:
+        """413 for a request that no queue could take: over `max_windows`, or more batch-sized parts
+        than a queue holds (each upload is split into parts of at most `max_batch_size` windows)."""
+        s = self.settings
+        parts = sum(-(-w // s.max_batch_size) for w in windows)
+        if sum(windows) > s.max_windows or parts > s.queue_size:
+            raise ServiceError(
+                413,
+                "too_many_windows",
+                f"the request makes {sum(windows)} model windows, over what one request may hold "
+                f"({s.max_windows} windows in at most {s.queue_size} parts of {s.max_batch_size}): "
+                "send shorter media or fewer files",
+            )
+
+    async def _prepare(self, upload: Upload, model_name: str | None, need_classifier: bool) -> _Prepared:
+        """Sniff, pick and check the model, then decode and window the upload in a worker thread."""
+        try:
+            model = self.model_for(model_name, sniff_modality(upload.data, upload.content_type))
+        except MediaError as e:
+            raise from_media_error(e, upload.filename) from None
+        if need_classifier and not model.manifest.has_classifier:
+            raise ServiceError(422, "no_classifier", f"model {model.name!r} has no classifier head")
+        loop = asyncio.get_running_loop()
+        try:
+            windows = await loop.run_in_executor(self._decoders, self._decode, model, upload.data)
+        except MediaError as e:
+            raise from_media_error(e, upload.filename) from None
+        return _Prepared(upload, model, windows)
+
+    def _decode(self, model: LoadedModel, data: bytes) -> Windows:
+        return to_windows(model.manifest, data, self.limits)
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _top(probs: np.ndarray, labels: list[str], k: int) -> list[Label]:
+    order = np.argsort(-probs, kind="stable")[:k]  # (k,)
+    return [Label(labels[i], float(probs[i])) for i in order]
