@@ -168,4 +168,3 @@ def build_manifest(
         provenance=provenance,
         classifier=ClassifierSpec(activation=cfg.classifier_activation),
     )
-
