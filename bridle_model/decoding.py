@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,14 +80,48 @@ def _reason(e: av.FFmpegError) -> str:
     return getattr(e, "strerror", None) or str(e)
 
 
+# What decoders raise on damaged data besides FFmpegError: PyAV's ValueError / RuntimeError /
+# UnicodeDecodeError, Pillow's OSError / SyntaxError / struct.error / EOFError, and index or arithmetic
+# errors from header fields that make no sense.
+BAD_DATA_ERRORS = (
+    av.FFmpegError,
+    ValueError,
+    RuntimeError,
+    OSError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    ArithmeticError,
+    struct.error,
+)
+
+
+@contextmanager
+def _bad_data_is_corrupt(what: str) -> Iterator[None]:
+    """The decoding boundary: any decoder failure on the data becomes MediaError("corrupt", reason).
+
+    A MediaError passes as it is, and so does a missing or unreadable path (the caller's mistake).
+    """
+    try:
+        yield
+    except (MediaError, FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except av.FFmpegError as e:
+        raise MediaError("corrupt", f"the {what} could not be decoded: {_reason(e)}") from None
+    except BAD_DATA_ERRORS as e:
+        raise MediaError("corrupt", f"the {what} could not be decoded: {type(e).__name__}: {e}") from None
+
+
 @contextmanager
 def _open_container(src: Source) -> Iterator[av.container.InputContainer]:
-    """Open `src` with PyAV; anything FFmpeg cannot parse is "corrupt"."""
+    """Open `src` with PyAV; anything FFmpeg cannot parse is "corrupt".
+
+    Metadata that is not valid UTF-8 (tags are free text) is read with replacement characters: it says
+    nothing about whether the streams decode.
+    """
     readable = _as_readable(src)
-    try:
-        container = av.open(readable, "r")
-    except av.FFmpegError as e:
-        raise MediaError("corrupt", f"the media could not be read: {_reason(e)}") from None
+    with _bad_data_is_corrupt("media"):
+        container = av.open(readable, "r", metadata_errors="replace")
     try:
         yield container
     finally:
@@ -115,26 +150,35 @@ def decode_audio(src: Source, sample_rate: int, max_seconds: float | None = None
     fast = _plain_wav(src, sample_rate, max_seconds)
     if fast is not None:
         return fast
-    with _open_container(src) as container:
+    with _open_container(src) as container, _bad_data_is_corrupt("audio"):
         if not container.streams.audio:
             raise MediaError("unsupported", "the media has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks: list[np.ndarray] = []
+        resampler: av.AudioResampler | None = None
+        setup: tuple[str, str, int] | None = None  # the frames' format, layout and rate it was made for
         decoded_seconds = 0.0
-        try:
-            for frame in container.decode(stream):
-                decoded_seconds += frame.samples / frame.sample_rate
-                if max_seconds is not None and decoded_seconds > max_seconds:
-                    raise MediaError("too_long", f"the audio is longer than the limit of {max_seconds:g} s")
-                chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))  # flush
-        except av.FFmpegError as e:
-            raise MediaError("corrupt", f"the audio could not be decoded: {_reason(e)}") from None
+        for frame in container.decode(stream):
+            decoded_seconds += frame.samples / frame.sample_rate
+            if max_seconds is not None and decoded_seconds > max_seconds:
+                raise MediaError("too_long", f"the audio is longer than the limit of {max_seconds:g} s")
+            this = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if this != setup:  # a stream may change format part-way (concatenated mp3s): start anew
+                if resampler is not None:
+                    chunks.extend(_flush(resampler))
+                resampler, setup = av.AudioResampler(format="flt", layout="mono", rate=sample_rate), this
+            chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        if resampler is not None:
+            chunks.extend(_flush(resampler))
     if not chunks or sum(len(c) for c in chunks) == 0:
         raise MediaError("corrupt", "no audio samples could be decoded")
     samples = np.concatenate(chunks).astype(np.float32, copy=False)  # (samples,)
     return np.clip(samples, -1.0, 1.0, out=samples)
+
+
+def _flush(resampler: av.AudioResampler) -> list[np.ndarray]:
+    """What the resampler still holds: (samples,) float32 arrays."""
+    return [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
 
 
 def _plain_wav(src: Source, sample_rate: int, max_seconds: float | None) -> np.ndarray | None:
@@ -207,8 +251,8 @@ def decode_image(src: Source, image_size: int, max_pixels: int | None = None) ->
         raise MediaError("corrupt", "the data is not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise MediaError("too_large", f"the image is too large: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # Pillow's ways of saying "bad data"
-        raise MediaError("corrupt", f"the image could not be decoded: {e}") from None
+    except BAD_DATA_ERRORS as e:  # Pillow's ways of saying "bad data"
+        raise MediaError("corrupt", f"the image could not be decoded: {type(e).__name__}: {e}") from None
 
 
 # ---- video ------------------------------------------------------------------------------------------
@@ -220,7 +264,7 @@ def decode_video(src: Source, image_size: int, max_seconds: float | None = None)
     Times count from the first frame. A duration over `max_seconds` is "too_long": checked against the
     headers before decoding when they state one, and against frame times while decoding.
     """
-    with _open_container(src) as container:
+    with _open_container(src) as container, _bad_data_is_corrupt("video"):
         if not container.streams.video:
             raise MediaError("no_frames", "the media has no video stream")
         stream = container.streams.video[0]
@@ -233,26 +277,30 @@ def decode_video(src: Source, image_size: int, max_seconds: float | None = None)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         frames: list[np.ndarray] = []
         times: list[float] = []
-        try:
-            for frame in container.decode(stream):
-                if frame.time is not None:
-                    t = float(frame.time)
-                else:  # no timestamps: count frames at the nominal rate
-                    t = times[-1] + 1.0 / rate if times and rate else float(len(times))
-                if max_seconds is not None and times and t - times[0] > max_seconds:
-                    raise MediaError("too_long", f"the video is longer than the limit of {max_seconds:g} s")
-                rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-                frames.append(_square(Image.fromarray(rgb), image_size))
-                times.append(t)
-        except av.FFmpegError as e:
-            raise MediaError("corrupt", f"the video could not be decoded: {_reason(e)}") from None
+        for frame in container.decode(stream):
+            if frame.time is not None:
+                t = float(frame.time)
+            else:  # no timestamps: count frames at the nominal rate
+                t = times[-1] + 1.0 / rate if times and rate else float(len(times))
+            if max_seconds is not None and times and t - times[0] > max_seconds:
+                raise MediaError("too_long", f"the video is longer than the limit of {max_seconds:g} s")
+            rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+            frames.append(_square(Image.fromarray(rgb), image_size))
+            times.append(t)
     if not frames:
         raise MediaError("no_frames", "the video stream holds no decodable frames")
     order = np.argsort(np.asarray(times), kind="stable")  # presentation order, whatever the decoder did
     stamps = np.asarray(times, dtype=np.float64)[order]
     stamps -= stamps[0]  # (F,)
     step = 1.0 / rate if rate else (float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.0)
-    return DecodedVideo(np.stack([frames[i] for i in order]), stamps, float(stamps[-1] + step))
+    duration = float(stamps[-1] + step)  # damaged timestamps or frame rates can make this anything
+    if not np.isfinite(duration):
+        raise MediaError("corrupt", "the video's frame times are not finite numbers")
+    if max_seconds is not None and duration > max_seconds:
+        raise MediaError(
+            "too_long", f"the video's frames span {duration:.2f} s, over the limit of {max_seconds:g} s"
+        )
+    return DecodedVideo(np.stack([frames[i] for i in order]), stamps, duration)
 
 
 def sample_frames(
