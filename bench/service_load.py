@@ -154,11 +154,14 @@ def parse_wrk(output: str) -> LoadResult:
     )
 
 
-def drive(wrk: str, url: str, body: Path, clients: int, seconds: float, warmup: float = 2.0) -> LoadResult:
-    """`clients` connections posting `body` to /embed back to back for `seconds` (after a warm-up run)."""
+def drive(
+    wrk: str, url: str, body: Path, clients: int, seconds: float, warmup: float = 2.0, lua: str = WRK_SCRIPT
+) -> LoadResult:
+    """`clients` connections posting `body` to /embed (or where `lua` says) back to back for `seconds`
+    (after a warm-up run)."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(lua)
         env = {**os.environ, "BRIDLE_BENCH_BODY": str(body)}
 
         def run(duration: float) -> str:
