@@ -9,6 +9,7 @@ without asking again. `BRIDLE_PROVIDERS` overrides the probe.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,19 +161,55 @@ def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = 
 
 
 def load_models(
-    paths: list[Path], chooser: ProviderChooser, threads: CpuThreads = CpuThreads()
+    paths: list[Path],
+    chooser: ProviderChooser,
+    threads: CpuThreads = CpuThreads(),
+    precision: Sequence[str] = ("fp32",),
 ) -> dict[str, LoadedModel]:
-    """Every model directory under `paths`, by manifest name; names must be unique."""
+    """Every model under `paths`, by manifest name: one directory per name, the variant `precision`
+    prefers where there are several (`choose_variants`)."""
     models: dict[str, LoadedModel] = {}
-    for directory in find_model_dirs(paths):
+    for directory in choose_variants(find_model_dirs(paths), precision):
         model = load_model(directory, chooser, threads)
-        if model.name in models:
-            raise ModelLoadError(
-                f"two model directories are named {model.name!r}: "
-                f"{models[model.name].directory} and {directory}"
-            )
         models[model.name] = model
         log.info(
-            "loaded %s (%s) from %s on %s", model.name, model.manifest.modality, directory, model.providers[0]
+            "loaded %s (%s, %s) from %s on %s",
+            model.name,
+            model.manifest.modality,
+            model.manifest.precision,
+            directory,
+            model.providers[0],
         )
     return models
+
+
+def choose_variants(directories: list[Path], precision: Sequence[str]) -> list[Path]:
+    """One directory per model name. A model with one directory is loaded whatever its precision; of a
+    model's several variants (fp32, int8, fp16 siblings), the first precision in `precision` that exists.
+    Two directories of one name and one precision, or variants none of which is preferred, are errors."""
+    variants: dict[str, dict[str, Path]] = {}
+    for directory in directories:
+        try:
+            manifest = read_manifest(directory, check_hashes=False)  # load_model checks the hashes
+        except ManifestError as e:
+            raise ModelLoadError(str(e)) from e
+        same = variants.setdefault(manifest.name, {})
+        if manifest.precision in same:
+            raise ModelLoadError(
+                f"two {manifest.precision} model directories are named {manifest.name!r}: "
+                f"{same[manifest.precision]} and {directory}"
+            )
+        same[manifest.precision] = directory
+    chosen = []
+    for name, by_precision in variants.items():
+        if len(by_precision) == 1:
+            chosen.append(next(iter(by_precision.values())))
+            continue
+        preferred = next((p for p in precision if p in by_precision), None)
+        if preferred is None:
+            raise ModelLoadError(
+                f"model {name!r} has {sorted(by_precision)} variants and BRIDLE_PRECISION {list(precision)} "
+                "names none of them"
+            )
+        chosen.append(by_precision[preferred])
+    return chosen

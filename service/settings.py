@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bridle_model.manifest import PRECISIONS
 from service.runtime import CpuThreads
 
 # the bundled demo models: `models/` beside the packages in the repository
@@ -46,18 +47,28 @@ class Settings(BaseSettings):
 
     # ONNX Runtime
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: probe CUDA, else CPU
+    # of a model with several variants (fp32 / int8 / fp16 siblings), the first of these that exists
+    precision: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["fp32"])
     use_tensorrt: bool = False
     intra_op_threads: int = Field(0, ge=0)  # per run; 0: the cores / concurrent_runs
     spin_threads: bool = False  # ORT's idle threads busy-wait: faster alone, slower beside the event loop
 
     api_key: str | None = None  # when set: `X-API-Key: <key>` or `Authorization: Bearer <key>`
 
-    @field_validator("model_dirs", "providers", mode="before")
+    @field_validator("model_dirs", "providers", "precision", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             parts = value.replace(os.pathsep, ",").split(",")
             return [p.strip() for p in parts if p.strip()]
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _known_precisions(cls, value: list[str]) -> list[str]:
+        unknown = [p for p in value if p not in PRECISIONS]
+        if unknown or not value:
+            raise ValueError(f"precision must list some of {list(PRECISIONS)}, got {value}")
         return value
 
     @field_validator("api_key", mode="before")
