@@ -114,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     metrics = Metrics.create()
     admission = AdmissionState(settings.max_concurrent_requests, settings.retry_after_s)
+    metrics.in_flight.set_function(lambda: admission.in_flight)
     app.state.bridle = ServiceState(settings, Inference(settings, {}, metrics), admission)
     install_handlers(app)
     # the last added runs first: ids around everything, then metrics, then admission

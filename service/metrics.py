@@ -21,6 +21,7 @@ class Metrics:
     batch_size: Histogram  # model, graph: rows per ORT run
     queue_depth: Gauge  # model, graph: requests waiting for a batch
     rejected: Counter  # model, graph, reason ("queue_full", "timeout")
+    in_flight: Gauge  # inference requests being read, decoded, queued or run
 
     @classmethod
     def create(cls) -> Metrics:
@@ -51,6 +52,11 @@ class Metrics:
                 "bridle_rejected",
                 "requests refused by a batching queue",
                 ["model", "graph", "reason"],
+                registry=r,
+            ),
+            in_flight=Gauge(
+                "bridle_in_flight",
+                "inference requests in flight (reading, decoding, queued or running)",
                 registry=r,
             ),
         )
