@@ -39,11 +39,16 @@ class Settings(BaseSettings):
 
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads; 0: one per core
 
+    # admission: inference requests in flight (body read, decode, queue, run); beyond it 503 at once
+    max_concurrent_requests: int = Field(64, ge=1)
+    drain_timeout_s: float = Field(30.0, ge=0.0)  # on SIGTERM: how long in-flight requests may finish
+
     # input limits
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1)  # the whole request body
     max_audio_seconds: float = Field(600.0, gt=0.0)
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_video_seconds: float = Field(120.0, gt=0.0)
+    max_windows: int = Field(512, ge=1)  # model input windows per request, all uploads together
 
     # ONNX Runtime
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: probe CUDA, else CPU
