@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models bench bench-service replicate clean system-deps
+.PHONY: serve test lint format demo-data models bench bench-service bench-batch replicate clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 # torch first, pinned: an unpinned resolve pulls a CUDA build of several GB.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[serve,$(ORT),train,dev]"
+	$(BIN)/pip install -q -e ".[serve,$(ORT),train,batch,dev]"
 	touch $@
 
 ## serve: start the service on the bundled default models at http://$(HOST):$(PORT)
@@ -71,6 +71,11 @@ bench: $(DEV_STAMP)
 bench-service: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.service_load
+
+## bench-batch: windows/s of bridle-batch (1 and 2 Ray actors) against the HTTP service at saturation
+bench-batch: $(DEV_STAMP)
+	@bash scripts/system-deps.sh wrk
+	$(PY) -m bench.batch
 
 ## replicate: the small-scale replication of the paper's comparisons (about 30 minutes)
 replicate: demo-data
