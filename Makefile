@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models bench bench-service bench-batch replicate clean system-deps
+.PHONY: serve test lint format demo-data models bench bench-service bench-batch replicate clean system-deps fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,14 @@ bench-service: $(DEV_STAMP)
 bench-batch: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.batch
+
+## fuzz: 20,000 damaged uploads (nine formats) against the service; counts by status and error code
+fuzz: $(DEV_STAMP)
+	$(PY) -m bench.fuzz --cases 20000
+
+## soak: 10 minutes at 32 clients, valid and damaged uploads mixed: RSS growth, 5xx count, p99
+soak: $(DEV_STAMP)
+	$(PY) -m bench.soak --seconds 600 --clients 32
 
 ## replicate: the small-scale replication of the paper's comparisons (about 30 minutes)
 replicate: demo-data
