@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=defaults.threads, help="ORT threads per actor (0: its CPUs)"
     )
     p.add_argument("--top-k", type=int, default=defaults.top_k, help="labels per window (classifier models)")
+    p.add_argument(
+        "--precision",
+        default=",".join(defaults.precision),
+        help="of a model's variants (fp32, int8, fp16 siblings), the first of these found; comma-separated",
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--max-audio-seconds", type=float, default=DEFAULT_LIMITS.max_audio_seconds)
     p.add_argument("--max-video-seconds", type=float, default=DEFAULT_LIMITS.max_video_seconds)
@@ -75,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             top_k=args.top_k,
             limits=Limits(args.max_audio_seconds, args.max_image_pixels, args.max_video_seconds),
             num_cpus=args.num_cpus,
+            precision=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
         )
         summary = run_job(settings)
     except (InputError, JobMismatch, ManifestError, ModelLoadError, SettingsError) as e:

@@ -90,7 +90,7 @@ def _start_ray(settings: JobSettings) -> bool:
 def run_job(settings: JobSettings) -> JobSummary:
     began = time.monotonic()
     files = list_files(settings.input)
-    model_files = read_model_files(list(settings.model_dirs))
+    model_files = read_model_files(list(settings.model_dirs), settings.precision)
     store = OutputStore(settings.output)
     store.claim(job_record(settings, files, model_files))
     shards = shard(files, settings.shard_files)

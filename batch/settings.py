@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bridle_model.manifest import PRECISIONS
 from service.media import Limits
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -32,6 +33,7 @@ class JobSettings:
     threads: int = 0  # ONNX Runtime threads per actor; 0: the actor's share of the CPUs
     top_k: int = 5  # labels per window when the model has a classifier
     limits: Limits = DEFAULT_LIMITS
+    precision: tuple[str, ...] = ("fp32",)  # of a model's variants (fp32 / int8 / fp16), the first found
     num_cpus: int | None = None  # CPUs of the local Ray (tests); None: all of them
 
     def __post_init__(self) -> None:
@@ -47,5 +49,8 @@ class JobSettings:
             raise SettingsError(f"invalid settings: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise SettingsError(f"device must be auto, cpu or gpu, not {self.device!r}")
+        unknown = [p for p in self.precision if p not in PRECISIONS]
+        if unknown or not self.precision:
+            raise SettingsError(f"precision must list some of {list(PRECISIONS)}, got {list(self.precision)}")
         if not self.model_dirs:
             raise SettingsError("at least one model directory is needed")

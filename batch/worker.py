@@ -29,6 +29,7 @@ from service.runtime import (
     LoadedModel,
     ModelLoadError,
     ProviderChooser,
+    choose_variants,
     find_model_dirs,
     load_model,
 )
@@ -36,13 +37,12 @@ from service.runtime import (
 ModelFiles = dict[str, dict[str, bytes]]  # model name -> {file name: bytes}
 
 
-def read_model_files(paths: list[str]) -> ModelFiles:
-    """The manifest and graphs of every model directory under `paths` (hash-checked), by model name."""
+def read_model_files(paths: list[str], precision: tuple[str, ...]) -> ModelFiles:
+    """The manifest and graphs of every model directory under `paths` (hash-checked), by model name;
+    of a model's precision variants, the one the service would load with the same `precision`."""
     models: ModelFiles = {}
-    for directory in find_model_dirs([Path(p) for p in paths]):
+    for directory in choose_variants(find_model_dirs([Path(p) for p in paths]), precision):
         manifest = read_manifest(directory, check_hashes=True)
-        if manifest.name in models:
-            raise ModelLoadError(f"two model directories are named {manifest.name!r}")
         names = [MANIFEST_FILE, *(spec.path for spec in manifest.files.values())]
         models[manifest.name] = {n: (directory / n).read_bytes() for n in names}
     return models

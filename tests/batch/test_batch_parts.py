@@ -5,6 +5,8 @@ and the CLI's refusals."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import fsspec
@@ -22,6 +24,8 @@ from batch.tables import codes_dtype
 from batch.worker import ShardProcessor
 from service.runtime import CUDA, CpuThreads, ProviderChooser, load_model
 from tests.media_files import make_audio, make_image
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_folder_lists_every_file_sorted_without_hidden_ones(mixed_dataset) -> None:
@@ -156,6 +160,15 @@ def test_actors_are_sized_from_the_cluster() -> None:
         plan_actors(JobSettings(**{**base.__dict__, "device": "gpu"}), cpus=2, gpus=0, node_cpus=2)
     with pytest.raises(SettingsError, match="batch_size=0"):
         JobSettings(input="x", model_dirs=("m",), output="o", batch_size=0)
+    with pytest.raises(SettingsError, match="precision must list some of"):
+        JobSettings(input="x", model_dirs=("m",), output="o", precision=("fp64",))
+
+
+def test_the_service_does_not_import_ray() -> None:
+    """Ray is the batch extra's: serving works without it installed."""
+    code = "import sys, service.app, service.cli; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert done.stdout.strip() == "False"
 
 
 def test_the_cli_refuses_with_a_message_and_status_2(
