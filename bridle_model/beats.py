@@ -144,7 +144,11 @@ class BeatsBackbone(nn.Module):
         )
         self.trim = 1 - beats.conv_pos % 2  # an even kernel gives one output too many: drop the last
         self.norm = nn.LayerNorm(vit.dim, eps=LAYER_NORM_EPS)
-        self.position_bias = nn.Embedding(beats.num_buckets, vit.heads) if beats.relative_position else None
+        # the bias of each distance bucket, per head (a table indexed in forward, not an nn.Embedding:
+        # the exporter would name its output "embedding", the name of the graph's pooled output)
+        self.position_bias = (
+            nn.Parameter(torch.zeros(beats.num_buckets, vit.heads)) if beats.relative_position else None
+        )
         buckets = relative_position_buckets(cfg.num_patches, beats.num_buckets, beats.max_distance)
         self.register_buffer("buckets", buckets, persistent=False)  # (N, N)
         alpha = (2.0 * vit.depth) ** 0.25 if beats.deep_norm else 1.0
@@ -160,7 +164,7 @@ class BeatsBackbone(nn.Module):
         x = self.norm(tokens + F.gelu(positions).transpose(1, 2))  # (B, N, D)
         bias = None
         if self.position_bias is not None:
-            bias = self.position_bias(self.buckets).permute(2, 0, 1)  # (N, N, heads) -> (heads, N, N)
+            bias = self.position_bias[self.buckets].permute(2, 0, 1)  # (N, N, heads) -> (heads, N, N)
         for block in self.blocks:
             x = block(x, bias)
         return x

@@ -11,7 +11,7 @@ Upstream -> bridle_model.beats names (`L` = layer):
     patch_embedding              -> backbone.patch_embed        layer_norm         -> backbone.patch_norm
     post_extract_proj            -> backbone.patch_proj         encoder.layer_norm -> backbone.norm
     encoder.pos_conv.0.weight_g/_v -> backbone.pos_conv.weight (weight norm folded: g v / |v| per tap)
-    encoder.layers.0.self_attn.relative_attention_bias -> backbone.position_bias (shared by all layers)
+    encoder.layers.0.self_attn.relative_attention_bias -> backbone.position_bias (one table for all layers)
     encoder.layers.L.self_attn.{q,k,v}_proj -> backbone.blocks.L.attn.qkv (concatenated)
     encoder.layers.L.self_attn.out_proj     -> backbone.blocks.L.attn.proj
     encoder.layers.L.self_attn.grep_linear  -> backbone.blocks.L.attn.gate (8 outputs summed in 2 groups of 4)
@@ -307,7 +307,7 @@ def backbone_state(state: Mapping[str, torch.Tensor], b: Backbone, what: str) ->
                 raise BeatsImportError(
                     f"{what}: layer {i}'s relative_attention_bias differs from layer 0's (BEATs shares one)"
                 )
-        out["position_bias.weight"] = table
+        out["position_bias"] = table
     hd = b.vit.dim // b.vit.heads
     for i in range(b.vit.depth):
         up, ours = f"encoder.layers.{i}.", f"blocks.{i}."
