@@ -50,10 +50,7 @@ def convert_graph(
     precision, nothing else. Returns the names of the nodes converted."""
     if precision not in PRECISIONS[1:]:
         raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS[1:])}")
-    model = onnx.load(str(src))
-    # the exporter's shape annotations of intermediate values can contradict ONNX's own shape inference,
-    # which the quantizer runs; they are optional, so the copy leaves them out
-    del model.graph.value_info[:]
+    model = plain_model(src)
     chosen = transformer_matmuls(model) if nodes is None else list(nodes)
     if not chosen:
         raise ValueError(f"{src} has no matrix products to convert")
@@ -62,6 +59,14 @@ def convert_graph(
     else:
         onnx.save(_to_fp16(model, chosen), str(dst))
     return chosen
+
+
+def plain_model(src: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The graph at `src` without the exporter's shape annotations of intermediate values: they can
+    contradict ONNX's own shape inference, which the quantizer runs, and they are optional."""
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    return model
 
 
 def _quantize_dynamic(model: onnx.ModelProto, dst: Path, nodes: list[str]) -> None:

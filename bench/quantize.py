@@ -1,0 +1,236 @@
+"""int8 / float32 throughput of the bundled models, in process and through the service (goal >= 1.8x).
+
+    python -m bench.quantize [--data data] [--models audio-digits ...] [--seconds 3] [--rounds 4]
+                             [--no-service] [--static]
+
+Needs the demo data (`make demo-data`): each model's int8 sibling is made by `export.quantize` into a
+temporary folder and gated on `data/<model>/test`, the held-out split the bundled model never saw. Then:
+
+1. in process: the encoder graph at batch 8 with ONNX Runtime's default threads, float32 and int8 in
+   alternating rounds of `--seconds` (both see the same machine load); the ratio is the median of the
+   per-round ratios, with their range;
+2. through the service at saturation: `bridle-serve` on one variant at a time, 64 wrk clients posting one
+   window (a wav, a PNG or an mp4) to /embed, float32 and int8 alternating for `--rounds // 2` rounds each;
+
+beside them the gate's figures: held-out accuracy, embedding cosine and per-level code agreement.
+`--static` adds ONNX Runtime's static (calibrated, QDQ) int8 of the same matmuls, calibrated on 64
+training examples, in process only: the comparison that chose dynamic quantization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from bench.serve import running_service
+from bench.service_load import WRK_SCRIPT, drive
+from bridle_model.manifest import Manifest, read_manifest
+from export.gate import GateResult, load_held_out, measure_gate
+from export.precision import plain_model, transformer_matmuls
+from export.quantize import write_variant
+from export.verify import sample_inputs
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("audio-digits", "image-digits", "video-motion")
+GOAL = 1.8
+BATCH = 8
+CLIENTS = 64
+# saturation is measured with the admission bounds out of the way (they answer 503 beyond them)
+UNBOUNDED = {"BRIDLE_MAX_CONCURRENT_REQUESTS": "1000000", "BRIDLE_QUEUE_SIZE": "1000000"}
+CONTENT_TYPES = {"audio": "audio/wav", "image": "image/png", "video": "video/mp4"}
+
+
+def session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def rate(sess: ort.InferenceSession, signal: np.ndarray, seconds: float) -> float:
+    """Examples per second of `sess` on `signal` over about `seconds` (after one warm-up run)."""
+    feed = {sess.get_inputs()[0].name: signal}
+    sess.run(None, feed)
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sess.run(None, feed)
+        runs += 1
+    return runs * len(signal) / (time.perf_counter() - start)
+
+
+def in_process(
+    paths: dict[str, Path], signal: np.ndarray, seconds: float, rounds: int
+) -> dict[str, list[float]]:
+    """Per precision, the examples per second of each round; the precisions alternate within a round."""
+    sessions = {key: session(path) for key, path in paths.items()}
+    rates: dict[str, list[float]] = {key: [] for key in sessions}
+    for _ in range(rounds):
+        for key, sess in sessions.items():
+            rates[key].append(rate(sess, signal, seconds))
+    return rates
+
+
+def through_service(
+    wrk: str, dirs: dict[str, Path], body: Path, content_type: str, seconds: float, rounds: int
+) -> dict[str, list[float]]:
+    """Per precision, /embed requests per second at saturation, one service per variant and round."""
+    lua = WRK_SCRIPT.replace('"audio/wav"', f'"{content_type}"')
+    rates: dict[str, list[float]] = {key: [] for key in dirs}
+    for _ in range(rounds):
+        for key, directory in dirs.items():
+            with running_service([directory], UNBOUNDED) as service:
+                result = drive(wrk, service.url, body, CLIENTS, seconds, lua=lua)
+            if result.errors:
+                raise RuntimeError(f"{result.errors} failed requests to the {key} service")
+            rates[key].append(result.throughput)
+    return rates
+
+
+def request_body(manifest: Manifest, folder: Path) -> Path:
+    """One window of realistic media for the service, encoded as a client would send it."""
+    signal = sample_inputs(manifest.config(), batch=2)[0]
+    if manifest.modality == "audio":
+        path = folder / "window.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(manifest.input.sample_rate or 16_000))
+            w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
+        return path
+    if manifest.modality == "image":
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(signal.transpose(1, 2, 0)).save(buf, format="PNG")  # (S, S, 3)
+        path = folder / "window.png"
+        path.write_bytes(buf.getvalue())
+        return path
+    from training.demo_data import write_mp4
+
+    path = folder / "window.mp4"
+    frames = signal.transpose(0, 2, 3, 1)  # (T, S, S, 3)
+    write_mp4(path, frames, fps=max(1, round(len(frames) / (manifest.input.window_seconds or 2.0))))
+    return path
+
+
+def static_int8(model_dir: Path, manifest: Manifest, train: Path, out: Path) -> dict[str, Path]:
+    """ONNX Runtime's static QDQ int8 of the same matmuls, calibrated on 64 training examples."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    calibration = load_held_out(train, manifest).signals[:64]
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration[i : i + BATCH] for i in range(0, len(calibration), BATCH))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {manifest.input.name: batch}
+
+    out.mkdir(parents=True)
+    graphs = {}
+    for key, spec in manifest.files.items():
+        model = plain_model(model_dir / spec.path)
+        plain = out / f"plain-{spec.path}"
+        onnx.save(model, str(plain))
+        graphs[key] = out / spec.path
+        quantize_static(
+            plain,
+            graphs[key],
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_quantize=transformer_matmuls(model),
+        )
+    return graphs
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def gate_line(gate: GateResult) -> str:
+    accuracy = (
+        "no classifier"
+        if gate.accuracy is None
+        else f"accuracy {100 * gate.accuracy:.2f} % (fp32 {100 * (gate.accuracy_fp32 or 0):.2f} %)"
+    )
+    codes = " / ".join(f"{100 * a:.1f}" for a in gate.code_agreement)
+    return f"{accuracy}, cosine {gate.embedding_cosine:.4f}, code agreement {codes} %"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=REPO / "data", help="demo data root (`make demo-data`)")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="bundled model names")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds per in-process round")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds in process")
+    p.add_argument("--service-seconds", type=float, default=8.0, help="measured seconds per service run")
+    p.add_argument("--no-service", action="store_true", help="in-process figures only")
+    p.add_argument("--static", action="store_true", help="also static (calibrated) int8, in process")
+    args = p.parse_args(argv)
+    wrk = None if args.no_service else shutil.which("wrk")
+    if not args.no_service and wrk is None:
+        sys.exit(
+            "bench.quantize needs wrk for the service figures (apt-get install wrk), or pass --no-service"
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            source, held_out = REPO / "models" / name, args.data / name / "test"
+            if not held_out.is_dir():
+                sys.exit(f"{held_out} is missing: run `make demo-data` first")
+            variant = write_variant(source, "int8", held_out, out_dir=Path(tmp) / f"{name}-int8")
+            manifest = read_manifest(source)
+            graphs = {"fp32": source / "encoder.onnx", "int8": variant.model_dir / "encoder.onnx"}
+            gates = {"int8": variant.gate}
+            if args.static:
+                static = static_int8(
+                    source, manifest, args.data / name / "train", Path(tmp) / f"{name}-static"
+                )
+                graphs["int8-static"] = static["encoder"]
+                gates["int8-static"] = measure_gate(
+                    source, manifest, static, load_held_out(held_out, manifest)
+                )
+            signal = sample_inputs(manifest.config(), BATCH)
+            rates = in_process(graphs, signal, args.seconds, args.rounds)
+            size = {k: path.stat().st_size / 1e6 for k, path in graphs.items()}
+            lines = [f"{name}: encoder in process, batch {BATCH}, {args.rounds} alternating rounds"]
+            lines.append(
+                f"  fp32          {statistics.median(rates['fp32']):8.1f} examples/s  {size['fp32']:.1f} MB"
+            )
+            for key in graphs.keys() - {"fp32"}:
+                ratios = [v / b for v, b in zip(rates[key], rates["fp32"], strict=True)]
+                lines.append(
+                    f"  {key:<13} {statistics.median(rates[key]):8.1f} examples/s  {size[key]:.1f} MB  "
+                    f"{key}/fp32 {statistics.median(ratios):.2f}x (rounds {spread(ratios)}; goal >= {GOAL})"
+                )
+                lines.append(f"  {'':<13} {gate_line(gates[key])}")
+            if wrk is not None:
+                body = request_body(manifest, Path(tmp))
+                dirs = {"fp32": source, "int8": variant.model_dir}
+                service = through_service(
+                    wrk, dirs, body, CONTENT_TYPES[manifest.modality], args.service_seconds, 2
+                )
+                ratios = [v / b for v, b in zip(service["int8"], service["fp32"], strict=True)]
+                lines.append(
+                    f"  service, {CLIENTS} clients: fp32 {statistics.median(service['fp32']):.1f} req/s, "
+                    f"int8 {statistics.median(service['int8']):.1f} req/s, int8/fp32 "
+                    f"{statistics.median(ratios):.2f}x (rounds {spread(ratios)}; goal >= {GOAL})"
+                )
+            print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+    main()
