@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models bench bench-service bench-batch replicate clean system-deps fuzz soak
+.PHONY: serve test lint format demo-data models bench bench-service bench-batch bench-quantize models-int8 replicate clean system-deps fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,20 @@ bench-service: $(DEV_STAMP)
 bench-batch: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.batch
+
+## bench-quantize: int8 / fp32 throughput of each bundled model, in process and through the service (wrk),
+## with the accuracy gate's figures beside them
+bench-quantize: demo-data
+	@bash scripts/system-deps.sh wrk
+	$(PY) -m bench.quantize --static
+
+## models-int8: int8 variants of the bundled models in models-int8/, each gated on its held-out demo split
+## (not shipped: size); serve them with BRIDLE_MODEL_DIRS=models-int8 make serve
+models-int8: demo-data
+	for m in audio-digits image-digits video-motion; do \
+		$(BIN)/bridle-export quantize models/$$m --precision int8 --data data/$$m/test \
+			--out models-int8/$$m-int8 --force || exit 1; \
+	done
 
 ## fuzz: 20,000 damaged uploads (nine formats) against the service; counts by status and error code
 fuzz: $(DEV_STAMP)
