@@ -2,9 +2,10 @@
 ONNX Runtime actors (`map_batches`, one shard per call), and sum up.
 
 Ray starts in this process when none is running and no address is given; `address` joins an existing
-cluster. Actors are sized from the resources Ray sees: each takes an equal share of the CPUs (a fraction
-when there are more actors than CPUs, so that they never hold every CPU while a task they wait for
-queues), and with GPUs one GPU share each and the CUDA provider.
+cluster. Actors are sized from the resources Ray sees: each asks for an equal share of the CPUs, a
+fraction when there are more actors than CPUs (Ray would otherwise start only as many as there are
+CPUs), and with GPUs an equal share of the GPUs and the CUDA provider. The input is an in-memory list
+of shards, so no read task has to wait for a CPU the actors hold.
 """
 
 from __future__ import annotations
