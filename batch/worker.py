@@ -17,6 +17,7 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.store import OutputStore
@@ -83,7 +84,7 @@ class _ModelRows:
                 self.outputs["logits"].append(encoded["logits"])  # (B, C)
         self._waiting = [signal[stop:]] if stop < len(signal) else []
 
-    def table(self, top_k: int):
+    def table(self, top_k: int) -> pa.Table:
         self.finish()
         logits = np.concatenate(self.outputs["logits"]) if self.outputs["logits"] else None
         return windows_table(
@@ -159,7 +160,7 @@ class ShardProcessor:
         return summary
 
 
-def _parquet(table) -> bytes:
+def _parquet(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
