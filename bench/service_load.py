@@ -14,7 +14,10 @@ client took more than half of them. It prints, from one run:
    (goal >= 1.5), and beside it the most batching could give here: in-process ORT at the batch size
    over in-process ORT at batch 1, with the same concurrency;
 
-each with p50 and p99 latency.
+each with p50 and p99 latency; and
+3. overload: 400 closed-loop clients (raw asyncio sockets), with the service's in-flight bound and
+   without one (every request admitted, as before the bound): the share of requests answered (2xx or
+   503) within 2 s (goal >= 99 %) and the served requests' p99 (goal < 2 s).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,9 +37,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from bench.serve import running_service
 from bridle_model.manifest import read_manifest
 from service.runtime import CpuThreads, ProviderChooser, load_model
 from service.settings import Settings
@@ -90,41 +92,11 @@ def export_tiny_audio(root: Path) -> Path:
     return export_model_dir(servable, root / "tiny-audio", name="tiny-audio", run_verify=False).model_dir
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(model_dir: Path, env: dict[str, str]):
-    """`bridle-serve` on a free loopback port with `env` added to the environment; yields its URL."""
-    port = free_port()
-    env = {**os.environ, "BRIDLE_QUEUE_SIZE": "4096", "BRIDLE_API_KEY": "", **env}
-    cmd = [sys.executable, "-m", "service.cli", "--model-dir", str(model_dir), "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready in 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """`bridle-serve` over `model_dir` with `env` added to the environment; yields its URL."""
+    with running_service([model_dir], {"BRIDLE_QUEUE_SIZE": "4096", **env}) as service:
+        yield service.url
 
 
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
@@ -184,6 +156,85 @@ def drive(
         return parse_wrk(run(seconds))
 
 
+@dataclass
+class OverloadResult:
+    """Closed-loop clients far past capacity: how many answers came in time, and how fast the served were."""
+
+    clients: int
+    answers: int  # answered at all (any status)
+    in_time: float  # share of the requests answered (2xx or 503) within `limit_s`
+    served_rate: float  # 2xx per second
+    refused_share: float  # 503 among the answers
+    served_p99_ms: float
+    limit_s: float
+
+    def line(self, label: str) -> str:
+        return (
+            f"{label:<58} {100 * self.in_time:5.1f} % answered within {self.limit_s:g} s, "
+            f"{self.served_rate:6.1f} req/s served (p99 {self.served_p99_ms:7.1f} ms), "
+            f"{100 * self.refused_share:5.1f} % refused"
+        )
+
+
+async def _client(host: str, port: int, request: bytes, stop_at: float, out: list) -> None:
+    """One keep-alive connection posting `request` back to back; appends (status, seconds) or
+    (0, seconds) for a request that got no answer (the connection broke or the run ended first)."""
+    import asyncio
+
+    reader = writer = None
+    while time.monotonic() < stop_at:
+        start = time.perf_counter()
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), stop_at + 30 - time.monotonic())
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            out.append((int(head[9:12]), time.perf_counter() - start))
+            if re.search(rb"(?i)connection: *close", head):
+                writer.close()
+                writer = None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            out.append((0, time.perf_counter() - start))
+            writer = None
+            await asyncio.sleep(0.01)
+    if writer is not None:
+        writer.close()
+
+
+def overload(url: str, body: bytes, clients: int, seconds: float, limit_s: float = 2.0) -> OverloadResult:
+    """`clients` closed-loop clients posting `body` to /embed for `seconds` (raw asyncio sockets: a
+    Python HTTP library at 400 connections would take the cores the service needs)."""
+    import asyncio
+
+    host, port = url.removeprefix("http://").split(":")
+    request = (
+        f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    out: list[tuple[int, float]] = []
+
+    async def run() -> None:
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(_client(host, int(port), request, stop_at, out) for _ in range(clients)))
+
+    asyncio.run(run())
+    statuses = np.array([s for s, _ in out])
+    latency = np.array([t for _, t in out])
+    answered = (statuses == 200) | (statuses == 503)
+    served = latency[statuses == 200] * 1000
+    return OverloadResult(
+        clients=clients,
+        answers=int((statuses != 0).sum()),
+        in_time=float((answered & (latency <= limit_s)).mean()),
+        served_rate=len(served) / seconds,
+        refused_share=float((statuses == 503).sum() / max(1, (statuses != 0).sum())),
+        served_p99_ms=float(np.percentile(served, 99)) if len(served) else float("nan"),
+        limit_s=limit_s,
+    )
+
+
 def ort_throughput(model_dir: Path, batch: int, runs: int, threads: CpuThreads, seconds: float) -> float:
     """Windows per second of the encoder in-process at `batch`, `runs` runs at once (one Python thread
     each, one session shared, as the service does)."""
@@ -218,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--threads", type=int, default=defaults.intra_op_threads, help="ORT threads per run (0: cores / runs)"
     )
+    p.add_argument("--overload-clients", type=int, default=400, help="clients for the overload phase")
     args = p.parse_args(argv)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -253,6 +305,13 @@ def main(argv: list[str] | None = None) -> None:
             batched16 = drive(wrk, url, body, 16, args.seconds)
         with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": "1"}) as url:
             single16 = drive(wrk, url, body, 16, args.seconds)
+        # overload: the in-flight bound as configured, and with no bound (every request admitted)
+        wav = body.read_bytes()
+        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.batch)}) as url:
+            bounded = overload(url, wav, args.overload_clients, args.seconds)
+        unbounded_env = {"BRIDLE_MAX_CONCURRENT_REQUESTS": "1000000", "BRIDLE_QUEUE_SIZE": "1000000"}
+        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.batch), **unbounded_env}) as url:
+            unbounded = overload(url, wav, args.overload_clients, args.seconds)
 
     for (batch, runs, threads), rate in ort.items():
         label = (
@@ -263,9 +322,17 @@ def main(argv: list[str] | None = None) -> None:
     print(saturated.line(f"service, {args.clients} clients, batch <= {args.batch}"))
     print(batched16.line(f"service, 16 clients, batch <= {args.batch}"))
     print(single16.line("service, 16 clients, batch 1"))
+    n = args.overload_clients
+    print(bounded.line(f"service, {n} clients, {defaults.max_concurrent_requests} in flight at most"))
+    print(unbounded.line(f"service, {n} clients, no in-flight bound"))
     best = max(rate for (batch, _, _), rate in ort.items() if batch == args.batch)
     ceiling = ort[(args.batch, args.runs, served)] / ort[(1, args.runs, served)]
     print(f"service at saturation / best in-process ORT:  {saturated.throughput / best:.2f}  (goal >= 0.85)")
+    print(
+        f"overload, {n} clients: {100 * bounded.in_time:.1f} % answered within 2 s (goal >= 99 %; "
+        f"{100 * unbounded.in_time:.1f} % with no bound), served p99 {bounded.served_p99_ms / 1000:.2f} s "
+        f"(goal < 2 s; {unbounded.served_p99_ms / 1000:.2f} s with no bound)"
+    )
     print(
         f"dynamic batching / none at 16 clients:       {batched16.throughput / single16.throughput:.2f}  "
         f"(goal >= 1.5; in-process ORT batch {args.batch} / batch 1 here: {ceiling:.2f})"

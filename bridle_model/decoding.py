@@ -100,14 +100,17 @@ BAD_DATA_ERRORS = (
 def _bad_data_is_corrupt(what: str) -> Iterator[None]:
     """The decoding boundary: any decoder failure on the data becomes MediaError("corrupt", reason).
 
-    A MediaError passes as it is, and so does a missing or unreadable path (the caller's mistake).
+    A MediaError passes as it is, and so does a missing or unreadable path (the caller's mistake). Every
+    FFmpeg error is about the data, even those that are also OSErrors (EPERM from a decoder, say).
     """
     try:
         yield
-    except (MediaError, FileNotFoundError, PermissionError, IsADirectoryError):
+    except MediaError:
         raise
     except av.FFmpegError as e:
         raise MediaError("corrupt", f"the {what} could not be decoded: {_reason(e)}") from None
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
     except BAD_DATA_ERRORS as e:
         raise MediaError("corrupt", f"the {what} could not be decoded: {type(e).__name__}: {e}") from None
 
@@ -258,11 +261,15 @@ def decode_image(src: Source, image_size: int, max_pixels: int | None = None) ->
 # ---- video ------------------------------------------------------------------------------------------
 
 
-def decode_video(src: Source, image_size: int, max_seconds: float | None = None) -> DecodedVideo:
+def decode_video(
+    src: Source, image_size: int, max_seconds: float | None = None, max_pixels: int | None = None
+) -> DecodedVideo:
     """Decode every frame of the first video stream, each made RGB and square like an image.
 
     Times count from the first frame. A duration over `max_seconds` is "too_long": checked against the
-    headers before decoding when they state one, and against frame times while decoding.
+    headers before decoding when they state one, and against frame times while decoding. A frame of more
+    than `max_pixels` is "too_large", checked on the stream's header and on every frame before its
+    pixels are converted (damaged headers can claim any size).
     """
     with _open_container(src) as container, _bad_data_is_corrupt("video"):
         if not container.streams.video:
@@ -274,10 +281,12 @@ def decode_video(src: Source, image_size: int, max_seconds: float | None = None)
             raise MediaError(
                 "too_long", f"the video lasts {declared:.2f} s, over the limit of {max_seconds:g} s"
             )
+        _check_frame_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         frames: list[np.ndarray] = []
         times: list[float] = []
         for frame in container.decode(stream):
+            _check_frame_size(frame.width, frame.height, max_pixels)
             if frame.time is not None:
                 t = float(frame.time)
             else:  # no timestamps: count frames at the nominal rate
@@ -301,6 +310,15 @@ def decode_video(src: Source, image_size: int, max_seconds: float | None = None)
             "too_long", f"the video's frames span {duration:.2f} s, over the limit of {max_seconds:g} s"
         )
     return DecodedVideo(np.stack([frames[i] for i in order]), stamps, duration)
+
+
+def _check_frame_size(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise MediaError(
+            "too_large",
+            f"the video's frames have {width}x{height} = {width * height} pixels, "
+            f"over the limit of {max_pixels}",
+        )
 
 
 def sample_frames(

@@ -156,6 +156,11 @@ def to_windows(manifest: Manifest, data: bytes, limits: Limits) -> Windows:
     if manifest.modality == "image":
         image = decode_image(data, int(spec.image_size or shape[-1]), max_pixels=limits.max_image_pixels)
         return Windows(image[None], [(None, None)], None)  # (1, 3, S, S)
-    video = decode_video(data, int(spec.image_size or shape[-1]), max_seconds=limits.max_video_seconds)
+    video = decode_video(
+        data,
+        int(spec.image_size or shape[-1]),
+        max_seconds=limits.max_video_seconds,
+        max_pixels=limits.max_image_pixels,
+    )
     clips, spans = video_windows(video, shape[0], spec.window_seconds)  # (W, T, 3, S, S)
     return Windows(clips, spans, video.duration)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import Server, run_server
 
+from tests.media_files import make_video
+
 MAX_UPLOAD = 300_000
 
 
@@ -74,6 +76,11 @@ def test_audio_over_the_duration_limit(server: Server, audio_of_seconds) -> None
 def test_image_over_the_pixel_limit(server: Server, big_image) -> None:
     data, ctype = big_image  # 400 x 400 = 160 000 pixels > 100 000
     error(server.client.post("/embed", files={"file": ("big.png", data, ctype)}), 413, "too_large")
+
+
+def test_video_frames_over_the_pixel_limit(server: Server) -> None:
+    data = make_video("mp4", 0.3, size=(400, 300))  # 120 000 pixels a frame > 100 000
+    error(server.client.post("/embed", files={"file": ("big.mp4", data, "video/mp4")}), 413, "too_large")
 
 
 def test_video_without_frames(server: Server, frameless_video) -> None:

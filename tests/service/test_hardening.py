@@ -103,15 +103,23 @@ def test_more_windows_than_the_queue_holds_is_413_not_503(server: Server) -> Non
     assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_windows", r.text
 
 
-def test_a_bare_decoder_error_is_422_corrupt(server: Server, media_files, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (RuntimeError("something PyAV did not expect"), "RuntimeError"),
+        # an FFmpeg error that is also a PermissionError (a damaged mp4 gave it from a decoder)
+        (av.error.PermissionError(1, "Operation not permitted", "avcodec_send_packet()"), "not permitted"),
+    ],
+)
+def test_a_bare_decoder_error_is_422_corrupt(server: Server, media_files, monkeypatch, error, said) -> None:
     def broken_open(*args, **kwargs):
-        raise RuntimeError("something PyAV did not expect")
+        raise error
 
     monkeypatch.setattr("bridle_model.decoding.av.open", broken_open)
     data, ctype = media_files["mp3"]
     r = server.client.post("/embed", files={"file": ("x.mp3", data, ctype)})
     assert r.status_code == 422 and r.json()["error"]["code"] == "corrupt", r.text
-    assert "RuntimeError" in r.json()["error"]["message"]
+    assert said in r.json()["error"]["message"]
 
 
 # ---- unexpected failures -----------------------------------------------------------------------------
