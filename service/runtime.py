@@ -196,7 +196,7 @@ def choose_variants(directories: list[Path], precision: Sequence[str]) -> list[P
         same = variants.setdefault(manifest.name, {})
         if manifest.precision in same:
             raise ModelLoadError(
-                f"two {manifest.precision} model directories are named {manifest.name!r}: "
+                f"two model directories are named {manifest.name!r}, both {manifest.precision}: "
                 f"{same[manifest.precision]} and {directory}"
             )
         same[manifest.precision] = directory

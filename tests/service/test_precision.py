@@ -89,7 +89,7 @@ def test_variant_choice_is_explicit(variants: dict[str, Path]) -> None:
     assert choose_variants([variants["int8"]], ["fp32"]) == [variants["int8"]]  # the only one there
     with pytest.raises(ModelLoadError, match=r"has \['fp32', 'int8'\] variants and BRIDLE_PRECISION"):
         choose_variants(both, ["fp16"])
-    with pytest.raises(ModelLoadError, match="two int8 model directories are named 'image-digits'"):
+    with pytest.raises(ModelLoadError, match="two model directories are named 'image-digits', both int8"):
         choose_variants([variants["int8"], variants["int8"]], ["int8"])
 
 
