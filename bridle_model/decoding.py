@@ -281,7 +281,8 @@ def decode_video(
             raise MediaError(
                 "too_long", f"the video lasts {declared:.2f} s, over the limit of {max_seconds:g} s"
             )
-        _check_frame_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
+        if stream.codec_context is not None:  # None: no decoder for it, which decoding reports
+            _check_frame_size(stream.codec_context.width, stream.codec_context.height, max_pixels)
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         frames: list[np.ndarray] = []
         times: list[float] = []

@@ -24,7 +24,7 @@ from conftest import Server, run_server
 
 from bench.fuzz import FORMATS, cases, check_answer, post, seed_files
 from bench.serve import free_port
-from tests.media_files import make_audio
+from tests.media_files import make_audio, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_CASES = 270  # 30 per format
@@ -82,6 +82,17 @@ def test_concatenated_mp3s_of_different_formats_decode_whole(server: Server) -> 
     assert r.status_code == 200, r.text
     (result,) = r.json()["results"]
     assert result["duration"] == pytest.approx(1.0, abs=0.15)  # both halves, with the encoders' padding
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec", "unknown"), [("mp4", b"avc1", b"zzzz"), ("webm", b"V_VP8", b"V_ZZZ")]
+)
+def test_a_video_stream_with_no_decoder_is_422(
+    server: Server, fmt: str, codec: bytes, unknown: bytes
+) -> None:
+    data = make_video(fmt, 0.5).replace(codec, unknown)  # PyAV gives such a stream no codec context
+    r = server.client.post("/embed", files={"file": (f"x.{fmt}", data, f"video/{fmt}")})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "corrupt", r.text
 
 
 def slow_video(seconds_per_frame: int, frames: int = 2) -> bytes:
