@@ -1,10 +1,11 @@
 """int8 / float32 throughput of the bundled models, in process and through the service (goal >= 1.8x).
 
     python -m bench.quantize [--data data] [--models audio-digits ...] [--seconds 3] [--rounds 4]
-                             [--no-service] [--static]
+                             [--no-service] [--static] [--precision fp16 --provider CUDAExecutionProvider]
 
-Needs the demo data (`make demo-data`): each model's int8 sibling is made by `export.quantize` into a
-temporary folder and gated on `data/<model>/test`, the held-out split the bundled model never saw. Then:
+Needs the demo data (`make demo-data`): each model's int8 (or `--precision fp16`) sibling is made by
+`export.quantize` into a temporary folder and gated on `data/<model>/test`, the held-out split the bundled
+model never saw. Then:
 
 1. in process: the encoder graph at batch 8 with ONNX Runtime's default threads, float32 and int8 in
    alternating rounds of `--seconds` (both see the same machine load); the ratio is the median of the
@@ -51,10 +52,13 @@ UNBOUNDED = {"BRIDLE_MAX_CONCURRENT_REQUESTS": "1000000", "BRIDLE_QUEUE_SIZE": "
 CONTENT_TYPES = {"audio": "audio/wav", "image": "image/png", "video": "video/mp4"}
 
 
-def session(path: Path) -> ort.InferenceSession:
+def session(path: Path, provider: str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+    if sess.get_providers()[0] != provider:
+        raise RuntimeError(f"{provider} did not load (got {sess.get_providers()})")
+    return sess
 
 
 def rate(sess: ort.InferenceSession, signal: np.ndarray, seconds: float) -> float:
@@ -69,10 +73,10 @@ def rate(sess: ort.InferenceSession, signal: np.ndarray, seconds: float) -> floa
 
 
 def in_process(
-    paths: dict[str, Path], signal: np.ndarray, seconds: float, rounds: int
+    paths: dict[str, Path], signal: np.ndarray, seconds: float, rounds: int, provider: str
 ) -> dict[str, list[float]]:
     """Per precision, the examples per second of each round; the precisions alternate within a round."""
-    sessions = {key: session(path) for key, path in paths.items()}
+    sessions = {key: session(path, provider) for key, path in paths.items()}
     rates: dict[str, list[float]] = {key: [] for key in sessions}
     for _ in range(rounds):
         for key, sess in sessions.items():
@@ -179,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--service-seconds", type=float, default=8.0, help="measured seconds per service run")
     p.add_argument("--no-service", action="store_true", help="in-process figures only")
     p.add_argument("--static", action="store_true", help="also static (calibrated) int8, in process")
+    p.add_argument("--precision", choices=["int8", "fp16"], default="int8", help="the variant measured")
+    p.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime provider, in process")
     args = p.parse_args(argv)
     wrk = None if args.no_service else shutil.which("wrk")
     if not args.no_service and wrk is None:
@@ -191,10 +197,11 @@ def main(argv: list[str] | None = None) -> None:
             source, held_out = REPO / "models" / name, args.data / name / "test"
             if not held_out.is_dir():
                 sys.exit(f"{held_out} is missing: run `make demo-data` first")
-            variant = write_variant(source, "int8", held_out, out_dir=Path(tmp) / f"{name}-int8")
+            low = args.precision
+            variant = write_variant(source, low, held_out, out_dir=Path(tmp) / f"{name}-{low}")
             manifest = read_manifest(source)
-            graphs = {"fp32": source / "encoder.onnx", "int8": variant.model_dir / "encoder.onnx"}
-            gates = {"int8": variant.gate}
+            graphs = {"fp32": source / "encoder.onnx", low: variant.model_dir / "encoder.onnx"}
+            gates = {low: variant.gate}
             if args.static:
                 static = static_int8(
                     source, manifest, args.data / name / "train", Path(tmp) / f"{name}-static"
@@ -204,13 +211,14 @@ def main(argv: list[str] | None = None) -> None:
                     source, manifest, static, load_held_out(held_out, manifest)
                 )
             signal = sample_inputs(manifest.config(), BATCH)
-            rates = in_process(graphs, signal, args.seconds, args.rounds)
+            rates = in_process(graphs, signal, args.seconds, args.rounds, args.provider)
             size = {k: path.stat().st_size / 1e6 for k, path in graphs.items()}
-            lines = [f"{name}: encoder in process, batch {BATCH}, {args.rounds} alternating rounds"]
+            where = f"batch {BATCH}, {args.rounds} alternating rounds, {args.provider}"
+            lines = [f"{name}: encoder in process, {where}"]
             lines.append(
                 f"  fp32          {statistics.median(rates['fp32']):8.1f} examples/s  {size['fp32']:.1f} MB"
             )
-            for key in graphs.keys() - {"fp32"}:
+            for key in [k for k in graphs if k != "fp32"]:
                 ratios = [v / b for v, b in zip(rates[key], rates["fp32"], strict=True)]
                 lines.append(
                     f"  {key:<13} {statistics.median(rates[key]):8.1f} examples/s  {size[key]:.1f} MB  "
@@ -219,14 +227,14 @@ def main(argv: list[str] | None = None) -> None:
                 lines.append(f"  {'':<13} {gate_line(gates[key])}")
             if wrk is not None:
                 body = request_body(manifest, Path(tmp))
-                dirs = {"fp32": source, "int8": variant.model_dir}
+                dirs = {"fp32": source, low: variant.model_dir}
                 service = through_service(
                     wrk, dirs, body, CONTENT_TYPES[manifest.modality], args.service_seconds, 2
                 )
-                ratios = [v / b for v, b in zip(service["int8"], service["fp32"], strict=True)]
+                ratios = [v / b for v, b in zip(service[low], service["fp32"], strict=True)]
                 lines.append(
                     f"  service, {CLIENTS} clients: fp32 {statistics.median(service['fp32']):.1f} req/s, "
-                    f"int8 {statistics.median(service['int8']):.1f} req/s, int8/fp32 "
+                    f"{low} {statistics.median(service[low]):.1f} req/s, {low}/fp32 "
                     f"{statistics.median(ratios):.2f}x (rounds {spread(ratios)}; goal >= {GOAL})"
                 )
             print("\n".join(lines), flush=True)
