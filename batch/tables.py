@@ -10,7 +10,8 @@ windows (one row per window):
                                              codes[l][n]: level l of the patch at row-major index n over
                                              the patch grid; uint8 / uint16 / uint32 by codebook size
     labels      list<string>  (classifier models only) the top-k labels, best first
-    scores      list<float64> (classifier models only) their softmax probabilities
+    scores      list<float64> (classifier models only) their scores as /classify gives them: softmax
+                                             probabilities, or sigmoid ones for a multi-label model
 
 The schema metadata key `bridle` holds the model's name, modality, patch grid, grid axes, levels,
 codebook size and tokenizer kind.
@@ -28,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from bridle_model.manifest import Manifest
+from service.infer import _scores as scores  # /classify's scores: softmax, or sigmoid when multi-label
 
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("code", pa.string()), ("message", pa.string())])
 
@@ -49,12 +51,6 @@ def codes_dtype(codebook_size: int) -> type[np.unsignedinteger]:
         if codebook_size - 1 <= np.iinfo(dtype).max:
             return dtype
     raise ValueError(f"codebook size {codebook_size} does not fit 32 bits")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(R, C) -> (R, C) probabilities, in float64 as the service's /classify computes them."""
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def _fixed(values: np.ndarray) -> pa.Array:
@@ -83,7 +79,7 @@ def windows_table(
         "codes": _fixed(codes.transpose(0, 2, 1).astype(codes_dtype(manifest.quantizer.codebook_size))),
     }
     if logits is not None:
-        probs = softmax(logits.astype(np.float64))  # (R, C)
+        probs = scores(logits.astype(np.float64), manifest.classifier.activation)  # (R, C)
         k = min(top_k, len(manifest.labels))
         order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (R, k)
         columns["labels"] = pa.array(
