@@ -108,8 +108,10 @@ class GateResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GateResult:
-        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**fields)
+        """The measured figures of a stored record, judged by this module's thresholds (not the stored
+        ones, which only document what the variant was held to)."""
+        measured = ("data", "examples", "accuracy_fp32", "accuracy", "embedding_cosine", "code_agreement")
+        return cls(**{k: d[k] for k in measured})
 
 
 def measure_gate(

@@ -123,8 +123,8 @@ def _check_gate(
 
     try:
         stored = GateResult.from_dict(manifest.gate or {})
-    except TypeError as e:
-        report.add("gate: stored", False, f"the manifest's gate record is malformed: {e}")
+    except (KeyError, TypeError) as e:
+        report.add("gate: stored", False, f"the manifest's gate record is malformed: {e!r}")
         return
     report.add("gate: stored", stored.passed, "; ".join(stored.failures) or stored.summary())
     if reference is None or data is None:

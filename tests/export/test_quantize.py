@@ -98,11 +98,16 @@ def test_verify_fails_a_variant_whose_stored_gate_does_not_pass(tmp_path: Path, 
     path = variant / "manifest.json"
     raw = json.loads(path.read_text())
     raw["gate"]["embedding_cosine"] = 0.5
+    raw["gate"]["min_embedding_cosine"] = 0.1  # a record cannot loosen the thresholds it is judged by
     path.write_text(json.dumps(raw))
     report = verify(variant)
     assert not report.ok
     assert [c.name for c in report.failures] == ["gate: stored"]
     assert "0.5000 < 0.99" in report.failures[0].detail
+    del raw["gate"]["code_agreement"]
+    path.write_text(json.dumps(raw))
+    (failure,) = verify(variant).failures
+    assert failure.name == "gate: stored" and "malformed" in failure.detail
 
 
 def test_cli_quantize_refuses_bad_requests_with_a_message(tmp_path: Path, held_out: dict[str, Path]) -> None:
