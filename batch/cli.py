@@ -4,7 +4,8 @@
 
 INPUT is a folder or a .csv / .jsonl / .parquet manifest with a `path` column, local or an fsspec URL.
 A re-run with the same arguments skips the shards that are complete. Exit status: 0 done (files that
-could not be used are in OUT/errors), 2 bad input, models, settings or an output of another job.
+could not be used are in OUT/errors), 2 bad input, models, settings, an output folder that cannot be
+written or that holds another job's output.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             precision=tuple(p.strip() for p in args.precision.split(",") if p.strip()),
         )
         summary = run_job(settings)
-    except (InputError, JobMismatch, ManifestError, ModelLoadError, SettingsError) as e:
+    except (InputError, JobMismatch, ManifestError, ModelLoadError, SettingsError, OSError) as e:
         print(f"bridle-batch: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_JOB)
     s = summary

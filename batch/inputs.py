@@ -30,9 +30,17 @@ def _url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """fsspec's filesystem and path for `url`; InputError when fsspec cannot open that kind of URL."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:  # "Install s3fs to access S3", "Protocol not known: foo"
+        raise InputError(f"cannot open {url!r}: {e}") from e
+
+
 def list_files(spec: str) -> list[str]:
     """Every file of the input `spec` (folder or manifest), in a stable order; InputError when none."""
-    fs, root = fsspec.core.url_to_fs(spec)
+    fs, root = filesystem(spec)
     if not fs.exists(root):
         raise InputError(f"the input {spec!r} does not exist")
     if fs.isdir(root):

@@ -50,14 +50,14 @@ class JobSummary:
     plan: ActorPlan | None  # None when nothing was left to do
 
 
-def plan_actors(settings: JobSettings, cpus: float, gpus: float, node_cpus: float) -> ActorPlan:
-    """How many actors with which resources, from what the Ray cluster has."""
+def plan_actors(settings: JobSettings, cpus: float, gpus: float, node_cpus: float, shards: int) -> ActorPlan:
+    """How many actors with which resources, from what the Ray cluster has; no more than `shards`."""
     device = settings.device
     if device == "auto":
         device = "gpu" if gpus >= 1 else "cpu"
     if device == "gpu" and gpus < 1:
         raise SettingsError("device gpu: the Ray cluster has no GPU")
-    actors = settings.actors or (int(gpus) if device == "gpu" else max(1, int(cpus)))
+    actors = min(settings.actors or (int(gpus) if device == "gpu" else max(1, int(cpus))), shards)
     share = min(cpus / actors, node_cpus)  # an actor must fit on one node
     threads = settings.threads or max(1, math.floor(share))
     if device == "gpu":
@@ -75,6 +75,13 @@ def job_record(settings: JobSettings, files: list[str], model_files: ModelFiles)
         "shard_files": settings.shard_files,
         "models": models,
     }
+
+
+class RayShardWorker(ShardWorker):
+    """ShardWorker whose model files come from Ray's object store (put there once by the driver)."""
+
+    def __init__(self, model_files: ray.ObjectRef, **settings) -> None:
+        super().__init__(ray.get(model_files), **settings)
 
 
 def _start_ray(settings: JobSettings) -> bool:
@@ -104,17 +111,18 @@ def run_job(settings: JobSettings) -> JobSummary:
         try:
             resources = ray.cluster_resources()
             node_cpus = max(n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"])
-            plan = plan_actors(settings, resources.get("CPU", 0.0), resources.get("GPU", 0.0), node_cpus)
+            cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+            plan = plan_actors(settings, cpus, gpus, node_cpus, shards=len(todo))
             log.info("%d of %d shards to do on %s", len(todo), len(shards), plan)
             rows = [{"shard": i, "paths": paths} for i, paths in todo]
             results = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                ShardWorker,
+                RayShardWorker,
                 batch_size=1,
                 compute=ActorPoolStrategy(size=plan.actors),
                 num_cpus=plan.cpus,
                 num_gpus=plan.gpus,
                 fn_constructor_kwargs={
-                    "model_files": model_files,
+                    "model_files": ray.put(model_files),
                     "providers": plan.providers,
                     "threads": plan.threads,
                     "output": settings.output,

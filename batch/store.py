@@ -18,9 +18,9 @@ import posixpath
 import uuid
 from typing import Any
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from batch.inputs import filesystem
 from bridle_model.atomic import atomic_write_bytes
 
 JOB_FILE = "job.json"
@@ -42,7 +42,7 @@ class OutputStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.fs, self.root = filesystem(url)
         self.root = self.root.rstrip("/")
 
     def path(self, *parts: str) -> str:

@@ -72,6 +72,10 @@ def test_inputs_at_an_fsspec_url() -> None:
 def test_bad_inputs_say_what_is_wrong(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         list_files(str(tmp_path / "nowhere"))
+    with pytest.raises(InputError, match="Protocol not known: nosuchfs"):
+        list_files("nosuchfs://bucket/data")
+    with pytest.raises(InputError, match="Protocol not known: nosuchfs"):
+        OutputStore("nosuchfs://bucket/out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no files"):
         list_files(str(tmp_path / "empty"))
@@ -148,16 +152,20 @@ def test_a_shard_through_onnx_runtime_to_an_fsspec_filesystem(bundled_models: Pa
 
 def test_actors_are_sized_from_the_cluster() -> None:
     base = JobSettings(input="x", model_dirs=("m",), output="o")
-    one_per_cpu = plan_actors(base, cpus=2, gpus=0, node_cpus=2)
+    one_per_cpu = plan_actors(base, cpus=2, gpus=0, node_cpus=2, shards=10)
     assert (one_per_cpu.actors, one_per_cpu.cpus, one_per_cpu.threads, one_per_cpu.gpus) == (2, 1.0, 1, 0.0)
-    three = plan_actors(JobSettings(**{**base.__dict__, "actors": 3}), cpus=2, gpus=0, node_cpus=2)
+    three = plan_actors(JobSettings(**{**base.__dict__, "actors": 3}), cpus=2, gpus=0, node_cpus=2, shards=10)
     assert (three.cpus, three.threads) == (pytest.approx(2 / 3), 1)  # a fraction: three fit on two CPUs
-    alone = plan_actors(JobSettings(**{**base.__dict__, "actors": 1}), cpus=16, gpus=0, node_cpus=8)
+    alone = plan_actors(
+        JobSettings(**{**base.__dict__, "actors": 1}), cpus=16, gpus=0, node_cpus=8, shards=10
+    )
     assert (alone.cpus, alone.threads) == (8, 8)  # no bigger than one node
-    gpu = plan_actors(base, cpus=16, gpus=2, node_cpus=8)
+    gpu = plan_actors(base, cpus=16, gpus=2, node_cpus=8, shards=10)
     assert (gpu.actors, gpu.gpus, gpu.cpus, gpu.providers[0]) == (2, 1.0, 8, CUDA)
+    few = plan_actors(base, cpus=2, gpus=0, node_cpus=2, shards=1)
+    assert (few.actors, few.cpus, few.threads) == (1, 2.0, 2)  # one shard: one actor with every CPU
     with pytest.raises(SettingsError, match="no GPU"):
-        plan_actors(JobSettings(**{**base.__dict__, "device": "gpu"}), cpus=2, gpus=0, node_cpus=2)
+        plan_actors(JobSettings(**{**base.__dict__, "device": "gpu"}), cpus=2, gpus=0, node_cpus=2, shards=10)
     with pytest.raises(SettingsError, match="batch_size=0"):
         JobSettings(input="x", model_dirs=("m",), output="o", batch_size=0)
     with pytest.raises(SettingsError, match="precision must list some of"):
