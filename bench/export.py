@@ -10,7 +10,6 @@ thread pool, sharing one process, slow each other down), after a warm-up; the pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import typer
 
 from bench.timing import call_times
 from bridle_model.checkpoint import build_servable
@@ -49,61 +49,60 @@ def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
     return call_times(lambda: session.run(["embedding"], {"signal": signal}), warmup, iters)
 
 
-def _measure_in_subprocess(runtime: str, work: Path, args: argparse.Namespace) -> list[float]:
+def _measure_in_subprocess(
+    runtime: str, work: Path, preset_name: str, iters: int, warmup: int
+) -> list[float]:
     cmd = [sys.executable, "-m", "bench.export", "--worker", runtime, "--work", str(work)]
-    cmd += ["--preset", args.preset, "--iters", str(args.iters), "--warmup", str(args.warmup)]
+    cmd += ["--preset", preset_name, "--iters", str(iters), "--warmup", str(warmup)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the {runtime} worker failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="tiny-audio")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset of the exported graph")
-    parser.add_argument("--worker", choices=["torch", "ort"], help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-
-    if args.worker:  # one runtime, in this process: print its times as JSON
-        if args.worker == "torch":
-            times = time_torch(args.work, args.preset, args.warmup, args.iters)
+def main(
+    preset_name: str = typer.Option("tiny-audio", "--preset"),
+    batch: int = 8,
+    iters: int = 30,
+    warmup: int = 5,
+    rounds: int = 3,
+    opset: int = typer.Option(OPSET, help="ONNX opset of the exported graph"),
+    worker: str | None = typer.Option(None, hidden=True),  # "torch" | "ort": time one runtime here
+    work: Path | None = typer.Option(None, hidden=True),
+) -> None:
+    """Samples/s of the exported encoder in ONNX Runtime and in PyTorch eager, and their ratio."""
+    if worker is not None and work is not None:  # one runtime, in this process: print its times as JSON
+        if worker == "torch":
+            times = time_torch(work, preset_name, warmup, iters)
         else:
-            times = time_ort(args.work, args.warmup, args.iters)
+            times = time_ort(work, warmup, iters)
         print(json.dumps(times))
         return
 
-    config = preset(args.preset)
+    config = preset(preset_name)
     graph = EncoderGraph(build_servable(config)).eval()  # fresh weights: speed does not depend on training
-    times: dict[str, list[float]] = {"torch": [], "ort": []}
+    runs: dict[str, list[float]] = {"torch": [], "ort": []}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        export_graph(graph, example_signal(config, batch=2), work / "encoder.onnx", args.opset)
-        torch.save(graph.state_dict(), work / "graph.pt")
-        np.save(work / "signal.npy", sample_inputs(config, args.batch))
-        for _ in range(args.rounds):
-            for runtime in times:
-                times[runtime] += _measure_in_subprocess(runtime, work, args)
+        folder = Path(tmp)
+        export_graph(graph, example_signal(config, batch=2), folder / "encoder.onnx", opset)
+        torch.save(graph.state_dict(), folder / "graph.pt")
+        np.save(folder / "signal.npy", sample_inputs(config, batch))
+        for _ in range(rounds):
+            for runtime in runs:
+                runs[runtime] += _measure_in_subprocess(runtime, folder, preset_name, iters, warmup)
 
-    ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    ms = {k: 1000 * float(np.median(v)) for k, v in runs.items()}
     ratio = ms["torch"] / ms["ort"]
     print(
-        f"{args.preset} encoder (preprocessing + encoder + pool, opset {args.opset}), batch {args.batch}, "
+        f"{preset_name} encoder (preprocessing + encoder + pool, opset {opset}), batch {batch}, "
         f"each runtime in its "
-        f"own process, {args.rounds} rounds x {args.iters} timed runs, median; torch threads "
+        f"own process, {rounds} rounds x {iters} timed runs, median; torch threads "
         f"{torch.get_num_threads()}, ORT intra-op threads: its default"
     )
-    print(f"  pytorch eager : {1000 * args.batch / ms['torch']:8.1f} samples/s ({ms['torch']:.1f} ms/batch)")
-    print(f"  onnxruntime   : {1000 * args.batch / ms['ort']:8.1f} samples/s ({ms['ort']:.1f} ms/batch)")
+    print(f"  pytorch eager : {1000 * batch / ms['torch']:8.1f} samples/s ({ms['torch']:.1f} ms/batch)")
+    print(f"  onnxruntime   : {1000 * batch / ms['ort']:8.1f} samples/s ({ms['ort']:.1f} ms/batch)")
     print(f"  ratio ORT/torch: {ratio:.2f}x (goal >= {GOAL}) -> {'MET' if ratio >= GOAL else 'NOT MET'}")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -10,14 +10,12 @@ mel bins because kaldi-native-fbank refuses 128 at 16 kHz (a band with no FFT bi
 seconds of audio per second, the ratio ours / kaldi and the largest difference of the log-mel values.
 
 Run it on an otherwise idle machine: when other processes keep the cores busy, every parallel torch
-op waits for its descheduled second thread (~10 ms each on 2 cores), which costs ours several times
-its idle time (measured on 2 cores: 30 ms idle, 95 ms beside other test runs), while the
+op waits for its descheduled second thread, which costs ours several times its idle time, while the
 single-threaded baseline hardly moves.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -25,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import typer
 
 from bridle_model.config import AudioInput
 from bridle_model.fbank import KaldiFbank
@@ -59,31 +58,30 @@ def _waves(batch: int, samples: int, seed: int) -> np.ndarray:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--bins", type=int, default=80)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=10)
-    args = p.parse_args(argv)
-
+def main(
+    threads: int = typer.Option(torch.get_num_threads(), help="torch threads (default: torch's)"),
+    batch: int = 32,
+    seconds: float = 2.0,
+    bins: int = 80,
+    warmup: int = 2,
+    repeats: int = 10,
+) -> None:
+    """Waves/s of our batched KaldiFbank and of kaldi-native-fbank, and their ratio."""
     try:
         import kaldi_native_fbank as knf
     except ImportError as e:  # a dev extra
         raise SystemExit("install the dev extra (kaldi-native-fbank) to run this benchmark") from e
 
-    torch.set_num_threads(args.threads)
-    audio = AudioInput(num_mel_bins=args.bins)
-    waves = _waves(args.batch, int(args.seconds * audio.sample_rate), seed=0)
+    torch.set_num_threads(threads)
+    audio = AudioInput(num_mel_bins=bins)
+    waves = _waves(batch, int(seconds * audio.sample_rate), seed=0)
 
     fbank = KaldiFbank(audio).eval()
-    batch = torch.from_numpy(waves)
+    signal = torch.from_numpy(waves)  # (batch, samples)
 
     def ours() -> torch.Tensor:
         with torch.inference_mode():
-            return fbank(batch)
+            return fbank(signal)
 
     opts = knf.FbankOptions()
     opts.frame_opts.samp_freq = audio.sample_rate
@@ -91,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     opts.frame_opts.snip_edges = True
     opts.frame_opts.window_type = audio.window
     opts.frame_opts.preemph_coeff = audio.preemphasis
-    opts.mel_opts.num_bins = args.bins
+    opts.mel_opts.num_bins = bins
     opts.mel_opts.low_freq = 20.0
     opts.mel_opts.high_freq = 0.0
     opts.use_energy = False
@@ -107,12 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         return np.stack(out)
 
     diff = float(np.abs(ours().numpy() - kaldi()).max())
-    t_ours, t_kaldi = _time_interleaved([ours, kaldi], args.warmup, args.repeats)
+    t_ours, t_kaldi = _time_interleaved([ours, kaldi], warmup, repeats)
 
-    n, secs = args.batch, args.batch * args.seconds
-    print(
-        f"log-mel fbank: {n} waves x {args.seconds:g} s, {args.bins} mel bins, {args.threads} torch threads"
-    )
+    n, secs = batch, batch * seconds
+    print(f"log-mel fbank: {n} waves x {seconds:g} s, {bins} mel bins, {threads} torch threads")
     print(f"{'implementation':<34}{'ms / batch':>12}{'waves / s':>12}{'audio s / s':>14}")
     for name, t in (("ours (KaldiFbank, batched)", t_ours), ("kaldi-native-fbank (loop)", t_kaldi)):
         print(f"{name:<34}{t * 1e3:>12.1f}{n / t:>12.0f}{secs / t:>14.0f}")
@@ -121,4 +117,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -10,11 +10,11 @@ k-means init) so that the codes spread as in real use. Prints vectors/s and the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 
 import torch
+import typer
 
 from bench.timing import call_times
 from bridle_model.config import QuantizerConfig
@@ -34,38 +34,38 @@ def _clustered(batch: int, tokens: int, dim: int, seed: int) -> torch.Tensor:
     return x.reshape(batch, tokens, dim)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--levels", type=int, default=4)
-    p.add_argument("--codes", type=int, default=256)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=512)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = p.parse_args(argv)
-
+def main(
+    levels: int = 4,
+    codes: int = 256,
+    dim: int = 256,
+    batch: int = 32,
+    tokens: int = 512,
+    warmup: int = 3,
+    repeats: int = 15,
+    threads: int = typer.Option(torch.get_num_threads(), help="torch threads (default: torch's)"),
+) -> None:
+    """Vectors/s of our RQ and of vector-quantize-pytorch's ResidualVQ, and their ratio."""
     try:
         from vector_quantize_pytorch import ResidualVQ
     except ImportError as e:  # a dev extra
         raise SystemExit("install the dev extra (vector-quantize-pytorch) to run this benchmark") from e
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = _clustered(args.batch, args.tokens, args.dim, seed=0)
-    n = args.batch * args.tokens
+    x = _clustered(batch, tokens, dim, seed=0)
+    n = batch * tokens
 
-    ours = ResidualQuantizer(QuantizerConfig(levels=args.levels, codebook_size=args.codes, dim=args.dim))
-    ours.train()(x)  # k-means init on the first batch
+    ours = ResidualQuantizer(QuantizerConfig(levels=levels, codebook_size=codes, dim=dim))
+    ours.init_codebooks(x)  # k-means on the first batch, as training does
+    ours.train()(x)
     variants: dict[str, torch.nn.Module] = {
         "ResidualVQ (euclidean)": ResidualVQ(
-            dim=args.dim, num_quantizers=args.levels, codebook_size=args.codes, decay=0.99, kmeans_init=True
+            dim=dim, num_quantizers=levels, codebook_size=codes, decay=0.99, kmeans_init=True
         ),
         "ResidualVQ (cosine)": ResidualVQ(
-            dim=args.dim,
-            num_quantizers=args.levels,
-            codebook_size=args.codes,
+            dim=dim,
+            num_quantizers=levels,
+            codebook_size=codes,
             decay=0.99,
             kmeans_init=True,
             use_cosine_sim=True,
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         theirs.train()(x)
 
     print(
-        f"shapes: {args.levels} levels x {args.codes} codes x {args.dim} dim, "
-        f"{args.batch} x {args.tokens} vectors, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"shapes: {levels} levels x {codes} codes x {dim} dim, "
+        f"{batch} x {tokens} vectors, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
 
     def eval_encode(module: torch.nn.Module) -> Callable[[], object]:
@@ -92,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
     for mode, make in (("eval encode (no grad)", eval_encode), ("train forward (EMA)", train_forward)):
         for module in (ours, *variants.values()):
             module.train(mode.startswith("train"))
-        ours_s = _time(make(ours), args.warmup, args.repeats)
+        ours_s = _time(make(ours), warmup, repeats)
         print(f"{mode}:")
         print(f"  ours (ResidualQuantizer)      {n / ours_s:12,.0f} vectors/s")
         for name, theirs in variants.items():
-            theirs_s = _time(make(theirs), args.warmup, args.repeats)
+            theirs_s = _time(make(theirs), warmup, repeats)
             print(f"  {name:<29} {n / theirs_s:12,.0f} vectors/s   ours/theirs = {theirs_s / ours_s:.2f}")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

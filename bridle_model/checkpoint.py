@@ -31,8 +31,7 @@ from bridle_model.beats import BeatsEncoder, build_beats_networks
 from bridle_model.classifier import ClassifierHead
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.encoder import Encoder
-from bridle_model.quantizer import ResidualQuantizer
-from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
+from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -100,11 +99,7 @@ def build_servable(
 
 def _init_codebooks(servable: Servable, batch: int = PRIMING_BATCH) -> None:
     """Give a fresh tokenizer usable codebooks: k-means-initialised quantizers start empty and refuse to
-    run in eval mode, so one train-mode forward on a random model input seeds them (as the first training
-    step would)."""
-    quantizers = [m for m in servable.tokenizer.modules() if isinstance(m, ResidualQuantizer)]
-    if all(bool(q.initialized.all()) for q in quantizers):
-        return
+    run, so they are fitted on a random model input (as on the first training batch)."""
     cfg = servable.config
     if isinstance(cfg.input, AudioInput):
         shape: tuple[int, ...] = (1, cfg.input.num_frames, cfg.input.num_mel_bins)  # (1, frames, mel)
@@ -112,10 +107,7 @@ def _init_codebooks(servable: Servable, batch: int = PRIMING_BATCH) -> None:
         shape = (3, cfg.input.image_size, cfg.input.image_size)  # (3, S, S)
     else:
         shape = (3, cfg.input.num_frames, cfg.input.image_size, cfg.input.image_size)  # (3, T, S, S)
-    servable.tokenizer.train()
-    with torch.no_grad():
-        servable.tokenizer(torch.randn(batch, *shape))
-    servable.tokenizer.eval()
+    fit_codebooks(servable.tokenizer, torch.randn(batch, *shape))
 
 
 def _build_modules(

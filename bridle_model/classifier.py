@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bridle_model.patches import init_linear_and_norm
+from bridle_model.transformer import init_linear_and_norm
 
 
 class ClassifierHead(nn.Module):

@@ -11,6 +11,7 @@ Imports no torch: the service reads configs too.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -87,7 +88,6 @@ class QuantizerConfig:
     init: Literal["kmeans", "random"] = "kmeans"
     kmeans_iters: int = 10
     dead_code_steps: int = 100  # a code unused this many updates in a row is re-seeded; 0 = never
-    eps: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -148,10 +148,7 @@ class ModelConfig:
 
     @property
     def num_patches(self) -> int:
-        n = 1
-        for g in self.grid:
-            n *= g
-        return n
+        return math.prod(self.grid)
 
     @property
     def patch_dim(self) -> int:
@@ -210,9 +207,14 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Fields that configs written by earlier versions hold and that never changed a result: dropped on read.
+RETIRED_FIELDS: dict[type, set[str]] = {QuantizerConfig: {"eps"}}
+
+
 def _build(cls: type, d: dict[str, Any]) -> Any:
     """Build a frozen dataclass from a dict, turning lists back into tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
+    d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS.get(cls, set())}
     unknown = set(d) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")

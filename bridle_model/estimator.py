@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from bridle_model.config import ModelConfig
-from bridle_model.patches import init_linear_and_norm, sincos_position_embedding
-from bridle_model.transformer import Transformer
+from bridle_model.patches import sincos_position_embedding
+from bridle_model.transformer import Transformer, init_linear_and_norm
 
 
 class TokenizerEstimator(nn.Module):

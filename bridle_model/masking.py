@@ -7,6 +7,8 @@ a *tube*: the same spatial positions are masked at every time step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -31,9 +33,7 @@ def random_mask(
         t, h, w = grid
         spatial = _random_rows(batch, h * w, masked_count(h * w, ratio), generator)  # (B, h*w)
         return spatial[:, None, :].expand(batch, t, h * w).reshape(batch, t * h * w)
-    n = 1
-    for g in grid:
-        n *= g
+    n = math.prod(grid)
     return _random_rows(batch, n, masked_count(n, ratio), generator)
 
 

@@ -6,8 +6,6 @@ tubelets of `cfg.tubelet` frames x p x p. Patches are numbered row-major over `c
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -72,20 +70,5 @@ def sincos_position_embedding(grid: tuple[int, ...], dim: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)  # (N, dim)
 
 
-def init_linear_and_norm(module: nn.Module) -> None:
-    """Transformer-style init: truncated normal (std 0.02) linear weights, zero biases, unit norms."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def grid_size(cfg: ModelConfig) -> int:
-    return math.prod(cfg.grid)

@@ -14,8 +14,8 @@ from torch import nn
 
 from bridle_model.config import ModelConfig
 from bridle_model.masking import fill_masked
-from bridle_model.patches import init_linear_and_norm, sincos_position_embedding
-from bridle_model.transformer import Transformer
+from bridle_model.patches import sincos_position_embedding
+from bridle_model.transformer import Transformer, init_linear_and_norm
 
 
 class LabelPredictor(nn.Module):

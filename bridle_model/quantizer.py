@@ -17,10 +17,12 @@ are not re-normalised after an EMA step.
 
 The single-codebook VQ baseline is this class with `levels=1`.
 
-Updates (k-means init, EMA, dead-code restarts) happen only in `train()` mode and before `freeze()`.
+Codebooks are fitted by spherical k-means in `init_codebooks(z)` (with `init="kmeans"`, the default;
+`tokenizer.fit_codebooks` calls it on a tokenizer's first batch) and refuse to run before. EMA updates
+and dead-code restarts happen only in `train()` mode and before `freeze()`.
 Under `torch.distributed` the per-code counts and sums are all-reduced before every EMA step, and every
-codebook that one rank initialises or re-seeds from its own data is broadcast from rank 0, so all ranks
-hold the same codebooks.
+codebook that one rank fits or re-seeds from its own data is broadcast from rank 0, so all ranks hold
+the same codebooks.
 """
 
 from __future__ import annotations
@@ -159,18 +161,13 @@ class ResidualQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         flat = self._flatten(z)  # (N, D)
         updating = self.training and not bool(self.frozen)
-        if not updating and not _is_tracing() and not bool(self.initialized.all()):
-            raise RuntimeError(
-                "codebooks are not initialised: run one forward in train() mode before freezing or "
-                "evaluating, or call init_codebooks(z)"
-            )
+        if not _is_tracing() and not bool(self.initialized.all()):
+            raise RuntimeError("codebooks are not initialised: fit them first with init_codebooks(z)")
 
         r = flat
         quantized = torch.zeros_like(flat)  # (N, D) sum of chosen codewords
         codes, residuals, losses = [], [], []
         for level in range(self.cfg.levels):
-            if updating and not bool(self.initialized[level]):
-                self._kmeans_init_level(level, r.detach())
             idx = _nearest_code(r.detach(), self.codebooks[level])  # (N,)
             q = self.codebooks[level].to(r.dtype)[idx]  # (N, D), no gradient (buffer)
             losses.append(F.mse_loss(q, r.detach()) + self.cfg.beta * F.mse_loss(r, q.detach()))
@@ -218,10 +215,17 @@ class ResidualQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_codebooks(self, z: torch.Tensor) -> None:
-        """Spherical k-means init on z (..., dim), level by level, even if already initialised."""
+        """Spherical k-means on z (..., dim), level by level on the residuals, even if already fitted.
+
+        Under torch.distributed every level is broadcast from rank 0, so all ranks hold the same books.
+        """
         r = self._flatten(z).detach()
         for level in range(self.cfg.levels):
-            self._kmeans_init_level(level, r)
+            self.codebooks[level] = spherical_kmeans(r.float(), self.cfg.codebook_size, self.cfg.kmeans_iters)
+            if _distributed():
+                dist.broadcast(self.codebooks[level], src=0)
+            self.initialized[level] = True
+            self.unused_steps[level].zero_()
             r = r - self.codebooks[level][_nearest_code(r, self.codebooks[level])]
 
     def freeze(self) -> None:
@@ -246,14 +250,6 @@ class ResidualQuantizer(nn.Module):
         self.usage_counts.zero_()
 
     # ---- updates ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def _kmeans_init_level(self, level: int, r: torch.Tensor) -> None:
-        self.codebooks[level] = spherical_kmeans(r.float(), self.cfg.codebook_size, self.cfg.kmeans_iters)
-        if _distributed():
-            dist.broadcast(self.codebooks[level], src=0)
-        self.initialized[level] = True
-        self.unused_steps[level].zero_()
-
     @torch.no_grad()
     def _ema_update(self, level: int, r: torch.Tensor, idx: torch.Tensor) -> None:
         """w <- decay * w + (1 - decay) * mean of assigned residuals, for codes used in this batch."""

@@ -4,13 +4,15 @@ Two kinds, with the same output:
 
 - `RandomProjectionTokenizer` (iteration 1, the cold start): a frozen random linear map of each raw
   patch, plus sin-cos positions, then a frozen random map to the code dim, then the residual quantizer,
-  whose codebooks are k-means-initialised on the first training batch and then frozen. Nothing in it is
-  learned; its codes only group patches that look alike.
+  whose codebooks are fitted on the first training batch and then frozen. Nothing in it is learned; its
+  codes only group patches that look alike.
 - `Tokenizer` (iteration 2 onwards): a ViT over the full, unmasked input, Linear-Tanh-Linear down to the
   code dim, then the residual quantizer. It is trained by distillation from a trained encoder (see
   `estimator.TokenizerEstimator`), so its codes carry what the encoder learned.
 
     x (B, C, [T,] H, W) -> (B, N, code_dim) -> RQ -> codes (B, N, L), quantized (B, N, code_dim), L_cb
+
+`fit_codebooks` is the one place a tokenizer's codebooks are fitted: k-means on the first batch it sees.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import torch
 from torch import nn
 
 from bridle_model.config import ModelConfig
-from bridle_model.patches import PatchEmbed, init_linear_and_norm, patchify, sincos_position_embedding
+from bridle_model.patches import PatchEmbed, patchify, sincos_position_embedding
 from bridle_model.quantizer import ResidualQuantizer
-from bridle_model.transformer import Transformer
+from bridle_model.transformer import Transformer, init_linear_and_norm
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,17 @@ class TokenizerOutput:
     codes: torch.Tensor  # (B, N, L) int64
     quantized: torch.Tensor  # (B, N, code_dim), straight-through
     loss: torch.Tensor  # scalar L_cb
+
+
+@torch.no_grad()
+def fit_codebooks(tokenizer: nn.Module, x: torch.Tensor) -> None:
+    """Fit `tokenizer.quantizer`'s codebooks by k-means on the vectors of batch x, unless already fitted.
+
+    Called on the first batch of training (a trained T then moves them by EMA, the random T keeps them)
+    and on a random batch for a fresh servable.
+    """
+    if not bool(tokenizer.quantizer.initialized.all()):
+        tokenizer.quantizer.init_codebooks(tokenizer.embed(x))
 
 
 class Tokenizer(nn.Module):
@@ -57,7 +70,8 @@ class Tokenizer(nn.Module):
 
 
 class RandomProjectionTokenizer(nn.Module):
-    """Frozen random projections + RQ; the codebooks are fitted once, on the first training batch."""
+    """Frozen random projections + RQ; the codebooks are fitted once, on the first training batch, and
+    frozen with the rest (`bridle.Pretraining`)."""
 
     patch_projection: torch.Tensor
     code_projection: torch.Tensor
@@ -82,10 +96,5 @@ class RandomProjectionTokenizer(nn.Module):
         return features @ self.code_projection
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
-        z = self.embed(x)
-        if self.training and not bool(self.quantizer.frozen) and not torch.compiler.is_exporting():
-            # Fit the codebooks once, on this batch, then never again (iteration 1 keeps its targets fixed).
-            self.quantizer.init_codebooks(z)
-            self.quantizer.freeze()
-        out = self.quantizer(z)
+        out = self.quantizer(self.embed(x))
         return TokenizerOutput(codes=out.codes, quantized=out.quantized, loss=out.loss)

@@ -7,7 +7,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from bridle_model.config import ViTConfig
-from bridle_model.patches import init_linear_and_norm
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """Transformer-style init: truncated normal (std 0.02) linear weights, zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 class Attention(nn.Module):

@@ -23,10 +23,20 @@ AUDIO_FORMATS = {
 }
 OPUS_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)
 VIDEO_FORMATS = ("mp4", "webm")
-CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg",
-                 "m4a": "audio/mp4", "png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif",
-                 "bmp": "image/bmp", "webp": "image/webp",
-                 "mp4": "video/mp4", "webm": "video/webm"}  # fmt: skip
+CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "ogg": "audio/ogg",
+    "m4a": "audio/mp4",
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "webp": "image/webp",
+    "mp4": "video/mp4",
+    "webm": "video/webm",
+}
 
 
 def _format_and_path(path_or_format: str | Path) -> tuple[str, Path | None]:

@@ -62,10 +62,8 @@ class Skipped:
 def media_files(folder: Path, modality: str) -> list[Path]:
     """Media files of `modality` under `folder` (recursive, hidden files left out), sorted."""
     suffixes = MEDIA_SUFFIXES[modality]
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
-    )  # fmt: skip
+    files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in files if p.suffix.lower() in suffixes)
 
 
 def folder_entries(folder: Path, modality: str, labelled: bool | None = None) -> list[Entry]:

@@ -52,8 +52,21 @@ ESPEAK_BASES = (
 )
 # Voice variants (`espeak-ng --voices=variant`): 14 per base gives 98 voices.
 ESPEAK_VARIANTS = (
-    "m1", "m2", "m3", "m5", "m7", "f1", "f2", "f3", "f4", "klatt", "klatt3", "Andy", "Annie", "edward",
-)  # fmt: skip
+    "m1",
+    "m2",
+    "m3",
+    "m5",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "klatt",
+    "klatt3",
+    "Andy",
+    "Annie",
+    "edward",
+)
 SPEED_RANGE = (120, 210)  # words per minute (espeak -s)
 PITCH_RANGE = (25, 75)  # 0..99 (espeak -p)
 
@@ -272,8 +285,15 @@ def build_video_motion(root: Path, plan: VideoPlan, seed: int) -> list[dict[str,
         rel = f"{split}/{direction}/{direction}_{k:03d}.mp4"
         sprite = np.asarray(Image.fromarray(images[i]).resize((SPRITE_SIZE, SPRITE_SIZE), Image.BILINEAR))
         write_mp4(root / rel, moving_digit(sprite, direction, start), VIDEO_FPS)
-        rows.append({"path": rel, "split": split, "direction": direction, "digit": DIGIT_WORDS[targets[i]],
-                     "label": direction})  # fmt: skip
+        rows.append(
+            {
+                "path": rel,
+                "split": split,
+                "direction": direction,
+                "digit": DIGIT_WORDS[targets[i]],
+                "label": direction,
+            }
+        )
     return rows
 
 

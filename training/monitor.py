@@ -19,9 +19,14 @@ class StageMonitor:
     """Logs one stage. Only the main process writes (others get `enabled=False`)."""
 
     def __init__(
-        self, stage_dir: Path, stage: str, total: int, start: int, history: dict[str, Any] | None,
+        self,
+        stage_dir: Path,
+        stage: str,
+        total: int,
+        start: int,
+        history: dict[str, Any] | None,
         enabled: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.stage_dir, self.stage, self.enabled = stage_dir, stage, enabled
         self.history: dict[str, Any] = history or {"step": [], "loss": [], "usage": []}
         self.bar = tqdm(total=total, initial=start, desc=stage, unit="step", disable=not enabled)

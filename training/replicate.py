@@ -1,6 +1,7 @@
-"""Small-scale replication of the paper's three claims on the demo data (issue 7).
+"""Small-scale replication of the paper's three claims on the demo data.
 
     python -m training.replicate --data data --out results/replication [--budget full|micro] [--seeds 3]
+                                 [--modality audio --modality image]
 
 Per modality (audio-digits, image-digits) and seed, with one encoder size and equal stage budgets:
     iter1-random-proj     iteration 1: E pretrained on a frozen random-projection RQ tokenizer
@@ -16,7 +17,6 @@ usage.png. The training stages are the ordinary ones of training/stages.py.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import typer
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
@@ -103,15 +104,17 @@ def stage_recipe(budget: Budget, modality: str, train: Path, seed: int, out_dir:
         {"kind": "tokenizer", "name": "tokenizer1", "steps": budget.tokenizer_steps, **common},
         {"kind": "pretrain", "name": "pretrain2", "steps": budget.pretrain_steps, **common},
     ]
-    return recipe_from_dict({
-        "name": f"replicate-{modality}-seed{seed}",
-        "seed": seed,
-        "out_dir": str(out_dir),
-        "checkpoint_every": 10**9,  # only the final checkpoint of each stage
-        "model": {"preset": f"{budget.size}-{modality}"},
-        "data": {"train": str(train), "modality": modality, "batch_size": budget.batch_size},
-        "stages": plan[:stages],
-    })  # fmt: skip
+    return recipe_from_dict(
+        {
+            "name": f"replicate-{modality}-seed{seed}",
+            "seed": seed,
+            "out_dir": str(out_dir),
+            "checkpoint_every": 10**9,  # only the final checkpoint of each stage
+            "model": {"preset": f"{budget.size}-{modality}"},
+            "data": {"train": str(train), "modality": modality, "batch_size": budget.batch_size},
+            "stages": plan[:stages],
+        }
+    )
 
 
 def train_variant(
@@ -122,7 +125,7 @@ def train_variant(
     if variant.iteration == 1:
         out = seed_dir / ITERATION1
         ctx = prepare_run(stage_recipe(budget, modality, train, seed, out, 1), info, reuse_config=False)
-        task = run_stage(ctx, 0, resume=True).task
+        objective = run_stage(ctx, 0, resume=True).objective
     else:
         first, out = seed_dir / ITERATION1, seed_dir / variant.name
         if not (out / "pretrain1").is_dir():  # share the iteration-1 encoder of this seed
@@ -133,16 +136,20 @@ def train_variant(
         (out / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         ctx = prepare_run(stage_recipe(budget, modality, train, seed, out, 3), info, reuse_config=True)
         for index in range(3):
-            task = run_stage(ctx, index, resume=True).task
-    if task is None:
+            objective = run_stage(ctx, index, resume=True).objective
+    if objective is None:
         raise RuntimeError(f"{variant.name}: the last stage had finished earlier in {out}; use a new --out")
-    return ctx, task.encoder, task.tokenizer
+    return ctx, objective.encoder, objective.tokenizer
 
 
 def evaluate_variant(
-    ctx: RunContext, encoder: torch.nn.Module, tokenizer: torch.nn.Module, data_dir: Path, budget: Budget,
+    ctx: RunContext,
+    encoder: torch.nn.Module,
+    tokenizer: torch.nn.Module,
+    data_dir: Path,
+    budget: Budget,
     seed: int,
-) -> tuple[float, list[Any]]:  # fmt: skip
+) -> tuple[float, list[Any]]:
     """Linear-probe accuracy of E and held-out per-level usage of the tokenizer."""
     probe = budget.probe
     splits: ProbeSplits = probe_splits(data_dir, ctx.config, probe)
@@ -170,8 +177,16 @@ def replicate(
         seed_dir = out / "runs" / modality / f"seed{seed}"
         ctx, encoder, tokenizer = train_variant(variant, budget, modality, folder / "train", seed, seed_dir)
         accuracy, usage = evaluate_variant(ctx, encoder, tokenizer, folder, budget, seed)
-        results.append(RunResult(modality, seed, variant.name, accuracy,
-                                 [u.usage_rate for u in usage], [u.perplexity for u in usage]))  # fmt: skip
+        results.append(
+            RunResult(
+                modality,
+                seed,
+                variant.name,
+                accuracy,
+                [u.usage_rate for u in usage],
+                [u.perplexity for u in usage],
+            )
+        )
     return results
 
 
@@ -192,24 +207,37 @@ def summarize(results: list[RunResult]) -> list[dict[str, Any]]:
                 continue
             mean, std = _mean_std([r.accuracy for r in runs])
             levels = len(runs[0].usage_rate)
-            rows.append({
-                "variant": variant.name, "modality": modality, "seeds": len(runs),
-                "accuracy_mean": mean, "accuracy_std": std,
-                "usage_rate": [statistics.fmean(r.usage_rate[i] for r in runs) for i in range(levels)],
-                "perplexity": [statistics.fmean(r.perplexity[i] for r in runs) for i in range(levels)],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "variant": variant.name,
+                    "modality": modality,
+                    "seeds": len(runs),
+                    "accuracy_mean": mean,
+                    "accuracy_std": std,
+                    "usage_rate": [statistics.fmean(r.usage_rate[i] for r in runs) for i in range(levels)],
+                    "perplexity": [statistics.fmean(r.perplexity[i] for r in runs) for i in range(levels)],
+                }
+            )
     return rows
 
 
 def markdown_table(rows: list[dict[str, Any]], tasks: dict[str, str]) -> str:
-    columns = ["variant", "modality", "probe accuracy (mean ± std)", "seeds", "usage rate per level",
-               "perplexity per level"]  # fmt: skip
+    columns = [
+        "variant",
+        "modality",
+        "probe accuracy (mean ± std)",
+        "seeds",
+        "usage rate per level",
+        "perplexity per level",
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         usage = " / ".join(f"{u:.2f}" for u in r["usage_rate"])
         ppl = " / ".join(f"{p:.1f}" for p in r["perplexity"])
-        lines.append(f"| {r['variant']} | {r['modality']} | {100 * r['accuracy_mean']:.1f} ± "
-                     f"{100 * r['accuracy_std']:.1f} % | {r['seeds']} | {usage} | {ppl} |")  # fmt: skip
+        lines.append(
+            f"| {r['variant']} | {r['modality']} | {100 * r['accuracy_mean']:.1f} ± "
+            f"{100 * r['accuracy_std']:.1f} % | {r['seeds']} | {usage} | {ppl} |"
+        )
     notes = [f"- {m}: {t}" for m, t in tasks.items()]
     return "\n".join([*lines, "", "Probe tasks (held-out split):", *notes]) + "\n"
 
@@ -225,8 +253,12 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     fig, axes = plt.subplots(1, len(modalities), figsize=(5 * len(modalities), 4), squeeze=False)
     for ax, modality in zip(axes[0], modalities, strict=True):
         mine = [r for r in rows if r["modality"] == modality]
-        ax.bar(range(len(mine)), [100 * r["accuracy_mean"] for r in mine],
-               yerr=[100 * r["accuracy_std"] for r in mine], capsize=4)  # fmt: skip
+        ax.bar(
+            range(len(mine)),
+            [100 * r["accuracy_mean"] for r in mine],
+            yerr=[100 * r["accuracy_std"] for r in mine],
+            capsize=4,
+        )
         ax.set_xticks(range(len(mine)), [r["variant"] for r in mine], rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("linear-probe accuracy (%)")
         ax.set_title(modality)
@@ -253,33 +285,50 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("data"), help="demo data root (training.demo_data)")
-    parser.add_argument("--out", type=Path, default=Path("results/replication"))
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--modalities", nargs="+", choices=sorted(DATASETS), default=["audio", "image"])
-    args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def main(
+    data: Path = typer.Option(Path("data"), help="demo data root (python -m training.demo_data)"),
+    out: Path = typer.Option(Path("results/replication"), help="folder for the results"),
+    budget_name: str = typer.Option("full", "--budget", help=f"one of {sorted(BUDGETS)}"),
+    seeds: int = typer.Option(3, min=1, help="seeds per variant and modality"),
+    modalities: list[str] = typer.Option(["audio", "image"], "--modality", help=f"any of {sorted(DATASETS)}"),
+) -> None:
+    """Train every variant on every modality and seed; write and print the comparison."""
+    if budget_name not in BUDGETS:
+        raise typer.BadParameter(f"must be one of {sorted(BUDGETS)}", param_hint="--budget")
+    unknown = sorted(set(modalities) - set(DATASETS))
+    if unknown:
+        raise typer.BadParameter(f"{unknown} are not among {sorted(DATASETS)}", param_hint="--modality")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     tic = time.perf_counter()
-    budget = BUDGETS[args.budget]
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = replicate(args.data, args.out, budget, args.seeds, tuple(args.modalities))
+    budget = BUDGETS[budget_name]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        results = replicate(data, out, budget, seeds, tuple(modalities))
+    except FileNotFoundError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
     rows = summarize(results)
-    tasks = {m: _task_name(m, budget) for m in args.modalities}
+    tasks = {m: _task_name(m, budget) for m in modalities}
     table = markdown_table(rows, tasks)
     seconds = time.perf_counter() - tic
-    report = {"budget": args.budget, "seeds": args.seeds, "seconds": seconds, "tasks": tasks,
-              "rows": rows, "runs": [r.__dict__ for r in results]}  # fmt: skip
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "results.md").write_text(table, encoding="utf-8")
-    plot(rows, args.out)
-    print(table)
-    print(f"wall time {seconds:.0f} s; results in {args.out}")
+    report = {
+        "budget": budget_name,
+        "seeds": seeds,
+        "seconds": seconds,
+        "tasks": tasks,
+        "rows": rows,
+        "runs": [r.__dict__ for r in results],
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(table, encoding="utf-8")
+    plot(rows, out)
+    typer.echo(table)
+    typer.echo(f"wall time {seconds:.0f} s; results in {out}")
 
 
 def _task_name(modality: str, budget: Budget) -> str:
@@ -289,4 +338,4 @@ def _task_name(modality: str, budget: Budget) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -1,10 +1,11 @@
-"""The interleaved BRIDLE stages and the loop that trains any of them.
+"""The interleaved BRIDLE stages: building each from the earlier ones, the loop, and checkpoints.
 
-    pretrain    E + D predict the current tokenizer's codes at masked patches (masked_code_loss);
+The objective of each stage kind is a step in bridle_model/bridle.py:
+    pretrain    `Pretraining`: E + D predict the current tokenizer's codes at masked patches;
                 the first pretrain stage uses a frozen RandomProjectionTokenizer (cold start)
-    tokenizer   E frozen as teacher; T + TE trained on L_cos(TE(T(x).quantized), E.features(x)) + L_cb
-    classifier  ClassifierHead on E.pooled(x): E frozen ("linear") or trained with it ("finetune");
-                evaluated on the test set at the end (metrics.json)
+    tokenizer   `Distillation`: E frozen as teacher, T + TE trained on L_cos + L_cb
+    classifier  `Classification`: a head on E's pooled tokens, E frozen ("linear") or trained with it
+                ("finetune"); evaluated on the test set at the end (metrics.json)
 
 Each stage saves its networks in `out_dir/<stage>/checkpoint/` (every `checkpoint_every` steps and at the
 end) and a servable checkpoint in `out_dir/servable/`. A stage takes E and T from the latest earlier stage.
@@ -25,20 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from bridle_model.bridle import Classification, Distillation, Objective, Pretraining, quantizers
 from bridle_model.checkpoint import Servable, save_servable
-from bridle_model.classifier import ClassifierHead
 from bridle_model.config import AudioInput, ModelConfig
 from bridle_model.encoder import Encoder
-from bridle_model.estimator import TokenizerEstimator
-from bridle_model.losses import cosine_distillation_loss, masked_code_loss
-from bridle_model.masking import random_mask
-from bridle_model.predictor import LabelPredictor
 from bridle_model.preprocessing import build_preprocessor, fbank_stats
-from bridle_model.quantizer import LevelUsage, ResidualQuantizer
+from bridle_model.quantizer import LevelUsage
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
 from training.data import UNLABELLED, MediaDataset
 from training.distributed import DistInfo, barrier, wrap
@@ -100,137 +96,6 @@ def _with_fbank_stats(config: ModelConfig, data: MediaDataset, clips: int) -> Mo
     return config.replace(input=dataclasses.replace(config.input, mean=float(mean), std=float(std)))
 
 
-# ---- the three stage tasks -------------------------------------------------------------------------------
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    """No gradients, no quantizer updates, eval mode (kept by `train()` of the task, see `Task.train`)."""
-    for p in module.parameters():
-        p.requires_grad_(False)
-    for q in quantizers(module):
-        q.freeze()
-    return module.eval()
-
-
-def quantizers(module: nn.Module) -> list[ResidualQuantizer]:
-    return [m for m in module.modules() if isinstance(m, ResidualQuantizer)]
-
-
-class Task(nn.Module):
-    """One stage's networks; `forward(x, y) -> (loss, scalars)`. Frozen parts stay in eval mode."""
-
-    kind: str
-    tokenizer_kind: str = "trained"
-    frozen: tuple[str, ...] = ()
-
-    def train(self, mode: bool = True) -> Task:
-        super().train(mode)
-        for name in self.frozen:
-            getattr(self, name).eval()
-        return self
-
-    def parts(self) -> dict[str, nn.Module]:
-        raise NotImplementedError
-
-    def trainable(self) -> list[nn.Module]:
-        return [m for name, m in self.parts().items() if name not in self.frozen]
-
-    def watched_tokenizer(self) -> nn.Module | None:
-        return getattr(self, "tokenizer", None)
-
-
-class PretrainTask(Task):
-    """E + D: masked prediction of the (frozen) tokenizer's codes."""
-
-    kind = "pretrain"
-    frozen = ("tokenizer",)
-
-    def __init__(self, config: ModelConfig, tokenizer: nn.Module, tokenizer_kind: str) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder, self.predictor, self.tokenizer = Encoder(config), LabelPredictor(config), tokenizer
-        self.tokenizer_kind = tokenizer_kind
-        for p in tokenizer.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def _prime_tokenizer(self, x: torch.Tensor) -> None:
-        """A fresh (random) tokenizer k-means-initialises its codebooks on the first batch, then freezes."""
-        if not all(bool(q.initialized.all()) for q in quantizers(self.tokenizer)):
-            self.tokenizer.train()
-            self.tokenizer(x)
-        if not all(bool(q.frozen) for q in quantizers(self.tokenizer)):
-            freeze(self.tokenizer)
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "predictor": self.predictor, "tokenizer": self.tokenizer}
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        self._prime_tokenizer(x)
-        with torch.no_grad():
-            codes = self.tokenizer(x).codes  # (B, N, L)
-        mask = random_mask(x.shape[0], self.config.grid, self.config.mask_ratio).to(x.device)  # (B, N)
-        logits = self.predictor(self.encoder(x, mask), mask)  # (B, N, L, K)
-        loss = masked_code_loss(logits, codes, mask)
-        return loss, {"loss": loss.item()}
-
-
-class TokenizerTask(Task):
-    """T + TE distilled from the frozen encoder's features, plus the codebook loss."""
-
-    kind = "tokenizer"
-    frozen = ("encoder",)
-
-    def __init__(self, config: ModelConfig, teacher: Encoder) -> None:
-        super().__init__()
-        self.encoder, self.tokenizer, self.estimator = teacher, Tokenizer(config), TokenizerEstimator(config)
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"tokenizer": self.tokenizer, "estimator": self.estimator, "encoder": self.encoder}
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.no_grad():
-            target = self.encoder.features(x)  # (B, N, D) teacher: E's last LayerNorm, cls dropped
-        out = self.tokenizer(x)
-        cos = cosine_distillation_loss(self.estimator(out.quantized), target)
-        loss = cos + out.loss
-        return loss, {"loss": loss.item(), "loss_cos": cos.item(), "loss_cb": out.loss.item()}
-
-
-class ClassifierTask(Task):
-    """Pooled patch tokens -> ClassifierHead; E frozen (linear probe) or fine-tuned."""
-
-    kind = "classifier"
-
-    def __init__(
-        self, config: ModelConfig, encoder: Encoder, tokenizer: nn.Module, num_classes: int, mode: str
-    ) -> None:
-        super().__init__()
-        self.encoder, self.tokenizer = encoder, tokenizer
-        self.classifier = ClassifierHead(config.encoder.dim, num_classes)
-        self.frozen = ("encoder", "tokenizer") if mode == "linear" else ("tokenizer",)
-        freeze(tokenizer)
-        if mode == "linear":
-            freeze(encoder)
-
-    def parts(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "classifier": self.classifier, "tokenizer": self.tokenizer}
-
-    def watched_tokenizer(self) -> nn.Module | None:
-        return None
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen):
-            pooled = self.encoder.pooled(x)  # (B, D)
-        return self.classifier(pooled)  # (B, C)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.logits(x)
-        loss = F.cross_entropy(logits, y)
-        accuracy = (logits.argmax(-1) == y).float().mean()
-        return loss, {"loss": loss.item(), "train_accuracy": accuracy.item()}
-
-
 # ---- building a stage from the earlier ones --------------------------------------------------------------
 
 
@@ -248,7 +113,7 @@ def earlier_parts(ctx: RunContext, index: int) -> dict[str, tuple[dict[str, torc
     return found
 
 
-def build_task(ctx: RunContext, index: int, resume: StageState | None) -> Task:
+def build_objective(ctx: RunContext, index: int, resume: StageState | None) -> Objective:
     spec, config = ctx.recipe.stages[index], ctx.config
     torch.manual_seed(ctx.recipe.seed + index)  # the same initial networks on every rank
     prior = earlier_parts(ctx, index)
@@ -267,25 +132,25 @@ def build_task(ctx: RunContext, index: int, resume: StageState | None) -> Task:
             t.load_state_dict(prior["tokenizer"][0])
         return t, kind
 
-    task: Task
+    objective: Objective
     if spec.kind == "pretrain":
-        tok, kind = tokenizer()
-        task = PretrainTask(config, tok, kind)
+        objective = Pretraining(config, *tokenizer())
         if "encoder" in prior and not resume:
-            task.encoder.load_state_dict(prior["encoder"][0])  # warm start from the latest encoder
+            objective.encoder.load_state_dict(prior["encoder"][0])  # warm start from the latest encoder
     elif spec.kind == "tokenizer":
-        task = TokenizerTask(config, freeze(encoder()))
+        objective = Distillation(config, encoder())
     else:
         if not ctx.train_set.labels or UNLABELLED in ctx.train_set.targets:
-            raise StageError(f"the classifier stage needs labelled training data; {ctx.recipe.data.train} "
-                             "has unlabelled files")  # fmt: skip
-        tok, kind = tokenizer()
-        task = ClassifierTask(config, encoder(), tok, len(ctx.train_set.labels), spec.mode)
-        task.tokenizer_kind = kind
+            raise StageError(
+                f"the classifier stage needs labelled training data; {ctx.recipe.data.train} has "
+                "unlabelled files"
+            )
+        tok, kind = tokenizer()  # built before the encoder: the seeded order of the initial weights
+        objective = Classification(config, encoder(), tok, kind, len(ctx.train_set.labels), spec.mode)
     if resume is not None:
-        for name, module in task.parts().items():
+        for name, module in objective.parts().items():
             module.load_state_dict(resume.weights[name])
-    return task.to(ctx.info.device)
+    return objective.to(ctx.info.device)
 
 
 # ---- the loop --------------------------------------------------------------------------------------------
@@ -305,12 +170,12 @@ def batches(data: MediaDataset, batch_size: int, seed: int, info: DistInfo, work
         epoch += 1
 
 
-def level_usage(task: Task) -> list[LevelUsage]:
-    tok = task.watched_tokenizer()
-    if tok is None:
+def level_usage(objective: Objective) -> list[LevelUsage]:
+    """Code usage of the objective's tokenizer since the last call (pretrain and tokenizer stages)."""
+    if isinstance(objective, Classification):
         return []
-    usage = [u for q in quantizers(tok) for u in q.usage()]
-    for q in quantizers(tok):
+    usage = [u for q in quantizers(objective.tokenizer) for u in q.usage()]
+    for q in quantizers(objective.tokenizer):
         q.reset_usage()
     return usage
 
@@ -318,7 +183,7 @@ def level_usage(task: Task) -> list[LevelUsage]:
 @dataclass
 class StageResult:
     summary: dict[str, Any]  # stage name, steps, seconds, test accuracy (classifier)
-    task: Task | None  # the trained networks (None when the stage had finished earlier)
+    objective: Objective | None  # the trained networks (None when the stage had finished earlier)
 
 
 def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
@@ -331,13 +196,13 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
     if state is not None and state.done:
         log.info("stage %s finished earlier (step %d): skipped", name, state.step)
         return StageResult({"stage": name, "step": state.step, "skipped": True}, None)
-    task = build_task(ctx, index, state)
+    objective = build_objective(ctx, index, state)
     if info.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
     preprocess = build_preprocessor(ctx.config).to(info.device)
-    model = wrap(task, info)
+    model = wrap(objective, info)
     optimizer, scheduler = build_optimizer(
-        task.trainable(), float(spec.lr), float(spec.weight_decay), spec.warmup_steps, spec.steps
+        objective.trainable(), float(spec.lr), float(spec.weight_decay), spec.warmup_steps, spec.steps
     )
     start = 0
     history = None
@@ -356,11 +221,13 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
 
     def checkpoint(step: int, done: bool) -> None:
         if info.is_main:
-            extra = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "history": monitor.history}  # fmt: skip
-            save_stage(
-                stage_dir, task.parts(), ctx.config, task.tokenizer_kind, step, spec.steps, done, extra
-            )
+            extra = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "history": monitor.history,
+            }
+            parts, kind = objective.parts(), objective.tokenizer_kind
+            save_stage(stage_dir, parts, ctx.config, kind, step, spec.steps, done, extra)
         barrier(info)
 
     model.train()
@@ -377,8 +244,8 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
         done_steps, seen = step + 1, seen + signal.shape[0]
         if done_steps % spec.log_every == 0 or done_steps == spec.steps:
             rate = seen * info.world_size / (time.perf_counter() - tic)
-            monitor.log(done_steps, {**scalars, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate},
-                        level_usage(task))  # fmt: skip
+            scalars |= {"lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
+            monitor.log(done_steps, scalars, level_usage(objective))
         monitor.advance()
         if done_steps % recipe.checkpoint_every == 0 and done_steps < spec.steps:
             checkpoint(done_steps, done=False)
@@ -386,43 +253,51 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
     monitor.close(plot=True)
 
     summary: dict[str, Any] = {"stage": name, "step": spec.steps, "seconds": time.perf_counter() - tic}
-    if isinstance(task, ClassifierTask) and ctx.test_set is not None:
-        summary["accuracy"] = evaluate(task, preprocess, ctx.test_set, batch_size, info)
+    if isinstance(objective, Classification) and ctx.test_set is not None:
+        summary["accuracy"] = evaluate(objective, preprocess, ctx.test_set, batch_size, info)
         if info.is_main:
-            metrics = {"accuracy": summary["accuracy"], "test_examples": len(ctx.test_set),
-                       "labels": ctx.train_set.labels, "step": spec.steps}  # fmt: skip
+            metrics = {
+                "accuracy": summary["accuracy"],
+                "test_examples": len(ctx.test_set),
+                "labels": ctx.train_set.labels,
+                "step": spec.steps,
+            }
             (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if info.is_main:
-        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, task, name, spec.steps))
+        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, objective, name, spec.steps))
     barrier(info)
-    return StageResult(summary, task)
+    return StageResult(summary, objective)
 
 
 @torch.no_grad()
 def evaluate(
-    task: ClassifierTask, preprocess: nn.Module, data: MediaDataset, batch: int, info: DistInfo
+    objective: Classification, preprocess: nn.Module, data: MediaDataset, batch: int, info: DistInfo
 ) -> float:
     """Top-1 accuracy of the classifier on `data`."""
-    task.eval()
+    objective.eval()
     correct = 0
     for signal, label in DataLoader(data, batch):
-        logits = task.logits(preprocess(signal.to(info.device)))
+        logits = objective.logits(preprocess(signal.to(info.device)))
         correct += int((logits.argmax(-1).cpu() == label).sum())
     return correct / len(data)
 
 
-def servable_of(ctx: RunContext, task: Task, stage: str, step: int) -> Servable:
-    parts = task.parts()
+def servable_of(ctx: RunContext, objective: Objective, stage: str, step: int) -> Servable:
+    parts = objective.parts()
     classifier = parts.get("classifier")
-    provenance = {"recipe": ctx.recipe.source or ctx.recipe.name, "stage": stage, "step": step,
-                  "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+    provenance = {
+        "recipe": ctx.recipe.source or ctx.recipe.name,
+        "stage": stage,
+        "step": step,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     return Servable(
         config=ctx.config,
         encoder=parts["encoder"],
         tokenizer=parts["tokenizer"],
         classifier=classifier,
         labels=list(ctx.train_set.labels) if classifier is not None else [],
-        tokenizer_kind=task.tokenizer_kind,  # type: ignore[arg-type]
+        tokenizer_kind=objective.tokenizer_kind,  # type: ignore[arg-type]
         provenance=provenance,
     )
 

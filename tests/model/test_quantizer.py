@@ -33,9 +33,11 @@ def mixture(n: int, seed: int, dim: int = 16, centers: int = 64, offset: float =
 
 
 def fitted(cfg: QuantizerConfig, x: torch.Tensor, seed: int = 0) -> ResidualQuantizer:
-    """A quantizer after one training forward on x (k-means init + one EMA step), in eval mode."""
+    """A quantizer fitted on x as on a first training batch (k-means init + one EMA step), in eval mode."""
     torch.manual_seed(seed)
     rq = ResidualQuantizer(cfg)
+    if cfg.init == "kmeans":
+        rq.init_codebooks(x)
     rq.train()
     rq(x)
     return rq.eval()
@@ -138,10 +140,11 @@ def test_eval_and_frozen_quantizers_do_not_update() -> None:
     assert not torch.equal(rq2.codebooks, snapshot)
 
 
-def test_uninitialised_codebooks_refuse_eval() -> None:
-    rq = ResidualQuantizer(CFG).eval()
-    with pytest.raises(RuntimeError, match="not initialised"):
-        rq(mixture(8, seed=0))
+def test_uninitialised_codebooks_refuse_to_run() -> None:
+    rq = ResidualQuantizer(CFG)
+    for mode in (False, True):  # fitting is explicit (init_codebooks), never a side effect of a forward
+        with pytest.raises(RuntimeError, match="not initialised"):
+            rq.train(mode)(mixture(8, seed=0))
 
 
 def test_init_codebooks_then_freeze_is_the_frozen_random_tokenizer_recipe() -> None:
@@ -390,6 +393,7 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.manual_seed(100 + rank)  # different RNG on each rank: k-means / restarts differ locally
         cfg = dataclasses.replace(CFG, dead_code_steps=2)
         rq = ResidualQuantizer(cfg).train()
+        rq.init_codebooks(mixture(256, seed=rank))  # each rank fits on its own data; rank 0's are kept
         for step in range(5):
             rq(mixture(256, seed=10 * step + rank))  # different data on each rank
         torch.save({"codebooks": rq.codebooks, "unused": rq.unused_steps}, f"{out_dir}/rank{rank}.pt")

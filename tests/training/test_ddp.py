@@ -14,13 +14,14 @@ SCRIPT = """
 import sys, torch
 from training.distributed import init_from_env, shutdown
 from training.recipe import load_recipe
-from training.stages import prepare_run, run_stage, quantizers
+from bridle_model.bridle import quantizers
+from training.stages import prepare_run, run_stage
 info = init_from_env()
 recipe = load_recipe(sys.argv[1], sys.argv[3:])
 ctx = prepare_run(recipe, info, reuse_config=False)
 run_stage(ctx, 0, resume=False)
-task = run_stage(ctx, 1, resume=False).task
-books = torch.stack([q.codebooks for q in quantizers(task.tokenizer)])
+objective = run_stage(ctx, 1, resume=False).objective
+books = torch.stack([q.codebooks for q in quantizers(objective.tokenizer)])
 torch.save(books, f"{sys.argv[2]}/codebooks-{info.rank}.pt")
 shutdown(info)
 """
@@ -29,16 +30,25 @@ shutdown(info)
 def test_two_processes_keep_codebooks_in_step(tmp_path: Path) -> None:
     script = tmp_path / "ddp_tokenizer.py"
     script.write_text(SCRIPT)
-    overrides = [*micro_overrides("image", tmp_path, test=False), "data.batch_size=4",
-                 "stages=[{kind: pretrain, steps: 2}, {kind: tokenizer, steps: 6}]"]  # fmt: skip
+    overrides = [
+        *micro_overrides("image", tmp_path, test=False),
+        "data.batch_size=4",
+        "stages=[{kind: pretrain, steps: 2}, {kind: tokenizer, steps: 6}]",
+    ]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    done = subprocess.run([*torchrun, str(script), str(MICRO), str(tmp_path), *overrides], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    done = subprocess.run(
+        [*torchrun, str(script), str(MICRO), str(tmp_path), *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = (torch.load(tmp_path / f"codebooks-{r}.pt") for r in (0, 1))
     assert a.abs().sum() > 0

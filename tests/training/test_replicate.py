@@ -6,16 +6,16 @@ import json
 import math
 from pathlib import Path
 
-import pytest
+from typer.testing import CliRunner
 
-from training.replicate import VARIANTS, main
+from training.replicate import VARIANTS, app
 
 
-def test_micro_replication_produces_every_variant_and_column(
-    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_micro_replication_produces_every_variant_and_column(demo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "replication"
-    main(["--data", str(demo_root), "--out", str(out), "--budget", "micro", "--seeds", "2"])
+    args = ["--data", str(demo_root), "--out", str(out), "--budget", "micro", "--seeds", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
 
     report = json.loads((out / "results.json").read_text())
     rows = {(r["variant"], r["modality"]) for r in report["rows"]}
@@ -33,11 +33,16 @@ def test_micro_replication_produces_every_variant_and_column(
     for variant in VARIANTS:
         assert table.count(f"| {variant.name} |") == 2
     assert "probe accuracy" in table and "usage rate per level" in table
-    assert table.splitlines()[0] in capsys.readouterr().out
+    assert table.splitlines()[0] in result.output
     for name in ("accuracy.png", "usage.png"):
         assert (out / name).stat().st_size > 1000
 
 
-def test_rejects_missing_data(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="demo_data"):
-        main(["--data", str(tmp_path), "--out", str(tmp_path / "out"), "--budget", "micro", "--seeds", "1"])
+def test_rejects_missing_data_and_bad_options(tmp_path: Path) -> None:
+    runner, base = CliRunner(), ["--out", str(tmp_path / "out"), "--seeds", "1"]
+    result = runner.invoke(app, ["--data", str(tmp_path), *base, "--budget", "micro"])
+    assert result.exit_code == 1 and "demo_data" in result.output and result.exception is not None
+    assert isinstance(result.exception, SystemExit)  # a message, not a traceback
+    for bad in (["--budget", "huge"], ["--modality", "smell"], ["--seeds", "0"]):
+        result = runner.invoke(app, ["--data", str(tmp_path), *base, *bad])
+        assert result.exit_code == 2, (bad, result.output)

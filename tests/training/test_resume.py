@@ -35,8 +35,9 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     recipe = load_recipe(MICRO, overrides)
     first = Path(recipe.out_dir) / recipe.stage_name(0) / "checkpoint" / "config.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(_command(overrides, False), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _command(overrides, False), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 120
         while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:

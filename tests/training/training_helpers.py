@@ -12,12 +12,22 @@ REPO = Path(__file__).resolve().parents[2]
 MICRO = REPO / "training" / "recipes" / "micro.yaml"
 
 
-def micro_overrides(modality: str, root: Path, per_class: int = 4, test: bool = True) -> list[str]:
+def micro_overrides(
+    modality: str, root: Path, per_class: int = 4, test: bool = True, test_per_class: int = 2
+) -> list[str]:
     """Overrides that point the micro recipe at fresh synthetic `modality` data under `root`."""
     train = write_media(modality, root / "train", per_class)
-    items = [f"model.preset=micro-{modality}", f"data.modality={modality}", f"data.train={train}",
-             f"out_dir={root / 'run'}"]  # fmt: skip
-    items.append(f"data.test={write_media(modality, root / 'test', 2)}" if test else "data.test=null")
+    items = [
+        f"model.preset=micro-{modality}",
+        f"data.modality={modality}",
+        f"data.train={train}",
+        f"out_dir={root / 'run'}",
+    ]
+    items.append(
+        f"data.test={write_media(modality, root / 'test', test_per_class, seed=1)}"
+        if test
+        else "data.test=null"
+    )
     return items
 
 

@@ -52,5 +52,5 @@ def write_videos(root: Path, per_class: int, size: int = 16, frames: int = 8, se
 WRITERS = {"audio": write_audio, "image": write_images, "video": write_videos}
 
 
-def write_media(modality: str, root: Path, per_class: int) -> Path:
-    return WRITERS[modality](root, per_class)
+def write_media(modality: str, root: Path, per_class: int, seed: int = 0) -> Path:
+    return WRITERS[modality](root, per_class, seed=seed)

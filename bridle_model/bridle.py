@@ -1,0 +1,204 @@
+"""The BRIDLE objective: the paper's three training steps, each a module that reads top-down.
+
+Like MAE's `models_mae.py` (forward_encoder -> forward_decoder -> forward_loss), each step's `forward`
+is the composition of named parts, and each part is a few lines:
+
+    Pretraining      E + D learn to predict T's codes of the patches E does not see
+        forward_targets   T (frozen) -> codes (B, N, L)
+        random_mask       (B, N), True = masked (tube masks on video grids)
+        forward_encoder   E on the visible patches -> (B, 1 + N_visible, D_E)
+        forward_decoder   D fills in the masked places -> logits (B, N, L, K)
+        forward_loss      cross-entropy at the masked patches, mean over the RQ levels
+
+    Distillation     T + TE learn to carry what a trained E knows (E frozen: the teacher)
+        forward_teacher   E's patch features -> (B, N, D_E)
+        forward_tokenizer T -> quantized (B, N, code_dim), codes, L_cb
+        forward_estimator TE -> (B, N, D_E)
+        forward_loss      L_cos(TE output, teacher features) + L_cb
+
+    Classification   E (frozen for a linear probe, or fine-tuned) + a head
+        forward_encoder   E's pooled patch tokens -> (B, D_E)
+        forward_head      -> logits (B, C)
+        forward_loss      cross-entropy
+
+The networks live in their own modules: E encoder.py, D predictor.py, T tokenizer.py, TE estimator.py,
+RQ quantizer.py, the head classifier.py; the loss functions in losses.py. Codebooks are fitted in one
+place, `tokenizer.fit_codebooks`, on the first batch a tokenizer sees. training/stages.py builds these
+steps from earlier stages' weights and runs the loop; `forward(x, y)` returns (loss, scalars to log).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bridle_model.classifier import ClassifierHead
+from bridle_model.config import ModelConfig
+from bridle_model.encoder import Encoder
+from bridle_model.estimator import TokenizerEstimator
+from bridle_model.losses import cosine_distillation_loss, masked_code_loss
+from bridle_model.masking import random_mask
+from bridle_model.predictor import LabelPredictor
+from bridle_model.quantizer import ResidualQuantizer
+from bridle_model.tokenizer import Tokenizer, TokenizerOutput, fit_codebooks
+
+Scalars = dict[str, float]
+
+
+def quantizers(module: nn.Module) -> list[ResidualQuantizer]:
+    return [m for m in module.modules() if isinstance(m, ResidualQuantizer)]
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, no codebook updates, eval mode (kept there by `Objective.train`)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for q in quantizers(module):
+        q.freeze()
+    return module.eval()
+
+
+class Objective(nn.Module):
+    """One training step's networks and loss. `frozen` names the parts that stay in eval mode and are not
+    trained; `tokenizer_kind` says which T it holds ("random" or "trained")."""
+
+    kind: str
+    frozen: tuple[str, ...] = ()
+    tokenizer_kind: str = "trained"
+
+    def train(self, mode: bool = True) -> Objective:
+        super().train(mode)
+        for name in self.frozen:
+            getattr(self, name).eval()
+        return self
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The networks by name, as checkpoints store them."""
+        return dict(self.named_children())
+
+    def trainable(self) -> list[nn.Module]:
+        return [m for name, m in self.parts().items() if name not in self.frozen]
+
+
+# ---- pretraining: E + D predict T's codes at masked patches ------------------------------------------
+
+
+class Pretraining(Objective):
+    kind = "pretrain"
+    frozen = ("tokenizer",)
+
+    def __init__(self, config: ModelConfig, tokenizer: nn.Module, tokenizer_kind: str) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.predictor = LabelPredictor(config)
+        self.tokenizer = freeze(tokenizer)
+        self.tokenizer_kind = tokenizer_kind
+
+    @torch.no_grad()
+    def forward_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """T's codes (B, N, L). A fresh random T (the cold start) fits its codebooks on this first batch
+        and keeps them: its targets never move."""
+        fit_codebooks(self.tokenizer, x)
+        return self.tokenizer(x).codes
+
+    def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x, mask)  # (B, 1 + N_visible, D_E)
+
+    def forward_decoder(self, encoded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.predictor(encoded, mask)  # (B, N, L, K)
+
+    def forward_loss(self, logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_code_loss(logits, codes, mask)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, Scalars]:
+        codes = self.forward_targets(x)  # (B, N, L)
+        mask = random_mask(x.shape[0], self.config.grid, self.config.mask_ratio).to(x.device)  # (B, N)
+        logits = self.forward_decoder(self.forward_encoder(x, mask), mask)  # (B, N, L, K)
+        loss = self.forward_loss(logits, codes, mask)
+        return loss, {"loss": loss.item()}
+
+
+# ---- distillation: T + TE from the frozen encoder ------------------------------------------------------
+
+
+class Distillation(Objective):
+    kind = "tokenizer"
+    frozen = ("encoder",)
+
+    def __init__(self, config: ModelConfig, teacher: Encoder) -> None:
+        super().__init__()
+        self.tokenizer = Tokenizer(config)
+        self.estimator = TokenizerEstimator(config)
+        self.encoder = freeze(teacher)
+
+    @torch.no_grad()
+    def forward_teacher(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.features(x)  # (B, N, D_E): E's last LayerNorm, cls dropped
+
+    def forward_tokenizer(self, x: torch.Tensor) -> TokenizerOutput:
+        if self.training:
+            fit_codebooks(self.tokenizer, x)  # the first batch seeds the codebooks, EMA moves them after
+        return self.tokenizer(x)  # quantized (B, N, code_dim), codes (B, N, L), L_cb
+
+    def forward_estimator(self, quantized: torch.Tensor) -> torch.Tensor:
+        return self.estimator(quantized)  # (B, N, D_E)
+
+    def forward_loss(
+        self, estimate: torch.Tensor, target: torch.Tensor, codebook_loss: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_cos + L_cb, L_cos)."""
+        cos = cosine_distillation_loss(estimate, target)
+        return cos + codebook_loss, cos
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, Scalars]:
+        target = self.forward_teacher(x)  # (B, N, D_E)
+        out = self.forward_tokenizer(x)
+        loss, cos = self.forward_loss(self.forward_estimator(out.quantized), target, out.loss)
+        return loss, {"loss": loss.item(), "loss_cos": cos.item(), "loss_cb": out.loss.item()}
+
+
+# ---- classification: a head on E's pooled tokens ---------------------------------------------------------
+
+
+class Classification(Objective):
+    """mode "linear": E frozen (a linear probe); "finetune": E trained with the head. T is only carried
+    along, frozen, so that the servable written after this step holds it."""
+
+    kind = "classifier"
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        encoder: Encoder,
+        tokenizer: nn.Module,
+        tokenizer_kind: str,
+        num_classes: int,
+        mode: str,
+    ) -> None:
+        super().__init__()
+        self.encoder = freeze(encoder) if mode == "linear" else encoder
+        self.classifier = ClassifierHead(config.encoder.dim, num_classes)
+        self.tokenizer = freeze(tokenizer)
+        self.tokenizer_kind = tokenizer_kind
+        self.frozen = ("encoder", "tokenizer") if mode == "linear" else ("tokenizer",)
+
+    def forward_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and "encoder" not in self.frozen):
+            return self.encoder.pooled(x)  # (B, D_E)
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled)  # (B, C)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_encoder(x))  # (B, C)
+
+    def forward_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Scalars]:
+        logits = self.logits(x)
+        loss = self.forward_loss(logits, y)
+        accuracy = (logits.argmax(-1) == y).float().mean()
+        return loss, {"loss": loss.item(), "train_accuracy": accuracy.item()}
