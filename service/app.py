@@ -289,7 +289,8 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post(
         "/classify",
-        summary="top-k labels with softmax scores, per window and for the whole clip (mean of window scores)",
+        summary="top-k labels with scores, per window and for the whole clip (mean of window scores): "
+        "a softmax, or independent sigmoid probabilities (multi-label models: classifier.activation)",
         openapi_extra=UPLOAD_BODY,
         dependencies=[Depends(require_key)],
     )
@@ -297,7 +298,10 @@ def _add_routes(app: FastAPI) -> None:
         request: Request,
         model: str | None = ModelParam,
         top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
+        threshold: float | None = Query(
+            None, ge=0.0, le=1.0, description="return only the top-k labels scoring at least this"
+        ),
     ) -> JSONResponse:
         uploads = await uploads_of(request)
-        found = await state_of(request).inference.classify(uploads, model, top_k)
+        found = await state_of(request).inference.classify(uploads, model, top_k, threshold)
         return _results([_classes(x) for x in found])

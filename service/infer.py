@@ -4,8 +4,8 @@
 For each request it picks the model of every upload, checks that the model can do what is asked (before
 any decoding or scheduling), decodes and windows the uploads off the event loop, checks the request's
 window count, runs the graph through the batchers and reduces the outputs: mean over windows, L2
-normalisation, softmax and top-k. It knows nothing of HTTP: `service/app.py` reads the request and
-serialises these results.
+normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
+`service/app.py` reads the request and serialises these results.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bridle_model.decoding import MediaError, sniff_modality
 from service.batching import Batcher, BatcherHooks
 from service.errors import ServiceError, from_media_error
 from service.media import Limits, Upload, Windows, to_windows
+from service.memory import release_free_memory
 from service.metrics import Metrics
 from service.runtime import LoadedModel
 from service.settings import Settings, usable_cores
@@ -161,14 +162,20 @@ class Inference:
     async def tokenize(self, uploads: list[Upload], model: str | None) -> list[Codes]:
         return [Codes(p.source(), out["codes"]) for p, out in await self._run(uploads, model, "tokenizer")]
 
-    async def classify(self, uploads: list[Upload], model: str | None, top_k: int) -> list[Labels]:
+    async def classify(
+        self, uploads: list[Upload], model: str | None, top_k: int, threshold: float | None = None
+    ) -> list[Labels]:
+        """Top-k labels per window and for the clip (mean of the window scores), only those scoring at
+        least `threshold` when given. Scores are a softmax over the labels, or independent sigmoid
+        probabilities for a multi-label model (the manifest's classifier.activation)."""
         results = []
         for p, out in await self._run(uploads, model, "encoder", need_classifier=True):
-            labels = p.model.manifest.labels
-            probs = _softmax(out["logits"].astype(np.float64))  # (W, C)
-            k = min(top_k, len(labels))
-            clip = _top(probs.mean(axis=0), labels, k)
-            results.append(Labels(p.source(), clip, [_top(row, labels, k) for row in probs]))
+            manifest = p.model.manifest
+            scores = _scores(out["logits"].astype(np.float64), manifest.classifier.activation)  # (W, C)
+            k = min(top_k, len(manifest.labels))
+            clip = _top(scores.mean(axis=0), manifest.labels, k, threshold)
+            windows = [_top(row, manifest.labels, k, threshold) for row in scores]
+            results.append(Labels(p.source(), clip, windows))
         return results
 
     # ---- steps -------------------------------------------------------------------------------
@@ -235,7 +242,11 @@ class Inference:
         return _Prepared(upload, model, windows)
 
     def _decode(self, model: LoadedModel, data: bytes) -> Windows:
-        return to_windows(model.manifest, data, self.limits)
+        try:
+            return to_windows(model.manifest, data, self.limits)
+        finally:
+            if self.settings.trim_memory:  # decode buffers of every size leave free pages in the heap
+                release_free_memory()
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
@@ -247,6 +258,15 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def _top(probs: np.ndarray, labels: list[str], k: int) -> list[Label]:
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -logits))  # 1 / (1 + e^-x), with no overflow for large |x|
+
+
+def _scores(logits: np.ndarray, activation: str) -> np.ndarray:
+    """(W, C) logits -> scores: "softmax" sums to 1 over the labels, "sigmoid" scores each on its own."""
+    return _sigmoid(logits) if activation == "sigmoid" else _softmax(logits)
+
+
+def _top(probs: np.ndarray, labels: list[str], k: int, threshold: float | None = None) -> list[Label]:
     order = np.argsort(-probs, kind="stable")[:k]  # (k,)
-    return [Label(labels[i], float(probs[i])) for i in order]
+    return [Label(labels[i], float(probs[i])) for i in order if threshold is None or probs[i] >= threshold]

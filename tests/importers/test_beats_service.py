@@ -1,0 +1,123 @@
+"""An imported BEATs model through the real HTTP service: label_dict's labels, independent sigmoid scores
+(with a threshold), and the VQ tokenizer's codes, each equal to the upstream port's on the same audio."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+
+from bridle_model.decoding import decode_audio
+from bridle_model.manifest import read_manifest
+from bridle_model.preprocessing import build_preprocessor
+from export.verify import sample_inputs
+from tests.importers.beats_files import LABELS, Exported
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def client(exported: Exported) -> Iterator[httpx.Client]:
+    """The service app in a uvicorn thread on a free loopback port, serving the exported BEATs model."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        model_dirs=[exported.model_dir], providers=["CPUExecutionProvider"], intra_op_threads=1
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as http:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if http.get("/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.05)
+        yield http
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def one_window(exported: Exported) -> dict[str, Any]:
+    """A 16-bit wav exactly one window long, and what the upstream port says of the samples it holds."""
+    config = read_manifest(exported.model_dir).config()
+    signal = sample_inputs(config, 1, seed=7)[0]  # (window_samples,) speech-like
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16_000)
+        w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
+    data = buffer.getvalue()
+    samples = decode_audio(data, 16_000)  # what the service will see
+    assert samples.shape == signal.shape
+    with torch.no_grad():
+        fbank = build_preprocessor(config)(torch.from_numpy(samples)[None])[:, 0]  # (1, frames, 128)
+        _, logits = exported.model.extract_features(fbank)
+        codes, _ = exported.tokenizer.extract_labels(fbank)
+    return {"wav": data, "probs": torch.sigmoid(logits)[0].double().numpy(), "codes": codes[0].numpy()}
+
+
+def _post(client: httpx.Client, route: str, data: bytes, **params: Any) -> dict[str, Any]:
+    r = client.post(route, params=params, files={"file": ("clip.wav", data, "audio/wav")})
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]
+
+
+def test_classify_returns_independent_sigmoid_scores(
+    client: httpx.Client, one_window: dict[str, Any]
+) -> None:
+    result = _post(client, "/classify", one_window["wav"], top_k=len(LABELS))
+    assert len(result["windows"]) == 1
+    expected = one_window["probs"]  # (C,) in label_dict's index order
+    got = {x["label"]: x["score"] for x in result["labels"]}
+    assert set(got) == set(LABELS)
+    assert max(abs(got[label] - expected[i]) for i, label in enumerate(LABELS)) <= TOLERANCE
+    assert [x["label"] for x in result["labels"]] == [LABELS[i] for i in np.argsort(-expected, kind="stable")]
+    assert abs(sum(got.values()) - 1.0) > 0.05  # independent probabilities, not a softmax
+
+    threshold = float(np.sort(expected)[-3] - 1e-3)  # between the 3rd and 4th best: keeps three
+    kept = _post(client, "/classify", one_window["wav"], top_k=len(LABELS), threshold=threshold)
+    assert [x["label"] for x in kept["labels"]] == [x["label"] for x in result["labels"][:3]]
+    assert all(x["score"] >= threshold for x in kept["windows"][0]["labels"])
+    top1 = _post(client, "/classify", one_window["wav"], top_k=1, threshold=threshold)
+    assert [x["label"] for x in top1["labels"]] == [result["labels"][0]["label"]]
+
+
+def test_threshold_out_of_range_is_a_422(client: httpx.Client, one_window: dict[str, Any]) -> None:
+    r = client.post("/classify", params={"threshold": 1.5}, files={"file": ("a.wav", one_window["wav"])})
+    assert r.status_code == 422 and "threshold" in r.text
+
+
+def test_tokenize_returns_the_vq_tokenizers_codes(client: httpx.Client, one_window: dict[str, Any]) -> None:
+    result = _post(client, "/tokenize", one_window["wav"])
+    assert (result["levels"], result["codebook_size"], result["tokenizer_kind"]) == (1, 32, "trained")
+    codes = np.array(result["windows"][0]["codes"])  # (N, 1)
+    assert codes.shape == (32, 1)
+    assert np.array_equal(codes[:, 0], one_window["codes"])
+
+
+def test_models_route_shows_the_sigmoid_head(client: httpx.Client) -> None:
+    (model,) = client.get("/models").json()["models"]
+    assert model["manifest"]["classifier"] == {"activation": "sigmoid"}
+    assert model["manifest"]["labels"] == LABELS
+    assert model["manifest"]["provenance"]["licence"] == "MIT"
