@@ -22,7 +22,6 @@ from bridle_model.decoding import MediaError, sniff_modality
 from service.batching import Batcher, BatcherHooks
 from service.errors import ServiceError, from_media_error
 from service.media import Limits, Upload, Windows, to_windows
-from service.memory import release_free_memory
 from service.metrics import Metrics
 from service.runtime import LoadedModel
 from service.settings import Settings, usable_cores
@@ -242,11 +241,7 @@ class Inference:
         return _Prepared(upload, model, windows)
 
     def _decode(self, model: LoadedModel, data: bytes) -> Windows:
-        try:
-            return to_windows(model.manifest, data, self.limits)
-        finally:
-            if self.settings.trim_memory:  # decode buffers of every size leave free pages in the heap
-                release_free_memory()
+        return to_windows(model.manifest, data, self.limits)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
