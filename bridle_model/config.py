@@ -231,8 +231,16 @@ _TINY_TOKENIZER = ViTConfig(dim=192, depth=2, heads=3, mlp_ratio=4.0)  # keeps t
 _TINY_RQ = QuantizerConfig(levels=4, codebook_size=128, dim=64, dead_code_steps=50)
 
 
-def _sized(modality: Modality, input_: Any, patch: int, vit: ViTConfig, pred: ViTConfig, est: ViTConfig,
-           rq: QuantizerConfig, tokenizer: ViTConfig | None = None) -> ModelConfig:  # fmt: skip
+def _sized(
+    modality: Modality,
+    input_: Any,
+    patch: int,
+    vit: ViTConfig,
+    pred: ViTConfig,
+    est: ViTConfig,
+    rq: QuantizerConfig,
+    tokenizer: ViTConfig | None = None,
+) -> ModelConfig:
     return ModelConfig(
         modality=modality,
         input=input_,

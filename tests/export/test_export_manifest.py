@@ -23,10 +23,25 @@ from bridle_model.manifest import (
 )
 
 CONTRACT_KEYS = {
-    "format_version", "name", "modality", "input", "windowing", "patch_grid", "grid_axes", "embedding_dim",
-    "quantizer", "tokenizer_kind", "labels", "opset", "files", "model_config", "provenance", "classifier",
-    "precision", "gate",
-}  # fmt: skip
+    "format_version",
+    "name",
+    "modality",
+    "input",
+    "windowing",
+    "patch_grid",
+    "grid_axes",
+    "embedding_dim",
+    "quantizer",
+    "tokenizer_kind",
+    "labels",
+    "opset",
+    "files",
+    "model_config",
+    "provenance",
+    "classifier",
+    "precision",
+    "gate",
+}
 
 
 def _model_dir(tmp_path: Path) -> tuple[Path, Manifest]:
