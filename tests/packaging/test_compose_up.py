@@ -87,3 +87,24 @@ def test_compose_up_serves_the_bundled_models_and_stops_cleanly(engine: Engine) 
         down = engine.compose("down", check=False)
     assert down.returncode == 0, down.stderr
     assert engine.compose("ps", "-a", "-q").stdout.strip() == ""
+
+
+def test_scale_profile_spreads_requests_over_the_replicas(engine: Engine) -> None:
+    """`docker compose --profile scale up --scale replica=2`: nginx on :8000 answers from both replicas."""
+    scale = ("--profile", "scale")
+    engine.compose(*scale, "down", "--remove-orphans")
+    engine.compose(*scale, "build")
+    try:
+        engine.compose(*scale, "up", "-d", "--scale", "replica=2")  # returns once the replicas are healthy
+        _wait_until(_ready, READY_TIMEOUT_S, "/ready through the balancer")
+        audio = _spoken("seven")
+        replicas = set()
+        for _ in range(8):
+            r = httpx.post(f"{URL}/classify", files={"file": ("seven.wav", audio, "audio/wav")}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.json()["results"][0]["labels"][0]["label"] == "seven"
+            replicas.add(r.headers["X-Bridle-Replica"])
+        assert len(replicas) == 2, replicas
+    finally:
+        down = engine.compose(*scale, "down", check=False)
+    assert down.returncode == 0, down.stderr
