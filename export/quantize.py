@@ -67,7 +67,9 @@ def write_variant(
     except ManifestError as e:
         raise QuantizeError(str(e)) from e
     if manifest.precision != "fp32":
-        raise QuantizeError(f"{source} is already an {manifest.precision} variant; start from the float32 one")
+        raise QuantizeError(
+            f"{source} is already an {manifest.precision} variant; start from the float32 one"
+        )
     out = Path(out_dir) if out_dir is not None else variant_dir(source, precision)
     if out.resolve() == source.resolve():
         raise QuantizeError("the variant cannot replace its float32 original; choose another out_dir")
