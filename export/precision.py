@@ -14,6 +14,7 @@ code search decides discrete codes by small margins.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -72,10 +73,27 @@ def plain_model(src: str | os.PathLike[str]) -> onnx.ModelProto:
 def _quantize_dynamic(model: onnx.ModelProto, dst: Path, nodes: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:  # the quantizer reads a file
-        plain = Path(tmp) / "plain.onnx"
-        onnx.save(model, str(plain))
-        quantize_dynamic(plain, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    # the quantizer advises its pre-processing (ONNX Runtime's graph optimizer) on every call; that pass
+    # drops the node metadata the matmuls are chosen by, so it is not run and its advice is not shown
+    hint = _DropMessage("Please consider to run pre-processing before quantization")
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # the quantizer reads a file
+            plain = Path(tmp) / "plain.onnx"
+            onnx.save(model, str(plain))
+            quantize_dynamic(plain, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    finally:
+        root.removeFilter(hint)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
 
 
 def _to_fp16(model: onnx.ModelProto, nodes: list[str]) -> onnx.ModelProto:
