@@ -133,12 +133,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-dir", action="append", default=None, help="default: the bundled models")
     args = p.parse_args(argv)
     with running_service(args.model_dir or [str(d) for d in BUNDLED]) as service:
+        rss_ready = service.rss_mb()
         counts, failures = run(service.url, args.cases, args.seed, args.clients)
         rss = service.rss_mb()
     print(f"{args.cases} cases (seed {args.seed}), answers by status and error code:")
     for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         print(f"  {key:32s} {n:7d}  {100 * n / args.cases:6.2f} %")
-    print(f"server RSS at the end: {rss:.0f} MB")
+    print(f"server RSS: {rss_ready:.0f} MB when ready, {rss:.0f} MB at the end")
     for f in failures[:20]:
         print("  FAILED", f)
     bad = counts["FAILED"]

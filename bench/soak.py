@@ -6,7 +6,7 @@ posting a mix of valid uploads (every format of bench/fuzz.py) and damaged ones 
 warm-up (the first tenth of the run, at least 30 s) and at the end with the growth between them, the
 answers by status class, the 5xx count and the latency of the 2xx answers (p50, p99). Exit status 1
 on any 5xx or RSS growth over `--max-growth` (default 20 %). `--env` passes settings or allocator
-variables (`MALLOC_ARENA_MAX=2`, `BRIDLE_TRIM_MEMORY=false`) to the server, to compare them.
+variables (`MALLOC_ARENA_MAX=2`, `BRIDLE_MAX_BATCH_SIZE=8`) to the server, to compare them.
 """
 
 from __future__ import annotations

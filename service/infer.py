@@ -129,10 +129,17 @@ class Inference:
         self._decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def warm_up(self) -> None:
-        """One dummy batch through every graph, then the service is ready."""
+        """Full batches through every graph, `concurrent_runs` at once, then the service is ready.
+
+        ONNX Runtime's memory arena grows to the largest batches it has run and keeps that memory; sized
+        here, it does not grow later under load (the resident size stays flat after warm-up)."""
+        s = self.settings
         for model in self.models.values():
             for graph in GRAPHS:
-                await anyio.to_thread.run_sync(model.run, graph, model.dummy_batch())
+                full = model.dummy_batch(s.max_batch_size)
+                await asyncio.gather(
+                    *(anyio.to_thread.run_sync(model.run, graph, full) for _ in range(s.concurrent_runs))
+                )
         self.ready = True
         log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
 
