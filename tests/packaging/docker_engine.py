@@ -116,6 +116,19 @@ class Engine:
         """`docker compose ARGS` from the repository root, as a user types it."""
         return self.run(["docker", "compose", *args], **kwargs)
 
+    def build(self, images: list[str], *compose_args: str) -> None:
+        """`docker compose ARGS build`, then removes the images it replaced under `images`' tags, so that
+        rebuilds after code changes leave no untagged images behind."""
+        before = {self._image_id(image) for image in images} - {""}
+        self.compose(*compose_args, "build")
+        replaced = before - {self._image_id(image) for image in images}
+        if replaced:
+            self.run(["docker", "image", "rm", *replaced], check=False)
+
+    def _image_id(self, image: str) -> str:
+        out = self.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
     def inspect(self, container: str) -> dict:
         return json.loads(self.run(["docker", "inspect", container]).stdout)[0]
 

@@ -32,7 +32,7 @@ def test_train_service_trains_and_exports_as_the_project_owner(engine: Engine, t
     def train(*command: str) -> str:
         return engine.compose("--profile", "train", "run", "--rm", "-T", "train", *command, env=env).stdout
 
-    engine.compose("--profile", "train", "build", "train")
+    engine.build(["bridle:train"], "--profile", "train")
     train("python", "-m", "training.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
     assert (project / "data" / "audio-digits" / ".complete").is_file()
 
