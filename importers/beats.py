@@ -335,9 +335,8 @@ def labels_of(label_dict: Any, num_classes: int, what: str) -> list[str]:
         raise BeatsImportError(
             f"{what} is fine-tuned (finetuned_model=True) but has no 'label_dict' (class index -> label name)"
         )
-    if sorted(label_dict, key=str) != sorted(range(num_classes), key=str) or not all(
-        isinstance(k, int) for k in label_dict
-    ):
+    indices = list(label_dict)
+    if not all(type(k) is int for k in indices) or sorted(indices) != list(range(num_classes)):
         raise BeatsImportError(
             f"{what} label_dict must map the class indices 0..{num_classes - 1} (predictor_class) to names, "
             f"got {len(label_dict)} keys"
