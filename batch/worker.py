@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import mimetypes
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ class ShardProcessor:
             "windows_by_model": windows_by_model,
             "seconds": time.monotonic() - began,
             "cpu_seconds": time.process_time() - cpu_began,  # this process, every thread (ORT's too)
+            "pid": os.getpid(),  # the worker process, and its CPU seconds since it started
+            "process_cpu_seconds": time.process_time(),
         }
         self.store.mark_done(shard, summary)
         return summary
