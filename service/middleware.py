@@ -102,12 +102,28 @@ class Admission:
             refusal = retry_later(
                 "overloaded", f"{s.max_in_flight} requests are in flight already", s.retry_after_s
             )
+            refusal.headers["Connection"] = "close"  # the server need not read the unwanted body
         if refusal is not None:
             response = error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
             await response(scope, receive, send)
             return
         s.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                s.in_flight -= 1
+
+        async def send_and_release(message: dict[str, Any]) -> None:
+            # free the slot before the last byte goes out: a client may send its next request as soon
+            # as it has this answer, and must find the slot free
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                release()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
         finally:
-            s.in_flight -= 1
+            release()

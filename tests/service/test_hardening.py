@@ -198,6 +198,20 @@ def test_past_the_in_flight_bound_requests_are_refused_at_once(server: Server, m
     assert after.status_code == 200, after.text
 
 
+def test_as_many_clients_as_the_bound_are_never_refused(server: Server, media_files) -> None:
+    data, ctype = media_files["wav"]
+
+    def client(_: int) -> list[int]:  # back to back: the next request leaves as the answer arrives
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            return [
+                c.post("/embed", content=data, headers={"content-type": ctype}).status_code for _ in range(20)
+            ]
+
+    with ThreadPoolExecutor(4) as pool:  # 4 = max_concurrent_requests
+        statuses = [s for batch in pool.map(client, range(4)) for s in batch]
+    assert statuses == [200] * 80, statuses
+
+
 def test_far_more_clients_than_capacity_get_2xx_or_503_and_none_hangs(server: Server, media_files) -> None:
     data, ctype = media_files["wav"]
 
