@@ -1,6 +1,6 @@
 """BEATs-base throughput: the imported model's ONNX encoder graph vs the upstream PyTorch code (goal >= 1.2).
 
-    python -m bench.beats [--batch 2] [--iters 3] [--rounds 2] [--opset 18]
+    python -m bench.beats [--batch 2] [--iters 3] [--rounds 2] [--opset 18] [--service-seconds 60]
 
 A BEATs-base checkpoint (upstream's iter3 AS2M fine-tuned configuration: 12 x 768, 527 classes) with
 seeded-random weights is written in upstream's layout, imported with `importers.beats`, and its encoder
@@ -9,11 +9,17 @@ graph exported. Both sides then turn the same batch of ~10 s windows (158,960 sa
 
 - reference: the port of upstream's code in tests/importers/reference_beats.py, PyTorch eager, with
   this project's torch fbank standing in for torchaudio's (which does not install beside torch 2.13);
-- ONNX Runtime: `encoder.onnx` (fbank, encoder, pooling and head in one graph), default session options.
+- ONNX Runtime: `encoder.onnx` (fbank, encoder, pooling and head in one graph), on the CPU provider with
+  one thread per core that does not spin while idle, as the service runs its sessions (spinning threads
+  lose most of their time slices on a machine that is busy with anything else).
 
 Each side runs in a process of its own (torch's OpenMP threads and ORT's pool slow each other when they
 share one), the processes alternate for `--rounds` rounds, and the figure is the median over all timed
 runs. The two sides' logits are compared as well, as a check that they compute the same thing.
+
+With `--service-seconds S` it also exports a model directory, serves it with `bridle-serve` and posts
+one-window wavs to `POST /embed` from `--clients` connections for S seconds: windows per second through
+the service.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +39,11 @@ import torch
 
 from bench.timing import call_times
 from bridle_model.beats import beats_audio_input
+from bridle_model.checkpoint import Servable
 from bridle_model.config import ModelConfig
 from bridle_model.preprocessing import build_preprocessor
 from export.onnx_graphs import OPSET, EncoderGraph, example_signal, export_graph
-from export.verify import sample_inputs
+from export.verify import ort_session, sample_inputs
 from importers.beats import import_beats
 
 GOAL = 1.2
@@ -77,15 +86,14 @@ def time_reference(work: Path, warmup: int, iters: int) -> list[float]:
 
 
 def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(work / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    session = ort_session(work / "encoder.onnx")
     signal = np.load(work / "signal.npy")
     return call_times(lambda: session.run(["logits"], {"signal": signal}), warmup, iters)
 
 
-def prepare(work: Path, batch: int, opset: int) -> float:
-    """Write the checkpoint, import it, export the encoder graph, save the batch; -> max |logit diff|."""
+def prepare(work: Path, batch: int, opset: int) -> tuple[float, Servable]:
+    """Write the checkpoint, import it, export the encoder graph, save the batch;
+    -> (max |logit diff|, the imported servable)."""
     from tests.importers.beats_files import randomise, save_upstream
     from tests.importers.reference_beats import BEATs, Config
 
@@ -99,13 +107,51 @@ def prepare(work: Path, batch: int, opset: int) -> float:
     signal = sample_inputs(servable.config, batch)
     np.save(work / "signal.npy", signal)
 
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(work / "encoder.onnx"), providers=["CPUExecutionProvider"])
-    (ort_logits,) = session.run(["logits"], {"signal": signal})
+    (ort_logits,) = ort_session(work / "encoder.onnx").run(["logits"], {"signal": signal})
     with torch.inference_mode():
         expected = reference_logits(upstream, torch.from_numpy(signal)).numpy()
-    return float(np.abs(ort_logits - expected).max())
+    return float(np.abs(ort_logits - expected).max()), servable
+
+
+def service_windows_per_second(work: Path, servable: Servable, clients: int, seconds: float) -> float:
+    """Export a model directory, serve it with `bridle-serve`, and let `clients` threads post a one-window
+    wav to /embed back to back for `seconds` (after one request each to warm up); -> windows per second.
+
+    A Python client is cheap here: a window takes seconds of CPU, the client microseconds per request."""
+    import httpx
+
+    from bench.serve import running_service
+    from bench.service_load import wav_bytes
+    from export.model_dir import export_model_dir
+
+    model_dir = export_model_dir(servable, work / "beats-base", name="beats-base", run_verify=False).model_dir
+    body = wav_bytes(servable.config.input.window_samples, servable.config.input.sample_rate)
+    # the warm-up runs full batches: at this size, batches of `clients` keep the start-up short
+    with running_service([model_dir], {"BRIDLE_MAX_BATCH_SIZE": str(clients)}) as service:
+
+        def post(client: httpx.Client) -> None:
+            r = client.post("/embed", content=body, headers={"Content-Type": "audio/wav"})
+            if r.status_code != 200:
+                raise RuntimeError(f"the service answered {r.status_code}: {r.text[:200]}")
+
+        def worker(done: list[float], stop_at: float) -> None:
+            with httpx.Client(base_url=service.url, timeout=600) as client:
+                post(client)
+                while time.monotonic() < stop_at:
+                    post(client)
+                    done.append(time.monotonic())
+
+        start = time.monotonic()
+        done: list[float] = []
+        with ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(worker, done, start + seconds) for _ in range(clients)]
+            for f in futures:
+                f.result()
+    # count from the first completion after warm-up to the last: whole requests only
+    done.sort()
+    if len(done) < 2:
+        raise RuntimeError(f"only {len(done)} requests completed in {seconds} s: run longer")
+    return (len(done) - 1) / (done[-1] - done[0])
 
 
 def _measure_in_subprocess(runtime: str, work: Path, args: argparse.Namespace) -> list[float]:
@@ -126,6 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset of the exported graph")
+    parser.add_argument(
+        "--service-seconds", type=float, default=0.0, help="also measure the service's windows/s (0: skip)"
+    )
+    parser.add_argument("--clients", type=int, default=2, help="client connections for the service figure")
     parser.add_argument("--worker", choices=["reference", "ort"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -138,24 +188,39 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, list[float]] = {"reference": [], "ort": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        diff = prepare(work, args.batch, args.opset)
+        diff, servable = prepare(work, args.batch, args.opset)
         for _ in range(args.rounds):
             for runtime in times:
                 times[runtime] += _measure_in_subprocess(runtime, work, args)
+        report(args, times, diff)
+        if args.service_seconds > 0:
+            service = service_windows_per_second(work, servable, args.clients, args.service_seconds)
+            ort_rate = args.batch / float(np.median(times["ort"]))  # windows/s in process
+            print(
+                f"  service (bridle-serve, POST /embed, {args.clients} clients, one-window wavs, batches "
+                f"of <= {args.clients}, {args.service_seconds:g} s): {service:.2f} windows/s = "
+                f"{service / ort_rate:.2f} x in-process ORT"
+            )
 
+
+def report(args: argparse.Namespace, times: dict[str, list[float]], diff: float) -> None:
+    """Print both sides' throughput (median over all timed runs) and their ratio."""
     ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
     ratio = ms["reference"] / ms["ort"]
     print(
         f"BEATs-base (12 x 768, 496 patches, 527 classes), random weights, batch {args.batch} x 9.935 s, "
         f"opset {args.opset}; each side in its own process, {args.rounds} rounds x {args.iters} timed runs, "
-        f"median; torch threads {torch.get_num_threads()}, ORT intra-op threads: its default"
+        f"median; torch threads {torch.get_num_threads()}, ORT intra-op threads: its default, no spinning"
     )
     print(f"  reference (upstream port, PyTorch eager): {1000 * args.batch / ms['reference']:6.2f} windows/s "
           f"({ms['reference']:.0f} ms/batch)")  # fmt: skip
     print(f"  onnxruntime (encoder.onnx)              : {1000 * args.batch / ms['ort']:6.2f} windows/s "
           f"({ms['ort']:.0f} ms/batch)")  # fmt: skip
     print(f"  logits max |ORT - reference|: {diff:.2e}")
-    print(f"  ratio ORT/reference: {ratio:.2f}x (goal >= {GOAL}) -> {'MET' if ratio >= GOAL else 'NOT MET'}")
+    print(
+        f"  ratio ORT/reference: {ratio:.2f}x (goal >= {GOAL}) -> {'MET' if ratio >= GOAL else 'NOT MET'}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
