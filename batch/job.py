@@ -96,6 +96,8 @@ def _start_ray(settings: JobSettings) -> bool:
 
 
 def run_job(settings: JobSettings) -> JobSummary:
+    """Run the job to its end. A Ray already initialised in this process (tests, notebooks) is used as
+    it is, whatever `settings.address` says; otherwise Ray is joined or started, and stopped at the end."""
     began = time.monotonic()
     files = list_files(settings.input)
     model_files = read_model_files(list(settings.model_dirs), settings.precision)
