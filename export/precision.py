@@ -8,7 +8,8 @@ code search decides discrete codes by small margins.
 
 - int8: ONNX Runtime's dynamic quantization (int8 weights per tensor, activations quantized per batch at
   run time). Dynamic rather than static (calibrated) by measurement: `python -m bench.quantize --static`
-  prints both; static was no faster on this CPU and further from float32.
+  prints both; static was not faster on this CPU (within the run-to-run spread) and further from
+  float32 on every bundled model (embedding cosine, code agreement).
 - fp16: each chosen MatMul gets float16 weights and runs between two Casts, so its neighbours stay float32.
 """
 
