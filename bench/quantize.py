@@ -1,6 +1,6 @@
 """int8 / float32 throughput of the bundled models, in process and through the service (goal >= 1.8x).
 
-    python -m bench.quantize [--data data] [--models audio-digits ...] [--seconds 3] [--rounds 4]
+    python -m bench.quantize [--data data] [--models audio-digits]... [--seconds 3] [--rounds 4]
                              [--no-service] [--static] [--precision fp16 --provider CUDAExecutionProvider]
 
 Needs the demo data (`make demo-data`): each model's int8 (or `--precision fp16`) sibling is made by
@@ -20,7 +20,6 @@ training examples, in process only: the comparison that chose dynamic quantizati
 
 from __future__ import annotations
 
-import argparse
 import io
 import shutil
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import typer
 
 from bench.serve import running_service
 from bench.service_load import WRK_SCRIPT, LoadResult, drive
@@ -171,46 +171,47 @@ def gate_line(gate: GateResult) -> str:
     return f"{accuracy}, cosine {gate.embedding_cosine:.4f}, code agreement {codes} %"
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=REPO / "data", help="demo data root (`make demo-data`)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="bundled model names")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds per in-process round")
-    p.add_argument("--rounds", type=int, default=4, help="alternating rounds in process")
-    p.add_argument("--service-seconds", type=float, default=8.0, help="measured seconds per service run")
-    p.add_argument("--no-service", action="store_true", help="in-process figures only")
-    p.add_argument("--static", action="store_true", help="also static (calibrated) int8, in process")
-    p.add_argument("--precision", choices=["int8", "fp16"], default="int8", help="the variant measured")
-    p.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime provider, in process")
-    args = p.parse_args(argv)
-    wrk = None if args.no_service else shutil.which("wrk")
-    if not args.no_service and wrk is None:
+def main(
+    data: Path = typer.Option(REPO / "data", help="demo data root (`make demo-data`)"),
+    models: list[str] = typer.Option(list(MODELS), help="bundled model names (repeatable)"),
+    seconds: float = typer.Option(3.0, help="seconds per in-process round"),
+    rounds: int = typer.Option(4, help="alternating rounds in process"),
+    service_seconds: float = typer.Option(8.0, help="measured seconds per service run"),
+    no_service: bool = typer.Option(False, "--no-service", help="in-process figures only"),
+    static: bool = typer.Option(False, "--static", help="also static (calibrated) int8, in process"),
+    precision: str = typer.Option("int8", help="the variant measured: int8 or fp16"),
+    provider: str = typer.Option("CPUExecutionProvider", help="ONNX Runtime provider, in process"),
+) -> None:
+    if precision not in ("int8", "fp16"):
+        sys.exit(f"--precision {precision!r}: choose int8 or fp16")
+    wrk = None if no_service else shutil.which("wrk")
+    if not no_service and wrk is None:
         sys.exit(
             "bench.quantize needs wrk for the service figures (apt-get install wrk), or pass --no-service"
         )
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            source, held_out = REPO / "models" / name, args.data / name / "test"
+        for name in models:
+            source, held_out = REPO / "models" / name, data / name / "test"
             if not held_out.is_dir():
                 sys.exit(f"{held_out} is missing: run `make demo-data` first")
-            low = args.precision
+            low = precision
             variant = write_variant(source, low, held_out, out_dir=Path(tmp) / f"{name}-{low}")
             manifest = read_manifest(source)
             graphs = {"fp32": source / "encoder.onnx", low: variant.model_dir / "encoder.onnx"}
             gates = {low: variant.gate}
-            if args.static:
-                static = static_int8(
-                    source, manifest, args.data / name / "train", Path(tmp) / f"{name}-static"
+            if static:
+                static_graphs = static_int8(
+                    source, manifest, data / name / "train", Path(tmp) / f"{name}-static"
                 )
-                graphs["int8-static"] = static["encoder"]
+                graphs["int8-static"] = static_graphs["encoder"]
                 gates["int8-static"] = measure_gate(
-                    source, manifest, static, load_held_out(held_out, manifest)
+                    source, manifest, static_graphs, load_held_out(held_out, manifest)
                 )
             signal = sample_inputs(manifest.config(), BATCH)
-            rates = in_process(graphs, signal, args.seconds, args.rounds, args.provider)
+            rates = in_process(graphs, signal, seconds, rounds, provider)
             size = {k: path.stat().st_size / 1e6 for k, path in graphs.items()}
-            where = f"batch {BATCH}, {args.rounds} alternating rounds, {args.provider}"
+            where = f"batch {BATCH}, {rounds} alternating rounds, {provider}"
             lines = [f"{name}: encoder in process, {where}"]
             lines.append(
                 f"  fp32          {statistics.median(rates['fp32']):8.1f} examples/s  {size['fp32']:.1f} MB"
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                 body = request_body(manifest, Path(tmp))
                 dirs = {"fp32": source, low: variant.model_dir}
                 service = through_service(
-                    wrk, dirs, body, CONTENT_TYPES[manifest.modality], args.service_seconds, 2
+                    wrk, dirs, body, CONTENT_TYPES[manifest.modality], service_seconds, 2
                 )
                 rps = {k: [r.throughput for r in runs] for k, runs in service.items()}
                 errors = {k: sum(r.errors for r in runs) for k, runs in service.items()}
@@ -241,4 +242,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)
