@@ -26,7 +26,9 @@ def beats_command(
     out: Annotated[Path, typer.Option(help="servable checkpoint directory to write")],
     tokenizer: Annotated[
         Path | None,
-        typer.Option(help="BEATs tokenizer checkpoint (.pt); without it /tokenize serves random-projection codes"),
+        typer.Option(
+            help="BEATs tokenizer checkpoint (.pt); without it /tokenize serves random-projection codes"
+        ),
     ] = None,
     num_frames: Annotated[
         int, typer.Option(help="fbank frames per window (992 = 9.935 s); a multiple of the patch size")
@@ -51,7 +53,9 @@ def beats_command(
         f" ({cfg.quantizer.codebook_size} codes), windows of {cfg.input.window_samples} samples"
     )
     if servable.tokenizer_kind == "random":
-        typer.echo("note: no --tokenizer: the model directory's codes come from a random-projection tokenizer")
+        typer.echo(
+            "note: no --tokenizer: the model directory's codes come from a random-projection tokenizer"
+        )
 
 
 def main() -> None:
