@@ -182,9 +182,9 @@ class Manifest:
             files={k: _graph_file(v, f"manifest files.{k}") for k, v in files_d.items()},
             model_config=_field(d, "model_config", dict, "manifest"),
             provenance=dict(d.get("provenance") or {}),
+            classifier=_classifier_spec(d.get("classifier", {})),
             precision=_precision(d),
             gate=_optional(d, "gate", dict, "manifest"),
-            classifier=_classifier_spec(d.get("classifier", {})),
         )
 
 
@@ -264,6 +264,15 @@ def _optional(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     return value
 
 
+def _precision(d: dict[str, Any]) -> str:
+    precision = d.get("precision", "fp32")  # manifests written before variants existed are float32
+    if precision not in PRECISIONS:
+        raise ManifestError(f"manifest precision {precision!r} must be one of {list(PRECISIONS)}")
+    if precision != "fp32" and not isinstance(d.get("gate"), dict):
+        raise ManifestError(f"a {precision} manifest must hold its accuracy gate (field 'gate')")
+    return precision
+
+
 def _classifier_spec(d: Any) -> ClassifierSpec:
     _require(d, dict, "manifest classifier")
     activation = d.get("activation", "softmax")  # manifests written before multi-label heads: softmax
@@ -272,15 +281,6 @@ def _classifier_spec(d: Any) -> ClassifierSpec:
             f"manifest classifier activation {activation!r} must be one of {list(CLASSIFIER_ACTIVATIONS)}"
         )
     return ClassifierSpec(activation=activation)
-
-
-def _precision(d: dict[str, Any]) -> str:
-    precision = d.get("precision", "fp32")  # manifests written before variants existed are float32
-    if precision not in PRECISIONS:
-        raise ManifestError(f"manifest precision {precision!r} must be one of {list(PRECISIONS)}")
-    if precision != "fp32" and not isinstance(d.get("gate"), dict):
-        raise ManifestError(f"a {precision} manifest must hold its accuracy gate (field 'gate')")
-    return precision
 
 
 def _int_list(values: list[Any], where: str) -> list[int]:
