@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(args.model_dir)
     if manifest.modality != "audio":
         sys.exit(f"{args.model_dir} is a {manifest.modality} model; this bench drives an audio model")
-    samples, rate = int(manifest.input.shape[1]), int(manifest.input.sample_rate or 16_000)
+    samples, rate = int(manifest.input.shape[1]), int(manifest.input.sample_rate)
     cores = usable_cores()
     print(
         f"model {manifest.name}, {args.files} one-window wavs, {cores} cores; batch: {args.batch_size} "

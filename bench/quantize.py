@@ -105,7 +105,7 @@ def request_body(manifest: Manifest, folder: Path) -> Path:
         with wave.open(str(path), "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
-            w.setframerate(int(manifest.input.sample_rate or 16_000))
+            w.setframerate(int(manifest.input.sample_rate))
             w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
         return path
     if manifest.modality == "image":

@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         if manifest.modality != "audio":
             sys.exit(f"{model_dir} is a {manifest.modality} model; this bench drives an audio model")
         body = Path(tmp) / "window.wav"
-        body.write_bytes(wav_bytes(int(manifest.input.shape[1]), int(manifest.input.sample_rate or 16_000)))
+        body.write_bytes(wav_bytes(int(manifest.input.shape[1]), int(manifest.input.sample_rate)))
         served = Settings(concurrent_runs=args.runs, intra_op_threads=args.threads).cpu_threads
         print(
             f"model {manifest.name} ({model_dir}), one {manifest.input.window_seconds:.3f} s window per "
