@@ -2,6 +2,7 @@
 
     bridle-train run RECIPE.yaml [key=value ...] [--resume]
     bridle-train stage RECIPE.yaml --stage N [key=value ...] [--resume]
+    bridle-train calibrate SERVABLE_DIR --data HELD_OUT [--split NAME] [--out DIR]
 
 Multi-process: `torchrun --nproc_per_node 2 -m training.cli run RECIPE.yaml`.
 """
@@ -70,6 +71,33 @@ def stage(
         typer.echo(f"error: --stage must be in [0, {len(r.stages) - 1}], got {index}", err=True)
         raise typer.Exit(2)
     _execute(r, [index], resume)
+
+
+@app.command()
+def calibrate(
+    servable: Path = typer.Argument(..., help="servable checkpoint (e.g. runs/<recipe>/servable)"),
+    data: Path = typer.Option(..., help="held-out labelled data, not the test split (folder or manifest)"),
+    split: str | None = typer.Option(None, help="a manifest's `split` rows to use"),
+    out: Path | None = typer.Option(
+        None, help="where to write the calibrated checkpoint (default: in place)"
+    ),
+    batch_size: int = typer.Option(64, min=1),
+) -> None:
+    """Fit a softmax temperature on DATA and fold it into SERVABLE's classifier head (calibration.py)."""
+    from bridle_model.checkpoint import CheckpointError, load_servable, save_servable
+    from training.calibration import CalibrationError, calibrate_servable, servable_logits
+    from training.data import MediaDataset
+
+    try:
+        model = load_servable(servable)
+        dataset = MediaDataset(data, model.config, labels=model.labels, split=split, labelled=True)
+        logits, labels = servable_logits(model, dataset, batch_size)
+        report = calibrate_servable(model, logits, labels, data=f"{data}" + (f" [{split}]" if split else ""))
+    except (CheckpointError, CalibrationError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    save_servable(out or servable, model)
+    typer.echo(json.dumps(report.to_dict()))
 
 
 def main() -> None:
