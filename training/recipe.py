@@ -48,8 +48,15 @@ class DataSpec:
     modality: Literal["audio", "image", "video"]
     test: str | None = None
     batch_size: int = 32
-    workers: int = 0
+    workers: int = 0  # DataLoader worker processes that decode (0: in the training process)
     fbank_stats_clips: int = 512  # audio: training clips the fbank mean/std are measured on
+    # None: files are decoded into memory once before training (today's demo default); a sharded
+    # `train` (a folder with shards.json, written by `bridle-train shards`) is always streamed.
+    cache: bool | None = None
+    prefetch_factor: int = 2  # batches each worker prepares ahead (workers > 0)
+    persistent_workers: bool = True  # workers live across epochs (workers > 0)
+    pin_memory: bool | None = None  # page-locked batches for fast host->GPU copies; None: on with CUDA
+    record_seen: bool = False  # write the ids of the examples each step used to <stage>/seen-<rank>.tsv
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,21 @@ class StageSpec:
     mode: Literal["linear", "finetune"] = "linear"  # classifier stages only
     name: str | None = None  # folder under out_dir; default "<index>-<kind>"
     log_every: int = 10
+    accumulate: int | None = None  # micro-batches per optimiser step; None: train.accumulate
+    max_seconds: float | None = None  # time budget: the stage ends (done) at the first step past it
+
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """How the steps run (defaults: today's eager fp32 loop). See docs/configuration.md."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for E, D, T, TE; the quantizer in fp32
+    accumulate: int = 1  # micro-batches of `batch_size` summed into one optimiser step
+    compile: bool = False  # torch.compile the transformer stacks of E, D, T, TE
+    fused_optimizer: bool = False  # AdamW's fused kernel (CUDA and CPU)
 
 
 @dataclass(frozen=True)
@@ -71,6 +93,7 @@ class Recipe:
     model: ModelSpec
     data: DataSpec
     stages: tuple[StageSpec, ...]
+    train: TrainSpec = field(default_factory=TrainSpec)
     seed: int = 0
     out_dir: str = "runs/default"
     checkpoint_every: int = 100
@@ -152,6 +175,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
     stages = tuple(_build(StageSpec, s, f"stages.{i}") for i, s in enumerate(stages_raw))
     raw["model"] = _build(ModelSpec, raw.get("model"), "model")
     raw["data"] = _build(DataSpec, raw.get("data"), "data")
+    raw["train"] = _build(TrainSpec, raw.get("train", {}), "train")
     recipe = _build(Recipe, {**raw, "stages": stages}, "recipe")
     _check(recipe)
     recipe.model_config()  # fails early on bad model overrides
@@ -180,6 +204,8 @@ def _check(recipe: Recipe) -> None:
         raise RecipeError(f"data.modality must be audio, image or video, got {recipe.data.modality!r}")
     if recipe.checkpoint_every < 1 or recipe.data.batch_size < 1:
         raise RecipeError("checkpoint_every and data.batch_size must be >= 1")
+    _check_data(recipe.data)
+    _check_train(recipe.train)
     names = set()
     for i, s in enumerate(recipe.stages):
         where = f"stages.{i}"
@@ -195,12 +221,49 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"{where}: lr must be > 0 and weight_decay >= 0")
         if s.batch_size is not None and s.batch_size < 1:
             raise RecipeError(f"{where}.batch_size must be >= 1")
+        if s.accumulate is not None and not _positive_int(s.accumulate):
+            raise RecipeError(f"{where}.accumulate must be a positive integer, got {s.accumulate!r}")
+        if s.max_seconds is not None and not (_number(s.max_seconds) and s.max_seconds > 0):
+            raise RecipeError(
+                f"{where}.max_seconds must be a positive number of seconds, got {s.max_seconds!r}"
+            )
         name = recipe.stage_name(i)
         if name in names or name == "servable":
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")
         names.add(name)
     if recipe.stages[0].kind == "tokenizer":
         raise RecipeError("a tokenizer stage needs an encoder: put a pretrain stage before it")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_data(data: DataSpec) -> None:
+    if not isinstance(data.workers, int) or isinstance(data.workers, bool) or data.workers < 0:
+        raise RecipeError(f"data.workers must be an integer >= 0, got {data.workers!r}")
+    if not _positive_int(data.prefetch_factor):
+        raise RecipeError(f"data.prefetch_factor must be a positive integer, got {data.prefetch_factor!r}")
+    for key in ("cache", "pin_memory"):
+        if getattr(data, key) not in (None, True, False):
+            raise RecipeError(f"data.{key} must be true, false or null, got {getattr(data, key)!r}")
+    for key in ("persistent_workers", "record_seen"):
+        if not isinstance(getattr(data, key), bool):
+            raise RecipeError(f"data.{key} must be true or false, got {getattr(data, key)!r}")
+
+
+def _check_train(train: TrainSpec) -> None:
+    if train.precision not in PRECISIONS:
+        raise RecipeError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
+    if not _positive_int(train.accumulate):
+        raise RecipeError(f"train.accumulate must be a positive integer, got {train.accumulate!r}")
+    for key in ("compile", "fused_optimizer"):
+        if not isinstance(getattr(train, key), bool):
+            raise RecipeError(f"train.{key} must be true or false, got {getattr(train, key)!r}")
 
 
 def _merge(base: dict[str, Any], changes: dict[str, Any], where: str) -> dict[str, Any]:
