@@ -31,6 +31,7 @@ from tqdm import tqdm
 from bridle_model.config import ModelConfig
 from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video
 from bridle_model.windowing import first_clip, fit_window
+from training.augment import Augment
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,9 @@ class MediaDataset(Dataset):
     random_crop: audio only, a random window of a longer clip (training); otherwise start-aligned.
     label_column, split: which manifest column is the label, and which `split` rows to keep.
     labelled: force (True) or refuse (False) labels; None = labels when the source has them.
+    augment: training only, applied to each decoded array (training/augment.py) with the generator
+        `np.random.default_rng([augment_seed, epoch, index])`; items are `data[index]` (epoch 0) or
+        `data[index, epoch]`, so each epoch draws new augmentations, the same for a seed on any worker.
     """
 
     def __init__(
@@ -185,9 +189,13 @@ class MediaDataset(Dataset):
         label_column: str | None = "label",
         split: str | None = None,
         labelled: bool | None = None,
+        augment: Augment | None = None,
+        augment_seed: int = 0,
     ) -> None:
         self.cfg = cfg
         self.random_crop = random_crop
+        self.augment = augment
+        self.augment_seed = augment_seed
         self.skipped: list[Skipped] = []
         entries = entries_from(source, cfg.modality, label_column, split, labelled)
         if not entries:
@@ -229,19 +237,22 @@ class MediaDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        i, epoch = key if isinstance(key, tuple) else (key, 0)
         if self._cache is not None:
-            return self._item(self._cache[i]), self.targets[i]
+            return self._item(self._cache[i], i, epoch), self.targets[i]
         for j in _ring(i, len(self)):  # a bad file is replaced by the next good one
             if j in self._bad:
                 continue
             array = self._try_decode(self.entries[j].path)
             if array is not None:
-                return self._item(array), self.targets[j]
+                return self._item(array, j, epoch), self.targets[j]
             self._bad.add(j)
         raise RuntimeError(f"none of the {len(self)} files could be decoded")
 
-    def _item(self, array: np.ndarray) -> torch.Tensor:
+    def _item(self, array: np.ndarray, index: int, epoch: int) -> torch.Tensor:
+        if self.augment is not None:
+            array = self.augment(array, np.random.default_rng([self.augment_seed, epoch, index]))
         if self.cfg.modality != "audio":
             return torch.from_numpy(np.ascontiguousarray(array))
         window = self.cfg.input.window_samples

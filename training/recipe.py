@@ -50,6 +50,9 @@ class DataSpec:
     batch_size: int = 32
     workers: int = 0  # DataLoader worker processes that decode (0: in the training process)
     fbank_stats_clips: int = 512  # audio: training clips the fbank mean/std are measured on
+    # training-time augmentation (training/augment.py): the modality's settings, e.g. {noise_p: 0.5};
+    # empty = off. Evaluation data is never augmented.
+    augment: dict[str, Any] = field(default_factory=dict)
     # None: files are decoded into memory once before training (today's demo default); a sharded
     # `train` (a folder with shards.json, written by `bridle-train shards`) is always streamed.
     cache: bool | None = None
@@ -204,6 +207,13 @@ def _check(recipe: Recipe) -> None:
         raise RecipeError(f"data.modality must be audio, image or video, got {recipe.data.modality!r}")
     if recipe.checkpoint_every < 1 or recipe.data.batch_size < 1:
         raise RecipeError("checkpoint_every and data.batch_size must be >= 1")
+    if recipe.data.augment:
+        from training.augment import AugmentError, augment_settings
+
+        try:
+            augment_settings(recipe.data.modality, recipe.data.augment)
+        except AugmentError as e:
+            raise RecipeError(str(e)) from e
     _check_data(recipe.data)
     _check_train(recipe.train)
     names = set()

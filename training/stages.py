@@ -36,6 +36,7 @@ from bridle_model.encoder import Encoder
 from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from bridle_model.quantizer import LevelUsage
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
+from training.augment import build_augment
 from training.data import UNLABELLED, MediaDataset
 from training.distributed import DistInfo, barrier, wrap
 from training.monitor import StageMonitor
@@ -71,7 +72,15 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
     config = recipe.model_config()
     if config.modality != recipe.data.modality:
         raise StageError(f"model modality {config.modality!r} != data.modality {recipe.data.modality!r}")
-    train_set = MediaDataset(recipe.data.train, config, cache=True, random_crop=config.modality == "audio")
+    augment = build_augment(recipe.data.modality, recipe.data.augment, config)  # None when off
+    train_set = MediaDataset(
+        recipe.data.train,
+        config,
+        cache=True,
+        random_crop=config.modality == "audio",
+        augment=augment,
+        augment_seed=recipe.seed,
+    )
     test_set = None
     if recipe.data.test:
         labels = train_set.labels or None
@@ -166,7 +175,8 @@ def batches(data: MediaDataset, batch_size: int, seed: int, info: DistInfo, work
             sampler.set_epoch(epoch)
         else:
             sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed + epoch))
-        yield from DataLoader(data, batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last)
+        keys = [(int(i), epoch) for i in sampler]  # (index, epoch): new augmentations every epoch
+        yield from DataLoader(data, batch_size, sampler=keys, num_workers=workers, drop_last=drop_last)
         epoch += 1
 
 
