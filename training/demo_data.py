@@ -9,7 +9,10 @@ anything else in the folder is rebuilt from scratch. Every set is deterministic 
 
 - audio-digits: "zero".."nine" spoken by Debian's `espeak-ng` over English voices x voice variants, random
   speed and pitch, 16 kHz mono wav. Split by voice: held-out voices form `test/`.
-- image-digits: scikit-learn's bundled `load_digits` (1797 8x8 images) upscaled to RGB PNG, stratified split.
+- image-digits: scikit-learn's bundled `load_digits` (1797 8x8 images) upscaled to RGB PNG, stratified split
+  (a tenth of its train split moved to `val`), plus digits printed in the system's fonts with whole font
+  families held out (training/printed_digits.py): splits train, val, test, printed-train, printed-test;
+  `training-set.csv` lists train + printed-train.
 - video-motion: a load_digits digit moving in one of six directions over a dark canvas, h264 mp4.
 """
 
@@ -324,11 +327,14 @@ def builders(quick: bool, seed: int) -> Iterator[tuple[str, dict[str, Any], Call
     audio = QUICK_AUDIO if quick else FULL_AUDIO
     video = QUICK_VIDEO if quick else FULL_VIDEO
     image_limit = 30 if quick else None
+    from training.printed_digits import FULL_PRINTED, QUICK_PRINTED, add_printed_digits
+
+    printed = QUICK_PRINTED if quick else FULL_PRINTED
     yield "audio-digits", {"seed": seed, **asdict(audio)}, lambda r: build_audio_digits(r, audio, seed)
     yield (
         "image-digits",
-        {"seed": seed, "limit": image_limit},
-        lambda r: build_image_digits(r, image_limit, seed),
+        {"seed": seed, "limit": image_limit, "printed": asdict(printed)},
+        lambda r: add_printed_digits(r, build_image_digits(r, image_limit, seed), printed, seed),
     )
     yield "video-motion", {"seed": seed, **asdict(video)}, lambda r: build_video_motion(r, video, seed)
 
