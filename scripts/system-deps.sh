@@ -4,6 +4,8 @@
 #   espeak-ng    the demo speech and spoken test audio
 #   docker.io    a Docker engine for the image tests (they start `dockerd` when none runs)
 #   debootstrap  the local stand-in for python:3.11-slim when Docker Hub cannot be reached
+#   fonts-*      the fonts the printed digits of the image demo data are rendered from
+#                (training/printed_digits.py; about 30 MB of downloads)
 set -euo pipefail
 need=()
 for extra in "$@"; do
@@ -12,6 +14,12 @@ done
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+fonts=(fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-noto-core fonts-croscore
+  fonts-crosextra-carlito fonts-crosextra-caladea fonts-open-sans fonts-roboto-unhinted fonts-lato
+  fonts-cantarell fonts-inconsolata fonts-ebgaramond fonts-linuxlibertine)
+for font in "${fonts[@]}"; do
+  dpkg-query -W -f='${Status}' "$font" 2>/dev/null | grep -q "install ok installed" || need+=("$font")
+done
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

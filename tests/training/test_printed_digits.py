@@ -13,6 +13,7 @@ from PIL import Image
 from bridle_model.decoding import decode_image
 from training.printed_digits import (
     FONT_FAMILIES,
+    FONT_PACKAGES,
     POLARITIES,
     TEST_FAMILIES,
     TRAINING_SET,
@@ -122,3 +123,8 @@ def test_the_printed_digits_are_deterministic(tmp_path: Path, demo_root: Path):
     first = next(r for r in again if r["split"] == "printed-test")["path"]
     a = (tmp_path / "image-digits" / first).read_bytes()
     assert a == (demo_root / "image-digits" / first).read_bytes()
+
+
+def test_system_deps_installs_every_font_package():
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "system-deps.sh").read_text()
+    assert all(package in script for package in FONT_PACKAGES)
