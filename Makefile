@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models bench bench-service bench-batch bench-quantize models-int8 replicate clean system-deps fuzz soak
+.PHONY: serve test lint format demo-data models evaluate-image bench bench-service bench-batch bench-quantize models-int8 replicate clean system-deps fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ demo-data: $(DEV_STAMP) system-deps
 ## models: retrain and re-export the bundled default models into models/
 models: demo-data
 	bash scripts/build-models.sh
+
+## evaluate-image: the bundled image-digits model as served, on held-out fonts (both polarities), scikit-learn's
+## test split and non-digit images; writes results/image-digits/eval.md (the tables of its model card)
+evaluate-image: demo-data
+	$(PY) -m training.eval_image models/image-digits --data data/image-digits --out results/image-digits
 
 ## bench: the throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(DEV_STAMP)
