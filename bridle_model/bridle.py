@@ -25,6 +25,9 @@ The networks live in their own modules: E encoder.py, D predictor.py, T tokenize
 RQ quantizer.py, the head classifier.py; the loss functions in losses.py. Codebooks are fitted in one
 place, `tokenizer.fit_codebooks`, on the first batch a tokenizer sees. training/stages.py builds these
 steps from earlier stages' weights and runs the loop; `forward(x, y)` returns (loss, scalars to log).
+
+Under a bf16 `torch.autocast` (training/precision.py) E, D, T and TE run in bf16; the residual quantizer
+runs in fp32 (`tokenizer.quantize_fp32`) and every loss is computed in fp32 from upcast outputs.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class Pretraining(Objective):
         return self.predictor(encoded, mask)  # (B, N, L, K)
 
     def forward_loss(self, logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_code_loss(logits, codes, mask)
+        return masked_code_loss(logits.float(), codes, mask)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, Scalars]:
         codes = self.forward_targets(x)  # (B, N, L)
@@ -149,7 +152,7 @@ class Distillation(Objective):
         self, estimate: torch.Tensor, target: torch.Tensor, codebook_loss: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_cos + L_cb, L_cos)."""
-        cos = cosine_distillation_loss(estimate, target)
+        cos = cosine_distillation_loss(estimate.float(), target.float())
         return cos + codebook_loss, cos
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, Scalars]:
@@ -195,7 +198,7 @@ class Classification(Objective):
         return self.forward_head(self.forward_encoder(x))  # (B, C)
 
     def forward_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits.float(), y)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Scalars]:
         logits = self.logits(x)

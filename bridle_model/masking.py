@@ -46,5 +46,5 @@ def keep_visible(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def fill_masked(visible: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor) -> torch.Tensor:
     """Put visible tokens back at their places and `mask_token` elsewhere -> (B, N, D)."""
     b, n = mask.shape
-    full = mask_token.reshape(1, 1, -1).expand(b, n, visible.shape[-1])
+    full = mask_token.to(visible.dtype).reshape(1, 1, -1).expand(b, n, visible.shape[-1])  # bf16 autocast
     return full.masked_scatter(~mask[..., None], visible)

@@ -13,6 +13,11 @@ Two kinds, with the same output:
     x (B, C, [T,] H, W) -> (B, N, code_dim) -> RQ -> codes (B, N, L), quantized (B, N, code_dim), L_cb
 
 `fit_codebooks` is the one place a tokenizer's codebooks are fitted: k-means on the first batch it sees.
+
+Mixed precision: under a bf16 `torch.autocast` the networks before the quantizer run in bf16, but the
+residual quantizer (distances, code assignment, EMA statistics, k-means) always runs in fp32, with
+autocast switched off around it (`quantize_fp32`): RQ picks codes by tiny differences of cosines, and in
+bf16 (8 bits of mantissa) those ties flip (README, "Training at scale", measures how often).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 
 from bridle_model.config import ModelConfig
 from bridle_model.patches import PatchEmbed, patchify, sincos_position_embedding
-from bridle_model.quantizer import ResidualQuantizer
+from bridle_model.quantizer import QuantizerOutput, ResidualQuantizer
 from bridle_model.transformer import Transformer, init_linear_and_norm
 
 
@@ -35,6 +40,12 @@ class TokenizerOutput:
     loss: torch.Tensor  # scalar L_cb
 
 
+def quantize_fp32(quantizer: ResidualQuantizer, z: torch.Tensor) -> QuantizerOutput:
+    """The quantizer on z (..., code_dim) in fp32, whatever autocast is on; gradients flow back to z."""
+    with torch.autocast(z.device.type, enabled=False):
+        return quantizer(z.float())
+
+
 @torch.no_grad()
 def fit_codebooks(tokenizer: nn.Module, x: torch.Tensor) -> None:
     """Fit `tokenizer.quantizer`'s codebooks by k-means on the vectors of batch x, unless already fitted.
@@ -43,7 +54,9 @@ def fit_codebooks(tokenizer: nn.Module, x: torch.Tensor) -> None:
     and on a random batch for a fresh servable.
     """
     if not bool(tokenizer.quantizer.initialized.all()):
-        tokenizer.quantizer.init_codebooks(tokenizer.embed(x))
+        z = tokenizer.embed(x)  # (B, N, code_dim), bf16 under autocast
+        with torch.autocast(z.device.type, enabled=False):
+            tokenizer.quantizer.init_codebooks(z.float())
 
 
 class Tokenizer(nn.Module):
@@ -65,7 +78,7 @@ class Tokenizer(nn.Module):
         return self.head(tokens)
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
-        out = self.quantizer(self.embed(x))
+        out = quantize_fp32(self.quantizer, self.embed(x))
         return TokenizerOutput(codes=out.codes, quantized=out.quantized, loss=out.loss)
 
 
@@ -96,5 +109,5 @@ class RandomProjectionTokenizer(nn.Module):
         return features @ self.code_projection
 
     def forward(self, x: torch.Tensor) -> TokenizerOutput:
-        out = self.quantizer(self.embed(x))
+        out = quantize_fp32(self.quantizer, self.embed(x))
         return TokenizerOutput(codes=out.codes, quantized=out.quantized, loss=out.loss)

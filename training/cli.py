@@ -3,8 +3,10 @@
     bridle-train run RECIPE.yaml [key=value ...] [--resume]
     bridle-train stage RECIPE.yaml --stage N [key=value ...] [--resume]
     bridle-train calibrate SERVABLE_DIR --data HELD_OUT [--split NAME] [--out DIR]
+    bridle-train shards SOURCE OUT --modality audio [--max-count 1000] [--max-mb 256] [--seed 0]
 
-Multi-process: `torchrun --nproc_per_node 2 -m training.cli run RECIPE.yaml`.
+Multi-process: `torchrun --nproc_per_node 2 -m training.cli run RECIPE.yaml`; across machines see
+deploy/slurm-train.sh and deploy/kubernetes-train.yaml.
 """
 
 from __future__ import annotations
@@ -98,6 +100,36 @@ def calibrate(
         raise typer.Exit(1) from e
     save_servable(out or servable, model)
     typer.echo(json.dumps(report.to_dict()))
+
+
+@app.command()
+def shards(
+    source: Path = typer.Argument(
+        ..., help="a class folder, an unlabelled folder, or a .csv/.jsonl manifest"
+    ),
+    out: Path = typer.Argument(..., help="a new folder for the shards and shards.json"),
+    modality: str = typer.Option(..., help="audio, image or video"),
+    max_count: int = typer.Option(1000, min=1, help="examples per shard at most"),
+    max_mb: float = typer.Option(256.0, min=0.001, help="megabytes per shard at most"),
+    seed: int = typer.Option(0, help="seed of the order the files are written in"),
+    label_column: str = typer.Option("label", help="a manifest's label column"),
+    split: str | None = typer.Option(None, help="a manifest's `split` rows to use"),
+) -> None:
+    """Write SOURCE's media files into WebDataset tar shards for streaming training (training/shards.py).
+
+    A recipe then reads them with `data.train: OUT`."""
+    from training.shards import ShardError, write_shards
+
+    if modality not in ("audio", "image", "video"):
+        typer.echo(f"error: --modality must be audio, image or video, got {modality!r}", err=True)
+        raise typer.Exit(2)
+    try:
+        index = write_shards(source, out, modality, max_count, max_mb, seed, label_column, split)
+    except (ShardError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    summary = {"out": str(out), "shards": len(index.shards), "examples": index.count, "labels": index.labels}
+    typer.echo(json.dumps(summary))
 
 
 def main() -> None:

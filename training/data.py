@@ -6,11 +6,13 @@ A `MediaDataset` reads one of
       resolved against the manifest's folder; a `split` column can select rows, e.g. a demo `metadata.csv`);
   (c) a folder of unlabelled files (pretraining), label -1.
 Items are what `bridle_model.preprocessing` takes, one example at a time (docs/contracts.md):
-  audio float32 (window_samples,)   mono at the model's rate, cut (start-aligned, or a random crop) or
-                                    zero-padded
+  audio float32 (window_samples,)   mono at the model's rate, cut (start-aligned, or a random crop) or,
+                                    when shorter, centred in silence (as the service windows it)
   image uint8   (3, S, S)
   video uint8   (T, 3, S, S)        T frames sampled uniformly over the first `clip_seconds`
-The windows are cut by bridle_model/windowing.py, as the service cuts them.
+The windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training
+window is a random crop drawn per (epoch, index). `make_item` is also how a shard's stored file becomes an
+item (training/shards.py).
 A file that cannot be decoded is skipped with one warning and recorded in `dataset.skipped`.
 """
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
 from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video
-from bridle_model.windowing import first_clip, fit_window
+from bridle_model.windowing import first_clip, training_window
 from training.augment import Augment
 
 log = logging.getLogger(__name__)
@@ -152,14 +154,45 @@ def entries_from(
 # ---- decoding one example -------------------------------------------------------------------------------
 
 
-def decode_example(path: Path, cfg: ModelConfig) -> np.ndarray:
-    """The example as stored in the cache: audio the whole waveform; image/video the final item array."""
+def decode_example(path: Path | bytes, cfg: ModelConfig) -> np.ndarray:
+    """The example as stored in the cache: audio the whole waveform; image/video the final item array.
+
+    `path` may also be the file's bytes (a shard's member, training/shards.py)."""
     if cfg.modality == "audio":
         return decode_audio(path, cfg.input.sample_rate)  # (samples,) float32
     if cfg.modality == "image":
         return decode_image(path, cfg.input.image_size)  # (3, S, S) uint8
     video = decode_video(path, cfg.input.image_size)
     return first_clip(video, cfg.input.num_frames, cfg.input.clip_seconds)  # (T, 3, S, S) uint8
+
+
+# ---- one example -> the item ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemMaker:
+    """A decoded example -> the item: augmented, and (audio) its window cut. The augmentation draws from
+    `default_rng([augment_seed, epoch or 0, index])`; so does the random crop of an epoch's item, the same on
+    any worker, while an item asked for without an epoch (`data[i]`) gets a fresh crop from torch's
+    generator each time."""
+
+    cfg: ModelConfig
+    random_crop: bool = False
+    augment: Augment | None = None
+    augment_seed: int = 0
+
+    def __call__(self, array: np.ndarray, index: int, epoch: int | None) -> torch.Tensor:
+        rng = np.random.default_rng([self.augment_seed, epoch or 0, index])
+        if self.augment is not None:
+            array = self.augment(array, rng)
+        if self.cfg.modality != "audio":
+            return torch.from_numpy(np.ascontiguousarray(array))
+        window = self.cfg.input.window_samples
+        start = 0
+        if self.random_crop and len(array) > window:
+            span = len(array) - window + 1
+            start = int(rng.integers(span)) if epoch is not None else int(torch.randint(span, ()).item())
+        return torch.from_numpy(training_window(array, window, start))  # (window_samples,) float32
 
 
 # ---- the data set ---------------------------------------------------------------------------------------
@@ -196,6 +229,7 @@ class MediaDataset(Dataset):
         self.random_crop = random_crop
         self.augment = augment
         self.augment_seed = augment_seed
+        self.item_maker = ItemMaker(cfg, random_crop, augment, augment_seed)
         self.skipped: list[Skipped] = []
         entries = entries_from(source, cfg.modality, label_column, split, labelled)
         if not entries:
@@ -238,28 +272,20 @@ class MediaDataset(Dataset):
         return len(self.entries)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        i, epoch = key if isinstance(key, tuple) else (key, 0)
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         if self._cache is not None:
-            return self._item(self._cache[i], i, epoch), self.targets[i]
+            return self.make_item(self._cache[i], i, epoch), self.targets[i]
         for j in _ring(i, len(self)):  # a bad file is replaced by the next good one
             if j in self._bad:
                 continue
             array = self._try_decode(self.entries[j].path)
             if array is not None:
-                return self._item(array, j, epoch), self.targets[j]
+                return self.make_item(array, j, epoch), self.targets[j]
             self._bad.add(j)
         raise RuntimeError(f"none of the {len(self)} files could be decoded")
 
-    def _item(self, array: np.ndarray, index: int, epoch: int) -> torch.Tensor:
-        if self.augment is not None:
-            array = self.augment(array, np.random.default_rng([self.augment_seed, epoch, index]))
-        if self.cfg.modality != "audio":
-            return torch.from_numpy(np.ascontiguousarray(array))
-        window = self.cfg.input.window_samples
-        start = 0
-        if self.random_crop and len(array) > window:
-            start = int(torch.randint(len(array) - window + 1, ()).item())
-        return torch.from_numpy(fit_window(array, window, start))  # (window_samples,) float32
+    def make_item(self, array: np.ndarray, index: int, epoch: int | None) -> torch.Tensor:
+        return self.item_maker(array, index, epoch)
 
 
 def _ring(start: int, n: int) -> list[int]:

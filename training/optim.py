@@ -43,11 +43,17 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 
 
 def build_optimizer(
-    modules: Iterable[nn.Module], lr: float, weight_decay: float, warmup_steps: int, total_steps: int
+    modules: Iterable[nn.Module],
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    total_steps: int,
+    fused: bool = False,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW + schedule; `fused`: one fused kernel for the whole update (CUDA, CPU) instead of foreach."""
     groups = param_groups(modules, weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("no trainable parameters")
-    optimizer = torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=ADAMW_BETAS, fused=True if fused else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
     return optimizer, scheduler

@@ -56,8 +56,7 @@ class DataSpec:
     # None: files are decoded into memory once before training (today's demo default); a sharded
     # `train` (a folder with shards.json, written by `bridle-train shards`) is always streamed.
     cache: bool | None = None
-    prefetch_factor: int = 2  # batches each worker prepares ahead (workers > 0)
-    persistent_workers: bool = True  # workers live across epochs (workers > 0)
+    prefetch_factor: int = 2  # batches each worker prepares ahead (workers > 0); workers live for a stage
     pin_memory: bool | None = None  # page-locked batches for fast host->GPU copies; None: on with CUDA
     record_seen: bool = False  # write the ids of the examples each step used to <stage>/seen-<rank>.tsv
 
@@ -261,9 +260,8 @@ def _check_data(data: DataSpec) -> None:
     for key in ("cache", "pin_memory"):
         if getattr(data, key) not in (None, True, False):
             raise RecipeError(f"data.{key} must be true, false or null, got {getattr(data, key)!r}")
-    for key in ("persistent_workers", "record_seen"):
-        if not isinstance(getattr(data, key), bool):
-            raise RecipeError(f"data.{key} must be true or false, got {getattr(data, key)!r}")
+    if not isinstance(data.record_seen, bool):
+        raise RecipeError(f"data.record_seen must be true or false, got {data.record_seen!r}")
 
 
 def _check_train(train: TrainSpec) -> None:

@@ -13,21 +13,24 @@ end) and a servable checkpoint in `out_dir/servable/`. A stage takes E and T fro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from bridle_model.bridle import Classification, Distillation, Objective, Pretraining, quantizers
 from bridle_model.checkpoint import Servable, save_servable
@@ -37,11 +40,14 @@ from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from bridle_model.quantizer import LevelUsage
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
 from training.augment import build_augment
-from training.data import UNLABELLED, MediaDataset
+from training.data import UNLABELLED, ItemMaker, MediaDataset, decode_example
 from training.distributed import DistInfo, barrier, wrap
-from training.monitor import StageMonitor
+from training.loader import loader_options, train_batches
+from training.monitor import SeenLog, StageMonitor, Throughput
 from training.optim import build_optimizer
-from training.recipe import Recipe, StageSpec
+from training.precision import PrecisionError, autocast, check_supported, compile_transformers
+from training.recipe import DataSpec, Recipe, StageSpec
+from training.shards import ShardSet, ShardStream, is_sharded
 from training.state import StageState, load_stage, save_stage, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -62,8 +68,9 @@ class RunContext:
     config: ModelConfig  # the recipe's model with the measured fbank statistics
     info: DistInfo
     out_dir: Path
-    train_set: MediaDataset
+    train_set: MediaDataset | ShardSet
     test_set: MediaDataset | None
+    item_maker: ItemMaker  # how a decoded training example becomes an item (crop, augmentation)
 
 
 def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContext:
@@ -73,18 +80,31 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
     if config.modality != recipe.data.modality:
         raise StageError(f"model modality {config.modality!r} != data.modality {recipe.data.modality!r}")
     augment = build_augment(recipe.data.modality, recipe.data.augment, config)  # None when off
-    train_set = MediaDataset(
-        recipe.data.train,
-        config,
-        cache=True,
-        random_crop=config.modality == "audio",
-        augment=augment,
-        augment_seed=recipe.seed,
-    )
+    item_maker = ItemMaker(config, config.modality == "audio", augment, recipe.seed)
+    sharded = is_sharded(recipe.data.train)
+    if sharded and recipe.data.cache:
+        raise StageError(f"data.cache: {recipe.data.train} is sharded, and shards are streamed, not cached")
+    cache = recipe.data.cache if recipe.data.cache is not None else not sharded
+    train_set: MediaDataset | ShardSet
+    if sharded:
+        train_set = ShardSet.load(recipe.data.train)
+        if train_set.modality != config.modality:
+            raise StageError(
+                f"{recipe.data.train} holds {train_set.modality} shards, the model takes {config.modality}"
+            )
+    else:
+        train_set = MediaDataset(
+            recipe.data.train,
+            config,
+            cache=cache,
+            random_crop=config.modality == "audio",
+            augment=augment,
+            augment_seed=recipe.seed,
+        )
     test_set = None
     if recipe.data.test:
         labels = train_set.labels or None
-        test_set = MediaDataset(recipe.data.test, config, labels=labels, cache=True)
+        test_set = MediaDataset(recipe.data.test, config, labels=labels, cache=cache)
     stored = out_dir / MODEL_CONFIG_FILE
     if reuse_config and stored.is_file():
         config = ModelConfig.from_dict(json.loads(stored.read_text(encoding="utf-8")))
@@ -94,12 +114,18 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     barrier(info)
-    return RunContext(recipe, config, info, out_dir, train_set, test_set)
+    return RunContext(recipe, config, info, out_dir, train_set, test_set, item_maker)
 
 
-def _with_fbank_stats(config: ModelConfig, data: MediaDataset, clips: int) -> ModelConfig:
+def _with_fbank_stats(config: ModelConfig, data: MediaDataset | ShardSet, clips: int) -> ModelConfig:
     assert isinstance(config.input, AudioInput)
-    waves = torch.stack([data[i][0] for i in range(min(clips, len(data)))])  # (n, window_samples)
+    if isinstance(data, ShardSet):
+        stream = ShardStream(
+            data, min(clips, len(data)), 0, cfg=config, decode=decode_example, make_item=ItemMaker(config)
+        )
+        waves = next(iter(stream))[0]  # (n, window_samples): the first clips of a shuffled epoch
+    else:
+        waves = torch.stack([data[i][0] for i in range(min(clips, len(data)))])  # (n, window_samples)
     mean, std = fbank_stats(waves, config.input)
     log.info("fbank statistics of the training data: mean %.3f std %.3f", float(mean), float(std))
     return config.replace(input=dataclasses.replace(config.input, mean=float(mean), std=float(std)))
@@ -149,7 +175,7 @@ def build_objective(ctx: RunContext, index: int, resume: StageState | None) -> O
     elif spec.kind == "tokenizer":
         objective = Distillation(config, encoder())
     else:
-        if not ctx.train_set.labels or UNLABELLED in ctx.train_set.targets:
+        if not ctx.train_set.labels or _has_unlabelled(ctx.train_set):
             raise StageError(
                 f"the classifier stage needs labelled training data; {ctx.recipe.data.train} has "
                 "unlabelled files"
@@ -162,22 +188,41 @@ def build_objective(ctx: RunContext, index: int, resume: StageState | None) -> O
     return objective.to(ctx.info.device)
 
 
+def _has_unlabelled(data: MediaDataset | ShardSet) -> bool:
+    return data.unlabelled > 0 if isinstance(data, ShardSet) else UNLABELLED in data.targets
+
+
 # ---- the loop --------------------------------------------------------------------------------------------
 
 
-def batches(data: MediaDataset, batch_size: int, seed: int, info: DistInfo, workers: int) -> Iterator[Any]:
-    """Shuffled batches forever (a new order each epoch; each rank its own shard when distributed)."""
-    drop_last = len(data) >= batch_size * info.world_size
-    epoch = 0
-    while True:
-        if info.enabled:
-            sampler: Any = DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=seed)
-            sampler.set_epoch(epoch)
-        else:
-            sampler = RandomSampler(data, generator=torch.Generator().manual_seed(seed + epoch))
-        keys = [(int(i), epoch) for i in sampler]  # (index, epoch): new augmentations every epoch
-        yield from DataLoader(data, batch_size, sampler=keys, num_workers=workers, drop_last=drop_last)
-        epoch += 1
+def accumulate_gradients(
+    model: nn.Module,
+    micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
+    precision: str,
+    device: torch.device,
+) -> dict[str, float]:
+    """Forward and backward `count` micro-batches (x, y), each loss scaled by 1/count, so the summed
+    gradients are those of the mean loss over one count-times batch (equal micro-batch sizes). Under DDP
+    the gradients are all-reduced once, after the last. Returns each scalar's mean over the micro-batches.
+
+    The quantizer's EMA (tokenizer stages) moves once per micro-batch, on that micro-batch's statistics.
+    """
+    sums: dict[str, float] = {}
+    for j, (x, y) in enumerate(micro_batches):
+        last = j == count - 1
+        sync = (
+            contextlib.nullcontext()
+            if last or not isinstance(model, DistributedDataParallel)
+            else model.no_sync()
+        )
+        with sync:
+            with autocast(precision, device):
+                loss, scalars = model(x, y)
+            (loss / count).backward()
+        for key, value in scalars.items():
+            sums[key] = sums.get(key, 0.0) + value / count
+    return sums
 
 
 def level_usage(objective: Objective) -> list[LevelUsage]:
@@ -210,24 +255,49 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
     if info.is_main:
         stage_dir.mkdir(parents=True, exist_ok=True)
     preprocess = build_preprocessor(ctx.config).to(info.device)
+    train = recipe.train
+    try:
+        check_supported(train, info.device)
+    except PrecisionError as e:
+        raise StageError(str(e)) from e
+    if train.compile:
+        compile_transformers(objective)
     model = wrap(objective, info)
     optimizer, scheduler = build_optimizer(
-        objective.trainable(), float(spec.lr), float(spec.weight_decay), spec.warmup_steps, spec.steps
+        objective.trainable(),
+        float(spec.lr),
+        float(spec.weight_decay),
+        spec.warmup_steps,
+        spec.steps,
+        fused=train.fused_optimizer,
     )
-    start = 0
+    accumulate = spec.accumulate or train.accumulate
+    start, position, elapsed = 0, 0, 0.0
     history = None
     if state is not None:
         optimizer.load_state_dict(state.extra["optimizer"])
         scheduler.load_state_dict(state.extra["scheduler"])
         set_rng_state(state.extra["rng"])
         start, history = state.step, state.extra.get("history")
-        log.info("stage %s resumes at step %d", name, start)
+        position = int(state.extra.get("data_position", start * accumulate))
+        elapsed = float(state.extra.get("elapsed", 0.0))
+        log.info("stage %s resumes at step %d (micro-batch %d of its data stream)", name, start, position)
     else:
         _seed_everything(recipe.seed + 1000 * index + info.rank)
 
     batch_size = spec.batch_size or recipe.data.batch_size
-    data = batches(ctx.train_set, batch_size, recipe.seed + 1000 * index + start, info, recipe.data.workers)
+    data = train_batches(
+        ctx.train_set,
+        batch_size,
+        recipe.seed + 1000 * index,
+        info,
+        recipe.data,
+        start=position,
+        stream_options={"cfg": ctx.config, "decode": decode_example, "make_item": ctx.item_maker},
+    )
     monitor = StageMonitor(stage_dir, name, spec.steps, start, history, enabled=info.is_main)
+    seen_log = SeenLog(stage_dir, info.rank, start) if recipe.data.record_seen else None
+    meter = Throughput(info.world_size)
 
     def checkpoint(step: int, done: bool) -> None:
         if info.is_main:
@@ -235,58 +305,87 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "history": monitor.history,
+                "data_position": position,  # micro-batches of this rank's stream consumed (all ranks equal)
+                "elapsed": elapsed + time.perf_counter() - tic,
             }
             parts, kind = objective.parts(), objective.tokenizer_kind
             save_stage(stage_dir, parts, ctx.config, kind, step, spec.steps, done, extra)
         barrier(info)
 
+    def micro_batches(ids: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nonlocal position
+        for _ in range(accumulate):
+            with meter.waiting():
+                batch = next(data)
+            position += 1
+            ids.extend(batch.ids)
+            meter.count(len(batch.ids))
+            with torch.no_grad():
+                x = preprocess(batch.signal.to(info.device, non_blocking=True))
+            yield x, batch.label.to(info.device, non_blocking=True)
+
     model.train()
-    tic, seen = time.perf_counter(), 0
-    for step in range(start, spec.steps):
-        signal, label = next(data)
-        with torch.no_grad():
-            x = preprocess(signal.to(info.device))
-        loss, scalars = model(x, label.to(info.device))
+    tic = time.perf_counter()
+    step = start
+    stopped = None
+    while step < spec.steps:
+        ids: list[str] = []
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scalars = accumulate_gradients(model, micro_batches(ids), accumulate, train.precision, info.device)
         optimizer.step()
         scheduler.step()
-        done_steps, seen = step + 1, seen + signal.shape[0]
-        if done_steps % spec.log_every == 0 or done_steps == spec.steps:
-            rate = seen * info.world_size / (time.perf_counter() - tic)
-            scalars |= {"lr": scheduler.get_last_lr()[0], "samples_per_s": rate}
-            monitor.log(done_steps, scalars, level_usage(objective))
+        step += 1
+        if seen_log is not None:
+            seen_log.write(step, ids)
+        if step % spec.log_every == 0 or step == spec.steps:
+            scalars |= {"lr": scheduler.get_last_lr()[0], **meter.window()}
+            monitor.log(step, scalars, level_usage(objective))
         monitor.advance()
-        if done_steps % recipe.checkpoint_every == 0 and done_steps < spec.steps:
-            checkpoint(done_steps, done=False)
-    checkpoint(spec.steps, done=True)
+        spent = elapsed + time.perf_counter() - tic
+        if spec.max_seconds is not None and step < spec.steps and _past_budget(spent, spec.max_seconds, info):
+            stopped = f"time budget of {spec.max_seconds:g} s"
+            log.info("stage %s stops at step %d of %d: %s", name, step, spec.steps, stopped)
+            break
+        if step % recipe.checkpoint_every == 0 and step < spec.steps:
+            checkpoint(step, done=False)
+    checkpoint(step, done=True)
     monitor.close(plot=True)
+    if seen_log is not None:
+        seen_log.close()
 
-    summary: dict[str, Any] = {"stage": name, "step": spec.steps, "seconds": time.perf_counter() - tic}
+    summary: dict[str, Any] = {"stage": name, "step": step, "seconds": time.perf_counter() - tic}
+    if stopped:
+        summary["stopped"] = stopped
     if isinstance(objective, Classification) and ctx.test_set is not None:
-        summary["accuracy"] = evaluate(objective, preprocess, ctx.test_set, batch_size, info)
+        summary["accuracy"] = evaluate(objective, preprocess, ctx.test_set, batch_size, info, recipe.data)
         if info.is_main:
             metrics = {
                 "accuracy": summary["accuracy"],
                 "test_examples": len(ctx.test_set),
                 "labels": ctx.train_set.labels,
-                "step": spec.steps,
+                "step": step,
             }
             (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if info.is_main:
-        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, objective, name, spec.steps))
+        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, objective, name, step))
     barrier(info)
     return StageResult(summary, objective)
 
 
 @torch.no_grad()
 def evaluate(
-    objective: Classification, preprocess: nn.Module, data: MediaDataset, batch: int, info: DistInfo
+    objective: Classification,
+    preprocess: nn.Module,
+    data: MediaDataset,
+    batch: int,
+    info: DistInfo,
+    spec: DataSpec | None = None,
 ) -> float:
-    """Top-1 accuracy of the classifier on `data`."""
+    """Top-1 accuracy of the classifier on `data` (decoded in `spec`'s workers when given)."""
     objective.eval()
     correct = 0
-    for signal, label in DataLoader(data, batch):
+    options = loader_options(spec, info) if spec is not None else {}
+    for signal, label in DataLoader(data, batch, **options):
         logits = objective.logits(preprocess(signal.to(info.device)))
         correct += int((logits.argmax(-1).cpu() == label).sum())
     return correct / len(data)
@@ -310,6 +409,15 @@ def servable_of(ctx: RunContext, objective: Objective, stage: str, step: int) ->
         tokenizer_kind=objective.tokenizer_kind,  # type: ignore[arg-type]
         provenance=provenance,
     )
+
+
+def _past_budget(seconds: float, budget: float, info: DistInfo) -> bool:
+    """Whether the stage's time budget is spent; rank 0's clock decides for all ranks."""
+    if not info.enabled:
+        return seconds >= budget
+    flag = torch.tensor([float(seconds >= budget)], device=info.device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def _seed_everything(seed: int) -> None:
