@@ -1,6 +1,7 @@
 """The HTTP service: FastAPI routes over the inference layer (`service/infer.py`).
 
-`create_app(settings)` builds the app; its lifespan loads the models once, starts the batchers and warms
+`create_app(settings)` builds the app; its lifespan loads the models once (on this process's GPU, when
+there is one: `service/devices.py`), settles the device's batching defaults, starts the batchers and warms
 every graph up (503 `not_ready` until then). The routes read and validate requests and serialise the
 typed results; everything between lives in `Inference`. Routes:
 
@@ -28,12 +29,13 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from service.devices import device_for_process
 from service.errors import ServiceError, error_response, install_handlers, retry_later
 from service.infer import Codes, Embedding, Inference, Label, Labels, Source
 from service.media import read_uploads
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import Admission, AdmissionState, RequestIds
-from service.runtime import ModelLoadError, ProviderChooser, load_models
+from service.runtime import CPU, ModelLoadError, load_models
 from service.settings import Settings
 
 log = logging.getLogger("bridle.service")
@@ -84,15 +86,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        inference: Inference = app.state.bridle.inference
-        chooser = ProviderChooser(settings.providers, settings.use_tensorrt)
+        state: ServiceState = app.state.bridle
+        inference = state.inference
         try:
+            chooser = settings.provider_chooser(device_for_process(settings.device_id))
             inference.models = await anyio.to_thread.run_sync(
                 load_models, settings.model_dirs, chooser, settings.cpu_threads, settings.precision
             )
         except ModelLoadError as e:
-            app.state.bridle.startup_error = e
+            state.startup_error = e
             raise
+        inference.on_gpu = any(m.providers[0] != CPU for m in inference.models.values())
+        state.settings = inference.settings = settings.for_device(inference.on_gpu)
         inference.start()
         warm = asyncio.create_task(inference.warm_up())
         try:

@@ -4,17 +4,21 @@ A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond
 with 503 + Retry-After). Its worker takes the oldest request, waits until `max_batch_size` rows are
 waiting or `max_wait_s` has passed since that request arrived, concatenates the rows along the batch
 axis, runs the graph once in a worker thread (the event loop never blocks) and hands each request its
-rows of every output. Up to `concurrent_runs` batches run at once (on a CPU, several one-thread runs
-keep the cores busier than one run spread over them); while they run, the next batch gathers.
+rows of the outputs it asked for; a batch fetches the union of its requests' outputs, nothing more (on a
+GPU every fetched output is a copy back to the host). Up to `concurrent_runs` batches run at once, each
+on one of the batcher's `concurrent_runs` threads (on a CPU, several one-thread runs keep the cores
+busier than one run spread over them; on a GPU one run at a time is usual); while they run, the next
+batch gathers. `warm_up` runs given work on each of those threads before any request comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,14 +26,23 @@ import numpy as np
 
 from service.errors import ServiceError, retry_later
 
-RunBatch = Callable[[np.ndarray], dict[str, np.ndarray]]  # (B, ...) -> {name: (B, ...)}
+# (B, ...) and the output names to fetch (None: all) -> {name: (B, ...)}
+RunBatch = Callable[[np.ndarray, Sequence[str] | None], dict[str, np.ndarray]]
 
 
 @dataclass
 class _Request:
     rows: np.ndarray  # (k, ...) with k <= max_batch_size
     future: asyncio.Future[dict[str, np.ndarray]]
+    outputs: frozenset[str] | None  # the outputs it needs; None: all
     arrived: float = field(default_factory=time.monotonic)
+
+
+def _union(batch: list[_Request]) -> list[str] | None:
+    """The outputs a batch fetches: every one that some request of it needs (None: all)."""
+    if any(r.outputs is None for r in batch):
+        return None
+    return sorted(frozenset().union(*(r.outputs for r in batch if r.outputs is not None)))
 
 
 @dataclass
@@ -91,13 +104,32 @@ class Batcher:
         self._pending.clear()
         self._executor.shutdown(wait=False)
 
+    async def warm_up(self, work: Callable[[], None]) -> list[str]:
+        """Run `work` once on each of the `concurrent_runs` threads that run the batches, all at once;
+        returns the threads' names. Call it before the first batch: a barrier holds each call until all
+        have started, so no thread runs two of them (a fresh pool starts a thread per waiting task)."""
+        barrier = threading.Barrier(self.concurrent_runs)
+
+        def on_this_thread() -> str:
+            barrier.wait(timeout=60)
+            work()
+            return threading.current_thread().name
+
+        loop = asyncio.get_running_loop()
+        return list(
+            await asyncio.gather(
+                *(loop.run_in_executor(self._executor, on_this_thread) for _ in range(self.concurrent_runs))
+            )
+        )
+
     @property
     def depth(self) -> int:
         return len(self._pending)
 
     # ---- requests ----------------------------------------------------------------------------
-    async def submit(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the graph on `rows` (k, ...) within the batches of everyone else; outputs (k, ...)."""
+    async def submit(self, rows: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph on `rows` (k, ...) within the batches of everyone else; the `outputs` named
+        (all when None), each (k, ...)."""
         chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
         if len(self._pending) + len(chunks) > self.queue_size:
             self.hooks.on_reject("queue_full")
@@ -107,7 +139,8 @@ class Batcher:
                 self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
-        requests = [_Request(chunk, loop.create_future()) for chunk in chunks]
+        wanted = frozenset(outputs) if outputs is not None else None
+        requests = [_Request(chunk, loop.create_future(), wanted) for chunk in chunks]
         self._pending.extend(requests)
         self.hooks.on_depth(len(self._pending))
         self._arrival.set()
@@ -158,7 +191,7 @@ class Batcher:
             self.hooks.on_batch(len(signal))
             loop = asyncio.get_running_loop()
             try:
-                outputs = await loop.run_in_executor(self._executor, self.run, signal)
+                outputs = await loop.run_in_executor(self._executor, self.run, signal, _union(batch))
             except Exception as e:  # the graph failed on this batch: each request learns why
                 _fail(batch, ServiceError(500, "inference_failed", f"{self.name}: {e}"))
                 return
@@ -166,7 +199,8 @@ class Batcher:
             for r in batch:
                 end = start + len(r.rows)
                 if not r.future.done():
-                    r.future.set_result({k: v[start:end] for k, v in outputs.items()})
+                    names = outputs.keys() if r.outputs is None else r.outputs
+                    r.future.set_result({k: outputs[k][start:end] for k in names})
                 start = end
         finally:
             self._runs.pop(asyncio.current_task(), None)  # type: ignore[arg-type]

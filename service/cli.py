@@ -1,8 +1,10 @@
 """`bridle-serve`: check the settings, then serve the model directories with uvicorn.
 
-The models load once, in the app's lifespan (in each worker with `--workers` > 1). Invalid settings, a
-missing model directory, or one that fails to load (missing file, sha256 mismatch, a graph ONNX Runtime
-cannot open) stop the start with a message and exit status 2.
+The models load once, in the app's lifespan (in each worker with `--workers` > 1, each worker on its own
+GPU from `BRIDLE_DEVICE_ID`: `service/devices.py`). Invalid settings, a missing model directory, or one
+that fails to load (missing file, sha256 mismatch, a graph ONNX Runtime cannot open) stop the start with
+a message and exit status 2; with several workers the parent checks the models first, on the CPU only (a
+GPU context in the parent would hold GPU memory for nothing), so a bad model stops the start there.
 
 SIGTERM (or Ctrl-C) drains: new inference requests get 503 `shutting_down`, the requests in flight finish
 (for at most `BRIDLE_DRAIN_TIMEOUT_S`), then the server stops and the process exits 0. A second signal
@@ -16,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -25,8 +28,9 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from service.devices import SLOTS_ENV
 from service.middleware import AdmissionState
-from service.runtime import ModelLoadError, find_model_dirs
+from service.runtime import CPU, CpuThreads, ModelLoadError, ProviderChooser, find_model_dirs, load_models
 from service.settings import Settings
 
 EXIT_BAD_START = 2
@@ -87,6 +91,12 @@ def serve(
     except (ValidationError, ModelLoadError) as e:
         _fail(str(e))
     if settings.workers > 1:
+        try:  # each worker would fail alike, and uvicorn would restart it forever
+            load_models(
+                settings.model_dirs, ProviderChooser([CPU]), CpuThreads(intra_op=1), settings.precision
+            )
+        except ModelLoadError as e:
+            _fail(str(e))
         _serve_workers(settings)
         return
     from service.app import create_app
@@ -109,18 +119,21 @@ def serve(
 
 
 def _serve_workers(settings: Settings) -> None:
-    """Several worker processes; each builds the app from the environment and loads the models once."""
+    """Several worker processes; each builds the app from the environment, claims a device slot (its
+    GPU: `service/devices.py`) and loads the models once."""
     os.environ["BRIDLE_MODEL_DIRS"] = ",".join(str(p) for p in settings.model_dirs)
-    uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level="info",
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-    )
+    with tempfile.TemporaryDirectory(prefix="bridle-device-slots-") as slots:
+        os.environ[SLOTS_ENV] = slots
+        uvicorn.run(
+            "service.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level="info",
+            access_log=settings.access_log,
+            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+        )
 
 
 def main() -> None:

@@ -3,19 +3,20 @@
 `Inference` owns the loaded models, one dynamic batcher per model graph and the decoding thread pool.
 For each request it picks the model of every upload, checks that the model can do what is asked (before
 any decoding or scheduling), decodes and windows the uploads off the event loop, checks the request's
-window count, runs the graph through the batchers and reduces the outputs: mean over windows, L2
-normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
-`service/app.py` reads the request and serialises these results.
+window count, runs the graph through the batchers (fetching only the outputs the task needs: `OUTPUTS`)
+and reduces the outputs: mean over windows, L2 normalisation, softmax (or sigmoid, for multi-label
+models) and top-k. It knows nothing of HTTP: `service/app.py` reads the request and serialises these
+results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import anyio.to_thread
 import numpy as np
 
 from bridle_model.decoding import MediaError, sniff_modality
@@ -29,6 +30,14 @@ from service.settings import Settings, usable_cores
 log = logging.getLogger("bridle.service")
 
 GRAPHS = ("encoder", "tokenizer")
+# the graph outputs each task fetches (the encoder also has `patch_embeddings`, fetched for /embed
+# with pooling=tokens only; the tokenizer also has `quantized`, which no route returns)
+OUTPUTS = {
+    "embed": ("embedding",),
+    "tokens": ("patch_embeddings",),
+    "classify": ("logits",),
+    "tokenize": ("codes",),
+}
 # audio and video files share containers: an audio model reads the sound of a video, and a video model
 # given a file without pictures says so (422 no_frames) from its decoder
 ACCEPTS = {"audio": ("audio", "video"), "image": ("image",), "video": ("video", "audio")}
@@ -94,6 +103,7 @@ class Inference:
     metrics: Metrics
     batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)
     ready: bool = False
+    on_gpu: bool = False  # the models run on a GPU: its batching defaults and warm-up (Settings.for_device)
     _decoders: ThreadPoolExecutor | None = None
 
     @property
@@ -113,7 +123,7 @@ class Inference:
                     on_reject=lambda reason, n=name, g=graph: m.rejected.labels(n, g, reason).inc(),
                 )
                 batcher = Batcher(
-                    run=lambda signal, mdl=model, g=graph: mdl.run(g, signal),
+                    run=lambda signal, outputs, mdl=model, g=graph: mdl.run(g, signal, outputs),
                     name=f"{name}/{graph}",
                     max_batch_size=s.max_batch_size,
                     max_wait_s=s.max_wait_ms / 1000,
@@ -129,17 +139,33 @@ class Inference:
         self._decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def warm_up(self) -> None:
-        """Full batches through every graph, `concurrent_runs` at once, then the service is ready.
+        """Every graph runs the warm-up batch sizes (`Settings.warmup_sizes`: every size 1..max on a GPU,
+        full batches on a CPU, largest first) on each thread of its batcher, the threads at once; then
+        the service is ready.
 
-        ONNX Runtime's memory arena grows to the largest batches it has run and keeps that memory; sized
-        here, it does not grow later under load (the resident size stays flat after warm-up)."""
-        s = self.settings
-        for model in self.models.values():
-            for graph in GRAPHS:
-                full = model.dummy_batch(s.max_batch_size)
-                await asyncio.gather(
-                    *(anyio.to_thread.run_sync(model.run, graph, full) for _ in range(s.concurrent_runs))
-                )
+        The first run of each new batch shape on a GPU pays a cuDNN algorithm search and arena growth,
+        and the CUDA provider keeps per-thread state, so the runs happen here, on the threads that will
+        serve. ONNX Runtime's memory arena grows to the largest batches it has run and keeps that
+        memory; sized here, it does not grow later under load (the resident size stays flat)."""
+        sizes = self.settings.warmup_sizes(self.on_gpu)
+        for (name, graph), batcher in self.batchers.items():
+            model = self.models[name]
+            batches = [model.dummy_batch(b) for b in sizes]
+
+            def work(model: LoadedModel = model, graph: str = graph, batches=batches) -> None:
+                for batch in batches:
+                    model.run(graph, batch)
+
+            started = time.perf_counter()
+            threads = await batcher.warm_up(work)
+            log.info(
+                "warmed up %s/%s: batch sizes %s on %s in %.2f s",
+                name,
+                graph,
+                f"{sizes[-1]}..{sizes[0]}" if len(sizes) > 1 else sizes[0],
+                threads,
+                time.perf_counter() - started,
+            )
         self.ready = True
         log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
 
@@ -155,7 +181,8 @@ class Inference:
         self, uploads: list[Upload], model: str | None, tokens: bool = False, normalize: bool = False
     ) -> list[Embedding]:
         results = []
-        for p, out in await self._run(uploads, model, "encoder"):
+        outputs = OUTPUTS["embed"] + (OUTPUTS["tokens"] if tokens else ())
+        for p, out in await self._run(uploads, model, "encoder", outputs):
             windows = out["embedding"]  # (W, D)
             clip = windows.mean(axis=0)  # (D,)
             patches = out["patch_embeddings"] if tokens else None  # (W, N, D)
@@ -166,7 +193,8 @@ class Inference:
         return results
 
     async def tokenize(self, uploads: list[Upload], model: str | None) -> list[Codes]:
-        return [Codes(p.source(), out["codes"]) for p, out in await self._run(uploads, model, "tokenizer")]
+        found = await self._run(uploads, model, "tokenizer", OUTPUTS["tokenize"])
+        return [Codes(p.source(), out["codes"]) for p, out in found]
 
     async def classify(
         self, uploads: list[Upload], model: str | None, top_k: int, threshold: float | None = None
@@ -175,7 +203,7 @@ class Inference:
         least `threshold` when given. Scores are a softmax over the labels, or independent sigmoid
         probabilities for a multi-label model (the manifest's classifier.activation)."""
         results = []
-        for p, out in await self._run(uploads, model, "encoder", need_classifier=True):
+        for p, out in await self._run(uploads, model, "encoder", OUTPUTS["classify"], need_classifier=True):
             manifest = p.model.manifest
             scores = _scores(out["logits"].astype(np.float64), manifest.classifier.activation)  # (W, C)
             k = min(top_k, len(manifest.labels))
@@ -209,14 +237,19 @@ class Inference:
         )
 
     async def _run(
-        self, uploads: list[Upload], model: str | None, graph: str, need_classifier: bool = False
+        self,
+        uploads: list[Upload],
+        model: str | None,
+        graph: str,
+        outputs: tuple[str, ...],
+        need_classifier: bool = False,
     ) -> list[tuple[_Prepared, dict[str, np.ndarray]]]:
         prepared = await asyncio.gather(*(self._prepare(u, model, need_classifier) for u in uploads))
         self._check_size([len(p.windows.spans) for p in prepared])
-        outputs = await asyncio.gather(
-            *(self.batchers[(p.model.name, graph)].submit(p.windows.signal) for p in prepared)
+        results = await asyncio.gather(
+            *(self.batchers[(p.model.name, graph)].submit(p.windows.signal, outputs) for p in prepared)
         )
-        return list(zip(prepared, outputs, strict=True))
+        return list(zip(prepared, results, strict=True))
 
     def _check_size(self, windows: list[int]) -> None:
         """413 for a request that no queue could take: over `max_windows`, or more batch-sized parts

@@ -1,14 +1,16 @@
-"""ONNX Runtime sessions for the model directories, on the best execution provider that really works.
+"""ONNX Runtime sessions for the model directories, on the execution provider that really works.
 
-`onnxruntime-gpu` lists CUDA even on a machine without a GPU and falls back to the CPU with a logged
-failure when asked for it. So the choice is checked on a real session: ask for CUDA (and TensorRT when
-enabled), then look at `session.get_providers()`; when CUDA did not load, every later session uses the CPU
-without asking again. `BRIDLE_PROVIDERS` overrides the probe.
+`onnxruntime-gpu` lists CUDA even on a machine without a GPU, and a session asked for CUDA that cannot
+start it logs the failure and runs on the CPU without raising. So every session is checked after it is
+made: `session.get_providers()` must hold the GPU providers asked for (`ProviderChooser`). The provider
+options (device, cuDNN search, TF32, memory, TensorRT caches and profiles) are built in
+`service/providers.py`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +18,26 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bridle_model.manifest import MANIFEST_FILE, Manifest, ManifestError, read_manifest
+from bridle_model.manifest import MANIFEST_FILE, InputSpec, Manifest, ManifestError, read_manifest
+from service.providers import (
+    GpuOptions,
+    TensorrtOptions,
+    cuda_options,
+    engine_dir,
+    missing_tensorrt_libraries,
+    native_stderr,
+    preload_cuda,
+    tensorrt_options,
+)
 
 log = logging.getLogger("bridle.service")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-ORT_ERROR_SEVERITY = 3  # log errors only (the CUDA probe's failed load is expected on CPU machines)
+GPU_PROVIDERS = {CUDA, TENSORRT}
+ORT_WARNING_SEVERITY = 2  # while a session is made: its provider failures, nodes placed off the GPU
+ORT_ERROR_SEVERITY = 3  # then errors only
 NUMPY_DTYPES = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64}
 
 
@@ -49,42 +63,139 @@ def find_model_dirs(paths: list[Path]) -> list[Path]:
 
 @dataclass
 class ProviderChooser:
-    """Decides the provider list for sessions; probes CUDA once on the first session."""
+    """Decides the providers of every session and checks that each session really runs them.
+
+    `override` (BRIDLE_PROVIDERS) is taken as asked: a session that lacks one of its GPU providers is an
+    error. Without it the first session probes CUDA (with TensorRT first when `use_tensorrt`); when CUDA
+    does not start, ONNX Runtime's reason is logged at WARNING and every later session uses the CPU
+    without asking again, unless `require_gpu`, which makes it an error. ONNX Runtime's own fallbacks
+    (to the CPU when a session cannot be created, or when a run fails on the GPU) are disabled."""
 
     override: list[str] = field(default_factory=list)
     use_tensorrt: bool = False
+    require_gpu: bool = False
+    gpu: GpuOptions = field(default_factory=GpuOptions)
+    tensorrt: TensorrtOptions | None = None  # the caches and profile; needed with TensorRT
     _cuda_works: bool | None = None
+    _tensorrt_usable: bool | None = None
 
     def requested(self) -> list[str]:
+        available = ort.get_available_providers()
         if self.override:
-            unknown = [p for p in self.override if p not in ort.get_available_providers()]
+            unknown = [p for p in self.override if p not in available]
             if unknown:
                 raise ModelLoadError(
                     f"BRIDLE_PROVIDERS names {unknown}, not available in this onnxruntime "
-                    f"(available: {ort.get_available_providers()})"
+                    f"(available: {available})"
+                )
+            if self.require_gpu and not set(self.override) & GPU_PROVIDERS:
+                raise ModelLoadError(
+                    f"BRIDLE_REQUIRE_GPU is set, but BRIDLE_PROVIDERS {self.override} names no GPU provider"
                 )
             return list(self.override)
-        available = ort.get_available_providers()
         if self._cuda_works is False or CUDA not in available:
+            if self.require_gpu:
+                raise ModelLoadError(
+                    f"BRIDLE_REQUIRE_GPU is set, but this onnxruntime has no CUDA provider ({available}): "
+                    "install onnxruntime-gpu (bridle[gpu])"
+                )
             return [CPU]
-        wanted = [TENSORRT] if self.use_tensorrt and TENSORRT in available else []
+        wanted = [TENSORRT] if self.use_tensorrt and self._tensorrt_loads() else []
         return [*wanted, CUDA, CPU]
 
-    def session(self, path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
-        providers = self.requested()
-        probing = self._cuda_works is None and CUDA in providers and not self.override
-        if probing:
-            ort.set_default_logger_severity(ORT_ERROR_SEVERITY + 1)  # silence the expected failed load
+    def _tensorrt_loads(self) -> bool:
+        """Whether TensorRT's libraries load (checked once); a clear warning when they do not."""
+        if self._tensorrt_usable is None:
+            missing = missing_tensorrt_libraries() if TENSORRT in ort.get_available_providers() else {}
+            self._tensorrt_usable = TENSORRT in ort.get_available_providers() and not missing
+            if not self._tensorrt_usable:
+                why = "; ".join(missing.values()) or "this onnxruntime has no TensorRT provider"
+                log.warning(
+                    "BRIDLE_USE_TENSORRT is set, but TensorRT cannot load (%s): running on CUDA without it. "
+                    "Install bridle[tensorrt] (TensorRT 10 libraries) or use the GPU image",
+                    why,
+                )
+        return self._tensorrt_usable
+
+    def provider_options(self, providers: list[str], signal: InputSpec | None, key: str) -> list[dict]:
+        """ONNX Runtime's options for each provider; TensorRT's engines under `key` in the cache."""
+        options: list[dict[str, str]] = []
+        for provider in providers:
+            if provider == CUDA:
+                options.append(cuda_options(self.gpu))
+            elif provider == TENSORRT:
+                if self.tensorrt is None or signal is None:
+                    raise ModelLoadError("TensorRT needs a cache folder and the model's input shape")
+                options.append(tensorrt_options(self.gpu, self.tensorrt, signal, key))
+            else:
+                options.append({})
+        return options
+
+    def _prepare_cache(self, key: str) -> None:
+        """The TensorRT cache folders exist and are writable (engines are built into them)."""
+        if self.tensorrt is None:
+            raise ModelLoadError("TensorRT needs a cache folder (BRIDLE_TRT_CACHE_DIR)")
+        folder = engine_dir(self.tensorrt, key)
         try:
-            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        finally:
-            if probing:
-                ort.set_default_logger_severity(ORT_ERROR_SEVERITY)
-        if probing:
-            self._cuda_works = CUDA in session.get_providers()
-            log.info(
-                "CUDA execution provider %s", "loaded" if self._cuda_works else "did not load: using the CPU"
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ModelLoadError(f"the TensorRT cache folder cannot be made: {e}") from e
+        if not os.access(folder, os.W_OK) or not os.access(self.tensorrt.cache_dir, os.W_OK):
+            raise ModelLoadError(
+                f"the TensorRT cache folder {str(self.tensorrt.cache_dir)!r} is not writable"
             )
+
+    def session(
+        self, path: Path, options: ort.SessionOptions, signal: InputSpec | None = None, key: str = ""
+    ) -> ort.InferenceSession:
+        """A session of the graph at `path` on the requested providers, checked; ONNX Runtime's log
+        lines of its creation are re-logged (WARNING when a provider did not start, else INFO)."""
+        providers = self.requested()
+        gpu = bool(set(providers) & GPU_PROVIDERS)
+        if TENSORRT in providers:
+            self._prepare_cache(key)
+        library_errors = preload_cuda() if gpu else []
+        if gpu:
+            options.log_severity_level = ORT_WARNING_SEVERITY  # also: which nodes left the GPU
+        ort.set_default_logger_severity(ORT_WARNING_SEVERITY)
+        try:
+            with native_stderr() as captured:
+                session = ort.InferenceSession(
+                    str(path),
+                    sess_options=options,
+                    providers=providers,
+                    provider_options=self.provider_options(providers, signal, key),
+                    enable_fallback=0,
+                )
+        finally:
+            ort.set_default_logger_severity(ORT_ERROR_SEVERITY)
+        session.disable_fallback()  # a failed run raises instead of moving the session to the CPU
+        active = session.get_providers()
+        missing = [p for p in providers if p != CPU and p not in active]
+        if not missing:
+            for line in captured.ort:  # e.g. which nodes ONNX Runtime keeps on the CPU
+                log.info("onnxruntime: %s", line.message)
+            if gpu and self._cuda_works is None:
+                log.info("execution providers %s, %s", active, self.gpu)
+            if CUDA in active:
+                self._cuda_works = True
+            return session
+        reason = "; ".join(captured.errors() + library_errors) or "ONNX Runtime logged no reason"
+        if self.override:
+            raise ModelLoadError(
+                f"BRIDLE_PROVIDERS asks for {missing}, but ONNX Runtime could not start "
+                f"{'them' if len(missing) > 1 else 'it'} and would run on {active}: {reason}"
+            )
+        if CUDA in missing:
+            self._cuda_works = False
+            if self.require_gpu:
+                raise ModelLoadError(
+                    f"the CUDA execution provider did not start and BRIDLE_REQUIRE_GPU is set: {reason}"
+                )
+            log.warning("the CUDA execution provider did not start: serving on the CPU (%s)", reason)
+        else:  # CUDA runs, TensorRT did not start
+            self._tensorrt_usable = False
+            log.warning("the TensorRT execution provider did not start: running on CUDA (%s)", reason)
         return session
 
 
@@ -104,12 +215,15 @@ class LoadedModel:
     def providers(self) -> list[str]:
         return self.sessions["encoder"].get_providers()
 
-    def run(self, graph: str, signal: np.ndarray) -> dict[str, np.ndarray]:
-        """One ORT run of `graph` on a batch `signal` (B, ...); outputs by name, each (B, ...)."""
+    def run(
+        self, graph: str, signal: np.ndarray, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """One ORT run of `graph` on a batch `signal` (B, ...); the `outputs` named (all when None) by
+        name, each (B, ...). Only those are copied back from the device."""
         session = self.sessions[graph]
-        names = [o.name for o in session.get_outputs()]
-        outputs = session.run(names, {self.manifest.input.name: signal})
-        return dict(zip(names, outputs, strict=True))
+        names = list(outputs) if outputs is not None else [o.name for o in session.get_outputs()]
+        fetched = session.run(names, {self.manifest.input.name: signal})
+        return dict(zip(names, fetched, strict=True))
 
     def dummy_batch(self, batch: int = 1) -> np.ndarray:
         """Zeros of the graphs' input shape (warm-up)."""
@@ -147,7 +261,9 @@ def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = 
     sessions = {}
     for graph, spec in manifest.files.items():
         try:
-            sessions[graph] = chooser.session(directory / spec.path, session_options(threads))
+            sessions[graph] = chooser.session(
+                directory / spec.path, session_options(threads), manifest.input, spec.sha256[:16]
+            )
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise ModelLoadError(f"{directory}: ONNX Runtime cannot load {spec.path!r}: {e}") from e
         inputs = [i.name for i in sessions[graph].get_inputs()]

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridle_model.manifest import PRECISIONS
-from service.runtime import CpuThreads
+from service.providers import ArenaStrategy, CudnnSearch, GpuOptions, TensorrtOptions
+from service.runtime import CpuThreads, ProviderChooser
 
 # the bundled demo models: `models/` beside the packages in the repository
 DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models"
+# on a GPU, unless set: one run at a time per graph, larger batches (~150 kernels per run: small batches
+# leave the GPU waiting on the launches and the event loop)
+GPU_DEFAULTS = {"max_batch_size": 64, "concurrent_runs": 1}
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/bridle`, else `~/.cache/bridle` (the GPU image sets /var/cache/bridle)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bridle"
 
 
 class Settings(BaseSettings):
@@ -29,13 +38,16 @@ class Settings(BaseSettings):
     access_log: bool = False  # a log line per request (/metrics counts requests either way)
     opentelemetry: bool = False  # FastAPI's OpenTelemetry spans and metrics (with a configured provider)
 
-    # dynamic batching, per model and graph
+    # dynamic batching, per model and graph; the defaults are the CPU's (GPU_DEFAULTS on a GPU)
     max_batch_size: int = Field(16, ge=1)
     max_wait_ms: float = Field(5.0, ge=0.0)
     queue_size: int = Field(256, ge=1)  # requests waiting for a batch; beyond it: 503 + Retry-After
     request_timeout_s: float = Field(30.0, gt=0.0)  # waiting for and running the batch; then 503 "timeout"
     retry_after_s: int = Field(1, ge=0)
     concurrent_runs: int = Field(2, ge=1)  # batches of one graph running at once
+    # warm-up before ready: "all" runs every batch size 1..max_batch_size on every runner thread, "full"
+    # only full batches; "auto": all on a GPU (each new shape costs a cuDNN search there), full on a CPU
+    warmup: Literal["auto", "all", "full"] = "auto"
 
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads; 0: one per core
 
@@ -58,9 +70,21 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)  # per run; 0: the cores / concurrent_runs
     spin_threads: bool = False  # ORT's idle threads busy-wait: faster alone, slower beside the event loop
 
+    # GPU: CUDA provider options, TensorRT caches; docs/configuration.md "GPU"
+    require_gpu: bool = False  # refuse to start when the models would run on the CPU
+    # the GPU of each worker process: one id, or a list spread over the workers (worker i: list[i % n])
+    device_id: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [0])
+    cudnn_conv_algo_search: CudnnSearch = "HEURISTIC"
+    use_tf32: bool = False  # off: CUDA outputs keep the 1e-4 parity with the CPU
+    gpu_mem_limit_mb: int = Field(0, ge=0)  # per session; 0: no bound
+    arena_extend_strategy: ArenaStrategy = "kNextPowerOfTwo"
+    # TensorRT's engine and timing caches: a writable folder (models are mounted read-only)
+    trt_cache_dir: Path = Field(default_factory=lambda: default_cache_dir() / "tensorrt")
+    trt_fp16: bool = False
+
     api_key: str | None = None  # when set: `X-API-Key: <key>` or `Authorization: Bearer <key>`
 
-    @field_validator("model_dirs", "providers", "precision", mode="before")
+    @field_validator("model_dirs", "providers", "precision", "device_id", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -76,6 +100,13 @@ class Settings(BaseSettings):
             raise ValueError(f"precision must list some of {list(PRECISIONS)}, got {value}")
         return value
 
+    @field_validator("device_id")
+    @classmethod
+    def _device_ids(cls, value: list[int]) -> list[int]:
+        if not value or any(d < 0 for d in value):
+            raise ValueError(f"device_id must list GPU ordinals >= 0, got {value}")
+        return value
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
@@ -86,6 +117,44 @@ class Settings(BaseSettings):
         """ORT's threads per run: as set, or the cores shared among the concurrent runs."""
         threads = self.intra_op_threads or max(1, usable_cores() // self.concurrent_runs)
         return CpuThreads(intra_op=threads, spin=self.spin_threads)
+
+    def for_device(self, on_gpu: bool) -> Settings:
+        """These settings with the device's defaults for what was not set (`GPU_DEFAULTS` on a GPU)."""
+        if not on_gpu:
+            return self
+        return self.model_copy(
+            update={k: v for k, v in GPU_DEFAULTS.items() if k not in self.model_fields_set}
+        )
+
+    def warmup_sizes(self, on_gpu: bool) -> list[int]:
+        """The batch sizes the warm-up runs on every runner thread, largest first (the memory arena
+        grows once, to its final size)."""
+        every = self.warmup == "all" or (self.warmup == "auto" and on_gpu)
+        return list(range(self.max_batch_size, 0, -1)) if every else [self.max_batch_size]
+
+    def gpu_options(self, device_id: int) -> GpuOptions:
+        return GpuOptions(
+            device_id=device_id,
+            cudnn_conv_algo_search=self.cudnn_conv_algo_search,
+            use_tf32=self.use_tf32,
+            gpu_mem_limit_mb=self.gpu_mem_limit_mb,
+            arena_extend_strategy=self.arena_extend_strategy,
+        )
+
+    def tensorrt_options(self) -> TensorrtOptions:
+        """TensorRT runs on a GPU: its profile spans the GPU's batch sizes (1 .. max_batch_size)."""
+        batch = self.for_device(on_gpu=True).max_batch_size
+        return TensorrtOptions(self.trt_cache_dir, max_batch=batch, opt_batch=batch, fp16=self.trt_fp16)
+
+    def provider_chooser(self, device_id: int) -> ProviderChooser:
+        """The provider choice of this process's sessions, on GPU `device_id`."""
+        return ProviderChooser(
+            override=self.providers,
+            use_tensorrt=self.use_tensorrt,
+            require_gpu=self.require_gpu,
+            gpu=self.gpu_options(device_id),
+            tensorrt=self.tensorrt_options(),
+        )
 
 
 def usable_cores() -> int:

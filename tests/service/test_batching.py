@@ -18,14 +18,17 @@ class FakeGraph:
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.batches: list[int] = []
+        self.fetched: list[list[str] | None] = []  # the output names each run was asked for
         self.delay, self.fail = delay, fail
 
-    def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, signal: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         self.batches.append(len(signal))
+        self.fetched.append(outputs)
         time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("graph exploded")
-        return {"out": signal * 2, "sum": signal.sum(axis=1)}
+        every = {"out": signal * 2, "sum": signal.sum(axis=1)}
+        return every if outputs is None else {k: every[k] for k in outputs}
 
 
 def make(graph: FakeGraph, **kw) -> Batcher:
@@ -133,12 +136,12 @@ class ConcurrencyProbe(FakeGraph):
         self.most_at_once = 0
         self.lock = threading.Lock()
 
-    def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, signal: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         with self.lock:
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
         try:
-            return super().__call__(signal)
+            return super().__call__(signal, outputs)
         finally:
             with self.lock:
                 self.running -= 1
@@ -163,10 +166,10 @@ class GatedGraph(FakeGraph):
         self.gate = threading.Event()
         self.started = 0
 
-    def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, signal: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         self.started += 1
         self.gate.wait(30)
-        return super().__call__(signal)
+        return super().__call__(signal, outputs)
 
     def release(self) -> None:
         self.gate.set()
@@ -225,3 +228,51 @@ def test_free_runs_share_what_waits_evenly() -> None:
     asyncio.run(_with(b, lambda: asyncio.gather(*(b.submit(rows(i)) for i in range(16)))))
     assert graph.batches == [8, 8]  # not 16 on one run while the other idles
     assert graph.most_at_once == 2
+
+
+def test_a_batch_fetches_the_union_of_its_requests_outputs_and_each_gets_its_own() -> None:
+    graph = FakeGraph()
+    b = make(graph)
+
+    async def work():
+        return await asyncio.gather(b.submit(rows(1), ["sum"]), b.submit(rows(2), ["sum"]))
+
+    first, second = asyncio.run(_with(b, work))
+    assert graph.fetched == [["sum"]] and set(first) == set(second) == {"sum"}
+    graph = FakeGraph()
+    b = make(graph)
+
+    async def mixed():
+        return await asyncio.gather(b.submit(rows(1), ["sum"]), b.submit(rows(2), ["out"]))
+
+    only_sum, only_out = asyncio.run(_with(b, mixed))
+    assert graph.fetched == [["out", "sum"]]
+    assert set(only_sum) == {"sum"} and set(only_out) == {"out"}
+    np.testing.assert_array_equal(only_out["out"], rows(2) * 2)
+    graph = FakeGraph()
+    b = make(graph)
+    (out,) = asyncio.run(_with(b, lambda: asyncio.gather(b.submit(rows(3)))))
+    assert graph.fetched == [None] and set(out) == {"out", "sum"}  # None: every output
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_warm_up_runs_once_on_each_runner_thread_and_batches_run_on_those_threads(runs: int) -> None:
+    warmed: list[str] = []
+    served: list[str] = []
+
+    def run(signal: np.ndarray, outputs) -> dict[str, np.ndarray]:
+        served.append(threading.current_thread().name)
+        time.sleep(0.02)
+        return {"out": signal}
+
+    b = Batcher(run, "fake", 1, 0.0, 64, 5.0, concurrent_runs=runs)
+
+    async def work():
+        names = await b.warm_up(lambda: warmed.append(threading.current_thread().name))
+        await asyncio.gather(*(b.submit(rows(i)) for i in range(4 * runs)))
+        return names
+
+    names = asyncio.run(_with(b, work))
+    assert sorted(names) == sorted(warmed) and len(set(warmed)) == runs  # one call on each of `runs` threads
+    assert all(n.startswith("ort-fake") for n in warmed)
+    assert set(served) <= set(warmed)  # the batches ran on the threads that were warmed up
