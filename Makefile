@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models evaluate-image bench bench-service bench-batch bench-quantize models-int8 replicate clean system-deps fuzz soak
+.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-batch bench-quantize models-int8 replicate clean system-deps fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,9 +53,12 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## demo-data: synthesise the demo data sets (spoken digits, digit images, moving-digit clips) into data/
+## demo-data: synthesise the demo data sets (spoken digits, digit images, moving-digit clips) into data/, and
+## copy the real spoken digits (FSDD, CC BY-SA 4.0) from $(FSDD), or fetch them from their public source
+## (github.com/Jakobovski/free-spoken-digit-dataset) when that folder does not exist
+FSDD ?= ../shared/data/fsdd
 demo-data: $(DEV_STAMP) system-deps
-	$(PY) -m training.demo_data --out data
+	$(PY) -m training.demo_data --out data --fsdd $(FSDD)
 
 ## models: retrain and re-export the bundled default models into models/
 models: demo-data
@@ -65,6 +68,13 @@ models: demo-data
 ## test split and non-digit images; writes results/image-digits/eval.md (the tables of its model card)
 evaluate-image: demo-data
 	$(PY) -m training.eval_image models/image-digits --data data/image-digits --out results/image-digits
+
+## evaluate-audio: leave-one-speaker-out over the 4 real FSDD speakers (a classifier per fold on the synthetic
+## voices + the other 3 speakers, on the pretrained stages of runs/audio-digits, which heard no real speech);
+## writes runs/audio-loso/eval.md. Longer than `make models`' audio part: 4 classifier stages.
+evaluate-audio: demo-data
+	$(PY) -m training.eval_audio train
+	$(PY) -m training.eval_audio loso
 
 ## bench: the throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(DEV_STAMP)

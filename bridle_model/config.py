@@ -36,6 +36,11 @@ class AudioInput:
     # AST); training recipes measure and store their own data set's.
     mean: float = -4.27
     std: float = 4.57
+    # The smallest mel energy before the log, in 16-bit units (the waveform scaled by 2**15). Kaldi's
+    # float32 eps (the default, what AST and BEATs were trained with) puts digital silence at -15.9, far
+    # below any recording's own noise floor (16-bit quantisation noise alone gives log-mel ~1.8); 1.0
+    # (log 0) keeps it just below that (bridle_model/fbank.py).
+    energy_floor: float = 1.1920928955078125e-07
 
     @property
     def window_samples(self) -> int:

@@ -7,7 +7,8 @@ log) and no STFT op.
 
 Per frame, Kaldi does: remove the DC offset, pre-emphasis (x[i] -= 0.97 x[i-1], x[0] -= 0.97 x[0]),
 Hann window (Kaldi's "hanning": 0.5 - 0.5 cos(2 pi n / (N - 1))), zero-pad to a power of two, power
-spectrum, triangular mel bins (mel = 1127 ln(1 + f / 700)), log with a floor at float32 eps.
+spectrum, triangular mel bins (mel = 1127 ln(1 + f / 700)), log with a floor at float32 eps (Kaldi's;
+`AudioInput.energy_floor` sets another: digital silence then sits near a real recording's noise floor).
 Everything after the DC removal up to the power spectrum is linear, so the 2**15 scale, pre-emphasis,
 window, zero padding and the real DFT fold into one (frame_length, 2 * K) float64-built matrix: the
 cosine half gives the real parts, the sine half the imaginary parts. K = padded / 2 bins (0 .. 255 for a
@@ -38,7 +39,7 @@ from bridle_model.config import AudioInput
 
 WAVEFORM_SCALE = 2.0**15  # waveforms in [-1, 1] are scaled to 16-bit range first, as AST and BEATs do
 LOW_FREQ = 20.0  # Hz, lower edge of the first mel triangle (Kaldi's default)
-LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # Kaldi's energy floor before the log
+LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # Kaldi's energy floor before the log (the default)
 
 
 def kaldi_mel(freq: np.ndarray | float) -> np.ndarray:
@@ -112,7 +113,8 @@ class KaldiFbank(nn.Module):
 
     Equal (to float32 rounding) to kaldi-native-fbank / torchaudio.compliance.kaldi.fbank of
     `waveform * 2**15` with dither 0, snip_edges, remove_dc_offset, the config's pre-emphasis and
-    window, a power-of-two FFT, power spectrum, no energy, low_freq 20 Hz, high_freq Nyquist.
+    window, a power-of-two FFT, power spectrum, no energy, low_freq 20 Hz, high_freq Nyquist; mel
+    energies below the config's `energy_floor` (Kaldi: float32 eps) are raised to it before the log.
     """
 
     def __init__(self, audio: AudioInput) -> None:
@@ -121,6 +123,7 @@ class KaldiFbank(nn.Module):
         self.length, self.shift, self.padded = frame_geometry(audio)
         bins = self.padded // 2  # Kaldi's mel banks see bins 0 .. padded/2 - 1 (no Nyquist)
         self.num_fft_bins = bins
+        self.floor = float(audio.energy_floor)
         dft = dft_matrix(audio, self.length, self.padded, bins)
         self.register_buffer("dft", torch.from_numpy(dft).float(), persistent=False)  # (length, 2K)
         mel = torch.from_numpy(mel_matrix(audio, bins, self.padded)).float()  # (K, mel)
@@ -155,4 +158,4 @@ class KaldiFbank(nn.Module):
         frames = frames - frames.mean(dim=-1, keepdim=True)  # remove_dc_offset
         spectrum = frames @ self.dft  # (B, F, 2K): real parts, then imaginary parts
         energies = (spectrum * spectrum) @ self.mel  # (B, F, mel): power spectrum through the mel bins
-        return torch.log(torch.clamp(energies, min=LOG_FLOOR))
+        return torch.log(torch.clamp(energies, min=self.floor))

@@ -1,8 +1,10 @@
 """Decoded media -> the fixed-size windows a model takes, for training and for the service alike.
 
 - audio: a waveform is cut into consecutive windows of the model's `window_samples`, the last padded
-  with silence (the service); training takes one window with `fit_window`, start-aligned or from a
-  random start (drawn by the data set with torch's generator, which DataLoader seeds per worker).
+  with silence (the service); a waveform shorter than one window is centred in it (`centre_window`),
+  with silence on both sides, so where a short clip sits does not depend on how much silence its
+  recording kept at the start. Training takes one window with `training_window`: a short clip centred
+  the same way, a longer one start-aligned or from a random start (drawn by the data set).
 - video: a clip is cut into consecutive clips of the model's `VideoInput.clip_seconds`, each sampled to
   its T frames (the last clip samples its shorter span); training takes the first.
 - images are one window and need nothing here.
@@ -30,9 +32,26 @@ def fit_window(wave: np.ndarray, window: int, start: int = 0) -> np.ndarray:
     return out
 
 
+def centre_window(wave: np.ndarray, window: int) -> np.ndarray:
+    """`wave` (samples,) no longer than `window`, centred in `window` samples of silence (the extra
+    sample of an odd remainder goes after it)."""
+    if len(wave) > window:
+        raise ValueError(f"a wave of {len(wave)} samples does not fit a window of {window}")
+    return fit_window(np.pad(np.asarray(wave, np.float32), ((window - len(wave)) // 2, 0)), window)
+
+
+def training_window(wave: np.ndarray, window: int, start: int = 0) -> np.ndarray:
+    """The window training takes from `wave` (samples,): a short wave centred (as `audio_windows`
+    serves it), a longer one cut from `start`."""
+    return centre_window(wave, window) if len(wave) <= window else fit_window(wave, window, start)
+
+
 def audio_windows(wave: np.ndarray, window: int, sample_rate: int) -> tuple[np.ndarray, list[Span]]:
-    """Consecutive windows of `wave` (samples,), at least one -> (W, window) float32 and their spans."""
+    """Consecutive windows of `wave` (samples,), at least one -> (W, window) float32 and their spans.
+    A wave shorter than one window is centred in it; the last of several is padded at its end."""
     count = max(1, math.ceil(len(wave) / window))
+    if count == 1:
+        return centre_window(wave, window)[None], [(0.0, len(wave) / sample_rate)]  # (1, window)
     windows = fit_window(wave, count * window).reshape(count, window)  # (W, window)
     duration = len(wave) / sample_rate
     spans = [(i * window / sample_rate, min((i + 1) * window / sample_rate, duration)) for i in range(count)]

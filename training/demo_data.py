@@ -14,6 +14,9 @@ anything else in the folder is rebuilt from scratch. Every set is deterministic 
   families held out (training/printed_digits.py): splits train, val, test, printed-train, printed-test;
   `training-set.csv` lists train + printed-train.
 - video-motion: a load_digits digit moving in one of six directions over a dark canvas, h264 mp4.
+- fsdd (only with `--fsdd`): real recordings of the digits, 4 speakers of the Free Spoken Digit Dataset
+  (CC BY-SA 4.0, training/fsdd.py), copied from a local copy or fetched from its public source, as
+  `<speaker>/<word>/<file>` (8 kHz wav) with `split` = speaker in metadata.csv.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import numpy as np
 import typer
 from PIL import Image
 from tqdm import tqdm
+
+from training.fsdd import CLIPS_PER_SPEAKER, FSDD_SPEAKERS, FSDD_ZIP_URL, build_fsdd_set, fetch_fsdd
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MARKER = ".complete"
@@ -340,29 +345,63 @@ def builders(quick: bool, seed: int) -> Iterator[tuple[str, dict[str, Any], Call
 
 
 SET_NAMES = ("audio-digits", "image-digits", "video-motion")
+FSDD_SET = "fsdd"
 
 
-def build_all(out: Path, quick: bool = False, seed: int = 0, only: list[str] | None = None) -> list[str]:
-    """Build the demo sets under `out`; returns the names actually (re)built."""
-    unknown = set(only or []) - set(SET_NAMES)
+def build_all(
+    out: Path, quick: bool = False, seed: int = 0, only: list[str] | None = None, fsdd: str | None = None
+) -> list[str]:
+    """Build the demo sets under `out`; returns the names actually (re)built. `fsdd`: a local FSDD
+    folder, or a URL of FSDD's archive, for the real-speech set (None: not built)."""
+    unknown = set(only or []) - {*SET_NAMES, FSDD_SET}
     if unknown:
-        raise ValueError(f"unknown demo sets {sorted(unknown)}; choose from {SET_NAMES}")
+        raise ValueError(f"unknown demo sets {sorted(unknown)}; choose from {(*SET_NAMES, FSDD_SET)}")
     built = []
     for name, params, build in builders(quick, seed):
         if only and name not in only:
             continue
         if build_set(out / name, params, build):
             built.append(name)
+    if fsdd is not None and (not only or FSDD_SET in only):
+        params = {"speakers": list(FSDD_SPEAKERS), "clips": CLIPS_PER_SPEAKER * len(FSDD_SPEAKERS)}
+        if build_set(out / FSDD_SET, params, lambda root: _build_fsdd(root, fsdd)):
+            built.append(FSDD_SET)
     return built
+
+
+def _build_fsdd(root: Path, fsdd: str) -> list[dict[str, Any]]:
+    rows = build_fsdd_set(root, fsdd_source(fsdd, root))
+    shutil.rmtree(root / ".download", ignore_errors=True)
+    return rows
+
+
+def fsdd_source(fsdd: str, root: Path) -> Path:
+    """The folder holding FSDD's recordings: `fsdd` itself when it is a folder, else fetched from the URL
+    `fsdd` (https://... or file://...) into `root/.download` (removed once the set is built)."""
+    if Path(fsdd).is_dir():
+        return Path(fsdd)
+    if "://" not in fsdd:
+        raise FileNotFoundError(
+            f"no FSDD folder at {fsdd} (give a folder or the archive's URL, e.g. {FSDD_ZIP_URL})"
+        )
+    typer.echo(f"fsdd: fetching {fsdd}", err=True)
+    return fetch_fsdd(root / ".download", fsdd)
 
 
 def main(
     out: Path = typer.Option(Path("data"), help="folder to write the sets into"),
     quick: bool = typer.Option(False, help="small versions, for tests"),
     seed: int = typer.Option(0),
-    only: list[str] = typer.Option(None, help=f"build only these sets: {', '.join(SET_NAMES)}"),
+    only: list[str] = typer.Option(None, help=f"build only these sets: {', '.join(SET_NAMES)}, {FSDD_SET}"),
+    fsdd: str = typer.Option(
+        None, help=f"real speech: a local FSDD folder, or 'fetch' for its public source ({FSDD_ZIP_URL})"
+    ),
 ) -> None:
-    built = build_all(out, quick=quick, seed=seed, only=only or None)
+    if fsdd is not None and not Path(fsdd).is_dir() and "://" not in fsdd:
+        if fsdd != "fetch":
+            typer.echo(f"fsdd: no folder {fsdd}; fetching FSDD from its public source", err=True)
+        fsdd = FSDD_ZIP_URL
+    built = build_all(out, quick=quick, seed=seed, only=only or None, fsdd=fsdd)
     typer.echo(f"built: {', '.join(built) or 'nothing (all complete)'} in {out}")
 
 

@@ -76,3 +76,65 @@ def fsdd_clips(root: Path | str, speakers: tuple[str, ...] | None = None) -> lis
 def load_clip(clip: FsddClip, sample_rate: int) -> np.ndarray:
     """The recording as (samples,) float32 in [-1, 1] at `sample_rate` (8 kHz files are resampled)."""
     return decode_audio(clip.path, sample_rate)
+
+
+# ---- the demo set: a local copy or the public source -> data/fsdd ---------------------------------------
+
+FSDD_ZIP_URL = f"{FSDD_URL}/archive/refs/heads/master.zip"
+CLIPS_PER_SPEAKER = 500  # 10 digits x 50 takes
+
+
+def fetch_fsdd(dest: Path, url: str = FSDD_ZIP_URL) -> Path:
+    """Download FSDD's repository archive from `url` and unpack its recordings of `FSDD_SPEAKERS` into
+    `dest`; returns `dest`. Raises RuntimeError when the download fails or the archive lacks clips."""
+    import io
+    import urllib.request
+    import zipfile
+
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    except (OSError, zipfile.BadZipFile) as e:
+        raise RuntimeError(f"could not fetch FSDD from {url}: {e}") from e
+    dest.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name in archive.namelist():
+        clip = parse_clip(Path(name))
+        if clip is not None and "/recordings/" in f"/{name}" and clip.speaker in FSDD_SPEAKERS:
+            (dest / clip.path.name).write_bytes(archive.read(name))
+            count += 1
+    if count == 0:
+        raise RuntimeError(f"{url} holds no FSDD recordings of {FSDD_SPEAKERS}")
+    return dest
+
+
+def build_fsdd_set(root: Path, source: Path) -> list[dict[str, str | int]]:
+    """Copy the FSDD clips of `FSDD_SPEAKERS` under `source` into `root/<speaker>/<word>/<file>` (the
+    original 8 kHz files, byte for byte) and return their metadata rows; `split` is the speaker, so a
+    manifest's `split` selects one speaker (leave-one-speaker-out)."""
+    clips = fsdd_clips(source, FSDD_SPEAKERS)
+    counts = {s: sum(c.speaker == s for c in clips) for s in FSDD_SPEAKERS}
+    if any(n != CLIPS_PER_SPEAKER for n in counts.values()):
+        raise ValueError(
+            f"expected {CLIPS_PER_SPEAKER} clips of each of {FSDD_SPEAKERS} in {source}: {counts}"
+        )
+    rows: list[dict[str, str | int]] = []
+    for clip in clips:
+        rel = f"{clip.speaker}/{clip.word}/{clip.path.name}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(clip.path.read_bytes())
+        rows.append(
+            {
+                "path": rel,
+                "split": clip.speaker,
+                "label": clip.word,
+                "digit": clip.digit,
+                "speaker": clip.speaker,
+                "index": clip.index,
+            }
+        )
+    (root / "LICENSE.md").write_text(
+        f"These recordings are from the {FSDD_CREDIT}.\n"
+        "Only the speakers george, jackson, nicolas and yweweler are included.\n"
+    )
+    return rows

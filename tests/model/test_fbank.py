@@ -240,3 +240,23 @@ def test_graph_has_no_fft_op_and_matches_in_onnxruntime(tmp_path) -> None:
     assert np.any(np.abs(wrong - expected) > bound)
     for row, wave in zip(got, test, strict=True):
         assert_within_rounding(row, numpy_fbank(wave, 80), wave, AudioInput(num_mel_bins=80))
+
+
+def test_energy_floor_puts_digital_silence_near_a_recordings_noise_floor() -> None:
+    # issue 13: with Kaldi's float32-eps floor, the zero padding of a short clip (and espeak-ng's digital
+    # silence) sat at log-mel -15.9, ~23 below the quietest frames of real recordings (FSDD: ~7); the
+    # floor of the bundled audio model is 1.0 (log 0), just below 16-bit quantisation noise (~1.8)
+    import dataclasses
+
+    audio = AudioInput(sample_rate=8000, num_mel_bins=64, num_frames=16)
+    kaldi, floored = KaldiFbank(audio), KaldiFbank(dataclasses.replace(audio, energy_floor=1.0))
+    silence = torch.zeros(1, audio.window_samples)
+    assert float(kaldi(silence).max()) == pytest.approx(np.log(np.finfo(np.float32).eps))
+    assert float(floored(silence).min()) == 0.0 and float(floored(silence).max()) == 0.0
+    rng = np.random.default_rng(0)
+    speech = torch.from_numpy((0.1 * rng.standard_normal((1, audio.window_samples))).astype(np.float32))
+    torch.testing.assert_close(floored(speech), kaldi(speech))  # above the floor nothing changes
+    quantisation = torch.from_numpy(
+        (rng.uniform(-0.5, 0.5, (1, audio.window_samples)) / 2**15).astype(np.float32)
+    )
+    assert float(floored(quantisation).median()) > 0.5  # 16-bit noise stays above the floor

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from bridle_model.decoding import DecodedVideo, decode_video
-from bridle_model.windowing import audio_windows, clip_spans, first_clip, fit_window, video_windows
+from bridle_model.windowing import (
+    audio_windows,
+    centre_window,
+    clip_spans,
+    first_clip,
+    fit_window,
+    training_window,
+    video_windows,
+)
 from tests.media_files import make_video
 
 
@@ -29,10 +37,24 @@ def test_audio_windows_are_consecutive_and_the_last_is_padded() -> None:
     windows, spans = audio_windows(wave, window=4, sample_rate=4)
     assert windows.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 0, 0]]
     assert spans == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
-    windows, spans = audio_windows(wave[:1], window=4, sample_rate=4)  # shorter than one window: one
-    assert windows.tolist() == [[1, 0, 0, 0]] and spans == [(0.0, 0.25)]
+    windows, spans = audio_windows(wave[:1], window=4, sample_rate=4)  # shorter than one window: centred
+    assert windows.tolist() == [[0, 1, 0, 0]] and spans == [(0.0, 0.25)]
     windows, spans = audio_windows(wave[:8], window=4, sample_rate=4)  # a whole number: no empty window
     assert windows.shape == (2, 4) and spans[-1] == (1.0, 2.0)
+
+
+def test_a_short_clip_is_centred_in_training_and_serving_alike() -> None:
+    # issue 13: a 0.4 s clip sat at the start of a 1.295 s window, after it 0.9 s of padding; served and
+    # trained windows now both centre it, whatever silence its recording kept at the start
+    clip = np.arange(1, 5, dtype=np.float32)
+    assert centre_window(clip, 10).tolist() == [0, 0, 0, 1, 2, 3, 4, 0, 0, 0]
+    assert centre_window(clip, 9).tolist() == [0, 0, 1, 2, 3, 4, 0, 0, 0]  # the odd sample goes after
+    served, _ = audio_windows(clip, window=10, sample_rate=10)
+    np.testing.assert_array_equal(served[0], training_window(clip, 10))
+    long = np.arange(20, dtype=np.float32)
+    assert training_window(long, 4, start=3).tolist() == [3, 4, 5, 6]  # longer: cut where asked
+    with pytest.raises(ValueError, match="does not fit"):
+        centre_window(long, 4)
 
 
 def test_clip_spans_cover_the_duration() -> None:
