@@ -27,7 +27,8 @@ place, `tokenizer.fit_codebooks`, on the first batch a tokenizer sees. training/
 steps from earlier stages' weights and runs the loop; `forward(x, y)` returns (loss, scalars to log).
 
 Under a bf16 `torch.autocast` (training/precision.py) E, D, T and TE run in bf16; the residual quantizer
-runs in fp32 (`tokenizer.quantize_fp32`) and every loss is computed in fp32 from upcast outputs.
+runs in fp32 (`tokenizer.quantize_fp32`), so does the frozen T that makes the pretraining targets, and
+every loss is computed in fp32 from upcast outputs.
 """
 
 from __future__ import annotations
@@ -102,9 +103,13 @@ class Pretraining(Objective):
     @torch.no_grad()
     def forward_targets(self, x: torch.Tensor) -> torch.Tensor:
         """T's codes (B, N, L). A fresh random T (the cold start) fits its codebooks on this first batch
-        and keeps them: its targets never move."""
-        fit_codebooks(self.tokenizer, x)
-        return self.tokenizer(x).codes
+        and keeps them: its targets never move. Always fp32, even under bf16 autocast: T's bf16 features
+        change about 30% of the deeper levels' codes (bench/train.py rq), and the targets must be the
+        codes the exported T gives."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            fit_codebooks(self.tokenizer, x)
+            return self.tokenizer(x).codes
 
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.encoder(x, mask)  # (B, 1 + N_visible, D_E)

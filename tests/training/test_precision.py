@@ -8,7 +8,7 @@ import pytest
 import torch
 from training_helpers import micro_recipe
 
-from bridle_model.bridle import Classification, Distillation
+from bridle_model.bridle import Classification, Distillation, Pretraining
 from bridle_model.config import preset
 from bridle_model.encoder import Encoder
 from bridle_model.quantizer import ResidualQuantizer
@@ -45,6 +45,16 @@ def test_bf16_runs_the_networks_in_bf16_and_the_quantizer_in_fp32() -> None:
     assert quantizer.codebooks.dtype == torch.float32 and bool(quantizer.initialized.all())
     grads = [p.grad for p in step.tokenizer.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)  # straight-through
+
+
+def test_pretraining_targets_are_the_fp32_codes_under_bf16() -> None:
+    cfg = preset("micro-image")
+    torch.manual_seed(0)
+    step = Pretraining(cfg, RandomProjectionTokenizer(cfg), "random").train()
+    x = _images(8)
+    reference = step.forward_targets(x)  # fits the codebooks, fp32
+    with autocast("bf16", CPU):
+        assert torch.equal(step.forward_targets(x), reference)
 
 
 def test_fp32_is_no_autocast() -> None:
