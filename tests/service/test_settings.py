@@ -55,3 +55,38 @@ def test_ort_threads_default_to_the_cores_shared_among_the_runs(runs: int) -> No
     assert threads.intra_op == max(1, usable_cores() // runs)
     assert threads.spin is False
     assert Settings(concurrent_runs=runs, intra_op_threads=3).cpu_threads.intra_op == 3
+
+
+def test_gpu_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    env = {
+        "BRIDLE_DEVICE_ID": "0, 2",
+        "BRIDLE_REQUIRE_GPU": "true",
+        "BRIDLE_CUDNN_CONV_ALGO_SEARCH": "EXHAUSTIVE",
+        "BRIDLE_USE_TF32": "1",
+        "BRIDLE_GPU_MEM_LIMIT_MB": "2048",
+        "BRIDLE_ARENA_EXTEND_STRATEGY": "kSameAsRequested",
+        "BRIDLE_TRT_CACHE_DIR": str(tmp_path),
+        "BRIDLE_WARMUP": "all",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings()
+    assert (s.device_id, s.require_gpu, s.warmup, s.trt_cache_dir) == ([0, 2], True, "all", tmp_path)
+    gpu = s.gpu_options(2)
+    assert (gpu.device_id, gpu.cudnn_conv_algo_search, gpu.use_tf32) == (2, "EXHAUSTIVE", True)
+    assert (gpu.gpu_mem_limit_mb, gpu.arena_extend_strategy) == (2048, "kSameAsRequested")
+    for name, bad in [("BRIDLE_DEVICE_ID", "-1"), ("BRIDLE_CUDNN_CONV_ALGO_SEARCH", "FAST")]:
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ValidationError):
+            Settings()
+        monkeypatch.setenv(name, env[name])
+
+
+def test_a_gpu_gets_its_own_batching_defaults_unless_they_are_set() -> None:
+    cpu = Settings()
+    assert (cpu.max_batch_size, cpu.concurrent_runs) == (16, 2)
+    assert cpu.for_device(on_gpu=False) is cpu
+    gpu = cpu.for_device(on_gpu=True)
+    assert (gpu.max_batch_size, gpu.concurrent_runs) == (64, 1)
+    chosen = Settings(max_batch_size=8, concurrent_runs=3).for_device(on_gpu=True)
+    assert (chosen.max_batch_size, chosen.concurrent_runs) == (8, 3)

@@ -46,6 +46,14 @@ def test_broken_model_directory_stops_the_start(model_root: Path, tmp_path: Path
     assert "cannot start" in result.stderr and expected in result.stderr, result.stderr
 
 
+def test_with_several_workers_the_parent_checks_the_models_first(model_root: Path, tmp_path: Path) -> None:
+    broken = shutil.copytree(model_root / "audio", tmp_path / "broken")
+    (broken / "tokenizer.onnx").write_bytes(b"changed")  # a sha256 mismatch
+    result = serve("--model-dir", str(broken), "--workers", "2")
+    assert result.returncode == 2 and "sha256 mismatch" in result.stderr, result.stderr
+    assert "Started parent process" not in result.stderr  # no worker was started
+
+
 def test_no_model_directory_at_all(tmp_path: Path) -> None:
     result = serve("--model-dir", str(tmp_path / "nowhere"))
     assert result.returncode == 2 and "does not exist" in result.stderr
