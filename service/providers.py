@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import importlib.util
 import io
 import logging
@@ -179,9 +180,11 @@ def preload_cuda() -> list[str]:
     return _preloaded
 
 
+@functools.cache
 def missing_tensorrt_libraries() -> dict[str, str]:
-    """The TensorRT libraries that cannot be loaded, with the loader's reason; the `tensorrt_libs`
-    wheel (`bridle[tensorrt]`) is looked in first."""
+    """The TensorRT libraries that cannot be loaded, with the loader's reason (once per process); the
+    `tensorrt_libs` wheel (`bridle[tensorrt]`) is looked in first, and what loads stays loaded, so ONNX
+    Runtime's TensorRT provider finds it."""
     spec = importlib.util.find_spec("tensorrt_libs")
     folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
     missing: dict[str, str] = {}

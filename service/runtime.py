@@ -152,9 +152,10 @@ class ProviderChooser:
         lines of its creation are re-logged (WARNING when a provider did not start, else INFO)."""
         providers = self.requested()
         gpu = bool(set(providers) & GPU_PROVIDERS)
+        library_errors = list(preload_cuda()) if gpu else []  # CUDA's libraries first: TensorRT's need them
         if TENSORRT in providers:
             self._prepare_cache(key)
-        library_errors = preload_cuda() if gpu else []
+            library_errors += missing_tensorrt_libraries().values()  # loads them when installed
         if gpu:
             options.log_severity_level = ORT_WARNING_SEVERITY  # also: which nodes left the GPU
         ort.set_default_logger_severity(ORT_WARNING_SEVERITY)

@@ -63,6 +63,31 @@ def test_gpu_profile_is_the_gpu_service_alone() -> None:
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
 
 
+@pytest.mark.parametrize("gpu", ["0", "3"])
+def test_a_gpu_replica_gets_one_gpu_and_a_writable_cache(monkeypatch, gpu: str) -> None:
+    monkeypatch.setenv("BRIDLE_GPU", gpu)
+    service = _config("gpu")["services"]["bridle-gpu"]
+    (device,) = _gpu_reservations(service)
+    assert device["device_ids"] == [gpu] and "count" not in device  # one replica per GPU
+    mounts = {v["target"]: v for v in service["volumes"]}
+    assert mounts["/app/models"]["read_only"]
+    assert mounts["/var/cache/bridle"]["type"] == "volume" and not mounts["/var/cache/bridle"].get(
+        "read_only"
+    )
+
+
+def test_the_gpu_image_pins_tensorrt_refuses_the_cpu_and_caches_on_the_volume() -> None:
+    text = (REPO / "docker" / "Dockerfile.gpu").read_text()
+    assert '".[serve,gpu,tensorrt]"' in text
+    assert "BRIDLE_REQUIRE_GPU=true" in text and "BRIDLE_TRT_CACHE_DIR=/var/cache/bridle/tensorrt" in text
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["gpu"] == ["onnxruntime-gpu==1.31.1"]  # the CUDA 13 build the image's base matches
+    assert all("==" in pin for pin in extras["tensorrt"] + extras["cuda"])
+    # the ~1.3 GB of CUDA wheels stay out of what `make test` installs
+    installs = [line for line in (REPO / "Makefile").read_text().splitlines() if "pip install" in line]
+    assert not any("cuda" in line or "tensorrt" in line for line in installs)
+
+
 def test_scale_profile_puts_only_the_balancer_on_the_port() -> None:
     services = _config("scale")["services"]
     assert set(services) == {"lb", "replica"}
