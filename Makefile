@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-batch bench-quantize models-int8 replicate clean system-deps fuzz soak
+.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-batch bench-quantize bench-train models-int8 replicate clean system-deps fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,13 @@ bench-batch: $(DEV_STAMP)
 bench-quantize: demo-data
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.quantize --static
+
+## bench-train: training samples/s, eager fp32 vs bf16 autocast (+ fused AdamW), data-wait share with 0 and
+## 2 workers, and bf16's effect on the residual quantizer's codes (real speech from /work/shared/data/fsdd)
+bench-train: $(DEV_STAMP)
+	$(PY) -m bench.train step
+	$(PY) -m bench.train data
+	$(PY) -m bench.train rq
 
 ## models-int8: int8 variants of the bundled models in models-int8/, each gated on its held-out demo split
 ## (not shipped: size); serve them with BRIDLE_MODEL_DIRS=models-int8 make serve
