@@ -1,140 +1,278 @@
-"""Held-out evaluation of a frozen encoder and tokenizer (the replication's measurements).
+"""Held-out measurements of frozen encoders and tokenizers (the replication's probes).
 
-    linear probe   pooled features of the frozen encoder E on a probe-train split -> a linear head
-                   (logistic regression, full batch, a fixed number of steps) -> probe-test accuracy
-    code usage     the frozen tokenizer's per-level usage rate and perplexity over held-out inputs
+Features (one vector per example, the encoder and everything before it frozen):
+    encoder_features   E.pooled: the mean of E's patch tokens -> (n, D)
+    raw_features       the control without any network: audio log-mel statistics (mean and std over time of
+                       each mel bin of the model's normalised fbank) -> (n, 2 F); image pixels of the model's
+                       normalised input -> (n, 3 S S)
 
-The probe tasks are harder than the demo data's own labels (which every variant nearly saturates):
-    audio   speaker (voice) identification: each training voice's clips split alternately into
-            probe-train / probe-test, so the test clips are unseen clips of known voices
-    image   digit classification under strong additive Gaussian pixel noise (train and test alike)
+Probes (scikit-learn, fixed hyper-parameters for every variant: nothing is tuned per variant):
+    audio  digit recognition on real speech (FSDD), leave-one-speaker-out: a logistic regression on
+           standardised features trained on every clip of all speakers but one, tested on the held-out
+           speaker's clips; the accuracy is the mean over the held-out speakers
+    image  few-label probes on clean digits: a logistic regression on `n` labelled training images per
+           class (n in `label_budgets`), and a k-NN classifier (cosine) on `knn_labels` per class; each is
+           the mean over `draws` random label draws, the same draws for every variant of a seed
+
+Code usage: the frozen tokenizer's per-level usage rate and perplexity over a set of inputs, and the
+effective rank of the vectors it quantizes (`code_diagnostics`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
 from bridle_model.config import ModelConfig
 from bridle_model.quantizer import LevelUsage, ResidualQuantizer
 from training.data import Entry, MediaDataset, split_by_metadata
+from training.fsdd import fsdd_clips
 
 METADATA = "metadata.csv"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    steps: int = 300  # full-batch optimisation steps of the linear head
-    lr: float = 0.05
-    weight_decay: float = 1e-4
+    label_budgets: tuple[int, ...] = (5, 10)  # image: labelled training images per class (linear probe)
+    knn_labels: int = 10  # image: labelled training images per class for k-NN
+    knn_k: int = 5
+    draws: int = 20  # image: random label draws per seed, averaged
+    logistic_c: float = 1.0  # inverse L2 strength of every logistic-regression probe
     batch_size: int = 64  # feature extraction
-    image_noise_std: float = 0.6  # image probe: Gaussian pixel noise, in units of the 0..255 range
-    max_examples: int | None = None  # cap per probe split (micro budget)
+    max_per_class: int | None = None  # cap per (speaker, digit) or per image class (micro budget)
+
+    def metrics(self, modality: str) -> list[str]:
+        """The probe columns of one modality, in report order."""
+        if modality == "audio":
+            return ["digit-loso"]
+        return [*(f"linear@{n}" for n in self.label_budgets), f"knn@{self.knn_labels}"]
 
 
 @dataclass(frozen=True)
-class ProbeSplits:
-    task: str  # what is predicted, for the report
-    train: MediaDataset
-    test: MediaDataset
-    noise_std: float  # 0: clean inputs
+class ProbeData:
+    """The examples one modality's probes and usage measurements read."""
+
+    modality: str
+    train: MediaDataset  # audio: every clip (leave-one-speaker-out); image: where labels are drawn from
+    test: MediaDataset | None  # image: the held-out test split; audio: None
+    groups: np.ndarray | None  # audio: the speaker of each `train` clip
+    seen: MediaDataset  # code usage on inputs of the pretraining data ...
+    held_out: MediaDataset  # ... and on as many inputs it never saw
 
 
-def probe_splits(data_dir: Path, cfg: ModelConfig, probe: ProbeConfig) -> ProbeSplits:
-    """The probe-train and probe-test sets of one demo data folder (see the module docstring)."""
+FSDD_TEST_INDEX = 5  # FSDD's own split: takes 0-4 of every (speaker, digit) are its test set
+
+
+def fsdd_pretraining_clips(fsdd_root: Path) -> list[Path]:
+    """The FSDD clips self-supervised pretraining may see (unlabelled): FSDD's training takes (index >= 5)."""
+    return [c.path for c in fsdd_clips(fsdd_root) if c.index >= FSDD_TEST_INDEX]
+
+
+def audio_probe_data(fsdd_root: Path, cfg: ModelConfig, probe: ProbeConfig) -> ProbeData:
+    """Every FSDD clip under `fsdd_root`, labelled by digit word, with its speaker; code usage on FSDD's
+    test takes (never pretrained on) and on the first as many training takes."""
+    clips = _capped(fsdd_clips(fsdd_root), lambda c: (c.speaker, c.digit), probe.max_per_class)
+    speakers = sorted({c.speaker for c in clips})
+    if len(speakers) < 2:
+        raise ValueError(f"leave-one-speaker-out needs >= 2 speakers; {fsdd_root} has {speakers}")
+    data = MediaDataset([Entry(c.path, c.word) for c in clips], cfg, cache=True)
+    by_path = {c.path: c.speaker for c in clips}
+    groups = np.array([by_path[e.path] for e in data.entries])  # decodable clips only
+    test_takes = [c for c in clips if c.index < FSDD_TEST_INDEX]
+    if not test_takes:
+        raise ValueError(
+            f"{fsdd_root} has no FSDD test takes (index < {FSDD_TEST_INDEX}) to measure usage on"
+        )
+    train_takes = [c for c in clips if c.index >= FSDD_TEST_INDEX][: len(test_takes)]
+    seen = MediaDataset([Entry(c.path, c.word) for c in train_takes], cfg, cache=True)
+    held_out = MediaDataset([Entry(c.path, c.word) for c in test_takes], cfg, cache=True)
+    return ProbeData("audio", data, None, groups, seen, held_out)
+
+
+def image_probe_data(data_dir: Path, cfg: ModelConfig, probe: ProbeConfig) -> ProbeData:
+    """The demo image set's train split (where labels are drawn from) and its test split, clean; code
+    usage on the test split and on as many training images."""
     metadata = Path(data_dir) / METADATA
     if not metadata.is_file():
         raise FileNotFoundError(f"{metadata} is missing: build the demo data (python -m training.demo_data)")
-    if cfg.modality == "audio":
-        by_voice: dict[str, list[Entry]] = defaultdict(list)
-        for entry in split_by_metadata(metadata, "voice")["train"]:
-            by_voice[str(entry.label)].append(entry)
-        train = [e for clips in by_voice.values() for e in clips[0::2]]
-        test = [e for clips in by_voice.values() for e in clips[1::2]]
-        task, noise = "voice identification (held-out clips of training voices)", 0.0
-    elif cfg.modality == "image":
-        splits = split_by_metadata(metadata, "label")
-        train, test = splits["train"], splits["test"]
-        task, noise = f"digit under Gaussian noise (std {probe.image_noise_std:g})", probe.image_noise_std
-    else:
-        raise ValueError(f"no probe task for modality {cfg.modality!r} (audio and image only)")
-    train, test = _capped(train, probe.max_examples), _capped(test, probe.max_examples)
+    splits = split_by_metadata(metadata, "label")
+    train = _capped(splits["train"], lambda e: e.label, probe.max_per_class)
+    test = _capped(splits["test"], lambda e: e.label, probe.max_per_class)
     train_set = MediaDataset(train, cfg, cache=True)
     test_set = MediaDataset(test, cfg, labels=train_set.labels, cache=True)
-    return ProbeSplits(task, train_set, test_set, noise)
+    seen = MediaDataset(train[:: max(1, len(train) // len(test))][: len(test)], cfg, labels=train_set.labels)
+    return ProbeData("image", train_set, test_set, None, seen, test_set)
 
 
-def _capped(entries: list[Entry], n: int | None) -> list[Entry]:
-    if n is None or len(entries) <= n:
-        return entries
-    step = len(entries) / n  # spread over the (label-sorted) list
-    return [entries[int(i * step)] for i in range(n)]
+def _capped(items: list[T], key: Callable[[T], Hashable], n: int | None) -> list[T]:
+    """The first `n` items of every key (all items when n is None)."""
+    if n is None:
+        return items
+    counts: Counter[Hashable] = Counter()
+    kept = []
+    for item in items:
+        if counts[key(item)] < n:
+            counts[key(item)] += 1
+            kept.append(item)
+    return kept
 
 
-def corrupt(signal: torch.Tensor, noise_std: float, generator: torch.Generator) -> torch.Tensor:
-    """Additive Gaussian noise on uint8 images (B, 3, S, S): std in units of the full 0..255 range."""
-    if noise_std == 0:
-        return signal
-    noise = torch.randn(signal.shape, generator=generator) * (255.0 * noise_std)
-    return (signal.float() + noise).clamp(0, 255).to(signal.dtype)
+# ---- features ---------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def pooled_features(
-    encoder: nn.Module, preprocess: nn.Module, data: MediaDataset, batch: int, noise_std: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def encoder_features(
+    encoder: nn.Module, preprocess: nn.Module, data: MediaDataset, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
     """E.pooled over the data set -> features (n, D), labels (n,)."""
     encoder.eval()
-    generator = torch.Generator().manual_seed(seed)
     feats, labels = [], []
     for signal, label in DataLoader(data, batch):
-        x = preprocess(corrupt(signal, noise_std, generator))
-        feats.append(encoder.pooled(x))  # (B, D)
+        feats.append(encoder.pooled(preprocess(signal)))  # (B, D)
         labels.append(label)
-    return torch.cat(feats), torch.cat(labels)
-
-
-def linear_probe(
-    train: tuple[torch.Tensor, torch.Tensor],
-    test: tuple[torch.Tensor, torch.Tensor],
-    num_classes: int,
-    probe: ProbeConfig,
-    seed: int,
-) -> float:
-    """Logistic regression on standardised features; top-1 accuracy on the test features."""
-    (x_train, y_train), (x_test, y_test) = train, test
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    torch.manual_seed(seed)
-    head = nn.Linear(x_train.shape[1], num_classes)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=probe.lr, weight_decay=probe.weight_decay)
-    for _ in range(probe.steps):
-        loss = F.cross_entropy(head(x_train), y_train)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float((head(x_test).argmax(-1) == y_test).float().mean())
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
 @torch.no_grad()
-def held_out_usage(
-    tokenizer: nn.Module, preprocess: nn.Module, data: MediaDataset, batch: int
-) -> list[LevelUsage]:
-    """Per-level code usage of the frozen tokenizer over `data` (its codebooks are not updated)."""
-    tokenizer.eval()
+def raw_features(preprocess: nn.Module, data: MediaDataset, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The no-network control: log-mel statistics (audio) or pixels (image) -> (n, F), labels (n,)."""
+    feats, labels = [], []
+    for signal, label in DataLoader(data, batch):
+        x = preprocess(signal)  # audio (B, 1, T, F); image (B, 3, S, S)
+        if data.cfg.modality == "audio":
+            x = torch.cat([x.mean(dim=2), x.std(dim=2)], dim=-1)  # (B, 1, 2F): per mel bin over time
+        feats.append(x.flatten(1))
+        labels.append(label)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+# ---- probes -----------------------------------------------------------------------------------------------
+
+
+def _logistic(c: float) -> Any:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
+def loso_accuracy(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float) -> float:
+    """Mean over speakers of the accuracy on that speaker's clips, trained on all the other speakers'."""
+    accuracies = []
+    for held_out in sorted(set(groups.tolist())):
+        test = groups == held_out
+        model = _logistic(c).fit(x[~test], y[~test])
+        accuracies.append(float(model.score(x[test], y[test])))
+    return float(np.mean(accuracies))
+
+
+def label_draws(y: np.ndarray, per_class: int, draws: int, seed: int) -> list[np.ndarray]:
+    """`draws` index sets of `per_class` examples of every class of y (fewer where a class has fewer)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    return [
+        np.concatenate([rng.permutation(np.flatnonzero(y == k))[:per_class] for k in classes])
+        for _ in range(draws)
+    ]
+
+
+def few_label_accuracy(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    draws: Sequence[np.ndarray],
+    make: Callable[[], Any],
+) -> float:
+    """Mean test accuracy of `make()` fitted on each draw of labelled training examples."""
+    (x, y), (x_test, y_test) = train, test
+    return float(np.mean([make().fit(x[idx], y[idx]).score(x_test, y_test) for idx in draws]))
+
+
+def probe_scores(
+    data: ProbeData,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    probe: ProbeConfig,
+    seed: int,
+) -> dict[str, float]:
+    """Every probe metric of one modality (`ProbeConfig.metrics`) on precomputed features."""
+    if data.modality == "audio":
+        assert data.groups is not None
+        return {"digit-loso": loso_accuracy(*train, data.groups, probe.logistic_c)}
+    assert test is not None
+    scores = {}
+    for n in probe.label_budgets:
+        draws = label_draws(train[1], n, probe.draws, seed)
+        scores[f"linear@{n}"] = few_label_accuracy(train, test, draws, lambda: _logistic(probe.logistic_c))
+    draws = label_draws(train[1], probe.knn_labels, probe.draws, seed)
+    k = min(probe.knn_k, probe.knn_labels)
+    knn = lambda: KNeighborsClassifier(n_neighbors=k, metric="cosine")  # noqa: E731
+    scores[f"knn@{probe.knn_labels}"] = few_label_accuracy(train, test, draws, knn)
+    return scores
+
+
+# ---- code usage -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeDiagnostics:
+    usage: list[LevelUsage]  # per level
+    effective_rank: float  # participation ratio of the quantized vectors' covariance spectrum
+    teacher_rank: float | None  # the same for the teacher features (E.features), when a teacher is given
+
+
+def _quantizers(tokenizer: nn.Module) -> list[ResidualQuantizer]:
     rqs = [m for m in tokenizer.modules() if isinstance(m, ResidualQuantizer)]
     if not rqs:
         raise ValueError("the tokenizer has no ResidualQuantizer to measure")
+    return rqs
+
+
+def effective_rank(x: torch.Tensor) -> float:
+    """Participation ratio (sum l)^2 / sum l^2 of the covariance eigenvalues l of x (N, D): 1 .. D."""
+    x = x.double() - x.double().mean(0)
+    eig = torch.linalg.eigvalsh(x.t() @ x / max(1, x.shape[0] - 1)).clamp_min(0)
+    return float(eig.sum() ** 2 / (eig.pow(2).sum() + 1e-30))
+
+
+@torch.no_grad()
+def code_diagnostics(
+    tokenizer: nn.Module,
+    preprocess: nn.Module,
+    data: MediaDataset,
+    batch: int,
+    teacher: nn.Module | None = None,
+) -> CodeDiagnostics:
+    """Per-level code usage of the frozen tokenizer over `data` (its codebooks are not updated), and the
+    effective rank of what it quantizes (and of the teacher's patch features)."""
+    tokenizer.eval()
+    rqs = _quantizers(tokenizer)
     for q in rqs:
         q.freeze()
         q.reset_usage()
+    embedded, taught = [], []
     for signal, _ in DataLoader(data, batch):
-        tokenizer(preprocess(signal))
-    return [u for q in rqs for u in q.usage()]
+        x = preprocess(signal)
+        tokenizer(x)
+        embedded.append(tokenizer.embed(x).flatten(0, -2))  # (B N, code_dim)
+        if teacher is not None:
+            taught.append(teacher.features(x).flatten(0, -2))  # (B N, D_E)
+    usage = [u for q in rqs for u in q.usage()]
+    teacher_rank = effective_rank(torch.cat(taught)) if taught else None
+    return CodeDiagnostics(usage, effective_rank(torch.cat(embedded)), teacher_rank)
+
+
+def held_out_usage(
+    tokenizer: nn.Module, preprocess: nn.Module, data: MediaDataset, batch: int
+) -> list[LevelUsage]:
+    """Per-level code usage of the frozen tokenizer over `data`."""
+    return code_diagnostics(tokenizer, preprocess, data, batch).usage
