@@ -1,8 +1,8 @@
 """Execution-provider options for ONNX Runtime's CUDA and TensorRT providers, and their native side.
 
-Everything here is plain data in, plain data out, so the CPU tests can check it:
-- `cuda_options(GpuOptions)` and `tensorrt_options(GpuOptions, TensorrtOptions, input)`: the provider
-  option dictionaries ONNX Runtime takes (every value a string);
+- `cuda_options(GpuOptions)` and `tensorrt_options(GpuOptions, TensorrtOptions, input, key)`: the
+  provider option dictionaries ONNX Runtime takes (every value a string), plain data in and out, so the
+  CPU tests check them;
 - `native_stderr()`: ONNX Runtime's C++ logger writes to file descriptor 2, not to Python logging; while a
   session is created the descriptor points at a temporary file, and the lines it caught are handed back
   (`OrtLine`), so the service re-logs them (at WARNING when a provider did not start);

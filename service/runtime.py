@@ -265,6 +265,8 @@ def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = 
             sessions[graph] = chooser.session(
                 directory / spec.path, session_options(threads), manifest.input, spec.sha256[:16]
             )
+        except ModelLoadError as e:  # a provider that did not start
+            raise ModelLoadError(f"{directory}: {spec.path}: {e}") from e
         except Exception as e:  # ORT raises its own exception types for unreadable graphs
             raise ModelLoadError(f"{directory}: ONNX Runtime cannot load {spec.path!r}: {e}") from e
         inputs = [i.name for i in sessions[graph].get_inputs()]
