@@ -146,15 +146,26 @@ class Inference:
         The first run of each new batch shape on a GPU pays a cuDNN algorithm search and arena growth,
         and the CUDA provider keeps per-thread state, so the runs happen here, on the threads that will
         serve. ONNX Runtime's memory arena grows to the largest batches it has run and keeps that
-        memory; sized here, it does not grow later under load (the resident size stays flat)."""
-        sizes = self.settings.warmup_sizes(self.on_gpu)
+        memory; sized here, it does not grow later under load (the resident size stays flat).
+
+        A failed warm-up (e.g. out of GPU memory at the largest batch) is logged, and the service stays
+        not ready (503 on /ready, so a healthcheck or an orchestrator sees it)."""
+        try:
+            await self._warm_up(self.settings.warmup_sizes(self.on_gpu))
+        except Exception:
+            log.exception("warm-up failed: the service stays not ready")
+            return
+        self.ready = True
+        log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
+
+    async def _warm_up(self, sizes: list[int]) -> None:
         for (name, graph), batcher in self.batchers.items():
             model = self.models[name]
-            batches = [model.dummy_batch(b) for b in sizes]
+            full = model.dummy_batch(max(sizes))  # (max, ...); each size is a view of its first rows
 
-            def work(model: LoadedModel = model, graph: str = graph, batches=batches) -> None:
-                for batch in batches:
-                    model.run(graph, batch)
+            def work(model: LoadedModel = model, graph: str = graph, full: np.ndarray = full) -> None:
+                for batch in sizes:
+                    model.run(graph, full[:batch])
 
             started = time.perf_counter()
             threads = await batcher.warm_up(work)
@@ -166,8 +177,6 @@ class Inference:
                 threads,
                 time.perf_counter() - started,
             )
-        self.ready = True
-        log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
 
     async def stop(self) -> None:
         self.ready = False

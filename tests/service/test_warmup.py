@@ -107,3 +107,25 @@ def test_each_task_fetches_only_the_outputs_it_needs(model_root: Path, long_audi
     (plain,), (tokens,) = results["embed"], results["tokens"]
     assert plain.tokens is None and tokens.tokens is not None
     np.testing.assert_allclose(plain.windows, tokens.windows, rtol=1e-6)
+
+
+def test_a_failed_warm_up_is_logged_and_the_service_stays_not_ready(model_root: Path, caplog) -> None:
+    models = load_models([model_root / "audio"], ProviderChooser(["CPUExecutionProvider"]), CpuThreads(1))
+
+    class OutOfMemory:
+        def run(self, *args, **kwargs):
+            raise RuntimeError("CUDA out of memory (a stand-in)")
+
+    models["micro-audio"].sessions["tokenizer"] = OutOfMemory()
+
+    async def go() -> bool:
+        inference = Inference(Settings(model_dirs=[model_root / "audio"]), models, Metrics.create())
+        inference.start()
+        try:
+            await inference.warm_up()
+            return inference.ready
+        finally:
+            await inference.stop()
+
+    assert asyncio.run(go()) is False
+    assert any("warm-up failed" in r.getMessage() and r.exc_info for r in caplog.records)
