@@ -257,6 +257,8 @@ def _add_routes(app: FastAPI) -> None:
                     "directory": str(m.directory),
                     "providers": m.providers,
                     "execution_provider": m.providers[0],
+                    # as the session holds them: the GPU's device_id, use_tf32, cudnn_conv_algo_search...
+                    "provider_options": m.sessions["encoder"].get_provider_options(),
                     "precision": m.manifest.precision,
                     "manifest": m.manifest.to_dict(),
                 }

@@ -34,6 +34,7 @@ def test_health_ready_models_docs_and_page(server: Server) -> None:
     models = {m["name"]: m for m in c.get("/models").json()["models"]}
     assert set(models) == {"micro-audio", "micro-image", "micro-video", "plain-image"}
     assert models["micro-audio"]["execution_provider"] == "CPUExecutionProvider"
+    assert set(models["micro-audio"]["provider_options"]) == {"CPUExecutionProvider"}
     assert models["micro-audio"]["manifest"]["input"]["sample_rate"] == 16000
     assert "/embed" in c.get("/openapi.json").json()["paths"]
     assert c.get("/docs").status_code == 200
