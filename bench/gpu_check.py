@@ -1,6 +1,7 @@
 """The GPU path checked in one go, for the first session with a GPU: `python -m bench.gpu_check`.
 
     python -m bench.gpu_check [--models models] [--out gpu-check.json] [--no-service] [--seconds 10]
+                              [--tensorrt]
 
 Needs onnxruntime-gpu and a GPU where CUDA really starts (else it stops at once with ONNX Runtime's
 reason). In the order issue #20 asks for, on every model directory under `--models`:
@@ -14,7 +15,9 @@ reason). In the order issue #20 asks for, on every model directory under `--mode
    EXHAUSTIVE search (a fresh session each, so every shape is new);
 3. unless `--no-service`: the service's time to ready on the GPU (warm-up of every batch size included),
    then `python -m bench.service_load` against a GPU service (needs Debian's wrk) with `nvidia-smi`
-   sampling GPU utilisation alongside.
+   sampling GPU utilisation alongside;
+4. with `--tensorrt` (needs `bridle[tensorrt]`): the service's time to ready with TensorRT on a cold
+   engine cache, then on the cache that start left, and the providers each model got.
 
 It prints each figure as it goes and writes them all to `--out` (JSON).
 """
@@ -33,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import numpy as np
 import typer
 
@@ -56,6 +60,7 @@ CODE_AGREEMENT = 0.999  # as export/verify.py: share of identical code positions
 PARITY_BATCHES = (1, 8, 16)
 TIMED_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "Softmax", "LayerNormalization", "Einsum"}
+SERVICE_ENV = {"BRIDLE_REQUIRE_GPU": "true"}  # a service that would fall back to the CPU stops instead
 
 
 # ---- pieces the GPU tests share (tests/service/test_gpu.py) -----------------------------------------
@@ -182,12 +187,34 @@ def check_timing(model_dir: Path) -> dict[str, Any]:
     return found
 
 
+def check_tensorrt(models: Path) -> dict[str, Any]:
+    """The service's time to ready with TensorRT: a cold cache (engines built), then the same cache."""
+    from bench.serve import running_service
+
+    found: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**SERVICE_ENV, "BRIDLE_USE_TENSORRT": "true", "BRIDLE_TRT_CACHE_DIR": cache}
+        for start in ("cold cache", "warm cache"):
+            started = time.perf_counter()
+            with running_service([models], env) as service:
+                found[f"time_to_ready_s ({start})"] = time.perf_counter() - started
+                providers = {
+                    m["name"]: m["providers"] for m in httpx.get(f"{service.url}/models").json()["models"]
+                }
+            found[f"providers ({start})"] = providers
+            print(f"  TensorRT, {start}: ready in {found[f'time_to_ready_s ({start})']:.1f} s, {providers}")
+        found["cache files"] = sorted(
+            str(p.relative_to(cache)) for p in Path(cache).rglob("*") if p.is_file()
+        )
+    return found
+
+
 def check_service(models: Path, seconds: float) -> dict[str, Any]:
     from bench.serve import running_service
 
     found: dict[str, Any] = {}
     started = time.perf_counter()
-    with running_service([models], {"BRIDLE_REQUIRE_GPU": "true"}):
+    with running_service([models], SERVICE_ENV):
         found["time_to_ready_s"] = time.perf_counter() - started
     print(f"  service ready on the GPU in {found['time_to_ready_s']:.1f} s (every batch size warmed up)")
     if shutil.which("wrk") is None:
@@ -215,7 +242,7 @@ def check_service(models: Path, seconds: float) -> dict[str, Any]:
                     "64",
                 ],
                 cwd=REPO,
-                env={**os.environ, "BRIDLE_REQUIRE_GPU": "true"},
+                env={**os.environ, **SERVICE_ENV},
                 capture_output=True,
                 text=True,
             )
@@ -238,6 +265,9 @@ def main(
     out: Annotated[Path, typer.Option(help="where the figures go (JSON)")] = Path("gpu-check.json"),
     service: Annotated[bool, typer.Option(help="also the service's start and bench.service_load")] = True,
     seconds: Annotated[float, typer.Option(help="seconds per bench.service_load phase")] = 10.0,
+    tensorrt: Annotated[
+        bool, typer.Option(help="also the service's start with TensorRT, cold and cached")
+    ] = False,
 ) -> None:
     directories = find_model_dirs([models])
     reason = why_no_cuda(directories[0])
@@ -253,6 +283,9 @@ def main(
     if service:
         print("service")
         report["service"] = check_service(models, seconds)
+    if tensorrt:
+        print("TensorRT")
+        report["tensorrt"] = check_tensorrt(models)
     out.write_text(json.dumps(report, indent=1))
     print(f"figures written to {out}")
 

@@ -99,3 +99,12 @@ def test_the_gpu_check_steps_run_end_to_end_with_the_cpu_standing_in(
     timing = gpu_check.check_timing(model_root / "image")
     assert set(timing["EXHAUSTIVE"]["per_batch"]) == {1, 2}
     assert "HEURISTIC: sessions made" in capsys.readouterr().out
+
+
+def test_the_gpu_check_service_steps_run_with_the_cpu_standing_in(model_root: Path, monkeypatch) -> None:
+    monkeypatch.setattr(gpu_check, "SERVICE_ENV", {"BRIDLE_PROVIDERS": CPU, "BRIDLE_INTRA_OP_THREADS": "1"})
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name: None)  # no wrk: bench.service_load skipped
+    service = gpu_check.check_service(model_root / "image", seconds=1.0)
+    assert service["time_to_ready_s"] > 0 and service["bench_service"].startswith("skipped")
+    tensorrt = gpu_check.check_tensorrt(model_root / "image")
+    assert tensorrt["providers (warm cache)"] == {"micro-image": [CPU]}
