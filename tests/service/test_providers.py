@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import ClassVar
 
@@ -255,3 +257,31 @@ def test_a_dead_workers_device_slot_is_taken_by_the_next_worker(tmp_path: Path) 
     first = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True)
     second = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True)
     assert first.stdout.strip() == second.stdout.strip() == b"0"  # the first one's lock died with it
+
+
+def test_bridle_serve_workers_each_take_their_own_gpu_id(model_root: Path, tmp_path: Path) -> None:
+    """Two real uvicorn workers (on the CPU here): each claims a slot and logs the GPU it would run on."""
+    port = _free_port()
+    env = os.environ | {"BRIDLE_PROVIDERS": CPU, "BRIDLE_DEVICE_ID": "3,5", "BRIDLE_INTRA_OP_THREADS": "1"}
+    cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--workers", "2"]
+    log_file = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [*cmd, "--model-dir", str(model_root / "image")], cwd=REPO, env=env, stderr=log_file
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while (tmp_path / "serve.log").read_text().count("runs on GPU") < 2:
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(60)
+        log_file.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "(slot 0) runs on GPU 3" in text and "(slot 1) runs on GPU 5" in text, text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
