@@ -20,10 +20,12 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -210,27 +212,39 @@ def replicate_seed(
         record_curves(records, {**key, "variant": arm.name}, trained)
 
 
-def replicate(fsdd: Path, out: Path, budget: Budget, seeds: int, modalities: tuple[str, ...]) -> Records:
+def replicate_modality(
+    modality: str, source: Path, fsdd: Path, runs: Path, budget: Budget, seeds: int, threads: int | None
+) -> Records:
+    """Every seed of one modality (run in a worker process when `threads` is given)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     records = Records()
+    bar = tqdm(total=seeds * (2 + len(budget.arms)), desc=f"{modality} variants", unit="variant")
+    probes = probe_data(modality, fsdd, runs, budget)
+    for seed in range(seeds):
+        replicate_seed(records, modality, source, seed, runs / f"seed{seed}", budget, probes, bar)
+    bar.close()
+    return records
+
+
+def replicate(
+    fsdd: Path, out: Path, budget: Budget, seeds: int, modalities: tuple[str, ...], jobs: int = 1
+) -> Records:
+    """Every modality, one after the other (jobs=1) or in `jobs` processes of cores/jobs threads each."""
     runs = out / "runs"
     sources = {m: pretraining_source(m, fsdd, runs / m, budget) for m in modalities}  # fails early
-    bar = tqdm(
-        total=len(modalities) * seeds * (2 + len(budget.arms)), desc="replication variants", unit="variant"
-    )
-    for modality in modalities:
-        probes = probe_data(modality, fsdd, runs / modality, budget)
-        for seed in range(seeds):
-            replicate_seed(
-                records,
-                modality,
-                sources[modality],
-                seed,
-                runs / modality / f"seed{seed}",
-                budget,
-                probes,
-                bar,
-            )
-    bar.close()
+    args = [(m, sources[m], fsdd, runs / m, budget, seeds) for m in modalities]
+    if jobs == 1:
+        parts = [replicate_modality(*a, None) for a in args]
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(replicate_modality, *zip(*args, strict=True), [threads] * len(args)))
+    records = Records()
+    for part in parts:
+        records.scores += part.scores
+        records.usage += part.usage
+        records.curves += part.curves
     return records
 
 
@@ -247,6 +261,7 @@ def report_markdown(
     load: tuple[list[float], list[float]],
     metrics: dict[str, list[str]],
     figures: list[str],
+    threads: str,
 ) -> str:
     comps = comparisons(records, metrics, budget.arms)
     b = budget
@@ -257,7 +272,7 @@ def report_markdown(
             f"Produced by `{command}` (budget `{budget_name}`: {b.note}).",
             f"{seeds} seeds; wall time {seconds / 60:.1f} min; load average (1/5/15 min) "
             f"{'/'.join(f'{x:.1f}' for x in load[0])} at the start, {'/'.join(f'{x:.1f}' for x in load[1])} "
-            f"at the end; torch threads {torch.get_num_threads()}.",
+            f"at the end; {threads}.",
             "",
             "## Setup",
             "",
@@ -320,6 +335,54 @@ def setup_lines(b: Budget) -> list[str]:
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
+RAW_RECORDS = "records.json"
+
+
+def write_report(out: Path, raw: dict[str, Any]) -> str:
+    """results.md, results.json, the figures and tensorboard/ from a run's raw records -> the markdown."""
+    budget = BUDGETS[raw["budget"]]
+    records = Records(raw["scores"], raw["usage"], raw["curves"])
+    modalities = list(dict.fromkeys(r["modality"] for r in records.scores))
+    metrics = {m: budget.probe.metrics(m) for m in modalities}
+    figures = plot(records, metrics, budget.arms, out)
+    tensorboard(records, out / "tensorboard")
+    load = (raw["load"][0], raw["load"][1])
+    text = report_markdown(
+        records,
+        raw["budget"],
+        budget,
+        raw["seeds"],
+        raw["command"],
+        raw["seconds"],
+        load,
+        metrics,
+        figures,
+        raw["threads"],
+    )
+    comps = [
+        {
+            "claim": c.claim,
+            "modality": c.modality,
+            "measure": c.metric,
+            "a": c.a,
+            "b": c.b,
+            "diff": c.diff.__dict__,
+            "reading": c.diff.verdict(),
+        }
+        for c in comparisons(records, metrics, budget.arms)
+    ]
+    report = {**{k: v for k, v in raw.items() if k not in ("scores", "usage", "curves")}, "claims": CLAIMS}
+    report |= {
+        "comparisons": comps,
+        "scores": records.scores,
+        "usage": records.usage,
+        "curves": records.curves,
+    }
+    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(text, encoding="utf-8")
+    return text
+
+
 @app.command()
 def main(
     fsdd: Path = typer.Option(Path("../shared/data/fsdd"), help="folder of FSDD recordings"),
@@ -327,6 +390,8 @@ def main(
     budget_name: str = typer.Option("full", "--budget", help=f"one of {sorted(BUDGETS)}"),
     seeds: int = typer.Option(3, min=2, help="seeds per variant and modality (>= 2 for an interval)"),
     modalities: list[str] = typer.Option(list(MODALITIES), "--modality", help=f"any of {list(MODALITIES)}"),
+    jobs: int = typer.Option(1, min=1, help="modalities trained at once, in processes of cores/jobs threads"),
+    report_only: bool = typer.Option(False, help=f"no training: rewrite the report from --out/{RAW_RECORDS}"),
 ) -> None:
     """Train every variant on every modality and seed; write and print the comparison."""
     if budget_name not in BUDGETS:
@@ -335,47 +400,40 @@ def main(
     if unknown:
         raise typer.BadParameter(f"{unknown} are not among {list(MODALITIES)}", param_hint="--modality")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if report_only:
+        if not (out / RAW_RECORDS).is_file():
+            typer.echo(f"error: {out / RAW_RECORDS} is missing: run the replication first", err=True)
+            raise typer.Exit(1)
+        typer.echo(write_report(out, json.loads((out / RAW_RECORDS).read_text(encoding="utf-8"))))
+        return
     command = "python -m training.replicate " + shlex.join(sys.argv[1:])
     tic, load_start = time.perf_counter(), list(os.getloadavg())
     budget = BUDGETS[budget_name]
     out.mkdir(parents=True, exist_ok=True)
     try:
-        records = replicate(fsdd, out, budget, seeds, tuple(modalities))
+        records = replicate(fsdd, out, budget, seeds, tuple(modalities), jobs)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
     seconds = time.perf_counter() - tic
-    metrics = {m: budget.probe.metrics(m) for m in modalities}
-    figures = plot(records, metrics, budget.arms, out)
-    tensorboard(records, out / "tensorboard")
-    load = (load_start, list(os.getloadavg()))
-    text = report_markdown(records, budget_name, budget, seeds, command, seconds, load, metrics, figures)
-    report = {
+    threads = (
+        f"{jobs} processes of {max(1, (os.cpu_count() or 1) // jobs)} torch threads"
+        if jobs > 1
+        else f"1 process of {torch.get_num_threads()} torch threads"
+    )
+    raw = {
         "command": command,
         "budget": budget_name,
         "seeds": seeds,
         "seconds": seconds,
-        "load": load,
-        "claims": CLAIMS,
-        "comparisons": [
-            {
-                "claim": c.claim,
-                "modality": c.modality,
-                "measure": c.metric,
-                "a": c.a,
-                "b": c.b,
-                "diff": c.diff.__dict__,
-                "reading": c.diff.verdict(),
-            }
-            for c in comparisons(records, metrics, budget.arms)
-        ],
+        "load": [load_start, list(os.getloadavg())],
+        "threads": threads,
         "scores": records.scores,
         "usage": records.usage,
         "curves": records.curves,
     }
-    (out / "results.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(text, encoding="utf-8")
-    typer.echo(text)
+    (out / RAW_RECORDS).write_text(json.dumps(raw) + "\n", encoding="utf-8")  # before anything can fail
+    typer.echo(write_report(out, raw))
     typer.echo(f"wall time {seconds:.0f} s; results in {out}")
 
 

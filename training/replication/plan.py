@@ -118,12 +118,13 @@ BUDGETS: dict[str, Budget] = {
         "tiny",
         200,
         100,
-        32,
+        16,
         1e-3,
         10,
         ProbeConfig(),
         None,
-        "the full experiment at 40 % of the full budget's steps (for a loaded machine)",
+        "the full experiment with 40 % of the full budget's steps at half its batch, for a machine shared "
+        "with other work",
     ),
     "full": Budget(
         "tiny",
