@@ -140,7 +140,11 @@ def native_stderr() -> Iterator[CapturedStderr]:
     captured = CapturedStderr([], [])
     with _CAPTURING, tempfile.TemporaryFile() as tmp:
         sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no file descriptor 2 at all (a detached process): nothing to catch
+            yield captured
+            return
         os.dup2(tmp.fileno(), 2)
         try:
             yield captured
