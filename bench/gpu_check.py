@@ -19,7 +19,9 @@ reason). In the order issue #20 asks for, on every model directory under `--mode
 4. with `--tensorrt` (needs `bridle[tensorrt]`): the service's time to ready with TensorRT on a cold
    engine cache, then on the cache that start left, and the providers each model got.
 
-It prints each figure as it goes and writes them all to `--out` (JSON).
+It prints each figure as it goes and writes them all to `--out` (JSON). Steps 1 and 2 import nothing of
+the service's web stack (only onnxruntime, numpy, httpx, typer); `bench/gpu_carry.sh` brings
+onnxruntime-gpu to a GPU machine that cannot download it (docs/configuration.md, "GPU").
 """
 
 from __future__ import annotations
