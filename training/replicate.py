@@ -72,6 +72,7 @@ from training.replication.train import (
 log = logging.getLogger(__name__)
 
 MODALITIES = ("audio", "image")
+RAW_RECORDS = "records.json"
 IMAGE_SET = "image-digits"
 
 
@@ -223,6 +224,8 @@ def replicate_modality(
     probes = probe_data(modality, fsdd, runs, budget)
     for seed in range(seeds):
         replicate_seed(records, modality, source, seed, runs / f"seed{seed}", budget, probes, bar)
+        partial = {"seeds_done": seed + 1, **records.__dict__}
+        (runs / RAW_RECORDS).write_text(json.dumps(partial) + "\n", encoding="utf-8")  # per seed
     bar.close()
     return records
 
@@ -333,9 +336,6 @@ def setup_lines(b: Budget) -> list[str]:
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
-
-
-RAW_RECORDS = "records.json"
 
 
 def write_report(out: Path, raw: dict[str, Any]) -> str:

@@ -116,15 +116,15 @@ BUDGETS: dict[str, Budget] = {
     ),
     "reduced": Budget(
         "tiny",
-        200,
-        100,
+        120,
+        60,
         16,
         1e-3,
         10,
         ProbeConfig(),
         None,
-        "the full experiment with 40 % of the full budget's steps at half its batch, for a machine shared "
-        "with other work",
+        "a quarter of the full budget's steps at half its batch, what a 2-core machine shared with four "
+        "other jobs could finish in an hour: the losses have not flattened",
     ),
     "full": Budget(
         "tiny",
