@@ -27,12 +27,14 @@ import typer
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bridle_model.bridle import Distillation
 from bridle_model.config import ModelConfig
 from bridle_model.encoder import Encoder
 from bridle_model.preprocessing import build_preprocessor
 from bridle_model.quantizer import _nearest_code
 from bridle_model.tokenizer import Tokenizer
 from training.data import MediaDataset
+from training.optim import build_optimizer
 from training.probe import effective_rank
 from training.replication.plan import BUDGETS
 from training.replication.train import PRETRAIN1, TOKENIZER
@@ -135,7 +137,8 @@ def diagnose_seed(seed_dir: Path, modality: str, budget_name: str, fsdd: Path) -
         )
         for arm in budget.arms:
             folder = seed_dir / arm.name
-            if not (folder / TOKENIZER).is_dir():
+            state = load_stage(folder / TOKENIZER) if (folder / TOKENIZER).is_dir() else None
+            if state is None or not state.done:
                 continue
             cfg = ModelConfig.from_dict(json.loads((folder / MODEL_CONFIG_FILE).read_text(encoding="utf-8")))
             tokenizer = _load(folder / TOKENIZER, "tokenizer", Tokenizer(cfg))
@@ -143,6 +146,60 @@ def diagnose_seed(seed_dir: Path, modality: str, budget_name: str, fsdd: Path) -
             for level, s in enumerate(residual_stats(vectors, tokenizer.quantizer.codebooks)):
                 lines.append(_row(arm.name, level, s))
     return lines
+
+
+# ---- a diagnosis run: the same distillation, the teacher's features centred --------------------------------
+
+
+class CentredTargets(Distillation):
+    """Distillation towards the teacher's features minus their mean over the batch's tokens (per feature)."""
+
+    @torch.no_grad()
+    def forward_teacher(self, x: torch.Tensor) -> torch.Tensor:
+        target = super().forward_teacher(x)  # (B, N, D_E)
+        return target - target.mean(dim=(0, 1), keepdim=True)
+
+
+def distil(
+    seed_dir: Path,
+    centred: bool,
+    steps: int,
+    batch: int,
+    data: MediaDataset,
+    held_out: MediaDataset,
+    seed: int,
+) -> tuple[list[list[float]], list[LevelStats]]:
+    """Distil a tokenizer from the seed's iter1 encoder for `steps` -> usage per level every 10 steps
+    (training batches) and the held-out per-level statistics."""
+    iter1 = seed_dir / "iter1"
+    config = ModelConfig.from_dict(json.loads((iter1 / MODEL_CONFIG_FILE).read_text(encoding="utf-8")))
+    preprocess = build_preprocessor(config)
+    torch.manual_seed(seed)
+    teacher = _load(iter1 / PRETRAIN1, "encoder", Encoder(config))
+    objective = (CentredTargets if centred else Distillation)(config, teacher)
+    optimizer, scheduler = build_optimizer(objective.trainable(), 1e-3, 0.05, max(1, steps // 10), steps)
+    loader = DataLoader(
+        data, batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
+    )
+    curve, step = [], 0
+    objective.train()
+    while step < steps:
+        for signal, _ in loader:
+            loss, _ = objective(preprocess(signal))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if step % 10 == 0:
+                curve.append([u.usage_rate for u in objective.tokenizer.quantizer.usage()])
+                objective.tokenizer.quantizer.reset_usage()
+            if step == steps:
+                break
+    tokenizer = objective.tokenizer.eval()
+    tokenizer.quantizer.freeze()
+    vectors = embed_all(tokenizer, preprocess, held_out, batch)
+    return curve, residual_stats(vectors, tokenizer.quantizer.codebooks)
 
 
 app = typer.Typer(add_completion=False, help=__doc__)
@@ -155,6 +212,9 @@ def main(
     modalities: list[str] = typer.Option(["audio", "image"], "--modality"),
     seed: int = typer.Option(0),
     budget_name: str = typer.Option("full", "--budget", help="the budget the run was trained with"),
+    centred_steps: int = typer.Option(
+        0, help="image: also distil with centred teacher targets for this many steps"
+    ),
 ) -> None:
     lines = [
         "# Code usage diagnosis",
@@ -167,6 +227,27 @@ def main(
             typer.echo(f"error: {seed_dir} is missing", err=True)
             raise typer.Exit(1)
         lines += diagnose_seed(seed_dir, modality, budget_name, fsdd)
+    if centred_steps:
+        from training.replicate import probe_data
+
+        for modality in modalities:
+            seed_dir = run / "runs" / modality / f"seed{seed}"
+            probes = probe_data(modality, fsdd, seed_dir.parent, BUDGETS[budget_name])
+            if probes.test is None:  # audio: every FSDD clip is a probe clip, none is left to distil on
+                continue
+            lines += ["", f"### {modality}: distillation from iter1 for {centred_steps} steps, batch 16", ""]
+            lines += [*HEAD[:1], *HEAD[1:]]
+            curves = []
+            for centred in (False, True):
+                name = "centred teacher features" if centred else "teacher features as they are"
+                curve, stats = distil(
+                    seed_dir, centred, centred_steps, 16, probes.train, probes.held_out, seed
+                )
+                curves.append((name, curve))
+                lines += [_row(f"iter1's RQ config, {name}", level, s) for level, s in enumerate(stats)]
+            lines += ["", "Usage per level on training batches, every 10 steps:", ""]
+            for name, curve in curves:
+                lines.append(f"- {name}: " + "; ".join("/".join(f"{u:.2f}" for u in row) for row in curve))
     text = "\n".join(lines) + "\n"
     (run / "diagnosis.md").write_text(text, encoding="utf-8")
     typer.echo(text)
