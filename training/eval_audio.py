@@ -40,7 +40,7 @@ FSDD = Path("data/fsdd")
 CALIBRATION_TAKES = 5  # FSDD takes 0-4 of each training speaker fit the temperature (FSDD's own test split)
 REAL_REPEATS = 2  # each real training clip is listed this often (each copy draws its own augmentation)
 PRETRAINED_STAGES = ("pretrain1", "tokenizer1", "pretrain2")  # the recipe's stages before the classifier
-CLASSIFIER_STAGE = 3
+CLASSIFIER_STAGE = 3  # the recipe's first classifier stage: it and every later one train on the real speech
 SAMPLE_SECONDS = 1.2  # length of the non-digit inputs
 NON_DIGIT_EACH = 40  # examples of each non-digit kind
 
@@ -276,7 +276,8 @@ def _train(recipe: Path, stage: int, overrides: list[str]) -> None:
 def _classifier_and_calibration(recipe: Path, out: Path, split: Split, extra: list[str]) -> Path:
     """The classifier stage on `split.train`, then the temperature fitted on `split.calibration`; returns
     the calibrated servable checkpoint."""
-    _train(recipe, CLASSIFIER_STAGE, [*extra, f"data.train={split.train.resolve()}"])
+    for stage in _classifier_stages(recipe):
+        _train(recipe, stage, [*extra, f"data.train={split.train.resolve()}"])
     calibrated = out / "servable-calibrated"
     shutil.rmtree(calibrated, ignore_errors=True)  # fitted from the uncalibrated head every time
     _run(
@@ -291,6 +292,12 @@ def _classifier_and_calibration(recipe: Path, out: Path, split: Split, extra: li
         ]
     )
     return calibrated
+
+
+def _classifier_stages(recipe: Path) -> range:
+    from training.recipe import load_recipe
+
+    return range(CLASSIFIER_STAGE, len(load_recipe(recipe).stages))
 
 
 def _out_dir(recipe: Path) -> Path:
@@ -311,7 +318,8 @@ def train(
     for stage in range(CLASSIFIER_STAGE):
         _train(recipe, stage, [])
     split = write_split(out / "data", FSDD_SPEAKERS, synthetic, fsdd)
-    _train(recipe, CLASSIFIER_STAGE, [f"data.train={split.train.resolve()}"])
+    for stage in _classifier_stages(recipe):
+        _train(recipe, stage, [f"data.train={split.train.resolve()}"])
 
 
 @app.command()
