@@ -337,12 +337,15 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
         step += 1
         if seen_log is not None:
             seen_log.write(step, ids)
-        if step % spec.log_every == 0 or step == spec.steps:
+        spent = elapsed + time.perf_counter() - tic
+        over = (
+            spec.max_seconds is not None and step < spec.steps and _past_budget(spent, spec.max_seconds, info)
+        )
+        if step % spec.log_every == 0 or step == spec.steps or over:
             scalars |= {"lr": scheduler.get_last_lr()[0], **meter.window()}
             monitor.log(step, scalars, level_usage(objective))
         monitor.advance()
-        spent = elapsed + time.perf_counter() - tic
-        if spec.max_seconds is not None and step < spec.steps and _past_budget(spent, spec.max_seconds, info):
+        if over:
             stopped = f"time budget of {spec.max_seconds:g} s"
             log.info("stage %s stops at step %d of %d: %s", name, step, spec.steps, stopped)
             break

@@ -112,6 +112,7 @@ def test_time_budget_ends_a_stage_early(tmp_path: Path) -> None:
     assert 1 <= summary["step"] < 500 and summary["stopped"] == "time budget of 0.5 s"
     state = load_stage(Path(recipe.out_dir) / recipe.stage_name(0))
     assert state is not None and state.done and state.step == summary["step"]
+    assert state.extra["history"]["step"][-1] == summary["step"]  # the last step is logged
 
 
 @pytest.mark.parametrize(
