@@ -338,6 +338,33 @@ def setup_lines(b: Budget) -> list[str]:
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
+def saved_records(out: Path, budget_name: str) -> dict[str, Any]:
+    """The raw records of a finished run, or else those every modality saved after its last full seed
+    (an interrupted run: the report then says so)."""
+    if (out / RAW_RECORDS).is_file():
+        return json.loads((out / RAW_RECORDS).read_text(encoding="utf-8"))
+    parts = [
+        json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob(f"*/{RAW_RECORDS}"))
+    ]
+    if not parts:
+        typer.echo(f"error: no {RAW_RECORDS} in {out} or {out}/runs/*: run the replication first", err=True)
+        raise typer.Exit(1)
+    seeds = min(p["seeds_done"] for p in parts)
+    keep = {
+        key: [r for p in parts for r in p[key] if r["seed"] < seeds] for key in ("scores", "usage", "curves")
+    }
+    command = f"python -m training.replicate --budget {budget_name} (interrupted after {seeds} seeds)"
+    return {
+        "command": command,
+        "budget": budget_name,
+        "seeds": seeds,
+        "seconds": float("nan"),
+        "load": [list(os.getloadavg())] * 2,
+        "threads": "see the run's log",
+        **keep,
+    }
+
+
 def write_report(out: Path, raw: dict[str, Any]) -> str:
     """results.md, results.json, the figures and tensorboard/ from a run's raw records -> the markdown."""
     budget = BUDGETS[raw["budget"]]
@@ -401,10 +428,7 @@ def main(
         raise typer.BadParameter(f"{unknown} are not among {list(MODALITIES)}", param_hint="--modality")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if report_only:
-        if not (out / RAW_RECORDS).is_file():
-            typer.echo(f"error: {out / RAW_RECORDS} is missing: run the replication first", err=True)
-            raise typer.Exit(1)
-        typer.echo(write_report(out, json.loads((out / RAW_RECORDS).read_text(encoding="utf-8"))))
+        typer.echo(write_report(out, saved_records(out, budget_name)))
         return
     command = "python -m training.replicate " + shlex.join(sys.argv[1:])
     tic, load_start = time.perf_counter(), list(os.getloadavg())
