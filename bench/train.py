@@ -133,7 +133,7 @@ def step(
     print(f"{'variant':<30}{'s / step':>10}{'samples / s':>13}{'ratio':>8}")
     for name, t in times.items():
         median = statistics.median(t)
-        print(f"{name:<30}{median:>10.3f}{batch / median:>13.1f}{base / median:>7.2f}x")
+        print(f"{name:<30}{median:>10.3f}{batch / median:>13.3g}{base / median:>7.2f}x")
     print(f"{_load()} (after)")
 
 
@@ -177,7 +177,7 @@ def data(
                 preprocess(b.signal)
             train_step()
         w = meter.window()
-        print(f"{workers:<10}{w['samples_per_s']:>13.1f}{100 * w['data_wait']:>10.0f}%")
+        print(f"{workers:<10}{w['samples_per_s']:>13.3g}{100 * w['data_wait']:>10.0f}%")
         del stream
     print(_load())
 
