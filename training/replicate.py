@@ -214,24 +214,30 @@ def replicate_seed(
 
 
 def replicate_modality(
-    modality: str, source: Path, fsdd: Path, runs: Path, budget: Budget, seeds: int, threads: int | None
+    modality: str,
+    source: Path,
+    fsdd: Path,
+    runs: Path,
+    budget: Budget,
+    seeds: range,
+    threads: int | None,
 ) -> Records:
     """Every seed of one modality (run in a worker process when `threads` is given)."""
     if threads is not None:
         torch.set_num_threads(threads)
     records = Records()
-    bar = tqdm(total=seeds * (2 + len(budget.arms)), desc=f"{modality} variants", unit="variant")
+    bar = tqdm(total=len(seeds) * (2 + len(budget.arms)), desc=f"{modality} variants", unit="variant")
     probes = probe_data(modality, fsdd, runs, budget)
-    for seed in range(seeds):
+    for seed in seeds:
         replicate_seed(records, modality, source, seed, runs / f"seed{seed}", budget, probes, bar)
-        partial = {"seeds_done": seed + 1, **records.__dict__}
+        partial = {"seeds_done": seed + 1 - seeds.start, **records.__dict__}
         (runs / RAW_RECORDS).write_text(json.dumps(partial) + "\n", encoding="utf-8")  # per seed
     bar.close()
     return records
 
 
 def replicate(
-    fsdd: Path, out: Path, budget: Budget, seeds: int, modalities: tuple[str, ...], jobs: int = 1
+    fsdd: Path, out: Path, budget: Budget, seeds: range, modalities: tuple[str, ...], jobs: int = 1
 ) -> Records:
     """Every modality, one after the other (jobs=1) or in `jobs` processes of cores/jobs threads each."""
     runs = out / "runs"
@@ -258,7 +264,7 @@ def report_markdown(
     records: Records,
     budget_name: str,
     budget: Budget,
-    seeds: int,
+    seeds: int | str,
     command: str,
     seconds: float,
     load: tuple[list[float], list[float]],
@@ -273,7 +279,7 @@ def report_markdown(
             "# Small-scale replication of BRIDLE's claims",
             "",
             f"Produced by `{command}` (budget `{budget_name}`: {b.note}).",
-            f"{seeds} seeds; wall time {seconds / 60:.1f} min; load average (1/5/15 min) "
+            f"Seeds: {seeds}; wall time {seconds / 60:.1f} min; load average (1/5/15 min) "
             f"{'/'.join(f'{x:.1f}' for x in load[0])} at the start, {'/'.join(f'{x:.1f}' for x in load[1])} "
             f"at the end; {threads}.",
             "",
@@ -338,29 +344,38 @@ def setup_lines(b: Budget) -> list[str]:
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
-def saved_records(out: Path, budget_name: str) -> dict[str, Any]:
-    """The raw records of a finished run, or else those every modality saved after its last full seed
-    (an interrupted run: the report then says so)."""
-    if (out / RAW_RECORDS).is_file():
+def saved_records(out: Path, budget_name: str, merge: list[Path]) -> dict[str, Any]:
+    """The raw records of a finished run; or, for an interrupted run and for seeds trained by separate
+    runs (`--first-seed`) to be merged, those each modality saved after every complete seed, combined."""
+    if (out / RAW_RECORDS).is_file() and not merge:
         return json.loads((out / RAW_RECORDS).read_text(encoding="utf-8"))
-    parts = [
-        json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob(f"*/{RAW_RECORDS}"))
-    ]
-    if not parts:
+    files = []
+    for folder in [out, *merge]:
+        final = folder / RAW_RECORDS
+        files += [final] if final.is_file() else sorted((folder / "runs").glob(f"*/{RAW_RECORDS}"))
+    if not files:
         typer.echo(f"error: no {RAW_RECORDS} in {out} or {out}/runs/*: run the replication first", err=True)
         raise typer.Exit(1)
-    seeds = min(p["seeds_done"] for p in parts)
-    keep = {
-        key: [r for p in parts for r in p[key] if r["seed"] < seeds] for key in ("scores", "usage", "curves")
-    }
-    command = f"python -m training.replicate --budget {budget_name} (interrupted after {seeds} seeds)"
+    keep: dict[str, list[dict[str, Any]]] = {"scores": [], "usage": [], "curves": []}
+    owner: dict[tuple[str, int], Path] = {}  # (modality, seed) -> the file that holds it (first wins)
+    for file in files:
+        part = json.loads(file.read_text(encoding="utf-8"))
+        for key in keep:
+            for r in part[key]:
+                if owner.setdefault((r["modality"], r["seed"]), file) == file:
+                    keep[key].append(r)
+    by_modality: dict[str, list[int]] = {}
+    for modality, seed in sorted(owner):
+        by_modality.setdefault(modality, []).append(seed)
+    seeds = "; ".join(f"{m}: seeds {', '.join(map(str, s))}" for m, s in by_modality.items())
+    sources = ", ".join(str(f) for f in files)
     return {
-        "command": command,
+        "command": f"python -m training.replicate --budget {budget_name}; --report-only combined {sources}",
         "budget": budget_name,
         "seeds": seeds,
         "seconds": float("nan"),
         "load": [list(os.getloadavg())] * 2,
-        "threads": "see the run's log",
+        "threads": "see the runs' logs",
         **keep,
     }
 
@@ -415,10 +430,12 @@ def main(
     fsdd: Path = typer.Option(Path("../shared/data/fsdd"), help="folder of FSDD recordings"),
     out: Path = typer.Option(Path("results/replication"), help="folder for the results"),
     budget_name: str = typer.Option("full", "--budget", help=f"one of {sorted(BUDGETS)}"),
-    seeds: int = typer.Option(3, min=2, help="seeds per variant and modality (>= 2 for an interval)"),
+    seeds: int = typer.Option(3, min=1, help="seeds per variant and modality (>= 2 for an interval)"),
+    first_seed: int = typer.Option(0, min=0, help="the first seed (seeds may be spread over runs: --merge)"),
     modalities: list[str] = typer.Option(list(MODALITIES), "--modality", help=f"any of {list(MODALITIES)}"),
     jobs: int = typer.Option(1, min=1, help="modalities trained at once, in processes of cores/jobs threads"),
     report_only: bool = typer.Option(False, help=f"no training: rewrite the report from --out/{RAW_RECORDS}"),
+    merge: list[Path] = typer.Option([], help="--report-only: also the records of these runs' --out folders"),
 ) -> None:
     """Train every variant on every modality and seed; write and print the comparison."""
     if budget_name not in BUDGETS:
@@ -428,14 +445,14 @@ def main(
         raise typer.BadParameter(f"{unknown} are not among {list(MODALITIES)}", param_hint="--modality")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if report_only:
-        typer.echo(write_report(out, saved_records(out, budget_name)))
+        typer.echo(write_report(out, saved_records(out, budget_name, merge)))
         return
     command = "python -m training.replicate " + shlex.join(sys.argv[1:])
     tic, load_start = time.perf_counter(), list(os.getloadavg())
     budget = BUDGETS[budget_name]
     out.mkdir(parents=True, exist_ok=True)
     try:
-        records = replicate(fsdd, out, budget, seeds, tuple(modalities), jobs)
+        records = replicate(fsdd, out, budget, range(first_seed, first_seed + seeds), tuple(modalities), jobs)
     except FileNotFoundError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
