@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shlex
@@ -279,7 +280,7 @@ def report_markdown(
             "# Small-scale replication of BRIDLE's claims",
             "",
             f"Produced by `{command}` (budget `{budget_name}`: {b.note}).",
-            f"Seeds: {seeds}; wall time {seconds / 60:.1f} min; load average (1/5/15 min) "
+            f"Seeds: {seeds}; wall time {_minutes(seconds)}; load average (1/5/15 min) "
             f"{'/'.join(f'{x:.1f}' for x in load[0])} at the start, {'/'.join(f'{x:.1f}' for x in load[1])} "
             f"at the end; {threads}.",
             "",
@@ -315,6 +316,10 @@ def report_markdown(
             "",
         ]
     )
+
+
+def _minutes(seconds: float) -> str:
+    return "in the runs' logs" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
 
 
 def setup_lines(b: Budget) -> list[str]:
