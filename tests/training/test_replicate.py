@@ -90,12 +90,17 @@ def test_micro_replication_reports_every_variant_control_and_column(fsdd_like: P
         assert f"![{name}]({name})" in table
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
 
+    (out / "results.md").unlink()  # the report rebuilt from the raw records, no training
+    result = CliRunner().invoke(app, ["--out", str(out), "--budget", "micro", "--report-only"])
+    assert result.exit_code == 0, result.output
+    assert (out / "results.md").read_text() == table
+
 
 def test_rejects_missing_data_and_bad_options(tmp_path: Path) -> None:
     runner, base = CliRunner(), ["--out", str(tmp_path / "out"), "--seeds", "2"]
     result = runner.invoke(app, ["--fsdd", str(tmp_path / "none"), *base, "--budget", "micro"])
     assert result.exit_code == 1 and "FSDD" in result.output and isinstance(result.exception, SystemExit)
-    for bad in (["--budget", "huge"], ["--modality", "smell"], ["--seeds", "1"]):
+    for bad in (["--budget", "huge"], ["--modality", "smell"], ["--seeds", "0"], ["--first-seed", "-1"]):
         result = runner.invoke(app, ["--fsdd", str(tmp_path), *base, *bad])
         assert result.exit_code == 2, (bad, result.output)
 
