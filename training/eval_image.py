@@ -19,6 +19,7 @@ softmax of the `logits` output, so the figures are what a user of `bridle-serve`
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from collections import Counter
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from bridle_model.decoding import decode_image
 from bridle_model.manifest import Manifest, read_manifest
-from training.calibration import expected_calibration_error, softmax
+from training.calibration import expected_calibration_error, fit_temperature, softmax
 
 CONFIDENT = 0.9  # a top score at or above this is a confident answer
 BATCH = 64
@@ -104,21 +105,52 @@ def labelled_images(folder: Path, size: int, labels: list[str], keep: set[str] |
             yield decode_image(path, size), index[path.parent.name]
 
 
-def paths_with_polarity(data: Path, polarity: str) -> set[str]:
-    import csv
-
+def metadata_paths(data: Path, **where: str) -> set[str]:
+    """Paths of the rows of `<data>/metadata.csv` whose columns have the given values."""
     with open(data / "metadata.csv", newline="") as f:
-        return {r["path"] for r in csv.DictReader(f) if r.get("polarity") == polarity}
+        return {r["path"] for r in csv.DictReader(f) if all(r.get(k) == v for k, v in where.items())}
+
+
+def paths_with_polarity(data: Path, polarity: str) -> set[str]:
+    return metadata_paths(data, polarity=polarity)
+
+
+def temperature_check(model_dir: Path, data: Path) -> list[dict]:
+    """What a temperature fitted on `val` (all of it, or its scikit-learn part) would do to the ECE of the
+    test sets: the raw logits are the model's times its stored temperature."""
+    model = OnnxClassifier(model_dir)
+    val_all = folder_logits(model, data, "val")
+    val_sklearn = folder_logits(model, data, "val", metadata_paths(data, split="val", source="sklearn"))
+    tests = {
+        name: folder_logits(model, data, folder)
+        for name, folder in (("sklearn test", "test"), ("held-out fonts", "printed-test"))
+    }
+    rows = []
+    for fitted_on, (logits, labels) in (("val", val_all), ("val, scikit-learn part", val_sklearn)):
+        t = fit_temperature(logits * model.temperature, labels)
+        row = {"fitted_on": fitted_on, "temperature": t}
+        for name, (test_logits, test_labels) in tests.items():
+            raw = test_logits * model.temperature
+            row[f"{name} ECE"] = expected_calibration_error(softmax(raw), test_labels)
+            row[f"{name} ECE at T"] = expected_calibration_error(softmax(raw, t), test_labels)
+        rows.append(row)
+    return rows
+
+
+def folder_logits(
+    model: OnnxClassifier, data: Path, folder: str, keep: set[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits (N, C) and the labels (N,) of `<data>/<folder>` (only `keep` paths when given)."""
+    pairs = list(labelled_images(data / folder, model.size, model.manifest.labels, keep))
+    if not pairs:
+        raise ValueError(f"no images under {data / folder}")
+    images = np.stack([p[0] for p in pairs])  # (N, 3, S, S)
+    return model.logits(images), np.array([p[1] for p in pairs])
 
 
 def digit_row(model: OnnxClassifier, name: str, data: Path, folder: str, polarity: str | None) -> DigitRow:
     keep = paths_with_polarity(data, polarity) if polarity else None
-    pairs = list(labelled_images(data / folder, model.size, model.manifest.labels, keep))
-    if not pairs:
-        raise ValueError(f"no images for {name!r} under {data / folder}")
-    images = np.stack([p[0] for p in pairs])  # (N, 3, S, S)
-    labels = np.array([p[1] for p in pairs])  # (N,)
-    logits = model.logits(images)
+    logits, labels = folder_logits(model, data, folder, keep)
     probs = softmax(logits)
     return DigitRow(
         name=name,
@@ -231,8 +263,15 @@ def main(
     model_dir: Path = typer.Argument(Path("models/image-digits"), help="exported model directory"),
     data: Path = typer.Option(Path("data/image-digits"), help="the image-digits demo set (make demo-data)"),
     out: Path | None = typer.Option(None, help="folder for eval.json and eval.md"),
+    temperature: bool = typer.Option(
+        False, "--temperature-check", help="only: what a temperature fitted on val would do to the ECE"
+    ),
 ) -> None:
     try:
+        if temperature:
+            for row in temperature_check(model_dir, data):
+                typer.echo(json.dumps(row))
+            return
         result = evaluate(model_dir, data)
     except (ValueError, FileNotFoundError, OSError) as e:
         typer.echo(f"error: {e}", err=True)

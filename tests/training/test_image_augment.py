@@ -14,7 +14,7 @@ from training.image_augment import ImageAugment, ImageAugmentSettings, affine
 from training.recipe import RecipeError, load_recipe
 
 CFG = preset("micro-image")
-RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "image-digits.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "image-digits-printed.yaml"
 S = CFG.input.image_size
 ALL_ON = {
     "affine_p": 1.0,
