@@ -280,9 +280,7 @@ def report_markdown(
             "# Small-scale replication of BRIDLE's claims",
             "",
             f"Produced by `{command}` (budget `{budget_name}`: {b.note}).",
-            f"Seeds: {seeds}; wall time {_minutes(seconds)}; load average (1/5/15 min) "
-            f"{'/'.join(f'{x:.1f}' for x in load[0])} at the start, {'/'.join(f'{x:.1f}' for x in load[1])} "
-            f"at the end; {threads}.",
+            f"Seeds: {seeds}; wall time {_minutes(seconds)}; {_load(seconds, load)}; {threads}.",
             "",
             "## Setup",
             "",
@@ -320,6 +318,13 @@ def report_markdown(
 
 def _minutes(seconds: float) -> str:
     return "in the runs' logs" if math.isnan(seconds) else f"{seconds / 60:.1f} min"
+
+
+def _load(seconds: float, load: tuple[list[float], list[float]]) -> str:
+    if math.isnan(seconds):  # a combined report: the load was the runs'
+        return "load average in the runs' logs"
+    start, end = ("/".join(f"{x:.1f}" for x in values) for values in load)
+    return f"load average (1/5/15 min) {start} at the start, {end} at the end"
 
 
 def setup_lines(b: Budget) -> list[str]:

@@ -124,7 +124,8 @@ BUDGETS: dict[str, Budget] = {
         ProbeConfig(),
         None,
         "a quarter of the full budget's steps at half its batch, what a 2-core machine shared with four "
-        "other jobs could finish in an hour: the losses have not flattened",
+        "other jobs could finish in an hour: a short training whose losses level off mostly by the "
+        "schedule's decay",
     ),
     "full": Budget(
         "tiny",
