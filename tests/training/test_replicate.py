@@ -41,10 +41,14 @@ def fsdd_like(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_micro_replication_reports_every_variant_control_and_column(fsdd_like: Path, tmp_path: Path) -> None:
-    torch.set_num_threads(1)  # the loaded test machine: one thread is several times faster than two
     out = tmp_path / "replication"
     args = ["--fsdd", str(fsdd_like), "--out", str(out), "--budget", "micro", "--seeds", "2"]
-    result = CliRunner().invoke(app, args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a loaded machine one thread is several times faster than two
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        torch.set_num_threads(threads)
     assert result.exit_code == 0, result.output
 
     budget = BUDGETS["micro"]
