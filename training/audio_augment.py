@@ -17,13 +17,12 @@ The chain, each step applied with its own probability `<step>_p` (0 = off), in r
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from bridle_model.config import AudioInput, ModelConfig
+from training.augment import AugmentSettings
 
 Range = tuple[float, float]
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
@@ -32,7 +31,7 @@ GRAIN_SECONDS = 0.04  # pitch shift: overlap-add grain length
 
 
 @dataclass(frozen=True)
-class AudioAugmentSettings:
+class AudioAugmentSettings(AugmentSettings):
     """Probabilities and ranges of each step (a recipe's `data.augment` for audio data)."""
 
     speed_p: float = 0.0
@@ -50,24 +49,10 @@ class AudioAugmentSettings:
     gain_p: float = 0.0
     gain_db: Range = (-20.0, 6.0)
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> AudioAugmentSettings:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - fields)
-        if unknown:
-            raise ValueError(f"unknown audio augmentation keys {unknown}; allowed: {sorted(fields)}")
-        values = {k: tuple(float(x) for x in v) if isinstance(v, list | tuple) else v for k, v in raw.items()}
-        settings = cls(**values)
-        settings.check()
-        return settings
+    kind = "audio"
 
     def check(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_p") and not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"{f.name} is a probability in [0, 1], got {value!r}")
-            if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
-                raise ValueError(f"{f.name} must be a [low, high] pair with low <= high, got {list(value)}")
+        super().check()
         if self.speed[0] <= 0 or self.reverb_rt60[0] <= 0 or self.silence_seconds < 0:
             raise ValueError("speed and reverb_rt60 must be positive, silence_seconds >= 0")
         if not 0.0 <= self.reverb_wet[0] <= self.reverb_wet[1] <= 1.0:

@@ -17,22 +17,21 @@ The chain, each step applied with its own probability `<step>_p` (0 = off), in t
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from bridle_model.config import ImageInput, ModelConfig
+from training.augment import AugmentSettings
 
 Range = tuple[float, float]
 
 
 @dataclass(frozen=True)
-class ImageAugmentSettings:
+class ImageAugmentSettings(AugmentSettings):
     """Probabilities and ranges of each step (a recipe's `data.augment` for image data)."""
 
     affine_p: float = 0.0
@@ -50,24 +49,10 @@ class ImageAugmentSettings:
     jpeg_p: float = 0.0
     jpeg_quality: Range = (30.0, 95.0)
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> ImageAugmentSettings:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - fields)
-        if unknown:
-            raise ValueError(f"unknown image augmentation keys {unknown}; allowed: {sorted(fields)}")
-        values = {k: tuple(float(x) for x in v) if isinstance(v, list | tuple) else v for k, v in raw.items()}
-        settings = cls(**values)
-        settings.check()
-        return settings
+    kind = "image"
 
     def check(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_p") and not (isinstance(value, int | float) and 0.0 <= float(value) <= 1.0):
-                raise ValueError(f"{f.name} is a probability in [0, 1], got {value!r}")
-            if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
-                raise ValueError(f"{f.name} must be a [low, high] pair with low <= high, got {list(value)}")
+        super().check()
         if self.scale[0] <= 0 or self.blur_radius[0] < 0 or self.noise_std[0] < 0:
             raise ValueError("scale must be positive, blur_radius and noise_std >= 0")
         if not 0 <= self.shift <= 0.5 or not 0 <= self.rotate_degrees <= 180:
