@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
-from training_helpers import MICRO, REPO, micro_overrides
+from training_helpers import MICRO, micro_overrides, run_torchrun
 
 SCRIPT = """
 import sys, torch
@@ -35,20 +32,7 @@ def test_two_processes_keep_codebooks_in_step(tmp_path: Path) -> None:
         "data.batch_size=4",
         "stages=[{kind: pretrain, steps: 2}, {kind: tokenizer, steps: 6}]",
     ]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    done = subprocess.run(
-        [*torchrun, str(script), str(MICRO), str(tmp_path), *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_torchrun([str(script), str(MICRO), str(tmp_path), *overrides])
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = (torch.load(tmp_path / f"codebooks-{r}.pt") for r in (0, 1))
     assert a.abs().sum() > 0

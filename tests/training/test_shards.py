@@ -4,15 +4,12 @@ stream continues exactly from a position; bad input is refused."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from training_helpers import MICRO, REPO, micro_overrides
+from training_helpers import MICRO, micro_overrides, run_torchrun
 from training_media import write_media
 from typer.testing import CliRunner
 
@@ -132,20 +129,7 @@ def test_two_ddp_processes_train_on_disjoint_shards(tmp_path: Path) -> None:
         "data.record_seen=true",
         "stages=[{kind: pretrain, steps: 4, log_every: 2}]",
     ]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
-    done = subprocess.run(
-        [*torchrun, "-m", "training.cli", "run", str(MICRO), *overrides],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_torchrun(["-m", "training.cli", "run", str(MICRO), *overrides])
     assert done.returncode == 0, done.stderr[-3000:]
     stage = tmp_path / "run" / "00-pretrain"
     shard_of = {k: name for name, _ in shards.shards for k in _keys_in(shards, name)}

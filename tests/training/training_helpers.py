@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from training_media import write_media
@@ -10,6 +13,24 @@ from training.recipe import Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 MICRO = REPO / "training" / "recipes" / "micro.yaml"
+
+
+def run_torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc_per_node <processes> <args>` from the repository, one thread each."""
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run([*torchrun, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
 
 
 def micro_overrides(
