@@ -3,7 +3,6 @@ was never interrupted: no example repeated or skipped (files, and shards read by
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from training_helpers import MICRO, REPO, micro_overrides
+from training_helpers import MICRO, REPO, micro_overrides, subprocess_env
 from training_media import write_media
 
 from training.loader import EpochBatches
@@ -33,11 +32,7 @@ def _run(overrides: list[str], resume: bool, kill_at_checkpoint: Path | None = N
         *overrides,
         *(["--resume"] if resume else []),
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = subprocess_env()
     if kill_at_checkpoint is None:
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]

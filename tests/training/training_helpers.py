@@ -15,6 +15,15 @@ REPO = Path(__file__).resolve().parents[2]
 MICRO = REPO / "training" / "recipes" / "micro.yaml"
 
 
+def subprocess_env() -> dict[str, str]:
+    """The environment of a training process the tests start: the repository importable, one thread."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def run_torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedProcess[str]:
     """`torchrun --standalone --nproc_per_node <processes> <args>` from the repository, one thread each."""
     torchrun = [
@@ -25,11 +34,7 @@ def run_torchrun(args: list[str], processes: int = 2) -> subprocess.CompletedPro
         "--nproc_per_node",
         str(processes),
     ]
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = subprocess_env()
     return subprocess.run([*torchrun, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
 
 
