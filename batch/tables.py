@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from bridle_model.manifest import Manifest
-from service.infer import _scores as scores  # /classify's scores: softmax, or sigmoid when multi-label
+from bridle_model.scores import scores  # /classify's scores: softmax, or sigmoid when multi-label
 
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("code", pa.string()), ("message", pa.string())])
 

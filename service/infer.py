@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bridle_model.decoding import MediaError, sniff_modality
+from bridle_model.scores import scores as class_scores
 from service.batching import Batcher, BatcherHooks
 from service.errors import ServiceError, from_media_error
 from service.media import Limits, Upload, Windows, to_windows
@@ -214,7 +215,7 @@ class Inference:
         results = []
         for p, out in await self._run(uploads, model, "encoder", OUTPUTS["classify"], need_classifier=True):
             manifest = p.model.manifest
-            scores = _scores(out["logits"].astype(np.float64), manifest.classifier.activation)  # (W, C)
+            scores = class_scores(out["logits"].astype(np.float64), manifest.classifier.activation)  # (W, C)
             k = min(top_k, len(manifest.labels))
             clip = _top(scores.mean(axis=0), manifest.labels, k, threshold)
             windows = [_top(row, manifest.labels, k, threshold) for row in scores]
@@ -295,20 +296,6 @@ class Inference:
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return np.exp(-np.logaddexp(0.0, -logits))  # 1 / (1 + e^-x), with no overflow for large |x|
-
-
-def _scores(logits: np.ndarray, activation: str) -> np.ndarray:
-    """(W, C) logits -> scores: "softmax" sums to 1 over the labels, "sigmoid" scores each on its own."""
-    return _sigmoid(logits) if activation == "sigmoid" else _softmax(logits)
 
 
 def _top(probs: np.ndarray, labels: list[str], k: int, threshold: float | None = None) -> list[Label]:

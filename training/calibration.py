@@ -30,6 +30,7 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from bridle_model import scores
 from bridle_model.checkpoint import Servable
 
 ECE_BINS = 15
@@ -45,10 +46,7 @@ class CalibrationError(ValueError):
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """(N, C) logits -> (N, C) probabilities of softmax(logits / temperature), in float64."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return scores.softmax(np.asarray(logits, dtype=np.float64), temperature)
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
