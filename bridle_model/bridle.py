@@ -11,7 +11,7 @@ is the composition of named parts, and each part is a few lines:
         forward_loss      cross-entropy at the masked patches, mean over the RQ levels
 
     Distillation     T + TE learn to carry what a trained E knows (E frozen: the teacher)
-        forward_teacher   E's patch features -> (B, N, D_E)
+        forward_teacher   E's patch features, instance-normalised (see below) -> (B, N, D_E)
         forward_tokenizer T -> quantized (B, N, code_dim), codes, L_cb
         forward_estimator TE -> (B, N, D_E)
         forward_loss      L_cos(TE output, teacher features) + L_cb
@@ -130,20 +130,42 @@ class Pretraining(Objective):
 
 # ---- distillation: T + TE from the frozen encoder ------------------------------------------------------
 
+TARGET_NORMS: tuple[str, ...] = ("instance", "none")
+
+
+def normalise_targets(features: torch.Tensor, how: str) -> torch.Tensor:
+    """The teacher's patch features (B, N, D) as distillation targets.
+
+    "instance" (data2vec's target normalisation): each feature standardised over one input's N patches.
+    A small encoder's features share one dominant direction (mean pairwise cosine 0.9 after a short
+    pretraining, results/replication/diagnosis.md); L_cos is then met by reproducing that direction, T's
+    vectors collapse to it, and level 1 of the RQ uses a handful of codes. Normalised targets keep only
+    what tells one patch from another. "none": the features as they are (the reference design).
+    """
+    if how == "none":
+        return features
+    if how != "instance":
+        raise ValueError(f"target normalisation must be one of {TARGET_NORMS}, got {how!r}")
+    return F.instance_norm(features.transpose(1, 2)).transpose(1, 2)  # (B, D, N) per (b, d) -> (B, N, D)
+
 
 class Distillation(Objective):
     kind = "tokenizer"
     frozen = ("encoder",)
 
-    def __init__(self, config: ModelConfig, teacher: Encoder) -> None:
+    def __init__(self, config: ModelConfig, teacher: Encoder, target_norm: str = "instance") -> None:
         super().__init__()
+        if target_norm not in TARGET_NORMS:
+            raise ValueError(f"target normalisation must be one of {TARGET_NORMS}, got {target_norm!r}")
         self.tokenizer = Tokenizer(config)
         self.estimator = TokenizerEstimator(config)
         self.encoder = freeze(teacher)
+        self.target_norm = target_norm
 
     @torch.no_grad()
     def forward_teacher(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder.features(x)  # (B, N, D_E): E's last LayerNorm, cls dropped
+        features = self.encoder.features(x)  # (B, N, D_E): E's last LayerNorm, cls dropped
+        return normalise_targets(features.float(), self.target_norm)
 
     def forward_tokenizer(self, x: torch.Tensor) -> TokenizerOutput:
         if self.training:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bridle_model.bridle import TARGET_NORMS
 from bridle_model.config import ModelConfig, preset
 
 StageKind = Literal["pretrain", "tokenizer", "classifier"]
@@ -74,6 +75,8 @@ class StageSpec:
     log_every: int = 10
     accumulate: int | None = None  # micro-batches per optimiser step; None: train.accumulate
     max_seconds: float | None = None  # time budget: the stage ends (done) at the first step past it
+    # tokenizer stages only: how the teacher's features become targets (bridle.normalise_targets)
+    target_norm: Literal["instance", "none"] = "instance"
 
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
@@ -236,6 +239,8 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(
                 f"{where}.max_seconds must be a positive number of seconds, got {s.max_seconds!r}"
             )
+        if s.target_norm not in TARGET_NORMS:
+            raise RecipeError(f"{where}.target_norm must be one of {TARGET_NORMS}, got {s.target_norm!r}")
         name = recipe.stage_name(i)
         if name in names or name == "servable":
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")

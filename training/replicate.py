@@ -332,7 +332,8 @@ def setup_lines(b: Budget) -> list[str]:
     labels = ", ".join(map(str, p.label_budgets))
     return [
         f"- Model: the `{b.size}` presets; each stage {b.pretrain_steps} pretraining or "
-        f"{b.tokenizer_steps} distillation steps, batch {b.batch_size}, lr {b.lr:g} "
+        f"{b.tokenizer_steps} distillation steps, batch {b.batch_size}, "
+        f"lr {b.pretrain_lr:g} (pretraining) / {b.tokenizer_lr:g} (distillation) "
         "(warm-up 10 %, cosine decay).",
         "- Audio: E pretrains on FSDD's real recordings, its training takes (index >= 5) of every "
         "speaker, unlabelled. Probe: digit recognition, leave-one-speaker-out over the FSDD speakers "

@@ -173,7 +173,7 @@ def build_objective(ctx: RunContext, index: int, resume: StageState | None) -> O
         if "encoder" in prior and not resume:
             objective.encoder.load_state_dict(prior["encoder"][0])  # warm start from the latest encoder
     elif spec.kind == "tokenizer":
-        objective = Distillation(config, encoder())
+        objective = Distillation(config, encoder(), spec.target_norm)
     else:
         if not ctx.train_set.labels or _has_unlabelled(ctx.train_set):
             raise StageError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridle_model.bridle import Classification, Distillation, Pretraining
+from bridle_model.bridle import Classification, Distillation, Pretraining, normalise_targets
 from bridle_model.config import preset
 from bridle_model.encoder import Encoder
 from bridle_model.losses import cosine_distillation_loss, masked_code_loss
@@ -60,7 +60,7 @@ def test_distillation_trains_tokenizer_and_estimator_from_the_frozen_teacher() -
     assert scalars["loss"] == pytest.approx(scalars["loss_cos"] + scalars["loss_cb"], rel=1e-6)
     with torch.no_grad():
         estimate = objective.forward_estimator(objective.tokenizer(x).quantized)
-    expected = cosine_distillation_loss(estimate, teacher.features(x))
+    expected = cosine_distillation_loss(estimate, normalise_targets(teacher.features(x), "instance"))
     assert scalars["loss_cos"] == pytest.approx(expected.item(), abs=0.05)  # EMA moved the books a step
     loss.backward()
     assert objective.tokenizer.patch_embed.proj.weight.grad is not None
@@ -69,6 +69,27 @@ def test_distillation_trains_tokenizer_and_estimator_from_the_frozen_teacher() -
     books = objective.tokenizer.quantizer.codebooks.clone()
     objective(model_input(cfg, 4, seed=3))  # later batches move the codebooks by EMA
     assert not torch.equal(books, objective.tokenizer.quantizer.codebooks)
+
+
+def test_instance_normalised_targets_keep_what_tells_patches_apart() -> None:
+    # A collapsed teacher: every patch is one shared direction plus a small patch-specific part.
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(1, 1, 16, generator=g) * 10
+    detail = torch.randn(3, 20, 16, generator=g)
+    features = shared + detail  # (B, N, D)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(features[:, :1], features[:, 1:], dim=-1).mean() > 0.9
+    targets = normalise_targets(features, "instance")
+    assert torch.allclose(targets.mean(dim=1), torch.zeros(3, 16), atol=1e-5)  # per input and feature
+    assert torch.allclose(targets.var(dim=1, unbiased=False), torch.ones(3, 16), atol=1e-3)
+    assert cos(targets[:, :1], targets[:, 1:], dim=-1).abs().mean() < 0.3
+    # per input: another batch around it does not change an input's targets
+    assert torch.allclose(normalise_targets(features[:1], "instance"), targets[:1], atol=1e-6)
+    assert torch.equal(normalise_targets(features, "none"), features)
+    with pytest.raises(ValueError, match="target normalisation"):
+        normalise_targets(features, "batch")
+    with pytest.raises(ValueError, match="target normalisation"):
+        Distillation(preset("micro-image"), Encoder(preset("micro-image")), target_norm="batch")
 
 
 @pytest.mark.parametrize("mode", ["linear", "finetune"])

@@ -148,11 +148,15 @@ def diagnose_seed(seed_dir: Path, modality: str, budget_name: str, fsdd: Path) -
     return lines
 
 
-# ---- a diagnosis run: the same distillation, the teacher's features centred --------------------------------
+# ---- a diagnosis run: the same distillation, with each way of normalising the teacher's features ----------
 
 
 class CentredTargets(Distillation):
-    """Distillation towards the teacher's features minus their mean over the batch's tokens (per feature)."""
+    """Distillation towards the teacher's features minus their mean over the batch's tokens (per feature):
+    the first diagnosis, kept as the simplest contrast to `normalise_targets`'s instance norm."""
+
+    def __init__(self, config: ModelConfig, teacher: Encoder) -> None:
+        super().__init__(config, teacher, target_norm="none")
 
     @torch.no_grad()
     def forward_teacher(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,9 +164,16 @@ class CentredTargets(Distillation):
         return target - target.mean(dim=(0, 1), keepdim=True)
 
 
+TARGET_VARIANTS = {
+    "teacher features as they are (none)": lambda c, t: Distillation(c, t, target_norm="none"),
+    "batch-centred teacher features": CentredTargets,
+    "instance-normalised teacher features (the default)": lambda c, t: Distillation(c, t, "instance"),
+}
+
+
 def distil(
     seed_dir: Path,
-    centred: bool,
+    variant: str,
     steps: int,
     batch: int,
     data: MediaDataset,
@@ -176,7 +187,7 @@ def distil(
     preprocess = build_preprocessor(config)
     torch.manual_seed(seed)
     teacher = _load(iter1 / PRETRAIN1, "encoder", Encoder(config))
-    objective = (CentredTargets if centred else Distillation)(config, teacher)
+    objective = TARGET_VARIANTS[variant](config, teacher)
     optimizer, scheduler = build_optimizer(objective.trainable(), 1e-3, 0.05, max(1, steps // 10), steps)
     loader = DataLoader(
         data, batch, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed)
@@ -213,7 +224,7 @@ def main(
     seed: int = typer.Option(0),
     budget_name: str = typer.Option("full", "--budget", help="the budget the run was trained with"),
     centred_steps: int = typer.Option(
-        0, help="image: also distil with centred teacher targets for this many steps"
+        0, help="image: also distil with each target normalisation for this many steps"
     ),
 ) -> None:
     lines = [
@@ -238,11 +249,8 @@ def main(
             lines += ["", f"### {modality}: distillation from iter1 for {centred_steps} steps, batch 16", ""]
             lines += [*HEAD[:1], *HEAD[1:]]
             curves = []
-            for centred in (False, True):
-                name = "centred teacher features" if centred else "teacher features as they are"
-                curve, stats = distil(
-                    seed_dir, centred, centred_steps, 16, probes.train, probes.held_out, seed
-                )
+            for name in TARGET_VARIANTS:
+                curve, stats = distil(seed_dir, name, centred_steps, 16, probes.train, probes.held_out, seed)
                 curves.append((name, curve))
                 lines += [_row(f"iter1's RQ config, {name}", level, s) for level, s in enumerate(stats)]
             lines += ["", "Usage per level on training batches, every 10 steps:", ""]

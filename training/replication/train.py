@@ -42,13 +42,14 @@ class Trained:
 
 def stage_recipe(budget: Budget, modality: str, train: Path, seed: int, out: Path, plan: list[str]) -> Recipe:
     """A recipe of the named stages (see the module's constants) with the budget's steps."""
-    common = {"lr": budget.lr, "log_every": budget.log_every}
     kinds = {PRETRAIN1: "pretrain", PRETRAIN1_LONG: "pretrain", TOKENIZER: "tokenizer", PRETRAIN2: "pretrain"}
     stages = []
     for name in plan:
-        steps = budget.tokenizer_steps if kinds[name] == "tokenizer" else budget.pretrain_steps
+        distil = kinds[name] == "tokenizer"
+        steps = budget.tokenizer_steps if distil else budget.pretrain_steps
+        lr = budget.tokenizer_lr if distil else budget.pretrain_lr
         stages.append(
-            {"kind": kinds[name], "name": name, "steps": steps, "warmup_steps": max(1, steps // 10)}
+            {"kind": kinds[name], "name": name, "steps": steps, "lr": lr, "warmup_steps": max(1, steps // 10)}
         )
     return recipe_from_dict(
         {
@@ -58,7 +59,7 @@ def stage_recipe(budget: Budget, modality: str, train: Path, seed: int, out: Pat
             "checkpoint_every": 10**9,  # only the final checkpoint of each stage
             "model": {"preset": f"{budget.size}-{modality}"},
             "data": {"train": str(train), "modality": modality, "batch_size": budget.batch_size},
-            "stages": [{**common, **s} for s in stages],
+            "stages": [{"log_every": budget.log_every, **s} for s in stages],
         }
     )
 
