@@ -25,6 +25,12 @@ def test_overrides_reach_stages_and_model() -> None:
     assert recipe.data.batch_size == 3
 
 
+def test_distillation_targets_are_instance_normalised_unless_a_recipe_pins_none() -> None:
+    assert [s.target_norm for s in load_recipe(MICRO).stages if s.kind == "tokenizer"] == ["instance"]
+    pinned = load_recipe(REPO / "training" / "recipes" / "video-motion.yaml")  # rebuilds as shipped
+    assert [s.target_norm for s in pinned.stages if s.kind == "tokenizer"] == ["none"]
+
+
 def test_vq_baseline_has_one_level_of_1024() -> None:
     q = load_recipe(REPO / "training" / "recipes" / "audio-digits-vq.yaml").model_config().quantizer
     assert (q.levels, q.codebook_size) == (1, 1024)
@@ -40,6 +46,7 @@ def test_vq_baseline_has_one_level_of_1024() -> None:
         ("stages.0.kind=distill", "kind must be one of"),
         ("stages.0.steps=0", "steps must be a positive integer"),
         ("model.preset=huge-audio", "unknown preset"),
+        ("stages.1.target_norm=batch", "target_norm must be one of"),
         ("nonsense", "key=value"),
     ],
 )
