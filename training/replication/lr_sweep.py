@@ -1,6 +1,6 @@
 """Why the full budget pretrains at lr 1e-4: iteration 1 at several peak learning rates, probed.
 
-    python -m training.replication.lr_sweep --out results/replication/lr-sweep [--lr 1e-3 --lr 1e-4 ...]
+    python -m training.replication.lr_sweep [--out results/replication/lr-sweep] [--lr 1e-3 --lr 1e-4 ...]
 
 For one seed and modality, iter1 (E pretrained on the random-projection tokenizer's codes, the replication's
 own stage) is trained once per learning rate with the full budget's other settings, and probed like every
