@@ -114,14 +114,16 @@ def encoder_table(records: Records, metrics: dict[str, list[str]], arms: tuple[T
     head = ["encoder", *(f"{m} {k} (%)" for m, k in columns), "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant in encoders(arms):
-        cells, seeds = [], 0
+        cells, seeds = [], {}
         for modality, metric in columns:
             values = list(
                 _by_seed(records.scores, "value", modality=modality, variant=variant, metric=metric).values()
             )
             cells.append(_pct(interval(values)) if values else "-")
-            seeds = max(seeds, len(values))
-        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {seeds} |")
+            seeds[modality] = max(seeds.get(modality, 0), len(values))
+        counts = set(seeds.values())
+        shown = str(counts.pop()) if len(counts) == 1 else ", ".join(f"{m} {n}" for m, n in seeds.items())
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {shown} |")
     return "\n".join(lines)
 
 
