@@ -145,6 +145,7 @@ BUDGETS: dict[str, Budget] = {
         10,
         ProbeConfig(),
         None,
-        "the target budget (under 60 minutes on an idle 2-core machine)",
+        "the target budget; the goal is under 60 minutes with --jobs 2 on an idle 2-core machine, which no "
+        "run has shown yet (the committed one shared the machine with other jobs)",
     ),
 }
