@@ -133,6 +133,11 @@ class Pretraining(Objective):
 TARGET_NORMS: tuple[str, ...] = ("instance", "none")
 
 
+def check_target_norm(how: str) -> None:
+    if how not in TARGET_NORMS:
+        raise ValueError(f"target normalisation must be one of {TARGET_NORMS}, got {how!r}")
+
+
 def normalise_targets(features: torch.Tensor, how: str) -> torch.Tensor:
     """The teacher's patch features (B, N, D) as distillation targets.
 
@@ -142,10 +147,9 @@ def normalise_targets(features: torch.Tensor, how: str) -> torch.Tensor:
     vectors collapse to it, and level 1 of the RQ uses a handful of codes. Normalised targets keep only
     what tells one patch from another. "none": the features as they are (the reference design).
     """
+    check_target_norm(how)
     if how == "none":
         return features
-    if how != "instance":
-        raise ValueError(f"target normalisation must be one of {TARGET_NORMS}, got {how!r}")
     return F.instance_norm(features.transpose(1, 2)).transpose(1, 2)  # (B, D, N) per (b, d) -> (B, N, D)
 
 
@@ -155,8 +159,7 @@ class Distillation(Objective):
 
     def __init__(self, config: ModelConfig, teacher: Encoder, target_norm: str = "instance") -> None:
         super().__init__()
-        if target_norm not in TARGET_NORMS:
-            raise ValueError(f"target normalisation must be one of {TARGET_NORMS}, got {target_norm!r}")
+        check_target_norm(target_norm)
         self.tokenizer = Tokenizer(config)
         self.estimator = TokenizerEstimator(config)
         self.encoder = freeze(teacher)
