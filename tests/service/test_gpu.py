@@ -88,6 +88,18 @@ def test_compare_reports_diffs_and_code_agreement_per_level() -> None:
     assert figures["codes agreement"] == 15 / 16 and figures["codes agreement per level"] == [1.0, 7 / 8]
 
 
+def test_compare_measures_the_quantized_vectors_where_the_codes_agree() -> None:
+    codes = np.zeros((1, 3, 2), dtype=np.int64)
+    a = {"codes": codes, "quantized": np.zeros((1, 3, 4), dtype=np.float32)}
+    b = {"codes": codes.copy(), "quantized": np.zeros((1, 3, 4), dtype=np.float32)}
+    b["codes"][0, 0, 1] = 5
+    b["quantized"][0, 0] = 3.0  # the flipped position: another codeword
+    b["quantized"][0, 2] = 1e-6  # an agreeing position: rounding
+    figures = compare(a, b)
+    assert figures["quantized max abs diff"] == pytest.approx(1e-6)
+    assert figures["codes agreement"] == 5 / 6
+
+
 def test_the_gpu_check_steps_run_end_to_end_with_the_cpu_standing_in(
     model_root: Path, monkeypatch, capsys
 ) -> None:
