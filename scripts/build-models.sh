@@ -13,11 +13,10 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 MODELS=${MODELS:-models}
 # Held-out data each model's softmax temperature is fitted on (training/calibration.py): never a test split.
-# image-digits (scikit-learn's digits only) is not listed: it is right on all of its own kind of held-out
-# data, where a temperature fit only sharpens it (T = 0.058), and a fit on val with the printed fonts
-# (T = 5.2) would take its scikit-learn test ECE from 0.012 to 0.521 (models/image-digits/README.md).
+# image-digits: val (scikit-learn's digits moved out of train, and the val font families).
 declare -A CALIBRATION=(
   [audio-digits]="runs/audio-digits/data/calibration.csv"
+  [image-digits]="data/image-digits/val"
 )
 # How a model is trained when not by `bridle-train run` alone. audio-digits: pretraining on the synthetic
 # voices, the classifier on them + the real FSDD speakers (training/eval_audio.py; writes its calibration.csv).

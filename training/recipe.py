@@ -31,6 +31,7 @@ from bridle_model.config import ModelConfig, preset
 StageKind = Literal["pretrain", "tokenizer", "classifier"]
 STAGE_KINDS: tuple[str, ...] = ("pretrain", "tokenizer", "classifier")
 CLASSIFIER_MODES: tuple[str, ...] = ("linear", "finetune")
+ENCODER_INITS: tuple[str, ...] = ("pretrained", "random")
 
 
 class RecipeError(ValueError):
@@ -71,6 +72,9 @@ class StageSpec:
     weight_decay: float = 0.05
     batch_size: int | None = None  # None: data.batch_size
     mode: Literal["linear", "finetune"] = "linear"  # classifier stages only
+    # classifier stages only: E from the latest pretrain stage, or (`random`, mode finetune) a fresh E
+    # trained with the head; T is the latest earlier one either way
+    encoder_init: Literal["pretrained", "random"] = "pretrained"
     name: str | None = None  # folder under out_dir; default "<index>-<kind>"
     log_every: int = 10
     accumulate: int | None = None  # micro-batches per optimiser step; None: train.accumulate
@@ -241,6 +245,10 @@ def _check(recipe: Recipe) -> None:
             )
         if s.target_norm not in TARGET_NORMS:
             raise RecipeError(f"{where}.target_norm must be one of {TARGET_NORMS}, got {s.target_norm!r}")
+        if s.encoder_init not in ENCODER_INITS:
+            raise RecipeError(f"{where}.encoder_init must be one of {ENCODER_INITS}, got {s.encoder_init!r}")
+        if s.encoder_init == "random" and (s.kind != "classifier" or s.mode != "finetune"):
+            raise RecipeError(f"{where}.encoder_init random is for classifier stages in mode finetune")
         name = recipe.stage_name(i)
         if name in names or name == "servable":
             raise RecipeError(f"{where}: stage name {name!r} is used twice or reserved")

@@ -154,9 +154,14 @@ def build_objective(ctx: RunContext, index: int, resume: StageState | None) -> O
     prior = earlier_parts(ctx, index)
 
     def encoder() -> Encoder:
-        if "encoder" not in prior:
-            raise StageError(f"stage {index} ({spec.kind}) needs an encoder from an earlier pretrain stage")
         e = Encoder(config)
+        if spec.encoder_init == "random":
+            return e  # a classifier fine-tuned from fresh weights (seeded above)
+        if "encoder" not in prior:
+            raise StageError(
+                f"stage {index} ({spec.kind}) needs an encoder from an earlier pretrain stage "
+                "(or, for a fine-tuned classifier, encoder_init: random)"
+            )
         e.load_state_dict(prior["encoder"][0])
         return e
 

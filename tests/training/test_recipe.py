@@ -47,6 +47,9 @@ def test_vq_baseline_has_one_level_of_1024() -> None:
         ("stages.0.steps=0", "steps must be a positive integer"),
         ("model.preset=huge-audio", "unknown preset"),
         ("stages.1.target_norm=batch", "target_norm must be one of"),
+        ("stages.3.encoder_init=imagenet", "encoder_init must be one of"),
+        ("stages.0.encoder_init=random", "encoder_init random is for classifier stages in mode finetune"),
+        ("stages.3.encoder_init=random", "encoder_init random is for classifier stages in mode finetune"),
         ("nonsense", "key=value"),
     ],
 )

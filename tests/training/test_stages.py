@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from training_helpers import micro_recipe, stage_losses
 
 from bridle_model.checkpoint import load_servable
@@ -44,6 +45,28 @@ def test_first_pretrain_uses_a_frozen_random_tokenizer(tmp_path: Path) -> None:
     assert codebooks and all(b.abs().sum() > 0 for b in codebooks)  # k-means-initialised on batch 1
     assert not any(p.requires_grad for p in objective.tokenizer.parameters())
     assert load_servable(Path(recipe.out_dir) / "servable").tokenizer_kind == "random"
+
+
+def test_a_classifier_from_a_fresh_encoder_keeps_the_earlier_tokenizer(tmp_path: Path) -> None:
+    # pretrain -> distil T -> classifier on a fresh E (encoder_init random): E is not the pretrained one,
+    # T is the distilled one, and the servable holds both
+    stages = [
+        "stages=[{kind: pretrain, steps: 3}, {kind: tokenizer, steps: 3},"
+        " {kind: classifier, mode: finetune, encoder_init: random, steps: 3}]"
+    ]
+    recipe = micro_recipe("image", tmp_path, stages, test=False)
+    ctx = prepare_run(recipe, DistInfo(), reuse_config=False)
+    pretrained = run_stage(ctx, 0, resume=False).objective.encoder.state_dict()
+    distilled = run_stage(ctx, 1, resume=False).objective.tokenizer.state_dict()
+    classifier = run_stage(ctx, 2, resume=False).objective
+    servable = load_servable(Path(recipe.out_dir) / "servable")
+    assert servable.tokenizer_kind == "trained"
+    kept = {n: w for n, w in classifier.tokenizer.state_dict().items() if not n.endswith("frozen")}
+    assert any(n.endswith("codebooks") for n in kept)
+    for name, weight in kept.items():  # the weights and codebooks (not the freeze flag)
+        assert torch.equal(weight, distilled[name]), name
+    embed = "patch_embed.proj.weight"
+    assert not torch.allclose(servable.encoder.state_dict()[embed], pretrained[embed])
 
 
 def _early_late(losses: list[float]) -> tuple[float, float]:
