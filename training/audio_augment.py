@@ -13,6 +13,11 @@ The chain, each step applied with its own probability `<step>_p` (0 = off), in r
     noise      white, pink or brown noise at an SNR in `noise_snr_db` relative to the speech
     telephone  the telephone band, 300 - 3400 Hz (what 8 kHz recordings and phone lines keep)
     gain       a level change in dB, clipped to [-1, 1] like a recorder would
+    eq         a microphone's (or a voice's) frequency response: a smooth random gain curve, up to
+               `eq_db` dB, over `EQ_POINTS` log-spaced frequencies
+    band_mask  one frequency band up to `band_mask_hz` wide removed (SpecAugment's frequency mask, done on
+               the waveform so that it lives in this one chain)
+    time_mask  one stretch up to `time_mask_seconds` long silenced (SpecAugment's time mask)
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ Range = tuple[float, float]
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent
 TELEPHONE_BAND = (300.0, 3400.0)  # Hz
 GRAIN_SECONDS = 0.04  # pitch shift: overlap-add grain length
+EQ_POINTS = 6  # eq: control points of the random gain curve, log-spaced from 100 Hz to Nyquist
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,12 @@ class AudioAugmentSettings(AugmentSettings):
     telephone_p: float = 0.0
     gain_p: float = 0.0
     gain_db: Range = (-20.0, 6.0)
+    eq_p: float = 0.0
+    eq_db: float = 10.0  # most boost or cut at a control point
+    band_mask_p: float = 0.0
+    band_mask_hz: float = 600.0  # widest band removed
+    time_mask_p: float = 0.0
+    time_mask_seconds: float = 0.1  # longest stretch silenced
 
     kind = "audio"
 
@@ -55,6 +67,8 @@ class AudioAugmentSettings(AugmentSettings):
         super().check()
         if self.speed[0] <= 0 or self.reverb_rt60[0] <= 0 or self.silence_seconds < 0:
             raise ValueError("speed and reverb_rt60 must be positive, silence_seconds >= 0")
+        if min(self.eq_db, self.band_mask_hz, self.time_mask_seconds) < 0:
+            raise ValueError("eq_db, band_mask_hz and time_mask_seconds must be >= 0")
         if not 0.0 <= self.reverb_wet[0] <= self.reverb_wet[1] <= 1.0:
             raise ValueError(f"reverb_wet must lie in [0, 1], got {list(self.reverb_wet)}")
 
@@ -74,7 +88,7 @@ class AudioAugment:
         s = self.settings
         x = np.asarray(wave, np.float32)  # (samples,)
         # One draw per step whether or not it applies, so a step's settings do not shift the others' draws.
-        apply = rng.random(7) < [
+        apply = rng.random(10) < [
             s.speed_p,
             s.pitch_p,
             s.silence_p,
@@ -82,6 +96,9 @@ class AudioAugment:
             s.noise_p,
             s.telephone_p,
             s.gain_p,
+            s.eq_p,
+            s.band_mask_p,
+            s.time_mask_p,
         ]
         if apply[0]:
             x = resample(x, 1.0 / rng.uniform(*s.speed))
@@ -99,6 +116,17 @@ class AudioAugment:
             x = band_limit(x, *TELEPHONE_BAND, self.rate)
         if apply[6]:
             x = x * np.float32(10 ** (rng.uniform(*s.gain_db) / 20))
+        if apply[7]:
+            x = equalise(x, rng.uniform(-s.eq_db, s.eq_db, EQ_POINTS), self.rate)
+        if apply[8]:
+            width = rng.uniform(0, s.band_mask_hz)
+            low = rng.uniform(0, self.rate / 2 - width)
+            x = band_stop(x, low, low + width, self.rate)
+        if apply[9]:
+            length = int(rng.uniform(0, s.time_mask_seconds) * self.rate)
+            start = int(rng.integers(0, max(1, len(x) - length)))
+            x = x.copy()
+            x[start : start + length] = 0.0
         return np.clip(x, -1.0, 1.0).astype(np.float32)  # (samples',)
 
 
@@ -170,6 +198,24 @@ def band_limit(x: np.ndarray, low: float, high: float, rate: int) -> np.ndarray:
     f = np.fft.rfftfreq(len(x), 1.0 / rate)
     mask = np.clip((f - low + 100) / 100, 0, 1) * np.clip((high + 100 - f) / 100, 0, 1)
     return np.fft.irfft(spectrum * mask, len(x)).astype(np.float32)
+
+
+def equalise(x: np.ndarray, gains_db: np.ndarray, rate: int) -> np.ndarray:
+    """`x` through a smooth filter: `gains_db` at log-spaced frequencies from 100 Hz to Nyquist,
+    interpolated in log frequency (flat beyond the ends)."""
+    spectrum = np.fft.rfft(x)
+    f = np.fft.rfftfreq(len(x), 1.0 / rate)
+    points = np.geomspace(100.0, rate / 2, len(gains_db))
+    gain_db = np.interp(np.log(np.maximum(f, 1.0)), np.log(points), gains_db)
+    return np.fft.irfft(spectrum * 10 ** (gain_db / 20), len(x)).astype(np.float32)
+
+
+def band_stop(x: np.ndarray, low: float, high: float, rate: int) -> np.ndarray:
+    """`x` with [low, high] Hz removed."""
+    spectrum = np.fft.rfft(x)
+    f = np.fft.rfftfreq(len(x), 1.0 / rate)
+    spectrum[(f >= low) & (f <= high)] = 0.0
+    return np.fft.irfft(spectrum, len(x)).astype(np.float32)
 
 
 def _rms(x: np.ndarray) -> float:

@@ -10,7 +10,14 @@ import pytest
 
 from bridle_model.config import preset
 from tests.training.training_media import write_audio
-from training.audio_augment import AudioAugment, AudioAugmentSettings, band_limit, pitch_shift
+from training.audio_augment import (
+    AudioAugment,
+    AudioAugmentSettings,
+    band_limit,
+    band_stop,
+    equalise,
+    pitch_shift,
+)
 from training.augment import AugmentError, augment_settings, build_augment
 from training.data import MediaDataset
 from training.distributed import init_from_env
@@ -18,7 +25,8 @@ from training.recipe import RecipeError, recipe_from_dict
 from training.stages import prepare_run
 
 CFG = preset("micro-audio")
-ALL_ON = {f"{step}_p": 1.0 for step in ("speed", "pitch", "silence", "reverb", "noise", "telephone", "gain")}
+STEPS = ("speed", "pitch", "silence", "reverb", "noise", "telephone", "gain", "eq", "band_mask", "time_mask")
+ALL_ON = {f"{step}_p": 1.0 for step in STEPS}
 
 
 def _speech(seconds: float = 0.5, rate: int = 16_000) -> np.ndarray:
@@ -41,7 +49,7 @@ def test_same_seed_same_wave_other_seed_other_wave() -> None:
 @pytest.mark.parametrize("step", sorted(ALL_ON))
 def test_each_step_changes_the_wave(step: str) -> None:
     augment = AudioAugment(AudioAugmentSettings.from_dict({step: 1.0}), CFG)
-    wave = _speech()
+    wave = _speech() + 0.01 * np.random.default_rng(0).standard_normal(8000).astype(np.float32)  # broadband
     out = augment(wave, np.random.default_rng(1))
     assert len(out) != len(wave) or not np.allclose(out, wave, atol=1e-4)
 
@@ -68,9 +76,27 @@ def test_telephone_band_removes_high_and_low_frequencies() -> None:
     assert spectrum[1000] > 100 * max(spectrum[100], spectrum[6000])
 
 
+def test_band_stop_removes_only_its_band() -> None:
+    rate = 8_000
+    t = np.arange(rate) / rate
+    tones = np.sin(2 * np.pi * 500 * t) + np.sin(2 * np.pi * 1500 * t)
+    spectrum = np.abs(np.fft.rfft(band_stop(tones.astype(np.float32), 1400, 1600, rate)))
+    assert spectrum[500] > 1000 * spectrum[1500]
+
+
+def test_equalise_applies_its_gain_curve() -> None:
+    rate = 8_000
+    t = np.arange(rate) / rate
+    tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    flat = equalise(tone, np.zeros(6), rate)
+    np.testing.assert_allclose(flat, tone, atol=1e-5)
+    louder = equalise(tone, np.full(6, 6.0), rate)  # +6 dB everywhere: twice the amplitude
+    np.testing.assert_allclose(louder, 10 ** (6 / 20) * tone, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "settings",
-    [{"wobble_p": 0.5}, {"noise_p": 1.5}, {"speed": [1.2, 0.8]}, {"reverb_wet": [0.5, 1.5]}],
+    [{"wobble_p": 0.5}, {"eq_db": -1.0}, {"noise_p": 1.5}, {"speed": [1.2, 0.8]}, {"reverb_wet": [0.5, 1.5]}],
 )
 def test_bad_settings_are_clear_errors(settings: dict) -> None:
     with pytest.raises(AugmentError):
