@@ -332,6 +332,9 @@ def loso(
     ),
     synthetic: Path = typer.Option(SYNTHETIC, help="the synthetic demo set"),
     fsdd: Path = typer.Option(FSDD, help="the real-speech demo set"),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="a recipe override for the classifier stages, key=value (e.g. stages.3.steps=6000)"
+    ),
 ) -> None:
     """Leave-one-speaker-out: per fold, the classifier on synthetic voices + the other real speakers (its
     pretrained stages copied from PRETRAINED, which saw no real speech), scored on the held-out speaker."""
@@ -350,7 +353,7 @@ def loso(
         heard = {r["speaker"] for r in _rows(split.train) + _rows(split.calibration)}
         if speaker in heard:  # the whole point of the fold
             raise RuntimeError(f"fold {speaker}: the held-out speaker is in its training data")
-        calibrated = _classifier_and_calibration(recipe, fold, split, [f"out_dir={fold}"])
+        calibrated = _classifier_and_calibration(recipe, fold, split, [*overrides, f"out_dir={fold}"])
         result = evaluate_servable(calibrated, (speaker,), synthetic, fsdd)
         write_report(fold, f"fold: {speaker} held out", result, [score_table(result["scores"])])
     summarise(out)
