@@ -392,6 +392,78 @@ def summary(out: Path = typer.Option(Path("runs/audio-loso"), help="the loso out
     summarise(out)
 
 
+def cross_speaker_calibration(folds: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> list[dict]:
+    """Per fold: the ECE on its unseen speaker with the temperature it was calibrated with (fitted on held-out
+    takes of the speakers it heard), with one fitted on the other folds' unseen speakers, and with none.
+    `folds`: name -> (uncalibrated logits (N, C), labels (N,), the fold's own temperature)."""
+    from training.calibration import expected_calibration_error, fit_temperature, softmax
+
+    rows = []
+    for name, (logits, labels, own) in folds.items():
+        others = [f for f in folds if f != name]
+        if not others:
+            raise ValueError("cross-speaker calibration needs at least two folds")
+        pooled = np.concatenate([folds[f][0] for f in others]), np.concatenate([folds[f][1] for f in others])
+        crossed = fit_temperature(*pooled)
+        rows.append(
+            {
+                "fold": name,
+                "accuracy": float(np.mean(logits.argmax(1) == labels)),
+                "own_temperature": own,
+                "own_ece": expected_calibration_error(softmax(logits, own), labels),
+                "cross_temperature": crossed,
+                "cross_ece": expected_calibration_error(softmax(logits, crossed), labels),
+                "uncalibrated_ece": expected_calibration_error(softmax(logits), labels),
+            }
+        )
+    return rows
+
+
+@app.command("cross-calibration")
+def cross_calibration(
+    out: Path = typer.Option(Path("runs/audio-loso"), help="the loso output folder"),
+) -> None:
+    """How well each calibration suits speakers never heard: per finished fold, the ECE on its held-out
+    speaker with its own temperature, with one fitted on the other folds' held-out speakers, and with none."""
+    from bridle_model.checkpoint import load_servable
+    from training.calibration import servable_logits
+    from training.data import MediaDataset
+
+    folds = {}
+    for fold in sorted(p.parent for p in out.glob("*/eval.json")):
+        servable = load_servable(fold / "servable")  # uncalibrated
+        data = MediaDataset(
+            fold / "data" / f"{fold.name}.csv",
+            servable.config,
+            labels=servable.labels,
+            cache=True,
+            labelled=True,
+        )
+        own = load_servable(fold / "servable-calibrated").provenance["calibration"]["temperature"]
+        folds[fold.name] = (*servable_logits(servable, data), float(own))
+    if len(folds) < 2:
+        typer.echo(f"error: cross-speaker calibration needs two finished folds under {out}", err=True)
+        raise typer.Exit(1)
+    rows = cross_speaker_calibration(folds)
+    lines = [
+        "| held-out speaker | accuracy | T (own: held-out takes of heard speakers) | ECE | T (other folds' "
+        "unseen speakers) | ECE | ECE, T = 1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['fold']} | {r['accuracy']:.1%} | {r['own_temperature']:.2f} | {r['own_ece']:.3f} | "
+            f"{r['cross_temperature']:.2f} | {r['cross_ece']:.3f} | {r['uncalibrated_ece']:.3f} |"
+        )
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("own_ece", "cross_ece", "uncalibrated_ece")}
+    lines.append(
+        f"| mean | | | {mean['own_ece']:.3f} | | {mean['cross_ece']:.3f} | {mean['uncalibrated_ece']:.3f} |"
+    )
+    text = "\n".join(lines)
+    (out / "cross-calibration.md").write_text(text + "\n")
+    typer.echo(text)
+
+
 @app.command()
 def evaluate(
     servable: Path = typer.Argument(..., help="a servable checkpoint folder"),

@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
+from training.calibration import expected_calibration_error, fit_temperature, softmax
 from training.eval_audio import (
     NON_DIGIT_EACH,
     SAMPLE_SECONDS,
     app,
+    cross_speaker_calibration,
     non_digit_inputs,
     non_digit_table,
     score_table,
@@ -49,3 +52,24 @@ def test_tables_show_every_row() -> None:
 def test_loso_without_pretrained_stages_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["loso", "--pretrained", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "run `train` first" in result.output
+
+
+def test_cross_speaker_calibration_fits_on_the_other_folds_only() -> None:
+    rng = np.random.default_rng(0)
+    folds = {}
+    for name, scale in (("a", 1.0), ("b", 1.0), ("c", 8.0)):  # c: far more confident logits
+        labels = rng.integers(0, 10, 400)
+        logits = rng.standard_normal((400, 10))
+        logits[np.arange(400), labels] += 2.0
+        folds[name] = (logits * scale, labels, 0.5)
+    rows = {r["fold"]: r for r in cross_speaker_calibration(folds)}
+    ab = [np.concatenate([folds[f][i] for f in "ab"]) for i in (0, 1)]
+    assert rows["c"]["cross_temperature"] == pytest.approx(fit_temperature(*ab))  # never c's own logits
+    logits, labels, _ = folds["c"]
+    assert rows["c"]["cross_ece"] == pytest.approx(
+        expected_calibration_error(softmax(logits, fit_temperature(*ab)), labels)
+    )
+    assert rows["c"]["own_ece"] == pytest.approx(expected_calibration_error(softmax(logits, 0.5), labels))
+    assert rows["c"]["cross_temperature"] < rows["a"]["cross_temperature"]  # a's pool holds c's sharp logits
+    with pytest.raises(ValueError):
+        cross_speaker_calibration({"a": folds["a"]})
