@@ -22,6 +22,7 @@ The chain, each step applied with its own probability `<step>_p` (0 = off), in r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,30 +193,29 @@ def add_noise(x: np.ndarray, rng: np.random.Generator, snr_db: float, colour: st
     return (x + level * coloured_noise(rng, len(x), NOISE_COLOURS[colour])).astype(np.float32)
 
 
+def _filtered(x: np.ndarray, rate: int, gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """`x` with its spectrum multiplied by `gain(frequencies in Hz)` (one FFT, zero phase)."""
+    f = np.fft.rfftfreq(len(x), 1.0 / rate)
+    return np.fft.irfft(np.fft.rfft(x) * gain(f), len(x)).astype(np.float32)
+
+
 def band_limit(x: np.ndarray, low: float, high: float, rate: int) -> np.ndarray:
     """`x` with only [low, high] Hz kept (FFT mask with 100 Hz linear edges)."""
-    spectrum = np.fft.rfft(x)
-    f = np.fft.rfftfreq(len(x), 1.0 / rate)
-    mask = np.clip((f - low + 100) / 100, 0, 1) * np.clip((high + 100 - f) / 100, 0, 1)
-    return np.fft.irfft(spectrum * mask, len(x)).astype(np.float32)
+    return _filtered(
+        x, rate, lambda f: np.clip((f - low + 100) / 100, 0, 1) * np.clip((high + 100 - f) / 100, 0, 1)
+    )
 
 
 def equalise(x: np.ndarray, gains_db: np.ndarray, rate: int) -> np.ndarray:
     """`x` through a smooth filter: `gains_db` at log-spaced frequencies from 100 Hz to Nyquist,
     interpolated in log frequency (flat beyond the ends)."""
-    spectrum = np.fft.rfft(x)
-    f = np.fft.rfftfreq(len(x), 1.0 / rate)
-    points = np.geomspace(100.0, rate / 2, len(gains_db))
-    gain_db = np.interp(np.log(np.maximum(f, 1.0)), np.log(points), gains_db)
-    return np.fft.irfft(spectrum * 10 ** (gain_db / 20), len(x)).astype(np.float32)
+    points = np.log(np.geomspace(100.0, rate / 2, len(gains_db)))
+    return _filtered(x, rate, lambda f: 10 ** (np.interp(np.log(np.maximum(f, 1.0)), points, gains_db) / 20))
 
 
 def band_stop(x: np.ndarray, low: float, high: float, rate: int) -> np.ndarray:
     """`x` with [low, high] Hz removed."""
-    spectrum = np.fft.rfft(x)
-    f = np.fft.rfftfreq(len(x), 1.0 / rate)
-    spectrum[(f >= low) & (f <= high)] = 0.0
-    return np.fft.irfft(spectrum, len(x)).astype(np.float32)
+    return _filtered(x, rate, lambda f: ~((f >= low) & (f <= high)))
 
 
 def _rms(x: np.ndarray) -> float:
