@@ -8,6 +8,14 @@ divides the logits by one scalar T > 0 fitted to minimise the negative log-likel
     fit_temperature(logits, labels) -> T             (N, C) float, (N,) int -> float
     expected_calibration_error(probs, labels) -> ECE  top-label ECE over equal-width confidence bins
     calibrate_servable(servable, logits, labels)      folds 1/T into the classifier head and records it
+    held_out_logits(servable, source, augment=...)    the logits to fit on, optionally under augmentation
+
+Held-out takes of the training speakers (or fonts) can be easier than the inputs a user sends: a
+temperature fitted on them sharpens the scores (audio-digits' leave-one-speaker-out folds: T 0.39-0.72)
+and leaves the model over-confident on speakers it never heard (ECE 0.078). Fitted on the same held-out
+examples passed through the recipe's training augmentation (`--augment RECIPE --repeats N`: N seeded
+draws per example), which makes them about as hard as unseen recorders (89.1 % right against 86.8 % on
+unseen speakers), T is near 1 and the ECE on unseen speakers 0.038 (models/audio-digits/README.md).
 
 Where T lives: `softmax(W x / T + b / T)` is `softmax((W / T) x + b / T)`, so the head's last Linear layer
 is rescaled in place. The exported `logits` output is then already calibrated and the service, which
@@ -168,6 +176,43 @@ def servable_logits(servable: Servable, data: Dataset, batch_size: int = 64) -> 
         logits.append(graph(signal)[2].float().numpy())  # (B, C)
         labels.append(np.asarray(label, dtype=np.int64))
     return np.concatenate(logits), np.concatenate(labels)
+
+
+def held_out_logits(
+    servable: Servable,
+    source: Any,
+    split: str | None = None,
+    augment: Any = None,
+    repeats: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`servable_logits` of the labelled examples in `source` (folder or manifest), each taken `repeats`
+    times through `augment` (an Augment, training/augment.py; draw r is seeded `seed + r`), or once as is
+    when `augment` is None: ((N * repeats, C), (N * repeats,))."""
+    from training.data import MediaDataset
+
+    if repeats < 1:
+        raise CalibrationError(f"repeats must be >= 1, got {repeats}")
+    if augment is None and repeats != 1:
+        raise CalibrationError("repeats > 1 draws augmentations: it needs an augmentation")
+    draws = [
+        servable_logits(
+            servable,
+            MediaDataset(
+                source,
+                servable.config,
+                labels=servable.labels,
+                split=split,
+                labelled=True,
+                augment=augment,
+                augment_seed=seed + r,
+            ),
+            batch_size,
+        )
+        for r in range(repeats)
+    ]
+    return np.concatenate([d[0] for d in draws]), np.concatenate([d[1] for d in draws])
 
 
 def apply_temperature(servable: Servable, temperature: float) -> None:

@@ -84,18 +84,31 @@ def calibrate(
         None, help="where to write the calibrated checkpoint (default: in place)"
     ),
     batch_size: int = typer.Option(64, min=1),
+    augment: Path | None = typer.Option(
+        None, help="a recipe: fit on DATA passed through its training augmentation (data.augment)"
+    ),
+    repeats: int = typer.Option(1, min=1, help="with --augment: augmented draws per example"),
+    seed: int = typer.Option(0, help="with --augment: draw r is seeded SEED + r"),
 ) -> None:
     """Fit a softmax temperature on DATA and fold it into SERVABLE's classifier head (calibration.py)."""
     from bridle_model.checkpoint import CheckpointError, load_servable, save_servable
-    from training.calibration import CalibrationError, calibrate_servable, servable_logits
-    from training.data import MediaDataset
+    from training.augment import build_augment
+    from training.calibration import CalibrationError, calibrate_servable, held_out_logits
 
+    described = f"{data}" + (f" [{split}]" if split else "")
     try:
         model = load_servable(servable)
-        dataset = MediaDataset(data, model.config, labels=model.labels, split=split, labelled=True)
-        logits, labels = servable_logits(model, dataset, batch_size)
-        report = calibrate_servable(model, logits, labels, data=f"{data}" + (f" [{split}]" if split else ""))
-    except (CheckpointError, CalibrationError, ValueError, FileNotFoundError) as e:
+        augmenter = None
+        if augment is not None:
+            augmenter = build_augment(model.config.modality, load_recipe(augment).data.augment, model.config)
+            if augmenter is None:
+                raise CalibrationError(f"{augment} sets no data.augment to calibrate under")
+            described += f" x {repeats} under {augment}'s augmentation (seeds {seed}..{seed + repeats - 1})"
+        elif repeats != 1:
+            raise CalibrationError("--repeats needs --augment")
+        logits, labels = held_out_logits(model, data, split, augmenter, repeats, seed, batch_size)
+        report = calibrate_servable(model, logits, labels, data=described)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:  # the Calibration/Recipe/Augment errors too
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from e
     save_servable(out or servable, model)

@@ -38,6 +38,9 @@ RECIPE = Path("training/recipes/audio-digits.yaml")
 SYNTHETIC = Path("data/audio-digits")
 FSDD = Path("data/fsdd")
 CALIBRATION_TAKES = 5  # FSDD takes 0-4 of each training speaker fit the temperature (FSDD's own test split)
+# ... each drawn this often through the recipe's augmentation (as scripts/build-models.sh calibrates): the
+# plain takes are easier than unseen speakers and their temperature over-confident (training/calibration.py)
+CALIBRATION_REPEATS = 4
 REAL_REPEATS = 2  # each real training clip is listed this often (each copy draws its own augmentation)
 PRETRAINED_STAGES = ("pretrain1", "tokenizer1", "pretrain2")  # the recipe's stages before the classifier
 CLASSIFIER_STAGE = 3  # the recipe's first classifier stage: it and every later one train on the real speech
@@ -274,8 +277,8 @@ def _train(recipe: Path, stage: int, overrides: list[str]) -> None:
 
 
 def _classifier_and_calibration(recipe: Path, out: Path, split: Split, extra: list[str]) -> Path:
-    """The classifier stage on `split.train`, then the temperature fitted on `split.calibration`; returns
-    the calibrated servable checkpoint."""
+    """The classifier stage on `split.train`, then the temperature fitted on `split.calibration` under the
+    recipe's augmentation; returns the calibrated servable checkpoint."""
     for stage in _classifier_stages(recipe):
         _train(recipe, stage, [*extra, f"data.train={split.train.resolve()}"])
     calibrated = out / "servable-calibrated"
@@ -289,6 +292,10 @@ def _classifier_and_calibration(recipe: Path, out: Path, split: Split, extra: li
             str(split.calibration),
             "--out",
             str(calibrated),
+            "--augment",
+            str(recipe),
+            "--repeats",
+            str(CALIBRATION_REPEATS),
         ]
     )
     return calibrated

@@ -129,3 +129,53 @@ def test_calibrate_command_refuses_missing_data(tmp_path):
     save_servable(ckpt, build_servable(preset("micro-image"), labels=LABELS))
     result = CliRunner().invoke(app, ["calibrate", str(ckpt), "--data", str(tmp_path / "none")])
     assert result.exit_code == 1 and "error:" in result.output
+
+
+def write_recipe(path, augment: dict) -> None:
+    """A one-stage image recipe whose data.augment is `augment` (calibrate --augment reads only that)."""
+    import yaml
+
+    recipe = {
+        "name": "calibration-test",
+        "model": {"preset": "micro-image"},
+        "data": {"train": "unused", "modality": "image", "augment": augment},
+        "stages": [{"kind": "classifier", "steps": 1}],
+    }
+    path.write_text(yaml.safe_dump(recipe))
+
+
+def test_calibrate_under_augmentation_fits_on_seeded_draws_of_each_example(tmp_path):
+    ckpt, data, recipe = tmp_path / "servable", tmp_path / "held-out", tmp_path / "recipe.yaml"
+    save_servable(ckpt, build_servable(preset("micro-image"), labels=LABELS, seed=1))
+    write_images(data)
+    write_recipe(recipe, {"affine_p": 1.0, "polarity_p": 0.5, "contrast_p": 1.0, "blur_p": 0.5})
+
+    def calibrate(out: str, *options: str) -> dict:
+        args = ["calibrate", str(ckpt), "--data", str(data), "--out", str(tmp_path / out), *options]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.strip().splitlines()[-1])
+
+    plain = calibrate("plain")
+    augmented = calibrate("augmented", "--augment", str(recipe), "--repeats", "3")
+    again = calibrate("again", "--augment", str(recipe), "--repeats", "3")
+    other_seed = calibrate("other", "--augment", str(recipe), "--repeats", "3", "--seed", "7")
+
+    assert plain["examples"] == 12 and augmented["examples"] == 36
+    assert "augmentation" in augmented["data"] and "augmentation" not in plain["data"]
+    assert augmented["temperature"] == again["temperature"]  # seeded: the same draws every time
+    assert augmented["temperature"] != plain["temperature"]  # the draws are not the plain examples
+    assert augmented["temperature"] != other_seed["temperature"]
+
+
+def test_calibrate_refuses_repeats_without_augmentation_and_a_recipe_without_any(tmp_path):
+    ckpt, data, recipe = tmp_path / "servable", tmp_path / "held-out", tmp_path / "recipe.yaml"
+    save_servable(ckpt, build_servable(preset("micro-image"), labels=LABELS))
+    write_images(data)
+    write_recipe(recipe, {})
+    for options, message in (
+        (["--repeats", "2"], "--repeats needs --augment"),
+        (["--augment", str(recipe)], "sets no data.augment"),
+    ):
+        result = CliRunner().invoke(app, ["calibrate", str(ckpt), "--data", str(data), *options])
+        assert result.exit_code == 1 and message in result.output, result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from training.printed_digits import (
     FONT_FAMILIES,
     FONT_PACKAGES,
     POLARITIES,
+    QUICK_PRINTED,
     TEST_FAMILIES,
     TRAINING_SET,
     VAL_FAMILIES,
@@ -110,7 +112,11 @@ def test_demo_set_has_printed_splits_by_font_family_and_a_training_manifest(demo
     with open(demo_root / "image-digits" / TRAINING_SET, newline="") as f:
         training = list(csv.DictReader(f))
     assert {r["split"] for r in training} == {"train", "printed-train"}
-    assert len(training) == sum(r["split"] in ("train", "printed-train") for r in table)
+    repeats = QUICK_PRINTED.handwritten_repeats
+    assert len(training) == sum({"train": repeats, "printed-train": 1}.get(r["split"], 0) for r in table)
+    listed = Counter(r["path"] for r in training)
+    assert {listed[r["path"]] for r in training if r["source"] == "sklearn"} == {repeats}
+    assert {listed[r["path"]] for r in training if r["source"] == "printed"} == {1}
     assert all((demo_root / "image-digits" / r["path"]).is_file() for r in training)
 
 
