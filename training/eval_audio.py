@@ -8,9 +8,9 @@
 The recipe's (training/recipes/audio-digits.yaml) pretrain and tokenizer stages train on the synthetic
 espeak-ng voices (data/audio-digits/train) only; its classifier stage trains on those voices plus real FSDD
 speakers (data/fsdd, CC BY-SA 4.0): takes 5-49 of each training speaker, while takes 0-4 are held out to
-fit the softmax temperature (training/calibration.py). As no real speech reaches the pretraining, a
-leave-one-speaker-out fold copies the pretrained stages and retrains only the classifier without its test
-speaker: no fold ever sees the speaker it is scored on.
+fit the softmax temperature, drawn through the recipe's augmentation (training/calibration.py). As no
+real speech reaches the pretraining, a leave-one-speaker-out fold copies the pretrained stages and
+retrains only the classifier without its test speaker: no fold ever sees the speaker it is scored on.
 
 The tables (printed as markdown and written as JSON + markdown next to the model):
   - accuracy and ECE on the held-out synthetic voices (data/audio-digits/test) and on each real speaker
@@ -453,8 +453,8 @@ def cross_calibration(
         raise typer.Exit(1)
     rows = cross_speaker_calibration(folds)
     lines = [
-        "| held-out speaker | accuracy | T (own: held-out takes of heard speakers) | ECE | T (other folds' "
-        "unseen speakers) | ECE | ECE, T = 1 |",
+        "| held-out speaker | accuracy | T (own: augmented held-out takes of heard speakers) | ECE "
+        "| T (other folds' unseen speakers) | ECE | ECE, T = 1 |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
