@@ -54,6 +54,15 @@ def test_loso_without_pretrained_stages_is_a_clear_error(tmp_path: Path) -> None
     assert result.exit_code == 1 and "run `train` first" in result.output
 
 
+def test_loso_refuses_heard_speakers_that_are_unknown_or_held_out(tmp_path: Path) -> None:
+    args = ["loso", "--speakers", "jackson", "--heard", "george", "--heard", "jackson"]
+    result = CliRunner().invoke(app, [*args, "--pretrained", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "cannot be both heard and held out" in result.output
+    result = CliRunner().invoke(app, ["loso", "--heard", "alice", "--pretrained", str(tmp_path)])
+    assert result.exit_code == 1 and "unknown speakers ['alice']" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_cross_speaker_calibration_fits_on_the_other_folds_only() -> None:
     rng = np.random.default_rng(0)
     folds = {}
