@@ -444,21 +444,13 @@ def cross_calibration(
     """How well each calibration suits speakers never heard: per finished fold, the ECE on its held-out
     speaker with its own temperature, with one fitted on the other folds' held-out speakers, and with none."""
     from bridle_model.checkpoint import load_servable
-    from training.calibration import servable_logits
-    from training.data import MediaDataset
+    from training.calibration import held_out_logits
 
     folds = {}
     for fold in sorted(p.parent for p in out.glob("*/eval.json")):
         servable = load_servable(fold / "servable")  # uncalibrated
-        data = MediaDataset(
-            fold / "data" / f"{fold.name}.csv",
-            servable.config,
-            labels=servable.labels,
-            cache=True,
-            labelled=True,
-        )
         own = load_servable(fold / "servable-calibrated").provenance["calibration"]["temperature"]
-        folds[fold.name] = (*servable_logits(servable, data), float(own))
+        folds[fold.name] = (*held_out_logits(servable, fold / "data" / f"{fold.name}.csv"), float(own))
     if len(folds) < 2:
         typer.echo(f"error: cross-speaker calibration needs two finished folds under {out}", err=True)
         raise typer.Exit(1)

@@ -251,7 +251,7 @@ class PrintedPlan:
     faces_per_split: int | None = None
     # 1,295 handwritten images beside 4,760 printed ones: listed once, they were 21 % of the mix and the
     # model read scikit-learn's test split at 96.1 % (98.3 % when it trained on them alone); listed 3
-    # times, 98.6 %, with the held-out fonts at 95.5 % (96.8 % before): models/image-digits/README.md
+    # times, 98.3 %, with the held-out fonts at 96.0 % (96.8 % before): models/image-digits/README.md
     handwritten_repeats: int = 3
 
 
