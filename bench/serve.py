@@ -19,8 +19,11 @@ BUNDLED = sorted(p.parent for p in (REPO / "models").glob("*/manifest.json"))
 
 
 def free_port() -> int:
+    """A TCP port no process listens on, on any IPv4 address (the kernel picks it: bound to port 0 on all
+    interfaces, then released). Free on every interface, so Docker may publish it too; never a fixed port
+    such as the 8000 that `make serve` holds."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import itertools
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from bench.serve import free_port
 from bridle_model.config import PRESETS, QuantizerConfig
 from bridle_model.quantizer import LevelUsage, ResidualQuantizer, spherical_kmeans
 
@@ -379,12 +379,6 @@ def test_eval_path_exports_to_onnx_with_identical_codes(tmp_path) -> None:
 
 
 # ---- distributed -------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -402,7 +396,7 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def test_two_process_gloo_codebooks_agree(tmp_path) -> None:
-    mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["codebooks"], r1["codebooks"])
     assert torch.equal(r0["unused"], r1["unused"])

@@ -116,11 +116,11 @@ class Engine:
         """`docker compose ARGS` from the repository root, as a user types it."""
         return self.run(["docker", "compose", *args], **kwargs)
 
-    def build(self, images: list[str], *compose_args: str) -> None:
-        """`docker compose ARGS build`, then removes the images it replaced under `images`' tags, so that
-        rebuilds after code changes leave no untagged images behind."""
+    def build(self, images: list[str], *compose_args: str, env: dict[str, str] | None = None) -> None:
+        """`docker compose ARGS build` (with `env` added to the environment), then removes the images it
+        replaced under `images`' tags, so that rebuilds after code changes leave no untagged images behind."""
         before = {self._image_id(image) for image in images} - {""}
-        self.compose(*compose_args, "build")
+        self.compose(*compose_args, "build", env=env or {})
         replaced = before - {self._image_id(image) for image in images}
         if replaced:
             self.run(["docker", "image", "rm", *replaced], check=False)

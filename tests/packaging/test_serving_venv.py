@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,17 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.serve import free_port
 from tests.media_files import make_audio
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
 READY_TIMEOUT_S = 40.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post_file(url: str, data: bytes) -> tuple[int, dict]:
@@ -54,7 +48,7 @@ def test_serving_extras_install_without_torch_and_serve(tmp_path: Path) -> None:
     subprocess.run([py, "-m", "pip", "install", "-q", f"{REPO}[serve,cpu]"], check=True, timeout=300)
     assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [env_dir / "bin" / "bridle-serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", MODELS],
         cwd=tmp_path,
