@@ -161,6 +161,8 @@ def test_long_video_is_cut_into_clips(server: Server, long_video) -> None:
     data, ctype = long_video  # 2.5 s, the micro video model's clip is 1 s
     (res,) = post(server, "/embed", "long.mp4", data, ctype).json()["results"]
     assert len(res["windows"]) == 3 and res["windows"][1]["start"] == pytest.approx(1.0)
+    last = res["windows"][2]  # a whole clip ending at the video's end, as audio's last window
+    assert last["end"] == res["duration"] and last["end"] - last["start"] == pytest.approx(1.0)
 
 
 def test_model_query_parameter(server: Server, media_files) -> None:
