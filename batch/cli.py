@@ -19,6 +19,7 @@ from batch.job import run_job
 from batch.settings import DEFAULT_LIMITS, JobSettings, SettingsError
 from batch.store import JobMismatch
 from bridle_model.manifest import ManifestError
+from bridle_model.windowing import AGGREGATES, WindowPolicy
 from service.media import Limits
 from service.runtime import ModelLoadError
 from service.settings import DEFAULT_MODELS_ROOT
@@ -53,6 +54,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--top-k", type=int, default=defaults.top_k, help="labels per window (classifier models)")
     p.add_argument(
+        "--aggregate",
+        choices=list(AGGREGATES),
+        help="clip scores from window scores: mean (weighted by seconds of signal) or max (multi-label "
+        "models only); default max for a multi-label model, mean for a softmax one",
+    )
+    p.add_argument(
+        "--window-hop",
+        type=float,
+        default=defaults.windowing.hop,
+        help="step between windows of long media, a fraction of the window (the last ends at the end)",
+    )
+    p.add_argument(
+        "--window-tolerance",
+        type=float,
+        default=defaults.windowing.tolerance,
+        help="media at most this fraction longer than one window is one window (its tail dropped)",
+    )
+    p.add_argument(
         "--precision",
         default=",".join(defaults.precision),
         help="of a model's variants (fp32, int8, fp16 siblings), the first of these found; comma-separated",
@@ -62,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-video-seconds", type=float, default=DEFAULT_LIMITS.max_video_seconds)
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_LIMITS.max_image_pixels)
     return p.parse_args(argv)
+
+
+def window_policy(tolerance: float, hop: float) -> WindowPolicy:
+    try:
+        return WindowPolicy(tolerance=tolerance, hop=hop)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             threads=args.threads,
             top_k=args.top_k,
+            windowing=window_policy(args.window_tolerance, args.window_hop),
+            aggregate=args.aggregate,
             limits=Limits(args.max_audio_seconds, args.max_image_pixels, args.max_video_seconds),
             num_cpus=args.num_cpus,
             precision=tuple(p.strip() for p in args.precision.split(",") if p.strip()),

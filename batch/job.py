@@ -11,6 +11,7 @@ of shards, so no read task has to wait for a CPU the actors hold.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -23,7 +24,8 @@ from batch.inputs import digest, list_files, shard
 from batch.settings import JobSettings, SettingsError
 from batch.store import OutputStore
 from batch.worker import ModelFiles, ShardWorker, read_model_files
-from bridle_model.manifest import MANIFEST_FILE
+from bridle_model.manifest import MANIFEST_FILE, Manifest
+from bridle_model.windowing import aggregate_for
 from service.runtime import CPU, CUDA
 
 log = logging.getLogger("bridle.batch")
@@ -74,7 +76,21 @@ def job_record(settings: JobSettings, files: list[str], model_files: ModelFiles)
         "digest": digest(files),
         "shard_files": settings.shard_files,
         "models": models,
+        "windowing": {"tolerance": settings.windowing.tolerance, "hop": settings.windowing.hop},
+        "aggregate": settings.aggregate,
     }
+
+
+def check_aggregate(settings: JobSettings, model_files: ModelFiles) -> None:
+    """SettingsError when a model's head cannot pool its scores by `settings.aggregate` (max of a
+    softmax head), before any work starts."""
+    for name, files in model_files.items():
+        manifest = Manifest.from_dict(json.loads(files[MANIFEST_FILE]))
+        if manifest.has_classifier:
+            try:
+                aggregate_for(manifest.classifier.activation, settings.aggregate)
+            except ValueError as e:
+                raise SettingsError(f"model {name!r}: {e}") from None
 
 
 class RayShardWorker(ShardWorker):
@@ -101,6 +117,7 @@ def run_job(settings: JobSettings) -> JobSummary:
     began = time.monotonic()
     files = list_files(settings.input)
     model_files = read_model_files(list(settings.model_dirs), settings.precision)
+    check_aggregate(settings, model_files)
     store = OutputStore(settings.output)
     store.claim(job_record(settings, files, model_files))
     shards = shard(files, settings.shard_files)
@@ -131,6 +148,8 @@ def run_job(settings: JobSettings) -> JobSummary:
                     "limits": settings.limits,
                     "batch_size": settings.batch_size,
                     "top_k": settings.top_k,
+                    "windowing": settings.windowing,
+                    "aggregate": settings.aggregate,
                 },
             )
             windows_now = sum(int(r["windows"]) for r in results.iter_rows())

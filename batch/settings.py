@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridle_model.manifest import PRECISIONS
+from bridle_model.windowing import AGGREGATES, DEFAULT_POLICY, WindowPolicy
 from service.media import Limits
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -32,6 +33,8 @@ class JobSettings:
     device: Device = "auto"  # auto: GPU actors with the CUDA provider when the cluster has GPUs
     threads: int = 0  # ONNX Runtime threads per actor; 0: the actor's share of the CPUs
     top_k: int = 5  # labels per window when the model has a classifier
+    windowing: WindowPolicy = DEFAULT_POLICY  # how long media is cut into windows, as the service does
+    aggregate: str | None = None  # clip scores from window scores: mean, max (multi-label); None: default
     limits: Limits = DEFAULT_LIMITS
     precision: tuple[str, ...] = ("fp32",)  # of a model's variants (fp32 / int8 / fp16), the first found
     num_cpus: int | None = None  # CPUs of the local Ray (tests); None: all of them
@@ -47,6 +50,8 @@ class JobSettings:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise SettingsError(f"invalid settings: {', '.join(f'{n}={getattr(self, n)}' for n in bad)}")
+        if self.aggregate is not None and self.aggregate not in AGGREGATES:
+            raise SettingsError(f"aggregate must be one of {list(AGGREGATES)}, not {self.aggregate!r}")
         if self.device not in ("auto", "cpu", "gpu"):
             raise SettingsError(f"device must be auto, cpu or gpu, not {self.device!r}")
         unknown = [p for p in self.precision if p not in PRECISIONS]

@@ -2,6 +2,7 @@
 
     job.json                          what the job is: its input's fingerprint, shard size and models
     windows/<model>/part-00003.parquet  one row per window of shard 3's files that <model> read
+    clips/<model>/part-00003.parquet    one row per file of them: its clip embedding and labels
     errors/part-00003.parquet         shard 3's files that could not be used, with the reason
     done/part-00003.json              shard 3 is complete (written last)
 
@@ -25,6 +26,7 @@ from bridle_model.atomic import atomic_write_bytes
 
 JOB_FILE = "job.json"
 WINDOWS = "windows"
+CLIPS = "clips"
 ERRORS = "errors"
 DONE = "done"
 
@@ -51,6 +53,9 @@ class OutputStore:
     def windows_path(self, model: str, shard: int) -> str:
         return self.path(WINDOWS, model, f"{part_name(shard)}.parquet")
 
+    def clips_path(self, model: str, shard: int) -> str:
+        return self.path(CLIPS, model, f"{part_name(shard)}.parquet")
+
     def errors_path(self, shard: int) -> str:
         return self.path(ERRORS, f"{part_name(shard)}.parquet")
 
@@ -68,7 +73,8 @@ class OutputStore:
     def clear_shard(self, shard: int) -> None:
         """Remove what an unfinished earlier attempt at `shard` wrote, so its redo starts clean."""
         name = f"{part_name(shard)}.parquet"
-        for path in [*self.fs.glob(self.path(WINDOWS, "*", name)), self.errors_path(shard)]:
+        tables = [*self.fs.glob(self.path(WINDOWS, "*", name)), *self.fs.glob(self.path(CLIPS, "*", name))]
+        for path in [*tables, self.errors_path(shard)]:
             if self.fs.exists(path):
                 self.fs.rm_file(path)
 

@@ -1,5 +1,6 @@
 """One shard of files -> Parquet: read, sniff, decode and window each file exactly as the service does,
-run the windows through the model's encoder and tokenizer in batches, write the tables, mark it done.
+run the windows through the model's encoder and tokenizer in batches, write the tables (windows, and
+each file's clip result as the service pools it), mark it done.
 
 `ShardWorker` is the Ray Data actor: it builds its ONNX Runtime sessions once, from the model files
 the driver read (so a cluster's workers need no copy of the model directories), and processes one shard
@@ -22,9 +23,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.store import OutputStore
-from batch.tables import WindowMeta, errors_table, windows_table
+from batch.tables import WindowMeta, clips_table, errors_table, windows_table
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.manifest import MANIFEST_FILE, read_manifest
+from bridle_model.windowing import DEFAULT_POLICY, WindowPolicy
 from service.media import Limits, Windows, to_windows
 from service.runtime import (
     CpuThreads,
@@ -85,30 +87,38 @@ class _ModelRows:
                 self.outputs["logits"].append(encoded["logits"])  # (B, C)
         self._waiting = [signal[stop:]] if stop < len(signal) else []
 
-    def table(self, top_k: int) -> pa.Table:
+    def tables(self, top_k: int, aggregate: str | None) -> tuple[pa.Table, pa.Table]:
+        """(the windows table, the clips table)."""
         self.finish()
         logits = np.concatenate(self.outputs["logits"]) if self.outputs["logits"] else None
-        return windows_table(
-            self.model.manifest,
-            self.meta,
-            np.concatenate(self.outputs["embedding"]),
-            np.concatenate(self.outputs["codes"]),
-            logits,
-            top_k,
+        embedding = np.concatenate(self.outputs["embedding"])  # (R, D)
+        manifest = self.model.manifest
+        windows = windows_table(
+            manifest, self.meta, embedding, np.concatenate(self.outputs["codes"]), logits, top_k
         )
+        return windows, clips_table(manifest, self.meta, embedding, logits, top_k, aggregate)
 
 
 class ShardProcessor:
     """Turns shards into output files with loaded models; plain Python, so tests can drive it directly."""
 
     def __init__(
-        self, models: dict[str, LoadedModel], output: str, limits: Limits, batch_size: int, top_k: int
+        self,
+        models: dict[str, LoadedModel],
+        output: str,
+        limits: Limits,
+        batch_size: int,
+        top_k: int,
+        windowing: WindowPolicy = DEFAULT_POLICY,
+        aggregate: str | None = None,  # the clip scores' pooling; None: the head's default
     ) -> None:
         self.models = models
         self.store = OutputStore(output)
         self.limits = limits
         self.batch_size = batch_size
         self.top_k = top_k
+        self.windowing = windowing
+        self.aggregate = aggregate
 
     def model_for(self, modality: str) -> LoadedModel:
         """The first model of the file's modality, as the service picks one for an upload."""
@@ -132,7 +142,7 @@ class ShardProcessor:
                 continue
             try:
                 model = self.model_for(sniff_modality(data, mimetypes.guess_type(path)[0]))
-                windows = to_windows(model.manifest, data, self.limits)
+                windows = to_windows(model.manifest, data, self.limits, self.windowing)
             except MediaError as e:
                 errors.append((path, e.code, str(e)))
                 continue
@@ -144,8 +154,9 @@ class ShardProcessor:
             rows[model.name].add(path, windows)
         windows_by_model = {}
         for name, model_rows in rows.items():
-            table = model_rows.table(self.top_k)
+            table, clips = model_rows.tables(self.top_k, self.aggregate)
             self.store.write(self.store.windows_path(name, shard), _parquet(table))
+            self.store.write(self.store.clips_path(name, shard), _parquet(clips))
             windows_by_model[name] = table.num_rows
         if errors:
             self.store.write(self.store.errors_path(shard), _parquet(errors_table(errors)))
@@ -182,6 +193,8 @@ class ShardWorker:
         limits: Limits,
         batch_size: int,
         top_k: int,
+        windowing: WindowPolicy = DEFAULT_POLICY,
+        aggregate: str | None = None,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="bridle-batch-models-")
         chooser = ProviderChooser(override=providers)
@@ -196,7 +209,7 @@ class ShardWorker:
                 raise ModelLoadError(
                     f"{name}: asked for {providers[0]}, ONNX Runtime gave {models[name].providers}"
                 )
-        self.processor = ShardProcessor(models, output, limits, batch_size, top_k)
+        self.processor = ShardProcessor(models, output, limits, batch_size, top_k, windowing, aggregate)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of shards (one, as the job asks) -> their summaries."""

@@ -6,7 +6,8 @@ A servable checkpoint is a directory with
   keys prefixed `encoder.`, `tokenizer.`, `classifier.` (buffers included: the quantizer's codebooks
   are buffers);
 - `config.json`: {"model": ModelConfig.to_dict(), "labels", "tokenizer_kind", "num_classes",
-  "provenance"}.
+  "provenance"}, and "label_ids" (an id per label, e.g. AudioSet mids beside display names) when the
+  labels have ids; a checkpoint without it reads as one whose labels are their own ids.
 
 Directories and single files are written atomically (written beside the target, fsynced, renamed into
 place), so an interrupted save never leaves a half-written checkpoint. Training uses the same helpers.
@@ -55,8 +56,17 @@ class Servable:
     labels: list[str] = field(default_factory=list)
     tokenizer_kind: TokenizerKind = "trained"
     provenance: dict[str, Any] = field(default_factory=dict)
+    label_ids: list[str] | None = None  # an id per label (AudioSet mids), or None
 
     def __post_init__(self) -> None:
+        if self.label_ids is not None and (
+            len(self.label_ids) != len(self.labels)
+            or not all(isinstance(x, str) and x for x in self.label_ids)
+        ):
+            raise CheckpointError(
+                f"label_ids must be a non-empty string per label ({len(self.labels)}), "
+                f"got {len(self.label_ids)}"
+            )
         if self.tokenizer_kind not in TOKENIZER_KINDS:
             raise CheckpointError(
                 f"tokenizer_kind must be one of {TOKENIZER_KINDS}, got {self.tokenizer_kind!r}"
@@ -87,12 +97,14 @@ def build_servable(
     tokenizer_kind: TokenizerKind = "trained",
     seed: int = 0,
     provenance: dict[str, Any] | None = None,
+    label_ids: Sequence[str] | None = None,
 ) -> Servable:
     """Fresh (untrained) networks for `config`, seeded, tokenizer codebooks initialised; a classifier
     head when `labels` are given. For tests, micro exports and benchmarks."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        servable = _build_modules(config, list(labels), tokenizer_kind, provenance or {})
+        ids = None if label_ids is None else list(label_ids)
+        servable = _build_modules(config, list(labels), tokenizer_kind, provenance or {}, ids)
         _init_codebooks(servable)
         return servable.eval()
 
@@ -111,7 +123,11 @@ def _init_codebooks(servable: Servable, batch: int = PRIMING_BATCH) -> None:
 
 
 def _build_modules(
-    config: ModelConfig, labels: list[str], tokenizer_kind: str, provenance: dict[str, Any]
+    config: ModelConfig,
+    labels: list[str],
+    tokenizer_kind: str,
+    provenance: dict[str, Any],
+    label_ids: list[str] | None = None,
 ) -> Servable:
     if tokenizer_kind not in TOKENIZER_KINDS:
         raise CheckpointError(f"tokenizer_kind must be one of {TOKENIZER_KINDS}, got {tokenizer_kind!r}")
@@ -138,6 +154,7 @@ def _build_modules(
         labels=labels,
         tokenizer_kind=tokenizer_kind,  # type: ignore[arg-type]
         provenance=dict(provenance),
+        label_ids=label_ids,
     )
 
 
@@ -161,6 +178,8 @@ def save_servable(directory: str | os.PathLike[str], servable: Servable) -> Path
         "num_classes": servable.num_classes,
         "provenance": servable.provenance,
     }
+    if servable.label_ids is not None:
+        meta["label_ids"] = list(servable.label_ids)
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -186,6 +205,7 @@ def load_servable(directory: str | os.PathLike[str]) -> Servable:
         labels = [str(x) for x in meta.get("labels", [])]
         tokenizer_kind = meta.get("tokenizer_kind", "trained")
         provenance = dict(meta.get("provenance") or {})
+        label_ids = None if meta.get("label_ids") is None else [str(x) for x in meta["label_ids"]]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{root / CONFIG_FILE} is invalid: {e!r}") from e
     if meta.get("num_classes", len(labels)) != len(labels):
@@ -197,7 +217,10 @@ def load_servable(directory: str | os.PathLike[str]) -> Servable:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{root / WEIGHTS_FILE} is corrupt or unreadable: {e}") from e
 
-    servable = _build_modules(config, labels, tokenizer_kind, provenance)
+    try:
+        servable = _build_modules(config, labels, tokenizer_kind, provenance, label_ids)
+    except CheckpointError as e:
+        raise CheckpointError(f"{root / CONFIG_FILE}: {e}") from e
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         prefix, _, name = key.partition(".")

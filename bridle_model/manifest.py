@@ -106,6 +106,10 @@ class Manifest:
     windowing: str = WINDOWING
     precision: str = "fp32"  # of the transformer's matrix products: "fp32", "int8" (CPU), "fp16" (GPU)
     gate: dict[str, Any] | None = None  # a lower-precision variant's accuracy gate (export/gate.py)
+    # an id per label, in the labels' order (an imported AudioSet head: its mids, the labels being the
+    # display names); None when the labels are their own ids. Written only when present, so older
+    # manifests (without it) read and write back unchanged
+    label_ids: list[str] | None = None
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -137,6 +141,8 @@ class Manifest:
         d = dataclasses.asdict(self)
         # the documented key order: format_version and name first
         first = {"format_version": d.pop("format_version"), "name": d.pop("name")}
+        if d["label_ids"] is None:
+            del d["label_ids"]
         return {**first, **d}
 
     @classmethod
@@ -161,6 +167,14 @@ class Manifest:
         labels = _field(d, "labels", list, "manifest")
         if not all(isinstance(x, str) for x in labels):
             raise ManifestError("manifest labels must be a list of strings")
+        label_ids = _optional(d, "label_ids", list, "manifest")
+        if label_ids is not None and (
+            len(label_ids) != len(labels) or not all(isinstance(x, str) and x for x in label_ids)
+        ):
+            raise ManifestError(
+                f"manifest label_ids must be a non-empty string per label ({len(labels)}), "
+                f"got {label_ids!r:.200}"
+            )
         return cls(
             format_version=version,
             name=_field(d, "name", str, "manifest"),
@@ -178,6 +192,7 @@ class Manifest:
             ),
             tokenizer_kind=tokenizer_kind,
             labels=list(labels),
+            label_ids=None if label_ids is None else list(label_ids),
             opset=_field(d, "opset", int, "manifest"),
             files={k: _graph_file(v, f"manifest files.{k}") for k, v in files_d.items()},
             model_config=_field(d, "model_config", dict, "manifest"),

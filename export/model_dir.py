@@ -162,6 +162,7 @@ def build_manifest(
         quantizer=QuantizerSpec(levels=q.levels, codebook_size=q.codebook_size, dim=q.dim),
         tokenizer_kind=servable.tokenizer_kind,
         labels=list(servable.labels),
+        label_ids=None if servable.label_ids is None else list(servable.label_ids),
         opset=opset,
         files=files,
         model_config=cfg.to_dict(),

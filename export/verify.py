@@ -207,8 +207,14 @@ def _check_parity(
     except CheckpointError as e:
         report.add("checkpoint", False, str(e))
         return
-    if servable.config != config or list(servable.labels) != manifest.labels:
-        report.add("checkpoint", False, "the checkpoint's config or labels differ from the manifest's")
+    if (
+        servable.config != config
+        or list(servable.labels) != manifest.labels
+        or servable.label_ids != manifest.label_ids
+    ):
+        report.add(
+            "checkpoint", False, "the checkpoint's config, labels or label ids differ from the manifest's"
+        )
         return
     servable.eval()
     x = torch.from_numpy(signal)

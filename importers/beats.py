@@ -2,7 +2,9 @@
 
 An upstream checkpoint is a `torch.save`d dict: `cfg` (the BEATsConfig / TokenizersConfig fields that
 differ from upstream's defaults), `model` (the state dict) and, for a fine-tuned model, `label_dict`
-(class index -> label name). It is read with `torch.load(weights_only=True)`, so nothing in it is
+(class index -> label name: for AudioSet heads, the class's mid). With AudioSet's
+`class_labels_indices.csv` (importers/audioset.py) the labels become its display names and the mids
+are kept beside them as label ids. It is read with `torch.load(weights_only=True)`, so nothing in it is
 executed; nothing is downloaded. Every key is accounted for: a missing, unknown or mis-shaped tensor, or a
 config value `bridle_model/beats.py` does not implement, stops the import with a message that names it.
 
@@ -39,6 +41,7 @@ from bridle_model.beats import NUM_FRAMES, NUM_MEL_BINS, beats_audio_input, chec
 from bridle_model.checkpoint import Servable, build_servable, save_servable
 from bridle_model.config import BeatsBackboneConfig, BeatsConfig, ModelConfig, QuantizerConfig, ViTConfig
 from bridle_model.manifest import sha256_file
+from importers.audioset import ClassLabelsError, read_class_labels
 
 LICENCE = "MIT"
 SOURCE = "microsoft/unilm beats/ (BEATs: Audio Pre-Training with Acoustic Tokenizers, Chen et al. 2022)"
@@ -352,15 +355,43 @@ def labels_of(label_dict: Any, num_classes: int, what: str) -> list[str]:
 # ---- the import --------------------------------------------------------------------------------------
 
 
+def class_names(
+    labels_csv: str | os.PathLike[str], label_dict_labels: list[str], what: str
+) -> tuple[list[str], list[str]]:
+    """(display names, ids) of the head's classes from an `index,mid,display_name` CSV, whose mids must
+    be the checkpoint's own labels in its class order (so a CSV of another class list cannot relabel
+    the head)."""
+    try:
+        classes = read_class_labels(labels_csv)
+    except ClassLabelsError as e:
+        raise BeatsImportError(str(e)) from None
+    name = Path(labels_csv).name
+    if len(classes.ids) != len(label_dict_labels):
+        raise BeatsImportError(
+            f"{name} lists {len(classes.ids)} classes, the head of {what} has {len(label_dict_labels)}"
+        )
+    differ = [i for i, (a, b) in enumerate(zip(classes.ids, label_dict_labels, strict=True)) if a != b]
+    if differ:
+        i = differ[0]
+        raise BeatsImportError(
+            f"{name} and the label_dict of {what} disagree on {len(differ)} class id(s), first class {i}: "
+            f"{classes.ids[i]!r} in the CSV, {label_dict_labels[i]!r} in the checkpoint; the CSV must list "
+            "this head's classes by their ids in its class-index order"
+        )
+    return classes.names, classes.ids
+
+
 def import_beats(
     checkpoint: str | os.PathLike[str],
     tokenizer: str | os.PathLike[str] | None = None,
     num_frames: int = NUM_FRAMES,
+    labels_csv: str | os.PathLike[str] | None = None,
 ) -> Servable:
     """A servable BEATs model from an upstream model checkpoint and, optionally, its tokenizer checkpoint.
 
     Without a tokenizer the servable gets a random-projection tokenizer (tokenizer_kind "random") so that
-    the model directory still has its tokenizer graph; the manifest says which it is.
+    the model directory still has its tokenizer graph; the manifest says which it is. With `labels_csv`
+    (AudioSet's class_labels_indices.csv) the labels are its display names, the ids kept beside them.
     """
     model = read_upstream(checkpoint, "model")
     what = f"model checkpoint {model.path.name}"
@@ -374,6 +405,13 @@ def import_beats(
         shapes["predictor.bias"] = (s["predictor_class"],)
     check_keys(model.state, shapes, optional, what)
     labels = labels_of(model.label_dict, s["predictor_class"], what) if s["finetuned_model"] else []
+    label_ids = None
+    if labels_csv is not None:
+        if not s["finetuned_model"]:
+            raise BeatsImportError(
+                f"--labels names the classes of a head, and {what} has none (not fine-tuned)"
+            )
+        labels, label_ids = class_names(labels_csv, labels, what)
     if num_frames < enc.patch_size or num_frames % enc.patch_size:
         raise BeatsImportError(
             f"num_frames {num_frames} must be a positive multiple of the patch size {enc.patch_size}"
@@ -421,7 +459,11 @@ def import_beats(
         "tokenizer_checkpoint": tok_upstream.provenance() if tok_upstream else None,
     }
     servable = build_servable(
-        config, labels, tokenizer_kind="trained" if tok else "random", provenance=provenance
+        config,
+        labels,
+        tokenizer_kind="trained" if tok else "random",
+        provenance=provenance,
+        label_ids=label_ids,
     )
     _load(servable.encoder, backbone_state(model.state, enc, what), what)
     if servable.classifier is not None:
@@ -478,8 +520,9 @@ def write_import(
     checkpoint: str | os.PathLike[str],
     tokenizer: str | os.PathLike[str] | None = None,
     num_frames: int = NUM_FRAMES,
+    labels_csv: str | os.PathLike[str] | None = None,
 ) -> Servable:
     """Import and save the servable checkpoint `out` (atomically, as training saves its own)."""
-    servable = import_beats(checkpoint, tokenizer, num_frames)
+    servable = import_beats(checkpoint, tokenizer, num_frames, labels_csv)
     save_servable(out, servable)
     return servable

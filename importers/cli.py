@@ -1,6 +1,7 @@
 """`bridle-import`: turn a public checkpoint into a servable checkpoint that `bridle-export` exports.
 
-bridle-import beats --checkpoint BEATs.pt [--tokenizer Tokenizer.pt] --out DIR [--num-frames 992] [--force]
+bridle-import beats --checkpoint BEATs.pt [--tokenizer Tokenizer.pt] [--labels class_labels_indices.csv]
+                   --out DIR [--num-frames 992] [--force]
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def beats_command(
             help="BEATs tokenizer checkpoint (.pt); without it /tokenize serves random-projection codes"
         ),
     ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="AudioSet's class_labels_indices.csv (index,mid,display_name; CC BY 4.0): labels become "
+            "display names with the mids beside them; without it the labels are the checkpoint's ids"
+        ),
+    ] = None,
     num_frames: Annotated[
         int, typer.Option(help="fbank frames per window (992 = 9.935 s); a multiple of the patch size")
     ] = 992,
@@ -42,14 +50,16 @@ def beats_command(
         typer.echo(f"error: {str(out)!r} exists and is not empty (pass --force to replace it)", err=True)
         raise typer.Exit(code=1)
     try:
-        servable = write_import(out, checkpoint, tokenizer, num_frames)
+        servable = write_import(out, checkpoint, tokenizer, num_frames, labels)
     except BeatsImportError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=1) from None
     cfg = servable.config
+    named = f", named by {labels.name}" if labels else ""
     typer.echo(
         f"wrote {out}: BEATs encoder {cfg.encoder.depth} x {cfg.encoder.dim}, "
-        f"{len(servable.labels)} labels (sigmoid), tokenizer {servable.tokenizer_kind}"
+        f"{len(servable.labels)} labels (sigmoid{named}), "
+        f"tokenizer {servable.tokenizer_kind}"
         f" ({cfg.quantizer.codebook_size} codes), windows of {cfg.input.window_samples} samples"
     )
     if servable.tokenizer_kind == "random":

@@ -171,7 +171,12 @@ def _results(results: list[dict[str, Any]]) -> JSONResponse:
 
 
 def _labels(labels: list[Label]) -> list[dict[str, Any]]:
-    return [{"label": x.label, "score": x.score} for x in labels]
+    return [
+        {"label": x.label, "id": x.id, "score": x.score}
+        if x.id is not None
+        else {"label": x.label, "score": x.score}
+        for x in labels
+    ]
 
 
 def _embedding(e: Embedding) -> dict[str, Any]:
@@ -209,7 +214,7 @@ def _classes(x: Labels) -> dict[str, Any]:
     windows = [
         {"start": s, "end": e, "labels": _labels(x.windows[w])} for w, (s, e) in enumerate(x.source.spans)
     ]
-    return {**_header(x.source), "labels": _labels(x.clip), "windows": windows}
+    return {**_header(x.source), "aggregate": x.aggregate, "labels": _labels(x.clip), "windows": windows}
 
 
 def _add_routes(app: FastAPI) -> None:
@@ -296,8 +301,8 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.post(
         "/classify",
-        summary="top-k labels with scores, per window and for the whole clip (mean of window scores): "
-        "a softmax, or independent sigmoid probabilities (multi-label models: classifier.activation)",
+        summary="top-k labels with scores, per window and for the whole clip (aggregate of the window "
+        "scores): a softmax, or independent sigmoid probabilities (multi-label: classifier.activation)",
         openapi_extra=UPLOAD_BODY,
         dependencies=[Depends(require_key)],
     )
@@ -308,7 +313,13 @@ def _add_routes(app: FastAPI) -> None:
         threshold: float | None = Query(
             None, ge=0.0, le=1.0, description="return only the top-k labels scoring at least this"
         ),
+        aggregate: Literal["mean", "max"] | None = Query(
+            None,
+            description="the clip's scores from its windows': mean (weighted by seconds of signal) or max "
+            "(multi-label models only; 422 bad_aggregate for a softmax head); default max for a "
+            "multi-label model, mean otherwise",
+        ),
     ) -> JSONResponse:
         uploads = await uploads_of(request)
-        found = await state_of(request).inference.classify(uploads, model, top_k, threshold)
+        found = await state_of(request).inference.classify(uploads, model, top_k, threshold, aggregate)
         return _results([_classes(x) for x in found])

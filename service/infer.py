@@ -4,9 +4,10 @@
 For each request it picks the model of every upload, checks that the model can do what is asked (before
 any decoding or scheduling), decodes and windows the uploads off the event loop, checks the request's
 window count, runs the graph through the batchers (fetching only the outputs the task needs: `OUTPUTS`)
-and reduces the outputs: mean over windows, L2 normalisation, softmax (or sigmoid, for multi-label
-models) and top-k. It knows nothing of HTTP: `service/app.py` reads the request and serialises these
-results.
+and reduces the outputs: the clip's embedding and scores from its windows' (bridle_model/windowing.py:
+a mean weighted by each window's seconds of signal, or the maximum of a multi-label head's scores), L2
+normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
+`service/app.py` reads the request and serialises these results.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
+from bridle_model.windowing import aggregate_for, clip_mean, clip_scores
 from service.batching import Batcher, BatcherHooks
 from service.errors import ServiceError, from_media_error
 from service.media import Limits, Upload, Windows, to_windows
@@ -60,7 +62,7 @@ class Source:
 @dataclass(frozen=True)
 class Embedding:
     source: Source
-    clip: np.ndarray  # (D,) mean of the window embeddings
+    clip: np.ndarray  # (D,) mean of the window embeddings, weighted by their seconds of signal
     windows: np.ndarray  # (W, D)
     tokens: np.ndarray | None  # (W, N, D) patch embeddings, when asked for
 
@@ -75,13 +77,15 @@ class Codes:
 class Label:
     label: str
     score: float
+    id: str | None = None  # the label's id (an AudioSet mid) when the manifest has label_ids
 
 
 @dataclass(frozen=True)
 class Labels:
     source: Source
-    clip: list[Label]  # top-k of the mean of the window scores
+    clip: list[Label]  # top-k of the clip's scores (`aggregate` of the window scores)
     windows: list[list[Label]]  # top-k per window
+    aggregate: str = "mean"  # "mean" (weighted by seconds of signal) or "max" over the windows
 
 
 # ---- the layer -------------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ class Inference:
         outputs = OUTPUTS["embed"] + (OUTPUTS["tokens"] if tokens else ())
         for p, out in await self._run(uploads, model, "encoder", outputs):
             windows = out["embedding"]  # (W, D)
-            clip = windows.mean(axis=0)  # (D,)
+            clip = clip_mean(windows, p.windows.spans)  # (D,)
             patches = out["patch_embeddings"] if tokens else None  # (W, N, D)
             if normalize:
                 windows, clip = _l2(windows), _l2(clip)
@@ -207,19 +211,32 @@ class Inference:
         return [Codes(p.source(), out["codes"]) for p, out in found]
 
     async def classify(
-        self, uploads: list[Upload], model: str | None, top_k: int, threshold: float | None = None
+        self,
+        uploads: list[Upload],
+        model: str | None,
+        top_k: int,
+        threshold: float | None = None,
+        aggregate: str | None = None,
     ) -> list[Labels]:
-        """Top-k labels per window and for the clip (mean of the window scores), only those scoring at
-        least `threshold` when given. Scores are a softmax over the labels, or independent sigmoid
-        probabilities for a multi-label model (the manifest's classifier.activation)."""
+        """Top-k labels per window and for the clip, only those scoring at least `threshold` when given.
+        Scores are a softmax over the labels, or independent sigmoid probabilities for a multi-label
+        model (the manifest's classifier.activation). The clip's scores are the window scores'
+        `aggregate`: "mean" (weighted by seconds of signal) or "max" (sigmoid heads only: 422 for a
+        softmax head); by default max for a sigmoid head, mean for a softmax one."""
         results = []
-        for p, out in await self._run(uploads, model, "encoder", OUTPUTS["classify"], need_classifier=True):
+        found = await self._run(
+            uploads, model, "encoder", OUTPUTS["classify"], need_classifier=True, aggregate=aggregate
+        )
+        for p, out in found:
             manifest = p.model.manifest
-            scores = class_scores(out["logits"].astype(np.float64), manifest.classifier.activation)  # (W, C)
+            activation = manifest.classifier.activation
+            scores = class_scores(out["logits"].astype(np.float64), activation)  # (W, C)
+            how = aggregate_for(activation, aggregate)  # checked in _prepare
             k = min(top_k, len(manifest.labels))
-            clip = _top(scores.mean(axis=0), manifest.labels, k, threshold)
-            windows = [_top(row, manifest.labels, k, threshold) for row in scores]
-            results.append(Labels(p.source(), clip, windows))
+            ids = manifest.label_ids
+            clip = _top(clip_scores(scores, p.windows.spans, how), manifest.labels, k, threshold, ids)
+            windows = [_top(row, manifest.labels, k, threshold, ids) for row in scores]
+            results.append(Labels(p.source(), clip, windows, how))
         return results
 
     # ---- steps -------------------------------------------------------------------------------
@@ -253,8 +270,11 @@ class Inference:
         graph: str,
         outputs: tuple[str, ...],
         need_classifier: bool = False,
+        aggregate: str | None = None,
     ) -> list[tuple[_Prepared, dict[str, np.ndarray]]]:
-        prepared = await asyncio.gather(*(self._prepare(u, model, need_classifier) for u in uploads))
+        prepared = await asyncio.gather(
+            *(self._prepare(u, model, need_classifier, aggregate) for u in uploads)
+        )
         self._check_size([len(p.windows.spans) for p in prepared])
         results = await asyncio.gather(
             *(self.batchers[(p.model.name, graph)].submit(p.windows.signal, outputs) for p in prepared)
@@ -275,14 +295,22 @@ class Inference:
                 "send shorter media or fewer files",
             )
 
-    async def _prepare(self, upload: Upload, model_name: str | None, need_classifier: bool) -> _Prepared:
-        """Sniff, pick and check the model, then decode and window the upload in a worker thread."""
+    async def _prepare(
+        self, upload: Upload, model_name: str | None, need_classifier: bool, aggregate: str | None = None
+    ) -> _Prepared:
+        """Sniff, pick and check the model (its head, and that it can pool scores by `aggregate`),
+        then decode and window the upload in a worker thread."""
         try:
             model = self.model_for(model_name, sniff_modality(upload.data, upload.content_type))
         except MediaError as e:
             raise from_media_error(e, upload.filename) from None
         if need_classifier and not model.manifest.has_classifier:
             raise ServiceError(422, "no_classifier", f"model {model.name!r} has no classifier head")
+        if need_classifier:
+            try:
+                aggregate_for(model.manifest.classifier.activation, aggregate)
+            except ValueError as e:
+                raise ServiceError(422, "bad_aggregate", f"model {model.name!r}: {e}") from None
         loop = asyncio.get_running_loop()
         try:
             windows = await loop.run_in_executor(self._decoders, self._decode, model, upload.data)
@@ -291,13 +319,23 @@ class Inference:
         return _Prepared(upload, model, windows)
 
     def _decode(self, model: LoadedModel, data: bytes) -> Windows:
-        return to_windows(model.manifest, data, self.limits)
+        return to_windows(model.manifest, data, self.limits, self.settings.window_policy)
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _top(probs: np.ndarray, labels: list[str], k: int, threshold: float | None = None) -> list[Label]:
+def _top(
+    probs: np.ndarray,
+    labels: list[str],
+    k: int,
+    threshold: float | None = None,
+    ids: list[str] | None = None,
+) -> list[Label]:
     order = np.argsort(-probs, kind="stable")[:k]  # (k,)
-    return [Label(labels[i], float(probs[i])) for i in order if threshold is None or probs[i] >= threshold]
+    return [
+        Label(labels[i], float(probs[i]), ids[i] if ids else None)
+        for i in order
+        if threshold is None or probs[i] >= threshold
+    ]

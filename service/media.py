@@ -4,9 +4,10 @@ Uploads come as `multipart/form-data` (one or more parts named `file`, kept in o
 with its own Content-Type. The body limit is checked against Content-Length before anything is read and
 again on every chunk, so an oversized upload is refused without being buffered.
 
-Audio and video are cut into the model's windows by bridle_model/windowing.py, as in training: audio
-into consecutive windows, the last padded with silence; video into clips of the manifest's
-`window_seconds` (the model's `clip_seconds`), each sampled to T frames. Images are one window.
+Audio and video are cut into the model's windows by bridle_model/windowing.py under a `WindowPolicy`
+(the service's and the batch job's settings): a short clip is one window, a longer one full windows
+whose last ends at the clip's end; video into clips of the manifest's `window_seconds` (the model's
+`clip_seconds`), each sampled to T frames. Images are one window.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.requests import Request
 
 from bridle_model.decoding import decode_audio, decode_image, decode_video
 from bridle_model.manifest import Manifest
-from bridle_model.windowing import audio_windows, video_windows
+from bridle_model.windowing import DEFAULT_POLICY, WindowPolicy, audio_windows, video_windows
 from service.errors import ServiceError
 
 FILE_FIELDS = ("file", "files")
@@ -145,13 +146,15 @@ async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> 
 # ---- decoding and windowing (called in a worker thread) -------------------------------------------
 
 
-def to_windows(manifest: Manifest, data: bytes, limits: Limits) -> Windows:
+def to_windows(
+    manifest: Manifest, data: bytes, limits: Limits, policy: WindowPolicy = DEFAULT_POLICY
+) -> Windows:
     """Decode `data` for the model of `manifest` and cut it into the graphs' fixed-size windows."""
     spec = manifest.input  # read_manifest refuses manifests without the fields used here
     shape = [int(d) for d in spec.shape[1:]]
     if manifest.modality == "audio":
         wave = decode_audio(data, spec.sample_rate, max_seconds=limits.max_audio_seconds)  # (samples,)
-        windows, spans = audio_windows(wave, shape[0], spec.sample_rate)  # (W, samples)
+        windows, spans = audio_windows(wave, shape[0], spec.sample_rate, policy)  # (W, samples)
         return Windows(windows, spans, len(wave) / spec.sample_rate)
     if manifest.modality == "image":
         image = decode_image(data, int(spec.image_size or shape[-1]), max_pixels=limits.max_image_pixels)
@@ -162,5 +165,5 @@ def to_windows(manifest: Manifest, data: bytes, limits: Limits) -> Windows:
         max_seconds=limits.max_video_seconds,
         max_pixels=limits.max_image_pixels,
     )
-    clips, spans = video_windows(video, shape[0], spec.window_seconds)  # (W, T, 3, S, S)
+    clips, spans = video_windows(video, shape[0], spec.window_seconds, policy)  # (W, T, 3, S, S)
     return Windows(clips, spans, video.duration)

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridle_model.manifest import PRECISIONS
+from bridle_model.windowing import ONE_WINDOW_TOLERANCE, WindowPolicy
 from service.providers import ArenaStrategy, CudnnSearch, GpuOptions, TensorrtOptions
 from service.runtime import CpuThreads, ProviderChooser
 
@@ -62,6 +63,12 @@ class Settings(BaseSettings):
     max_video_seconds: float = Field(120.0, gt=0.0)
     max_windows: int = Field(512, ge=1)  # model input windows per request, all uploads together
 
+    # windowing (bridle_model/windowing.py WindowPolicy): a clip at most `window_tolerance` (a fraction
+    # of the window) longer than one window is one window; longer ones are windows `window_hop` (a
+    # fraction of the window) apart, the last ending at the clip's end
+    window_tolerance: float = Field(ONE_WINDOW_TOLERANCE, ge=0.0, lt=1.0)
+    window_hop: float = Field(1.0, gt=0.0, le=1.0)
+
     # ONNX Runtime
     providers: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: probe CUDA, else CPU
     # of a model with several variants (fp32 / int8 / fp16 siblings), the first of these that exists
@@ -111,6 +118,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def window_policy(self) -> WindowPolicy:
+        return WindowPolicy(tolerance=self.window_tolerance, hop=self.window_hop)
 
     @property
     def cpu_threads(self) -> CpuThreads:

@@ -1,6 +1,7 @@
 """The batch job end to end on a local Ray (one per module, 2 CPUs) against the bundled models: its tables
-equal what the real HTTP service returns for the same files, unusable files land in the errors table,
-and a job killed mid-run resumes without losing or duplicating anything."""
+(windows, and each file's clip result) equal what the real HTTP service returns for the same files,
+unusable files land in the errors table, and a job killed mid-run resumes without losing or duplicating
+anything."""
 
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ def service_url(bundled_models: Path):
         yield url
 
 
-def _windows(out: Path) -> dict[str, dict[str, list]]:
-    """The windows tables of every model, by model name, as Python lists per column."""
-    return {d.name: pq.read_table(d).to_pydict() for d in sorted((out / "windows").iterdir())}
+def _windows(out: Path, table: str = "windows") -> dict[str, dict[str, list]]:
+    """The windows (or clips) tables of every model, by model name, as Python lists per column."""
+    return {d.name: pq.read_table(d).to_pydict() for d in sorted((out / table).iterdir())}
 
 
 def test_every_file_is_a_window_row_or_an_error(mixed_output, mixed_dataset) -> None:
@@ -91,6 +92,7 @@ def test_outputs_equal_the_http_service(mixed_output, service_url: str) -> None:
 
     settings, _ = mixed_output
     tables = _windows(Path(settings.output))
+    clips = _windows(Path(settings.output), "clips")
     rows = {
         (path, w): (model, i)
         for model, t in tables.items()
@@ -120,6 +122,14 @@ def test_outputs_equal_the_http_service(mixed_output, service_url: str) -> None:
                 top = labels["windows"][w]["labels"]
                 assert t["labels"][i] == [x["label"] for x in top]
                 np.testing.assert_allclose(t["scores"][i], [x["score"] for x in top], rtol=0, atol=1e-5)
+            (i,) = [i for i, p in enumerate(clips[embed["model"]]["path"]) if p == path]  # one row per file
+            clip = {k: v[i] for k, v in clips[embed["model"]].items()}
+            assert (clip["windows"], clip["duration"]) == (len(embed["windows"]), embed["duration"])
+            np.testing.assert_allclose(clip["embedding"], embed["embedding"], rtol=0, atol=1e-5)
+            assert clip["labels"] == [x["label"] for x in labels["labels"]]
+            np.testing.assert_allclose(
+                clip["scores"], [x["score"] for x in labels["labels"]], rtol=0, atol=1e-5
+            )
 
 
 def test_unusable_files_fail_the_same_way_in_the_service(mixed_output, service_url: str):

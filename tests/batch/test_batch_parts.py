@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
@@ -134,6 +135,8 @@ def test_a_shard_through_onnx_runtime_to_an_fsspec_filesystem(bundled_models: Pa
             3, 1, {"audio-digits": 2, "image-digits": 1},
         )  # fmt: skip
         assert sorted(fs.find("/h5shard/out")) == [
+            "/h5shard/out/clips/audio-digits/part-00007.parquet",
+            "/h5shard/out/clips/image-digits/part-00007.parquet",
             "/h5shard/out/done/part-00007.json",
             "/h5shard/out/errors/part-00007.parquet",
             "/h5shard/out/windows/audio-digits/part-00007.parquet",
@@ -142,6 +145,12 @@ def test_a_shard_through_onnx_runtime_to_an_fsspec_filesystem(bundled_models: Pa
         audio = pq.read_table(fs.open("/h5shard/out/windows/audio-digits/part-00007.parquet", "rb"))
         assert audio.column("window").to_pylist() == [0, 1]
         assert [len(x) for x in audio.column("labels").to_pylist()] == [2, 2]
+        clips = pq.read_table(fs.open("/h5shard/out/clips/audio-digits/part-00007.parquet", "rb"))
+        (clip,) = clips.to_pylist()  # a.wav: one row of its two windows
+        assert (clip["path"], clip["windows"], len(clip["labels"])) == (paths[0], 2, 2)
+        mean = np.mean(audio.column("embedding").to_pylist(), axis=0)  # two full windows: equal weights
+        np.testing.assert_allclose(clip["embedding"], mean, rtol=0, atol=1e-6)
+        assert json.loads(clips.schema.metadata[b"bridle"])["aggregate"] == "mean"  # a softmax head
         grid = list(models["audio-digits"].manifest.patch_grid)
         assert json.loads(audio.schema.metadata[b"bridle"])["patch_grid"] == grid
         errors = pq.read_table(fs.open("/h5shard/out/errors/part-00007.parquet", "rb")).to_pylist()
@@ -194,6 +203,20 @@ def test_the_cli_refuses_with_a_message_and_status_2(
         str(mixed_dataset.root), "-o", str(tmp_path / "o"), "--model-dir", str(tmp_path / "no-model")
     )
     assert "batch_size=0" in refused(str(mixed_dataset.root), "-o", str(tmp_path / "o"), "--batch-size", "0")
+    assert "window hop must be in (0, 1]" in refused(
+        str(mixed_dataset.root), "-o", str(tmp_path / "o"), "--window-hop", "0"
+    )
+    message = refused(
+        str(mixed_dataset.root),
+        "-o",
+        str(tmp_path / "o"),
+        "--model-dir",
+        str(bundled_models),
+        "--aggregate",
+        "max",
+    )  # the bundled heads are softmax ones
+    assert "aggregate=max is for multi-label (sigmoid) heads" in message
+    assert not (tmp_path / "o").exists()  # refused before anything was written
     other = tmp_path / "other"
     OutputStore(str(other)).claim({"files": 1, "digest": "d", "shard_files": 64, "models": {}})
     message = refused(str(mixed_dataset.root), "-o", str(other), "--model-dir", str(bundled_models))

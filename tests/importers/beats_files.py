@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
+import wave
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tests.importers.reference_beats import BEATs, Config, Tokenizers
@@ -32,6 +35,10 @@ TOKENIZER_CFG: dict[str, Any] = {
 # label_dict maps class index -> name; its insertion order is deliberately not the index order
 LABEL_DICT = {6: "Speech", 0: "Dog", 3: "Siren", 1: "Music", 5: "Rain", 2: "Bird", 4: "Engine"}
 LABELS = [LABEL_DICT[i] for i in range(7)]
+# as a real AudioSet head's label_dict: class index -> mid (the real mids of the classes above); with
+# AudioSet's class_labels_indices.csv (`write_class_labels`) the labels become the names again
+MIDS = ["/m/0bt9lr", "/m/04rlf", "/m/015p6", "/m/03kmc9", "/m/02mk9", "/m/06mb1", "/m/09x0r"]
+MID_DICT = dict(enumerate(MIDS))
 NUM_FRAMES = 64  # 4 x 8 patches of 16: a 0.655 s window
 
 
@@ -72,21 +79,48 @@ def save_upstream(path: Path, module: torch.nn.Module, cfg: dict[str, Any], **ex
     return path
 
 
+def write_class_labels(
+    path: Path, rows: list[list[str]] | None = None, header: str = "index,mid,display_name"
+) -> Path:
+    """A class_labels_indices.csv in AudioSet's layout (names quoted, as AudioSet's are); by default the
+    classes of `MID_DICT`, in a shuffled row order."""
+    rows = rows if rows is not None else [[str(i), MIDS[i], LABELS[i]] for i in (3, 0, 6, 1, 5, 2, 4)]
+    lines = [header, *(f'{i},{mid},"{name}"' for i, mid, name in rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def wav16(signal: np.ndarray, sample_rate: int = 16_000) -> bytes:
+    """`signal` (samples,) in [-1, 1] as a mono 16-bit wav."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
 
 
 class Exported:
-    def __init__(self, root: Path) -> None:
+    """The small model imported (with its tokenizer) and exported through the real CLIs. `audioset`:
+    its label_dict holds mids, named through a class_labels_indices.csv (`--labels`)."""
+
+    def __init__(self, root: Path, num_frames: int = NUM_FRAMES, audioset: bool = False) -> None:
         self.model: BEATs = make_model()
         self.tokenizer: Tokenizers = make_tokenizer()
-        self.model_path = save_upstream(root / "BEATs_small.pt", self.model, MODEL_CFG, label_dict=LABEL_DICT)
+        label_dict = MID_DICT if audioset else LABEL_DICT
+        self.model_path = save_upstream(root / "BEATs_small.pt", self.model, MODEL_CFG, label_dict=label_dict)
         self.tokenizer_path = save_upstream(root / "Tokenizer_small.pt", self.tokenizer, TOKENIZER_CFG)
         self.servable = root / "servable"
         self.model_dir = root / "beats-small"
+        labels = ["--labels", str(write_class_labels(root / "class_labels_indices.csv"))] if audioset else []
         self.import_run = run_cli(
             "importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
-            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(NUM_FRAMES),
+            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(num_frames), *labels,
         )  # fmt: skip
         assert self.import_run.returncode == 0, self.import_run.stderr
         self.export_run = run_cli("export.cli", "export", str(self.servable), str(self.model_dir))

@@ -3,57 +3,20 @@
 
 from __future__ import annotations
 
-import io
-import socket
-import threading
-import time
-import wave
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 
 from bridle_model.decoding import decode_audio
 from bridle_model.manifest import read_manifest
 from bridle_model.preprocessing import build_preprocessor
 from export.verify import sample_inputs
-from tests.importers.beats_files import LABELS, Exported
+from tests.importers.beats_files import LABELS, Exported, wav16
 
 TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def client(exported: Exported) -> Iterator[httpx.Client]:
-    """The service app in a uvicorn thread on a free loopback port, serving the exported BEATs model."""
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings(
-        model_dirs=[exported.model_dir], providers=["CPUExecutionProvider"], intra_op_threads=1
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as http:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.05)
-        yield http
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +24,7 @@ def one_window(exported: Exported) -> dict[str, Any]:
     """A 16-bit wav exactly one window long, and what the upstream port says of the samples it holds."""
     config = read_manifest(exported.model_dir).config()
     signal = sample_inputs(config, 1, seed=7)[0]  # (window_samples,) speech-like
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
-    data = buffer.getvalue()
+    data = wav16(signal)
     samples = decode_audio(data, 16_000)  # what the service will see
     assert samples.shape == signal.shape
     with torch.no_grad():
@@ -94,6 +51,8 @@ def test_classify_returns_independent_sigmoid_scores(
     assert max(abs(got[label] - expected[i]) for i, label in enumerate(LABELS)) <= TOLERANCE
     assert [x["label"] for x in result["labels"]] == [LABELS[i] for i in np.argsort(-expected, kind="stable")]
     assert abs(sum(got.values()) - 1.0) > 0.05  # independent probabilities, not a softmax
+    assert result["aggregate"] == "max"  # a multi-label head's default
+    assert all("id" not in x for x in result["labels"])  # imported without --labels: no ids beside them
 
     threshold = float(np.sort(expected)[-3] - 1e-3)  # between the 3rd and 4th best: keeps three
     kept = _post(client, "/classify", one_window["wav"], top_k=len(LABELS), threshold=threshold)

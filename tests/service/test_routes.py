@@ -126,6 +126,21 @@ def test_classify_top_k_softmax(server: Server, media_files) -> None:
     (full,) = post(server, "/classify", "a.jpg", data, ctype, top_k=50).json()["results"]
     assert {x["label"] for x in full["labels"]} == {"cat", "dog", "eight", "five"}
     assert sum(x["score"] for x in full["labels"]) == pytest.approx(1.0, abs=1e-5)
+    assert full["aggregate"] == "mean" and all("id" not in x for x in full["labels"])  # no label ids
+
+
+def test_max_over_windows_is_refused_for_a_softmax_head(server: Server, long_audio) -> None:
+    data, ctype, _ = long_audio
+    r = post(server, "/classify", "long.wav", data, ctype, aggregate="max")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_aggregate"
+    assert "multi-label" in r.json()["error"]["message"]
+    r = post(server, "/classify", "long.wav", data, ctype, aggregate="median")
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter"
+    (res,) = post(server, "/classify", "long.wav", data, ctype, aggregate="mean", top_k=4).json()["results"]
+    assert res["aggregate"] == "mean"
+    windows = [{x["label"]: x["score"] for x in w["labels"]} for w in res["windows"]]
+    for x in res["labels"]:  # every window is a full window of signal: equal weights
+        assert x["score"] == pytest.approx(np.mean([w[x["label"]] for w in windows]), abs=1e-9)
 
 
 def test_long_audio_is_cut_into_windows(server: Server, long_audio) -> None:
@@ -135,7 +150,8 @@ def test_long_audio_is_cut_into_windows(server: Server, long_audio) -> None:
         spans = [(w["start"], w["end"]) for w in res["windows"]]
         assert len(spans) == 3
         assert spans[0][0] == 0.0 and spans[1][0] == pytest.approx(window_seconds)
-        assert spans[2][1] == pytest.approx(2.5 * window_seconds, abs=0.01)
+        # the last window ends at the clip's end, a full window overlapping the one before
+        assert spans[2] == pytest.approx((1.5 * window_seconds, 2.5 * window_seconds), abs=0.01)
         if route == "/embed":
             mean = np.mean([w["embedding"] for w in res["windows"]], axis=0)
             np.testing.assert_allclose(res["embedding"], mean, rtol=1e-5, atol=1e-6)
@@ -145,6 +161,8 @@ def test_long_video_is_cut_into_clips(server: Server, long_video) -> None:
     data, ctype = long_video  # 2.5 s, the micro video model's clip is 1 s
     (res,) = post(server, "/embed", "long.mp4", data, ctype).json()["results"]
     assert len(res["windows"]) == 3 and res["windows"][1]["start"] == pytest.approx(1.0)
+    last = res["windows"][2]  # a whole clip ending at the video's end, as audio's last window
+    assert last["end"] == res["duration"] and last["end"] - last["start"] == pytest.approx(1.0)
 
 
 def test_model_query_parameter(server: Server, media_files) -> None:
