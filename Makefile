@@ -39,15 +39,17 @@ serve: $(SERVE_STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-## test: lint, format check and the whole test suite
+## test: lint, format check, the import layers (docs/architecture.md) and the whole test suite
 test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .

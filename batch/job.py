@@ -24,7 +24,7 @@ from batch.settings import JobSettings, SettingsError
 from batch.store import OutputStore
 from batch.worker import ModelFiles, ShardWorker, read_model_files
 from bridle_model.manifest import MANIFEST_FILE
-from service.runtime import CPU, CUDA
+from runtime.sessions import CPU, CUDA
 
 log = logging.getLogger("bridle.batch")
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bridle_model.manifest import PRECISIONS
-from service.media import Limits
+from runtime.windows import Limits
 
 Device = Literal["auto", "cpu", "gpu"]
 

@@ -25,16 +25,10 @@ from batch.store import OutputStore
 from batch.tables import WindowMeta, errors_table, windows_table
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.manifest import MANIFEST_FILE, read_manifest
-from service.media import Limits, Windows, to_windows
-from service.runtime import (
-    CpuThreads,
-    LoadedModel,
-    ModelLoadError,
-    ProviderChooser,
-    choose_variants,
-    find_model_dirs,
-    load_model,
-)
+from runtime.errors import ModelLoadError
+from runtime.models import LoadedModel, choose_variants, find_model_dirs, load_model
+from runtime.sessions import CpuThreads, ProviderChooser
+from runtime.windows import Limits, Windows, to_windows
 
 ModelFiles = dict[str, dict[str, bytes]]  # model name -> {file name: bytes}
 

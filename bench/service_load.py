@@ -41,7 +41,8 @@ import numpy as np
 
 from bench.serve import running_service
 from bridle_model.manifest import read_manifest
-from service.runtime import CpuThreads, ProviderChooser, load_model
+from runtime.models import load_model
+from runtime.sessions import CpuThreads, ProviderChooser
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

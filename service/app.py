@@ -29,13 +29,15 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.devices import device_for_process
+from runtime.devices import device_for_process
+from runtime.errors import ModelLoadError
+from runtime.models import load_models
+from runtime.sessions import CPU
 from service.errors import ServiceError, error_response, install_handlers, retry_later
 from service.infer import Codes, Embedding, Inference, Label, Labels, Source
 from service.media import read_uploads
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import Admission, AdmissionState, RequestIds
-from service.runtime import CPU, ModelLoadError, load_models
 from service.settings import Settings
 
 log = logging.getLogger("bridle.service")

@@ -28,9 +28,11 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from service.devices import SLOTS_ENV
+from runtime.devices import SLOTS_ENV
+from runtime.errors import ModelLoadError
+from runtime.models import find_model_dirs, load_models
+from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from service.middleware import AdmissionState
-from service.runtime import CPU, CpuThreads, ModelLoadError, ProviderChooser, find_model_dirs, load_models
 from service.settings import Settings
 
 EXIT_BAD_START = 2

@@ -21,11 +21,12 @@ import numpy as np
 
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
-from service.batching import Batcher, BatcherHooks
+from runtime.batcher import Batcher, BatcherHooks
+from runtime.models import LoadedModel
+from runtime.windows import Limits, Windows, to_windows
 from service.errors import ServiceError, from_media_error
-from service.media import Limits, Upload, Windows, to_windows
+from service.media import Upload
 from service.metrics import Metrics
-from service.runtime import LoadedModel
 from service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")

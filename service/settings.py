@@ -10,11 +10,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridle_model.manifest import PRECISIONS
-from service.providers import ArenaStrategy, CudnnSearch, GpuOptions, TensorrtOptions
-from service.runtime import CpuThreads, ProviderChooser
+from runtime.models import DEFAULT_MODELS_ROOT
+from runtime.providers import ArenaStrategy, CudnnSearch, GpuOptions, TensorrtOptions
+from runtime.sessions import CpuThreads, ProviderChooser
 
-# the bundled demo models: `models/` beside the packages in the repository
-DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models"
 # on a GPU, unless set: one run at a time per graph, larger batches (~150 kernels per run: small batches
 # leave the GPU waiting on the launches and the event loop)
 GPU_DEFAULTS = {"max_batch_size": 64, "concurrent_runs": 1}

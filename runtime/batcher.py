@@ -1,14 +1,15 @@
 """Dynamic batching: concurrent requests for one model graph are gathered into one ONNX Runtime run.
 
-A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` refuses
-with 503 + Retry-After). Its worker takes the oldest request, waits until `max_batch_size` rows are
-waiting or `max_wait_s` has passed since that request arrived, concatenates the rows along the batch
-axis, runs the graph once in a worker thread (the event loop never blocks) and hands each request its
-rows of the outputs it asked for; a batch fetches the union of its requests' outputs, nothing more (on a
-GPU every fetched output is a copy back to the host). Up to `concurrent_runs` batches run at once, each
-on one of the batcher's `concurrent_runs` threads (on a CPU, several one-thread runs keep the cores
-busier than one run spread over them; on a GPU one run at a time is usual); while they run, the next
-batch gathers. `warm_up` runs given work on each of those threads before any request comes.
+A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` raises
+`EngineError("queue_full")`, which the service answers with 503 + Retry-After). Its worker takes the
+oldest request, waits until `max_batch_size` rows are waiting or `max_wait_s` has passed since that
+request arrived, concatenates the rows along the batch axis, runs the graph once in a worker thread (the
+event loop never blocks) and hands each request its rows of the outputs it asked for; a batch fetches
+the union of its requests' outputs, nothing more (on a GPU every fetched output is a copy back to the
+host). Up to `concurrent_runs` batches run at once, each on one of the batcher's `concurrent_runs`
+threads (on a CPU, several one-thread runs keep the cores busier than one run spread over them; on a GPU
+one run at a time is usual); while they run, the next batch gathers. `warm_up` runs given work on each
+of those threads before any request comes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import ServiceError, retry_later
+from runtime.errors import EngineError
 
 # (B, ...) and the output names to fetch (None: all) -> {name: (B, ...)}
 RunBatch = Callable[[np.ndarray, Sequence[str] | None], dict[str, np.ndarray]]
@@ -97,7 +98,7 @@ class Batcher:
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
-        stopping = ServiceError(503, "shutting_down", "the service is stopping")
+        stopping = EngineError("shutting_down", "the engine is stopping; retry later", self.retry_after_s)
         for batch in runs.values():
             _fail(batch, stopping)
         _fail(self._pending, stopping)
@@ -133,9 +134,9 @@ class Batcher:
         chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
         if len(self._pending) + len(chunks) > self.queue_size:
             self.hooks.on_reject("queue_full")
-            raise retry_later(
+            raise EngineError(
                 "queue_full",
-                f"the {self.name} queue is full ({self.queue_size} requests waiting)",
+                f"the {self.name} queue is full ({self.queue_size} requests waiting); retry later",
                 self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
@@ -150,8 +151,10 @@ class Batcher:
         except TimeoutError:
             self._withdraw(requests)
             self.hooks.on_reject("timeout")
-            raise retry_later(
-                "timeout", f"no result from {self.name} within {self.timeout_s:g} s", self.retry_after_s
+            raise EngineError(
+                "timeout",
+                f"no result from {self.name} within {self.timeout_s:g} s; retry later",
+                self.retry_after_s,
             ) from None
         except BaseException:
             self._withdraw(requests)
@@ -193,7 +196,7 @@ class Batcher:
             try:
                 outputs = await loop.run_in_executor(self._executor, self.run, signal, _union(batch))
             except Exception as e:  # the graph failed on this batch: each request learns why
-                _fail(batch, ServiceError(500, "inference_failed", f"{self.name}: {e}"))
+                _fail(batch, EngineError("inference_failed", f"{self.name}: {e}"))
                 return
             start = 0
             for r in batch:
@@ -240,7 +243,7 @@ class Batcher:
         return batch
 
 
-def _fail(requests: Iterable[_Request], error: ServiceError) -> None:
+def _fail(requests: Iterable[_Request], error: EngineError) -> None:
     for r in requests:
         if not r.future.done():
             r.future.set_exception(error)
