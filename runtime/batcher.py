@@ -53,6 +53,8 @@ class BatcherHooks:
     on_batch: Callable[[int], None] = lambda rows: None
     on_depth: Callable[[int], None] = lambda depth: None
     on_reject: Callable[[str], None] = lambda reason: None
+    on_wait: Callable[[float], None] = lambda seconds: None  # per request part: queued until its run starts
+    on_run: Callable[[float], None] = lambda seconds: None  # per batch: the ONNX Runtime call
 
 
 class Batcher:
@@ -186,15 +188,19 @@ class Batcher:
             self._runs[run] = batch
 
     async def _run(self, batch: list[_Request]) -> None:
-        """One ONNX Runtime call for `batch`; each request gets its rows of every output."""
+        """One ONNX Runtime call for `batch`; each request gets its rows of every output. The rows are
+        concatenated on the run's thread, not on the event loop."""
         assert self._free_runs is not None
         try:
             self.hooks.on_depth(len(self._pending))
-            signal = np.concatenate([r.rows for r in batch])  # (B, ...)
-            self.hooks.on_batch(len(signal))
+            started = time.monotonic()
+            for r in batch:
+                self.hooks.on_wait(started - r.arrived)
+            self.hooks.on_batch(sum(len(r.rows) for r in batch))
             loop = asyncio.get_running_loop()
+            parts = [r.rows for r in batch]
             try:
-                outputs = await loop.run_in_executor(self._executor, self.run, signal, _union(batch))
+                outputs = await loop.run_in_executor(self._executor, self._run_parts, parts, _union(batch))
             except Exception as e:  # the graph failed on this batch: each request learns why
                 _fail(batch, EngineError("inference_failed", f"{self.name}: {e}"))
                 return
@@ -208,6 +214,14 @@ class Batcher:
         finally:
             self._runs.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._free_runs.release()
+
+    def _run_parts(self, parts: list[np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        """On a run thread: the parts as one batch (B, ...), run; the call is timed (`on_run`)."""
+        signal = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (B, ...)
+        started = time.perf_counter()
+        result = self.run(signal, outputs)
+        self.hooks.on_run(time.perf_counter() - started)
+        return result
 
     async def _gather(self) -> list[_Request]:
         """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch

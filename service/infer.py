@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -120,9 +121,11 @@ class Inference:
         for name, model in self.models.items():
             for graph in GRAPHS:
                 hooks = BatcherHooks(
-                    on_batch=m.batch_size.labels(name, graph).observe,
+                    on_batch=_batch_observer(m, name, graph, s.max_batch_size),
                     on_depth=m.queue_depth.labels(name, graph).set,
                     on_reject=lambda reason, n=name, g=graph: m.rejected.labels(n, g, reason).inc(),
+                    on_wait=m.stage_seconds.labels("queue_wait").observe,
+                    on_run=m.stage_seconds.labels("run").observe,
                 )
                 batcher = Batcher(
                     run=lambda signal, outputs, mdl=model, g=graph: mdl.run(g, signal, outputs),
@@ -292,7 +295,23 @@ class Inference:
         return _Prepared(upload, model, windows)
 
     def _decode(self, model: LoadedModel, data: bytes) -> Windows:
-        return to_windows(model.manifest, data, self.limits)
+        self.metrics.decodes.inc()
+        started = time.perf_counter()
+        try:
+            return to_windows(model.manifest, data, self.limits)
+        finally:
+            self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
+
+
+def _batch_observer(metrics: Metrics, model: str, graph: str, max_batch: int) -> Callable[[int], None]:
+    """Rows per run into the batch size and batch fill histograms of one graph."""
+    size, fill = metrics.batch_size.labels(model, graph), metrics.batch_fill.labels(model, graph)
+
+    def observe(rows: int) -> None:
+        size.observe(rows)
+        fill.observe(rows / max_batch)
+
+    return observe
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
