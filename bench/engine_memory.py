@@ -1,0 +1,135 @@
+"""Memory and start-up of the engine on the real-size model: `python -m bench.engine_memory [--batch 16]`.
+
+On `bench/base_model.py`'s model (ViT-B encoder and tokenizer, 10.24 s windows; built on demand), each
+way of holding the sessions runs in a fresh process, every graph at batch `--batch` on `--runs` threads
+at once (the service's `concurrent_runs`), and reports its resident size (VmRSS) after the runs:
+
+- `one-run`: one session per graph, one run at a time: the floor (the issue's "one session per graph at
+  the same batch size");
+- `shared`: one session per graph, `--runs` runs at once on it (the engine: ORT's `run()` is thread-safe
+  and releases the GIL);
+- `per-run`: a session per graph per concurrent run (each with its own weights and arena);
+- `shared-no-arena`: as `shared`, ONNX Runtime's CPU memory arena off (activations freed after each run).
+
+Then `bridle-serve` itself on the model: seconds to `/ready` and its RSS when ready, with the warm-up
+`--warmup` (the service's BRIDLE_WARMUP). Ratios are against `one-run`, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.base_model import base_audio_dir
+from bench.serve import running_service
+
+MODES = ("one-run", "shared", "per-run", "shared-no-arena")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, float]:
+    """In this process: open the sessions the way `mode` says, run every graph, -> seconds and RSS."""
+    import onnxruntime as ort
+
+    from bridle_model.manifest import read_manifest
+    from runtime.models import NUMPY_DTYPES
+    from runtime.sessions import CPU, CpuThreads, ProviderChooser, session_options
+
+    manifest = read_manifest(directory, check_hashes=False)
+    chooser = ProviderChooser([CPU])
+    threads = runs if mode != "one-run" else 1
+    copies = runs if mode == "per-run" else 1
+
+    def options() -> ort.SessionOptions:
+        o = session_options(CpuThreads(intra_op=max(1, len(os.sched_getaffinity(0)) // threads)))
+        o.enable_cpu_mem_arena = mode != "shared-no-arena"
+        return o
+
+    started = time.perf_counter()
+    sessions = {
+        graph: [chooser.session(directory / spec.path, options()) for _ in range(copies)]
+        for graph, spec in manifest.files.items()
+    }
+    loaded = time.perf_counter() - started
+    shape = [batch, *(int(d) for d in manifest.input.shape[1:])]
+    signal = np.zeros(shape, dtype=NUMPY_DTYPES[manifest.input.dtype])  # (B, ...)
+    started = time.perf_counter()
+    for copies_of_graph in sessions.values():
+
+        def run(i: int, copies_of_graph=copies_of_graph) -> None:
+            copies_of_graph[i % len(copies_of_graph)].run(None, {manifest.input.name: signal})
+
+        workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    return {"load_s": loaded, "run_s": time.perf_counter() - started, "rss_mb": rss_mb()}
+
+
+def in_subprocess(mode: str, directory: Path, batch: int, runs: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "bench.engine_memory", "--worker", mode, "--model-dir", str(directory)]
+    cmd += ["--batch", str(batch), "--runs", str(runs)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def serve_ready(directory: Path, batch: int, runs: int, warmup: str) -> tuple[float, float]:
+    """`bridle-serve` on the model: seconds from start to /ready, and its RSS then (MB)."""
+    env = {
+        "BRIDLE_MAX_BATCH_SIZE": str(batch),
+        "BRIDLE_CONCURRENT_RUNS": str(runs),
+        "BRIDLE_WARMUP": warmup,
+        "BRIDLE_PROVIDERS": "CPUExecutionProvider",
+    }
+    started = time.perf_counter()
+    with running_service([directory], env) as service:
+        return time.perf_counter() - started, service.rss_mb()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16, help="windows per run (the service's max_batch_size)")
+    p.add_argument("--runs", type=int, default=2, help="runs at once (the service's concurrent_runs)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
+    p.add_argument("--warmup", default="auto", help="BRIDLE_WARMUP of the served figure ('' to skip it)")
+    p.add_argument("--model-dir", type=Path, help="default: bench/base_model.py's, built on demand")
+    p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    directory = args.model_dir or base_audio_dir()
+    if args.worker:
+        print(json.dumps(measure(args.worker, directory, args.batch, args.runs)))
+        return
+    print(f"{directory.name}: batch {args.batch}, {args.runs} runs at once, CPU provider")
+    found = {mode: in_subprocess(mode, directory, args.batch, args.runs) for mode in args.modes.split(",")}
+    floor = found.get("one-run", {}).get("rss_mb")
+    for mode, f in found.items():
+        ratio = f" = {f['rss_mb'] / floor:.2f} x one-run" if floor else ""
+        times = f"load {f['load_s']:5.1f} s  runs {f['run_s']:6.1f} s"
+        print(f"  {mode:<16} {times}  RSS {f['rss_mb']:7.0f} MB{ratio}")
+    if args.warmup:
+        ready_s, rss = serve_ready(directory, args.batch, args.runs, args.warmup)
+        ratio = f" = {rss / floor:.2f} x one-run" if floor else ""
+        print(
+            f"  bridle-serve (BRIDLE_WARMUP={args.warmup}): ready in {ready_s:.1f} s, RSS {rss:.0f} MB{ratio}"
+        )
+
+
+if __name__ == "__main__":
+    main()
