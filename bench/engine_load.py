@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             threads = CpuThreads(intra_op=max(1, usable_cores() // args.runs))
             in_process = ort_throughput(real, args.real_batch, args.runs, threads, args.real_size_seconds / 2)
             real_env = {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.real_batch)}
-            with serve(real, real_env) as url:
+            with serve(real, real_env, ready_timeout_s=900) as url:
                 served = drive(
                     wrk,
                     url,

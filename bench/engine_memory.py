@@ -11,8 +11,9 @@ at once (the service's `concurrent_runs`), and reports its resident size (VmRSS)
 - `per-run`: a session per graph per concurrent run (each with its own weights and arena);
 - `shared-no-arena`: as `shared`, ONNX Runtime's CPU memory arena off (activations freed after each run).
 
-Then `bridle-serve` itself on the model: seconds to `/ready` and its RSS when ready, with the warm-up
-`--warmup` (the service's BRIDLE_WARMUP). Ratios are against `one-run`, measured in the same run.
+Then `bridle-serve` itself on the model (`--serve`: warm-up and arena settings): seconds from start to
+`/ready` and its RSS then. Ratios are against `one-run`, measured in the same run; RSS after the runs,
+peak (VmHWM) beside it.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from bench.serve import running_service
 MODES = ("one-run", "shared", "per-run", "shared-no-arena")
 
 
-def rss_mb(pid: int | str = "self") -> float:
+def memory_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """`field` of /proc/<pid>/status in MB: VmRSS (resident now) or VmHWM (the peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, float]:
@@ -55,9 +57,8 @@ def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, floa
     copies = runs if mode == "per-run" else 1
 
     def options() -> ort.SessionOptions:
-        o = session_options(CpuThreads(intra_op=max(1, len(os.sched_getaffinity(0)) // threads)))
-        o.enable_cpu_mem_arena = mode != "shared-no-arena"
-        return o
+        cores = len(os.sched_getaffinity(0))
+        return session_options(CpuThreads(max(1, cores // threads), arena=mode != "shared-no-arena"))
 
     started = time.perf_counter()
     sessions = {
@@ -78,7 +79,12 @@ def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, floa
             w.start()
         for w in workers:
             w.join()
-    return {"load_s": loaded, "run_s": time.perf_counter() - started, "rss_mb": rss_mb()}
+    return {
+        "load_s": loaded,
+        "run_s": time.perf_counter() - started,
+        "rss_mb": memory_mb(),
+        "peak_mb": memory_mb("VmHWM"),
+    }
 
 
 def in_subprocess(mode: str, directory: Path, batch: int, runs: int) -> dict[str, float]:
@@ -90,16 +96,17 @@ def in_subprocess(mode: str, directory: Path, batch: int, runs: int) -> dict[str
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def serve_ready(directory: Path, batch: int, runs: int, warmup: str) -> tuple[float, float]:
+def serve_ready(directory: Path, batch: int, runs: int, warmup: str, arena: bool) -> tuple[float, float]:
     """`bridle-serve` on the model: seconds from start to /ready, and its RSS then (MB)."""
     env = {
         "BRIDLE_MAX_BATCH_SIZE": str(batch),
         "BRIDLE_CONCURRENT_RUNS": str(runs),
         "BRIDLE_WARMUP": warmup,
         "BRIDLE_PROVIDERS": "CPUExecutionProvider",
+        "BRIDLE_CPU_MEM_ARENA": str(arena).lower(),
     }
     started = time.perf_counter()
-    with running_service([directory], env) as service:
+    with running_service([directory], env, ready_timeout_s=900) as service:
         return time.perf_counter() - started, service.rss_mb()
 
 
@@ -108,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=16, help="windows per run (the service's max_batch_size)")
     p.add_argument("--runs", type=int, default=2, help="runs at once (the service's concurrent_runs)")
     p.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
-    p.add_argument("--warmup", default="auto", help="BRIDLE_WARMUP of the served figure ('' to skip it)")
+    p.add_argument(
+        "--serve",
+        default="one:arena,one:no-arena,full:arena",
+        help="bridle-serve figures, comma-separated BRIDLE_WARMUP:arena|no-arena ('': none)",
+    )
     p.add_argument("--model-dir", type=Path, help="default: bench/base_model.py's, built on demand")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -117,18 +128,19 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(args.worker, directory, args.batch, args.runs)))
         return
     print(f"{directory.name}: batch {args.batch}, {args.runs} runs at once, CPU provider")
-    found = {mode: in_subprocess(mode, directory, args.batch, args.runs) for mode in args.modes.split(",")}
+    modes = [m for m in args.modes.split(",") if m]
+    found = {mode: in_subprocess(mode, directory, args.batch, args.runs) for mode in modes}
     floor = found.get("one-run", {}).get("rss_mb")
     for mode, f in found.items():
         ratio = f" = {f['rss_mb'] / floor:.2f} x one-run" if floor else ""
         times = f"load {f['load_s']:5.1f} s  runs {f['run_s']:6.1f} s"
-        print(f"  {mode:<16} {times}  RSS {f['rss_mb']:7.0f} MB{ratio}")
-    if args.warmup:
-        ready_s, rss = serve_ready(directory, args.batch, args.runs, args.warmup)
+        print(f"  {mode:<16} {times}  RSS {f['rss_mb']:6.0f} MB{ratio}  (peak {f['peak_mb']:6.0f} MB)")
+    for served in filter(None, args.serve.split(",")):
+        warmup, arena = served.split(":")
+        ready_s, rss = serve_ready(directory, args.batch, args.runs, warmup, arena == "arena")
         ratio = f" = {rss / floor:.2f} x one-run" if floor else ""
-        print(
-            f"  bridle-serve (BRIDLE_WARMUP={args.warmup}): ready in {ready_s:.1f} s, RSS {rss:.0f} MB{ratio}"
-        )
+        label = f"bridle-serve, BRIDLE_WARMUP={warmup}, {arena}"
+        print(f"  {label}: ready in {ready_s:.1f} s, RSS {rss:.0f} MB{ratio}")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,11 @@ class Service:
 
 
 @contextmanager
-def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = None) -> Iterator[Service]:
-    """`bridle-serve` over `model_dirs` with `env` added to the environment, ready; stopped at the end.
+def running_service(
+    model_dirs: list[str | Path], env: dict[str, str] | None = None, ready_timeout_s: float = 120
+) -> Iterator[Service]:
+    """`bridle-serve` over `model_dirs` with `env` added to the environment, ready (within
+    `ready_timeout_s`); stopped at the end.
 
     The server's log goes to the parent's stderr, so a traceback behind a 500 is seen."""
     port = free_port()
@@ -50,7 +53,7 @@ def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = N
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the service exited with status {proc.returncode}")
@@ -60,7 +63,7 @@ def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = N
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready in 120 s")
+                raise RuntimeError(f"the service did not become ready in {ready_timeout_s:g} s")
             time.sleep(0.2)
         yield Service(url, proc)
     finally:

@@ -96,9 +96,9 @@ def export_tiny_audio(root: Path) -> Path:
 
 
 @contextmanager
-def serve(model_dir: Path, env: dict[str, str]):
+def serve(model_dir: Path, env: dict[str, str], ready_timeout_s: float = 120):
     """`bridle-serve` over `model_dir` with `env` added to the environment; yields its URL."""
-    with running_service([model_dir], {"BRIDLE_QUEUE_SIZE": "4096", **env}) as service:
+    with running_service([model_dir], {"BRIDLE_QUEUE_SIZE": "4096", **env}, ready_timeout_s) as service:
         yield service.url
 
 

@@ -180,10 +180,13 @@ class ProviderChooser:
 
 @dataclass(frozen=True)
 class CpuThreads:
-    """How one session's runs use the CPU cores."""
+    """How one session's runs use the CPU: cores, and the memory of their intermediate tensors."""
 
     intra_op: int = 0  # threads per run; 0: ORT's default, one per core
     spin: bool = False  # idle threads busy-wait for work: faster alone, slower beside the event loop
+    # ORT's CPU memory arena keeps the largest activations any run needed (per concurrent run) for the
+    # life of the session; off, each run's tensors are freed after it (bench/engine_memory.py)
+    arena: bool = True
 
 
 def session_options(threads: CpuThreads) -> ort.SessionOptions:
@@ -192,4 +195,5 @@ def session_options(threads: CpuThreads) -> ort.SessionOptions:
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if threads.spin else "0")
     if threads.intra_op:
         options.intra_op_num_threads = threads.intra_op
+    options.enable_cpu_mem_arena = threads.arena
     return options

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0)
     concurrent_runs: int = Field(2, ge=1)  # batches of one graph running at once
     # warm-up before ready: "all" runs every batch size 1..max_batch_size on every runner thread, "full"
-    # only full batches; "auto": all on a GPU (each new shape costs a cuDNN search there), full on a CPU
-    warmup: Literal["auto", "all", "full"] = "auto"
+    # only full batches, "one" a batch of one (kernels and threads started; the memory arena grows with
+    # the load); "auto": all on a GPU (each new shape costs a cuDNN search there), full on a CPU
+    warmup: Literal["auto", "all", "full", "one"] = "auto"
 
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads; 0: one per core
 
@@ -68,6 +69,7 @@ class Settings(BaseSettings):
     use_tensorrt: bool = False
     intra_op_threads: int = Field(0, ge=0)  # per run; 0: the cores / concurrent_runs
     spin_threads: bool = False  # ORT's idle threads busy-wait: faster alone, slower beside the event loop
+    cpu_mem_arena: bool = True  # ORT's CPU arena: keeps each concurrent run's activations between runs
 
     # GPU: CUDA provider options, TensorRT caches; docs/configuration.md "GPU"
     require_gpu: bool = False  # refuse to start when the models would run on the CPU
@@ -115,7 +117,7 @@ class Settings(BaseSettings):
     def cpu_threads(self) -> CpuThreads:
         """ORT's threads per run: as set, or the cores shared among the concurrent runs."""
         threads = self.intra_op_threads or max(1, usable_cores() // self.concurrent_runs)
-        return CpuThreads(intra_op=threads, spin=self.spin_threads)
+        return CpuThreads(intra_op=threads, spin=self.spin_threads, arena=self.cpu_mem_arena)
 
     def for_device(self, on_gpu: bool) -> Settings:
         """These settings with the device's defaults for what was not set (`GPU_DEFAULTS` on a GPU)."""
@@ -128,6 +130,8 @@ class Settings(BaseSettings):
     def warmup_sizes(self, on_gpu: bool) -> list[int]:
         """The batch sizes the warm-up runs on every runner thread, largest first (the memory arena
         grows once, to its final size)."""
+        if self.warmup == "one":
+            return [1]
         every = self.warmup == "all" or (self.warmup == "auto" and on_gpu)
         return list(range(self.max_batch_size, 0, -1)) if every else [self.max_batch_size]
 
