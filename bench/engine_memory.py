@@ -11,9 +11,10 @@ at once (the service's `concurrent_runs`), and reports its resident size (VmRSS)
 - `per-run`: a session per graph per concurrent run (each with its own weights and arena);
 - `shared-no-arena`: as `shared`, ONNX Runtime's CPU memory arena off (activations freed after each run).
 
-Then `bridle-serve` itself on the model (`--serve`: warm-up and arena settings): seconds from start to
-`/ready` and its RSS then. Ratios are against `one-run`, measured in the same run; RSS after the runs,
-peak (VmHWM) beside it.
+Then the encoder's windows/s in process (`--throughput-batch`), for `--runs` runs at once on one session
+with the arena on and off, and for one run at a time with every core; and `bridle-serve` itself on the
+model (`--serve`: warm-up and arena settings): seconds from start to `/ready` and its RSS then. Ratios
+are against `one-run`, measured in the same run; RSS after the runs, peak (VmHWM) beside it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import numpy as np
 
 from bench.base_model import base_audio_dir
 from bench.serve import running_service
+from bench.service_load import ort_throughput
+from runtime.sessions import CpuThreads
 
 MODES = ("one-run", "shared", "per-run", "shared-no-arena")
 
@@ -49,7 +52,7 @@ def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, floa
 
     from bridle_model.manifest import read_manifest
     from runtime.models import NUMPY_DTYPES
-    from runtime.sessions import CPU, CpuThreads, ProviderChooser, session_options
+    from runtime.sessions import CPU, ProviderChooser, session_options
 
     manifest = read_manifest(directory, check_hashes=False)
     chooser = ProviderChooser([CPU])
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         default="one:arena,one:no-arena,full:arena",
         help="bridle-serve figures, comma-separated BRIDLE_WARMUP:arena|no-arena ('': none)",
     )
+    p.add_argument(
+        "--throughput-seconds", type=float, default=40.0, help="per engine layout (0: skip); in process"
+    )
+    p.add_argument("--throughput-batch", type=int, default=4, help="windows per run for the throughput")
     p.add_argument("--model-dir", type=Path, help="default: bench/base_model.py's, built on demand")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -135,6 +142,16 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f" = {f['rss_mb'] / floor:.2f} x one-run" if floor else ""
         times = f"load {f['load_s']:5.1f} s  runs {f['run_s']:6.1f} s"
         print(f"  {mode:<16} {times}  RSS {f['rss_mb']:6.0f} MB{ratio}  (peak {f['peak_mb']:6.0f} MB)")
+    if args.throughput_seconds > 0:
+        cores = len(os.sched_getaffinity(0))
+        layouts = [(args.runs, True), (args.runs, False), (1, True)]
+        for runs, arena in layouts:
+            threads = CpuThreads(intra_op=max(1, cores // runs), arena=arena)
+            rate = ort_throughput(directory, args.throughput_batch, runs, threads, args.throughput_seconds)
+            print(
+                f"  encoder windows/s in process, batch {args.throughput_batch}, {runs} run(s) at once x "
+                f"{threads.intra_op} thread(s), arena {'on' if arena else 'off'}: {rate:.2f}"
+            )
     for served in filter(None, args.serve.split(",")):
         warmup, arena = served.split(":")
         ready_s, rss = serve_ready(directory, args.batch, args.runs, warmup, arena == "arena")

@@ -145,7 +145,7 @@ class Inference:
 
     async def warm_up(self) -> None:
         """Every graph runs the warm-up batch sizes (`Settings.warmup_sizes`: every size 1..max on a GPU,
-        full batches on a CPU, largest first) on each thread of its batcher, the threads at once; then
+        a batch of one on a CPU, largest first) on each thread of its batcher, the threads at once; then
         the service is ready.
 
         The first run of each new batch shape on a GPU pays a cuDNN algorithm search and arena growth,
