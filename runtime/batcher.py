@@ -31,7 +31,7 @@ from runtime.errors import EngineError
 RunBatch = Callable[[np.ndarray, Sequence[str] | None], dict[str, np.ndarray]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: `in` and `remove` on the queue must not compare arrays
 class _Request:
     rows: np.ndarray  # (k, ...) with k <= max_batch_size
     future: asyncio.Future[dict[str, np.ndarray]]

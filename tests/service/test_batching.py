@@ -275,3 +275,22 @@ def test_warm_up_runs_once_on_each_runner_thread_and_batches_run_on_those_thread
     assert sorted(names) == sorted(warmed) and len(set(warmed)) == runs  # one call on each of `runs` threads
     assert all(n.startswith("ort-fake") for n in warmed)
     assert set(served) <= set(warmed)  # the batches ran on the threads that were warmed up
+
+
+def test_a_request_cancelled_behind_others_leaves_the_queue_and_the_rest_are_served() -> None:
+    """A client that leaves mid-queue (the service cancels its request): it is withdrawn from behind the
+    others (the queue compares requests by identity, never their arrays), and is never run."""
+    graph = FakeGraph()
+    b = make(graph, max_batch_size=8, max_wait_s=0.3)
+
+    async def work() -> list:
+        waiting = [asyncio.ensure_future(b.submit(rows(i, 2))) for i in range(3)]
+        await asyncio.sleep(0.05)  # all three queued, the batch still gathering
+        waiting[1].cancel()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    first, cancelled, third = asyncio.run(_with(b, work))
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert graph.batches == [4]  # the two that stayed, in one run
+    np.testing.assert_array_equal(first["out"], rows(0, 2) * 2)
+    np.testing.assert_array_equal(third["out"], rows(2, 2) * 2)
