@@ -1,7 +1,7 @@
 """The HTTP service: FastAPI routes over the inference layer (`service/infer.py`).
 
 `create_app(settings)` builds the app; its lifespan loads the models once (on this process's GPU, when
-there is one: `service/devices.py`), settles the device's batching defaults, starts the batchers and warms
+there is one: `runtime/devices.py`), settles the device's batching defaults, starts the batchers and warms
 every graph up (503 `not_ready` until then). The routes read and validate requests and serialise the
 typed results; everything between lives in `Inference`. Routes:
 

@@ -182,3 +182,11 @@ def test_concurrent_runs_share_one_session_per_graph(model_root: Path, monkeypat
     first, second = asyncio.run(two_at_once())
     assert len(recording.threads) == 2  # two run threads, both inside the one session at once
     np.testing.assert_allclose(np.concatenate([first["embedding"], second["embedding"]]), expected, atol=1e-5)
+
+
+def test_every_stage_is_timed_and_batches_report_their_fill(server: Server, media_files) -> None:
+    data, ctype = media_files["wav"]
+    assert server.client.post("/embed", content=data, headers={"content-type": ctype}).status_code == 200
+    for stage in ("read", "decode", "queue_wait", "run", "serialise"):
+        assert metric(server, "bridle_stage_seconds_count", stage=stage) >= 1, stage
+    assert metric(server, "bridle_batch_fill_count", model="micro-audio", graph="encoder") >= 1
