@@ -23,7 +23,7 @@ from runtime.batcher import Batcher
 from runtime.models import load_model
 from runtime.sessions import CpuThreads, ProviderChooser
 
-HELD_S = 1.5  # a lone request waits this long for its batch to fill: it stays in flight meanwhile
+HELD_S = 2.5  # a lone request waits this long for its batch to fill: it stays in flight meanwhile
 
 
 @pytest.fixture(scope="module")
