@@ -73,3 +73,36 @@ def running_service(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def closed_loop_rate(
+    url: str, path: str, body: bytes, content_type: str, clients: int, seconds: float
+) -> float:
+    """`clients` threads posting `body` to `path` back to back for `seconds` (after one request each to
+    warm up); -> completed requests per second, counted from the first completion to the last (whole
+    requests only: right for requests that take seconds, where a fixed window cuts many in two).
+
+    A Python client is cheap here: each request takes the server seconds, the client microseconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(client: httpx.Client) -> None:
+        r = client.post(path, content=body, headers={"Content-Type": content_type})
+        if r.status_code != 200:
+            raise RuntimeError(f"the service answered {r.status_code}: {r.text[:200]}")
+
+    def worker(done: list[float], stop_at: float) -> None:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            post(client)
+            while time.monotonic() < stop_at:
+                post(client)
+                done.append(time.monotonic())
+
+    start = time.monotonic()
+    done: list[float] = []
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(worker, done, start + seconds) for _ in range(clients)]:
+            f.result()
+    done.sort()
+    if len(done) < 2:
+        raise RuntimeError(f"only {len(done)} requests completed in {seconds} s: run longer")
+    return (len(done) - 1) / (done[-1] - done[0])
