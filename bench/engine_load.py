@@ -1,4 +1,4 @@
-"""The engine under load: `python -m bench.engine_load [--seconds 15] [--real-size-seconds 60]`.
+"""The engine under load: `python -m bench.engine_load [--seconds 15] [--real-size-seconds 90]`.
 
 Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debian):
 
