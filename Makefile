@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-batch bench-quantize bench-train models-int8 replicate clean system-deps fuzz soak
+.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train models-int8 replicate clean system-deps fuzz soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,15 +39,17 @@ serve: $(SERVE_STAMP)
 system-deps:
 	@bash scripts/system-deps.sh
 
-## test: lint, format check and the whole test suite
+## test: lint, format check, the import layers (docs/architecture.md) and the whole test suite
 test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 	$(BIN)/pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .
@@ -86,6 +88,13 @@ bench: $(DEV_STAMP)
 bench-service: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.service_load
+
+## bench-engine: served req/s at 400 / 16 clients, refusal latency p99, and the real-size model (built
+## into runs/bench-models on demand): service / in-process windows/s, then its RSS and ready time
+bench-engine: $(DEV_STAMP)
+	@bash scripts/system-deps.sh wrk
+	$(PY) -m bench.engine_load
+	$(PY) -m bench.engine_memory
 
 ## bench-batch: windows/s of bridle-batch (1 and 2 Ray actors) against the HTTP service at saturation
 bench-batch: $(DEV_STAMP)

@@ -20,9 +20,9 @@ from batch.settings import DEFAULT_LIMITS, JobSettings, SettingsError
 from batch.store import JobMismatch
 from bridle_model.manifest import ManifestError
 from bridle_model.windowing import AGGREGATES, WindowPolicy
-from service.media import Limits
-from service.runtime import ModelLoadError
-from service.settings import DEFAULT_MODELS_ROOT
+from runtime.errors import ModelLoadError
+from runtime.models import DEFAULT_MODELS_ROOT
+from runtime.windows import Limits
 
 EXIT_BAD_JOB = 2
 

@@ -26,7 +26,7 @@ from batch.store import OutputStore
 from batch.worker import ModelFiles, ShardWorker, read_model_files
 from bridle_model.manifest import MANIFEST_FILE, Manifest
 from bridle_model.windowing import aggregate_for
-from service.runtime import CPU, CUDA
+from runtime.sessions import CPU, CUDA
 
 log = logging.getLogger("bridle.batch")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from bridle_model.manifest import PRECISIONS
 from bridle_model.windowing import AGGREGATES, DEFAULT_POLICY, WindowPolicy
-from service.media import Limits
+from runtime.windows import Limits
 
 Device = Literal["auto", "cpu", "gpu"]
 

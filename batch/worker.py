@@ -27,16 +27,10 @@ from batch.tables import WindowMeta, clips_table, errors_table, windows_table
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.manifest import MANIFEST_FILE, read_manifest
 from bridle_model.windowing import DEFAULT_POLICY, WindowPolicy
-from service.media import Limits, Windows, to_windows
-from service.runtime import (
-    CpuThreads,
-    LoadedModel,
-    ModelLoadError,
-    ProviderChooser,
-    choose_variants,
-    find_model_dirs,
-    load_model,
-)
+from runtime.errors import ModelLoadError
+from runtime.models import LoadedModel, choose_variants, find_model_dirs, load_model
+from runtime.sessions import CpuThreads, ProviderChooser
+from runtime.windows import Limits, Windows, to_windows
 
 ModelFiles = dict[str, dict[str, bytes]]  # model name -> {file name: bytes}
 

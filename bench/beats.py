@@ -29,8 +29,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +116,7 @@ def service_windows_per_second(work: Path, servable: Servable, clients: int, sec
     wav to /embed back to back for `seconds` (after one request each to warm up); -> windows per second.
 
     A Python client is cheap here: a window takes seconds of CPU, the client microseconds per request."""
-    import httpx
-
-    from bench.serve import running_service
+    from bench.serve import closed_loop_rate, running_service
     from bench.service_load import wav_bytes
     from export.model_dir import export_model_dir
 
@@ -128,30 +124,7 @@ def service_windows_per_second(work: Path, servable: Servable, clients: int, sec
     body = wav_bytes(servable.config.input.window_samples, servable.config.input.sample_rate)
     # the warm-up runs full batches: at this size, batches of `clients` keep the start-up short
     with running_service([model_dir], {"BRIDLE_MAX_BATCH_SIZE": str(clients)}) as service:
-
-        def post(client: httpx.Client) -> None:
-            r = client.post("/embed", content=body, headers={"Content-Type": "audio/wav"})
-            if r.status_code != 200:
-                raise RuntimeError(f"the service answered {r.status_code}: {r.text[:200]}")
-
-        def worker(done: list[float], stop_at: float) -> None:
-            with httpx.Client(base_url=service.url, timeout=600) as client:
-                post(client)
-                while time.monotonic() < stop_at:
-                    post(client)
-                    done.append(time.monotonic())
-
-        start = time.monotonic()
-        done: list[float] = []
-        with ThreadPoolExecutor(clients) as pool:
-            futures = [pool.submit(worker, done, start + seconds) for _ in range(clients)]
-            for f in futures:
-                f.result()
-    # count from the first completion after warm-up to the last: whole requests only
-    done.sort()
-    if len(done) < 2:
-        raise RuntimeError(f"only {len(done)} requests completed in {seconds} s: run longer")
-    return (len(done) - 1) / (done[-1] - done[0])
+        return closed_loop_rate(service.url, "/embed", body, "audio/wav", clients, seconds)
 
 
 def _measure_in_subprocess(runtime: str, work: Path, args: argparse.Namespace) -> list[float]:

@@ -43,18 +43,10 @@ import numpy as np
 import typer
 
 from bridle_model.manifest import read_manifest
-from service.providers import GpuOptions
-from service.runtime import (
-    CPU,
-    CUDA,
-    CpuThreads,
-    LoadedModel,
-    ModelLoadError,
-    ProviderChooser,
-    find_model_dirs,
-    load_model,
-    session_options,
-)
+from runtime.errors import ModelLoadError
+from runtime.models import LoadedModel, find_model_dirs, load_model
+from runtime.providers import GpuOptions
+from runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDING_TOLERANCE = 1e-4  # as export/verify.py: max abs diff of every float output

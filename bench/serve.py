@@ -41,8 +41,11 @@ class Service:
 
 
 @contextmanager
-def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = None) -> Iterator[Service]:
-    """`bridle-serve` over `model_dirs` with `env` added to the environment, ready; stopped at the end.
+def running_service(
+    model_dirs: list[str | Path], env: dict[str, str] | None = None, ready_timeout_s: float = 120
+) -> Iterator[Service]:
+    """`bridle-serve` over `model_dirs` with `env` added to the environment, ready (within
+    `ready_timeout_s`); stopped at the end.
 
     The server's log goes to the parent's stderr, so a traceback behind a 500 is seen."""
     port = free_port()
@@ -53,7 +56,7 @@ def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = N
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + ready_timeout_s
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"the service exited with status {proc.returncode}")
@@ -63,7 +66,7 @@ def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = N
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready in 120 s")
+                raise RuntimeError(f"the service did not become ready in {ready_timeout_s:g} s")
             time.sleep(0.2)
         yield Service(url, proc)
     finally:
@@ -73,3 +76,36 @@ def running_service(model_dirs: list[str | Path], env: dict[str, str] | None = N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def closed_loop_rate(
+    url: str, path: str, body: bytes, content_type: str, clients: int, seconds: float
+) -> float:
+    """`clients` threads posting `body` to `path` back to back for `seconds` (after one request each to
+    warm up); -> completed requests per second, counted from the first completion to the last (whole
+    requests only: right for requests that take seconds, where a fixed window cuts many in two).
+
+    A Python client is cheap here: each request takes the server seconds, the client microseconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(client: httpx.Client) -> None:
+        r = client.post(path, content=body, headers={"Content-Type": content_type})
+        if r.status_code != 200:
+            raise RuntimeError(f"the service answered {r.status_code}: {r.text[:200]}")
+
+    def worker(done: list[float], stop_at: float) -> None:
+        with httpx.Client(base_url=url, timeout=600) as client:
+            post(client)
+            while time.monotonic() < stop_at:
+                post(client)
+                done.append(time.monotonic())
+
+    start = time.monotonic()
+    done: list[float] = []
+    with ThreadPoolExecutor(clients) as pool:
+        for f in [pool.submit(worker, done, start + seconds) for _ in range(clients)]:
+            f.result()
+    done.sort()
+    if len(done) < 2:
+        raise RuntimeError(f"only {len(done)} requests completed in {seconds} s: run longer")
+    return (len(done) - 1) / (done[-1] - done[0])

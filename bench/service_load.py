@@ -41,7 +41,8 @@ import numpy as np
 
 from bench.serve import running_service
 from bridle_model.manifest import read_manifest
-from service.runtime import CpuThreads, ProviderChooser, load_model
+from runtime.models import load_model
+from runtime.sessions import CpuThreads, ProviderChooser
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,6 +64,8 @@ class LoadResult:
     errors: int  # non-2xx responses and socket errors
     p50_ms: float
     p99_ms: float
+    requests: int = 0  # answers of any status
+    timeouts: int = 0  # requests wrk gave up on (no answer within its timeout)
 
     def line(self, label: str) -> str:
         return (
@@ -93,9 +96,9 @@ def export_tiny_audio(root: Path) -> Path:
 
 
 @contextmanager
-def serve(model_dir: Path, env: dict[str, str]):
+def serve(model_dir: Path, env: dict[str, str], ready_timeout_s: float = 120):
     """`bridle-serve` over `model_dir` with `env` added to the environment; yields its URL."""
-    with running_service([model_dir], {"BRIDLE_QUEUE_SIZE": "4096", **env}) as service:
+    with running_service([model_dir], {"BRIDLE_QUEUE_SIZE": "4096", **env}, ready_timeout_s) as service:
         yield service.url
 
 
@@ -123,14 +126,23 @@ def parse_wrk(output: str) -> LoadResult:
         errors,
         _duration_ms(p50.group(1)),
         _duration_ms(p99.group(1)),
+        requests=int(done.group(1)),
+        timeouts=int(socket_errors.group(4)) if socket_errors else 0,
     )
 
 
 def drive(
-    wrk: str, url: str, body: Path, clients: int, seconds: float, warmup: float = 2.0, lua: str = WRK_SCRIPT
+    wrk: str,
+    url: str,
+    body: Path,
+    clients: int,
+    seconds: float,
+    warmup: float = 2.0,
+    lua: str = WRK_SCRIPT,
+    timeout_s: float = 2.0,
 ) -> LoadResult:
     """`clients` connections posting `body` to /embed (or where `lua` says) back to back for `seconds`
-    (after a warm-up run)."""
+    (after a warm-up run); a request unanswered after `timeout_s` counts as an error (wrk's timeout)."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
         script.write_text(lua)
@@ -142,6 +154,7 @@ def drive(
                 "-t1",
                 f"-c{clients}",
                 f"-d{duration:g}s",
+                f"--timeout={timeout_s:g}s",
                 "--latency",
                 "-s",
                 str(script),
@@ -167,6 +180,7 @@ class OverloadResult:
     refused_share: float  # 503 among the answers
     served_p99_ms: float
     limit_s: float
+    refused_p99_ms: float = float("nan")  # latency of the 503 answers
 
     def line(self, label: str) -> str:
         return (
@@ -224,6 +238,7 @@ def overload(url: str, body: bytes, clients: int, seconds: float, limit_s: float
     latency = np.array([t for _, t in out])
     answered = (statuses == 200) | (statuses == 503)
     served = latency[statuses == 200] * 1000
+    refused = latency[statuses == 503] * 1000
     return OverloadResult(
         clients=clients,
         answers=int((statuses != 0).sum()),
@@ -232,6 +247,7 @@ def overload(url: str, body: bytes, clients: int, seconds: float, limit_s: float
         refused_share=float((statuses == 503).sum() / max(1, (statuses != 0).sum())),
         served_p99_ms=float(np.percentile(served, 99)) if len(served) else float("nan"),
         limit_s=limit_s,
+        refused_p99_ms=float(np.percentile(refused, 99)) if len(refused) else float("nan"),
     )
 
 

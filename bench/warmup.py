@@ -15,9 +15,10 @@ from typing import Annotated
 
 import typer
 
+from runtime.models import find_model_dirs, load_model, load_models
+from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from service.infer import Inference
 from service.metrics import Metrics
-from service.runtime import CPU, CpuThreads, ProviderChooser, find_model_dirs, load_model, load_models
 from service.settings import Settings
 
 

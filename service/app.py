@@ -1,7 +1,7 @@
 """The HTTP service: FastAPI routes over the inference layer (`service/infer.py`).
 
 `create_app(settings)` builds the app; its lifespan loads the models once (on this process's GPU, when
-there is one: `service/devices.py`), settles the device's batching defaults, starts the batchers and warms
+there is one: `runtime/devices.py`), settles the device's batching defaults, starts the batchers and warms
 every graph up (503 `not_ready` until then). The routes read and validate requests and serialise the
 typed results; everything between lives in `Inference`. Routes:
 
@@ -17,25 +17,30 @@ response carries `X-Request-ID` (service/middleware.py).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio.to_thread
+import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.devices import device_for_process
+from runtime.devices import device_for_process
+from runtime.errors import ModelLoadError
+from runtime.models import load_models
+from runtime.sessions import CPU
 from service.errors import ServiceError, error_response, install_handlers, retry_later
 from service.infer import Codes, Embedding, Inference, Label, Labels, Source
 from service.media import read_uploads
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import Admission, AdmissionState, RequestIds
-from service.runtime import CPU, ModelLoadError, load_models
 from service.settings import Settings
 
 log = logging.getLogger("bridle.service")
@@ -62,6 +67,12 @@ UPLOAD_BODY: dict[str, Any] = {
 }
 ModelParam = Query(
     None, description="model name from its manifest; default: the model of the upload's modality"
+)
+Encoding = Literal["json", "base64"]
+EncodingParam = Query(
+    "json",
+    description="base64: patch_embeddings (float32) and codes (int32) as little-endian base64 "
+    "{dtype, shape, data} objects (docs/contracts.md); json: nested numbers",
 )
 
 
@@ -118,7 +129,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     metrics = Metrics.create()
-    admission = AdmissionState(settings.max_concurrent_requests, settings.retry_after_s)
+    admission = AdmissionState(
+        settings.max_concurrent_requests,
+        settings.retry_after_s,
+        on_refuse=lambda cause: metrics.refused.labels(cause).inc(),
+    )
     metrics.in_flight.set_function(lambda: admission.in_flight)
     app.state.bridle = ServiceState(settings, Inference(settings, {}, metrics), admission)
     install_handlers(app)
@@ -165,9 +180,22 @@ def _header(source: Source) -> dict[str, Any]:
     return {"filename": source.filename, "model": m.name, "modality": m.modality, "duration": source.duration}
 
 
-def _results(results: list[dict[str, Any]]) -> JSONResponse:
-    """The body of /embed, /tokenize and /classify; a Response, so FastAPI does not serialise it again."""
-    return JSONResponse({"results": results})
+def _results(state: ServiceState, build: Callable[[], list[dict[str, Any]]]) -> JSONResponse:
+    """The body of /embed, /tokenize and /classify, built and rendered (timed as the `serialise` stage);
+    a Response, so FastAPI does not serialise it again."""
+    started = time.perf_counter()
+    response = JSONResponse({"results": build()})
+    state.inference.metrics.stage_seconds.labels("serialise").observe(time.perf_counter() - started)
+    return response
+
+
+def _array(x: np.ndarray, encoding: Encoding, dtype: str) -> Any:
+    """`x` as nested JSON numbers, or with `encoding=base64` as {"dtype", "shape", "data"}: the
+    little-endian `dtype` bytes in row-major order, base64 (docs/contracts.md says how to decode)."""
+    if encoding == "json":
+        return x.tolist()
+    data = np.ascontiguousarray(x, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    return {"dtype": dtype, "shape": list(x.shape), "data": base64.b64encode(data).decode("ascii")}
 
 
 def _labels(labels: list[Label]) -> list[dict[str, Any]]:
@@ -179,12 +207,12 @@ def _labels(labels: list[Label]) -> list[dict[str, Any]]:
     ]
 
 
-def _embedding(e: Embedding) -> dict[str, Any]:
+def _embedding(e: Embedding, encoding: Encoding = "json") -> dict[str, Any]:
     windows = []
     for w, (start, end) in enumerate(e.source.spans):
         item: dict[str, Any] = {"start": start, "end": end, "embedding": e.windows[w].tolist()}
         if e.tokens is not None:
-            item["patch_embeddings"] = e.tokens[w].tolist()  # (N, D)
+            item["patch_embeddings"] = _array(e.tokens[w], encoding, "float32")  # (N, D)
         windows.append(item)
     return {
         **_header(e.source),
@@ -194,7 +222,7 @@ def _embedding(e: Embedding) -> dict[str, Any]:
     }
 
 
-def _codes(c: Codes) -> dict[str, Any]:
+def _codes(c: Codes, encoding: Encoding = "json") -> dict[str, Any]:
     m = c.source.model.manifest
     return {
         **_header(c.source),
@@ -205,7 +233,8 @@ def _codes(c: Codes) -> dict[str, Any]:
         "codebook_size": m.quantizer.codebook_size,
         "tokenizer_kind": m.tokenizer_kind,
         "windows": [
-            {"start": s, "end": e, "codes": c.codes[w].tolist()} for w, (s, e) in enumerate(c.source.spans)
+            {"start": s, "end": e, "codes": _array(c.codes[w], encoding, "int32")}  # (N, L)
+            for w, (s, e) in enumerate(c.source.spans)
         ],
     }
 
@@ -223,9 +252,15 @@ def _add_routes(app: FastAPI) -> None:
 
     async def uploads_of(request: Request):
         state = state_of(request)
+        metrics = state.inference.metrics
         if (error := state.unavailable()) is not None:
+            metrics.refused.labels(error.code).inc()  # not_ready or shutting_down, before the body
             raise error
-        return await read_uploads(request, state.settings.max_upload_bytes)
+        metrics.bodies_read.inc()
+        started = time.perf_counter()
+        uploads = await read_uploads(request, state.settings.max_upload_bytes)
+        metrics.stage_seconds.labels("read").observe(time.perf_counter() - started)
+        return uploads
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -284,10 +319,12 @@ def _add_routes(app: FastAPI) -> None:
             "mean", description="tokens: also the (N, D) patch embeddings"
         ),
         normalize: bool = Query(False, description="L2-normalise the embeddings"),
+        encoding: Encoding = EncodingParam,
     ) -> JSONResponse:
         uploads = await uploads_of(request)
-        found = await state_of(request).inference.embed(uploads, model, pooling == "tokens", normalize)
-        return _results([_embedding(e) for e in found])
+        state = state_of(request)
+        found = await state.inference.embed(uploads, model, pooling == "tokens", normalize)
+        return _results(state, lambda: [_embedding(e, encoding) for e in found])
 
     @app.post(
         "/tokenize",
@@ -295,9 +332,13 @@ def _add_routes(app: FastAPI) -> None:
         openapi_extra=UPLOAD_BODY,
         dependencies=[Depends(require_key)],
     )
-    async def tokenize(request: Request, model: str | None = ModelParam) -> JSONResponse:
+    async def tokenize(
+        request: Request, model: str | None = ModelParam, encoding: Encoding = EncodingParam
+    ) -> JSONResponse:
         uploads = await uploads_of(request)
-        return _results([_codes(c) for c in await state_of(request).inference.tokenize(uploads, model)])
+        state = state_of(request)
+        found = await state.inference.tokenize(uploads, model)
+        return _results(state, lambda: [_codes(c, encoding) for c in found])
 
     @app.post(
         "/classify",
@@ -321,5 +362,6 @@ def _add_routes(app: FastAPI) -> None:
         ),
     ) -> JSONResponse:
         uploads = await uploads_of(request)
-        found = await state_of(request).inference.classify(uploads, model, top_k, threshold, aggregate)
-        return _results([_classes(x) for x in found])
+        state = state_of(request)
+        found = await state.inference.classify(uploads, model, top_k, threshold, aggregate)
+        return _results(state, lambda: [_classes(x) for x in found])

@@ -1,7 +1,7 @@
 """`bridle-serve`: check the settings, then serve the model directories with uvicorn.
 
 The models load once, in the app's lifespan (in each worker with `--workers` > 1, each worker on its own
-GPU from `BRIDLE_DEVICE_ID`: `service/devices.py`). Invalid settings, a missing model directory, or one
+GPU from `BRIDLE_DEVICE_ID`: `runtime/devices.py`). Invalid settings, a missing model directory, or one
 that fails to load (missing file, sha256 mismatch, a graph ONNX Runtime cannot open) stop the start with
 a message and exit status 2; with several workers the parent checks the models first, on the CPU only (a
 GPU context in the parent would hold GPU memory for nothing), so a bad model stops the start there.
@@ -28,9 +28,11 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from service.devices import SLOTS_ENV
+from runtime.devices import SLOTS_ENV
+from runtime.errors import ModelLoadError
+from runtime.models import find_model_dirs, load_models
+from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from service.middleware import AdmissionState
-from service.runtime import CPU, CpuThreads, ModelLoadError, ProviderChooser, find_model_dirs, load_models
 from service.settings import Settings
 
 EXIT_BAD_START = 2
@@ -120,7 +122,7 @@ def serve(
 
 def _serve_workers(settings: Settings) -> None:
     """Several worker processes; each builds the app from the environment, claims a device slot (its
-    GPU: `service/devices.py`) and loads the models once."""
+    GPU: `runtime/devices.py`) and loads the models once."""
     os.environ["BRIDLE_MODEL_DIRS"] = ",".join(str(p) for p in settings.model_dirs)
     with tempfile.TemporaryDirectory(prefix="bridle-device-slots-") as slots:
         os.environ[SLOTS_ENV] = slots

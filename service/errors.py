@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridle_model.decoding import MediaError
+from runtime.errors import EngineError
 
 MEDIA_STATUS = {
     "empty": 400,
@@ -47,6 +48,13 @@ def from_media_error(err: MediaError, filename: str | None = None) -> ServiceErr
     return ServiceError(MEDIA_STATUS.get(err.code, 422), err.code, f"{where}{err}")
 
 
+def from_engine_error(err: EngineError) -> ServiceError:
+    """503 + Retry-After for work the engine could not take (full, timed out, stopping), else 500."""
+    if err.retry_after_s is None:
+        return ServiceError(500, err.code, err.message)
+    return ServiceError(503, err.code, err.message, {"Retry-After": str(err.retry_after_s)})
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -64,6 +72,11 @@ def install_handlers(app: FastAPI) -> None:
     async def _media(_: Request, exc: MediaError) -> JSONResponse:
         err = from_media_error(exc)
         return error_response(err.status, err.code, err.message)
+
+    @app.exception_handler(EngineError)
+    async def _engine(_: Request, exc: EngineError) -> JSONResponse:
+        err = from_engine_error(exc)
+        return error_response(err.status, err.code, err.message, err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

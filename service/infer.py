@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -23,11 +24,12 @@ import numpy as np
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
 from bridle_model.windowing import aggregate_for, clip_mean, clip_scores
-from service.batching import Batcher, BatcherHooks
+from runtime.batcher import Batcher, BatcherHooks
+from runtime.models import LoadedModel
+from runtime.windows import Limits, Windows, to_windows
 from service.errors import ServiceError, from_media_error
-from service.media import Limits, Upload, Windows, to_windows
+from service.media import Upload
 from service.metrics import Metrics
-from service.runtime import LoadedModel
 from service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")
@@ -123,9 +125,11 @@ class Inference:
         for name, model in self.models.items():
             for graph in GRAPHS:
                 hooks = BatcherHooks(
-                    on_batch=m.batch_size.labels(name, graph).observe,
+                    on_batch=_batch_observer(m, name, graph, s.max_batch_size),
                     on_depth=m.queue_depth.labels(name, graph).set,
                     on_reject=lambda reason, n=name, g=graph: m.rejected.labels(n, g, reason).inc(),
+                    on_wait=m.stage_seconds.labels("queue_wait").observe,
+                    on_run=m.stage_seconds.labels("run").observe,
                 )
                 batcher = Batcher(
                     run=lambda signal, outputs, mdl=model, g=graph: mdl.run(g, signal, outputs),
@@ -145,7 +149,7 @@ class Inference:
 
     async def warm_up(self) -> None:
         """Every graph runs the warm-up batch sizes (`Settings.warmup_sizes`: every size 1..max on a GPU,
-        full batches on a CPU, largest first) on each thread of its batcher, the threads at once; then
+        a batch of one on a CPU, largest first) on each thread of its batcher, the threads at once; then
         the service is ready.
 
         The first run of each new batch shape on a GPU pays a cuDNN algorithm search and arena growth,
@@ -319,7 +323,23 @@ class Inference:
         return _Prepared(upload, model, windows)
 
     def _decode(self, model: LoadedModel, data: bytes) -> Windows:
-        return to_windows(model.manifest, data, self.limits, self.settings.window_policy)
+        self.metrics.decodes.inc()
+        started = time.perf_counter()
+        try:
+            return to_windows(model.manifest, data, self.limits, self.settings.window_policy)
+        finally:
+            self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
+
+
+def _batch_observer(metrics: Metrics, model: str, graph: str, max_batch: int) -> Callable[[int], None]:
+    """Rows per run into the batch size and batch fill histograms of one graph."""
+    size, fill = metrics.batch_size.labels(model, graph), metrics.batch_fill.labels(model, graph)
+
+    def observe(rows: int) -> None:
+        size.observe(rows)
+        fill.observe(rows / max_batch)
+
+    return observe
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

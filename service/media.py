@@ -1,26 +1,18 @@
-"""Request bodies -> uploads (with the size limit enforced while streaming) -> model input windows.
+"""Request bodies -> uploads, with the size limit enforced while streaming.
 
 Uploads come as `multipart/form-data` (one or more parts named `file`, kept in order) or as a raw body
 with its own Content-Type. The body limit is checked against Content-Length before anything is read and
-again on every chunk, so an oversized upload is refused without being buffered.
-
-Audio and video are cut into the model's windows by bridle_model/windowing.py under a `WindowPolicy`
-(the service's and the batch job's settings): a short clip is one window, a longer one full windows
-whose last ends at the clip's end; video into clips of the manifest's `window_seconds` (the model's
-`clip_seconds`), each sampled to T frames. Images are one window.
+again on every chunk, so an oversized upload is refused without being buffered. Decoding and windowing
+the uploads is the runtime's (runtime/windows.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from bridle_model.decoding import decode_audio, decode_image, decode_video
-from bridle_model.manifest import Manifest
-from bridle_model.windowing import DEFAULT_POLICY, WindowPolicy, audio_windows, video_windows
 from service.errors import ServiceError
 
 FILE_FIELDS = ("file", "files")
@@ -31,22 +23,6 @@ class Upload:
     filename: str | None
     content_type: str | None
     data: bytes
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_audio_seconds: float
-    max_image_pixels: int
-    max_video_seconds: float
-
-
-@dataclass(frozen=True)
-class Windows:
-    """A decoded upload as the graphs' input: `signal` (W, ...) and each window's span in seconds."""
-
-    signal: np.ndarray  # audio (W, samples) float32; image (1, 3, S, S) uint8; video (W, T, 3, S, S) uint8
-    spans: list[tuple[float | None, float | None]]  # (start, end) seconds; (None, None) for an image
-    duration: float | None  # seconds of media (audio, video)
 
 
 def _too_large(limit: int) -> ServiceError:
@@ -141,29 +117,3 @@ async def _read_multipart(request: Request, boundary: bytes, max_bytes: int) -> 
     except Exception as e:
         raise ServiceError(400, "bad_request", f"malformed multipart body: {e}") from e
     return collector.uploads
-
-
-# ---- decoding and windowing (called in a worker thread) -------------------------------------------
-
-
-def to_windows(
-    manifest: Manifest, data: bytes, limits: Limits, policy: WindowPolicy = DEFAULT_POLICY
-) -> Windows:
-    """Decode `data` for the model of `manifest` and cut it into the graphs' fixed-size windows."""
-    spec = manifest.input  # read_manifest refuses manifests without the fields used here
-    shape = [int(d) for d in spec.shape[1:]]
-    if manifest.modality == "audio":
-        wave = decode_audio(data, spec.sample_rate, max_seconds=limits.max_audio_seconds)  # (samples,)
-        windows, spans = audio_windows(wave, shape[0], spec.sample_rate, policy)  # (W, samples)
-        return Windows(windows, spans, len(wave) / spec.sample_rate)
-    if manifest.modality == "image":
-        image = decode_image(data, int(spec.image_size or shape[-1]), max_pixels=limits.max_image_pixels)
-        return Windows(image[None], [(None, None)], None)  # (1, 3, S, S)
-    video = decode_video(
-        data,
-        int(spec.image_size or shape[-1]),
-        max_seconds=limits.max_video_seconds,
-        max_pixels=limits.max_image_pixels,
-    )
-    clips, spans = video_windows(video, shape[0], spec.window_seconds, policy)  # (W, T, 3, S, S)
-    return Windows(clips, spans, video.duration)

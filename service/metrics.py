@@ -11,6 +11,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FILL_BUCKETS = (0.125, 0.25, 0.5, 0.75, 0.999, 1.0)
+# the stages of an inference request, timed by `bridle_stage_seconds`
+STAGES = ("read", "decode", "queue_wait", "run", "serialise")
 
 
 @dataclass
@@ -22,6 +26,11 @@ class Metrics:
     queue_depth: Gauge  # model, graph: requests waiting for a batch
     rejected: Counter  # model, graph, reason ("queue_full", "timeout")
     in_flight: Gauge  # inference requests being read, decoded, queued or run
+    stage_seconds: Histogram  # stage (STAGES): per request (read, decode, serialise) or per batch (run)
+    batch_fill: Histogram  # model, graph: rows per run / max_batch_size
+    refused: Counter  # cause: overloaded, shutting_down, disconnected (before the engine)
+    bodies_read: Counter  # request bodies read (admitted inference requests)
+    decodes: Counter  # uploads decoded into windows
 
     @classmethod
     def create(cls) -> Metrics:
@@ -59,6 +68,29 @@ class Metrics:
                 "inference requests in flight (reading, decoding, queued or running)",
                 registry=r,
             ),
+            stage_seconds=Histogram(
+                "bridle_stage_seconds",
+                "time per stage: read (body), decode (per upload), queue_wait (per batched part), "
+                "run (per ONNX Runtime call), serialise (per response)",
+                ["stage"],
+                buckets=STAGE_BUCKETS,
+                registry=r,
+            ),
+            batch_fill=Histogram(
+                "bridle_batch_fill",
+                "rows per ONNX Runtime run / max_batch_size",
+                ["model", "graph"],
+                buckets=FILL_BUCKETS,
+                registry=r,
+            ),
+            refused=Counter(
+                "bridle_refused",
+                "inference requests refused or dropped before the engine, by cause",
+                ["cause"],
+                registry=r,
+            ),
+            bodies_read=Counter("bridle_bodies_read", "request bodies read", registry=r),
+            decodes=Counter("bridle_decodes", "uploads decoded into model windows", registry=r),
         )
 
     def render(self) -> bytes:
@@ -96,5 +128,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            if scope.get("state", {}).get("dropped"):
+                status = 499  # the client left before its answer (nginx's "client closed request")
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)

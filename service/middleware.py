@@ -6,15 +6,20 @@ JSON 500 naming the id, logged with its traceback under the same id.
 
 `Admission` bounds the inference requests in flight across every stage (reading the body, decoding,
 waiting for and running a batch): past `max_in_flight` a request is refused at once with 503
-`overloaded` and Retry-After, before its body is read, so the accepted requests keep a bounded latency.
-While the service drains (SIGTERM) new inference requests get 503 `shutting_down` and `/ready` says so.
+`overloaded` and Retry-After, from prepared bytes, before its body is read, so the accepted requests
+keep a bounded latency. An admitted request whose client disconnects is cancelled (it leaves the
+batching queue before reaching the engine) and frees its slot at once. While the service drains
+(SIGTERM) new inference requests get 503 `shutting_down` and `/ready` says so.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,9 @@ log = logging.getLogger("bridle.service")
 REQUEST_ID_HEADER = "x-request-id"
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # ids a client may choose; others are replaced
 ADMITTED_PATHS = frozenset({"/embed", "/tokenize", "/classify"})
+# a refused request's body up to this size is skipped and the connection kept (a reconnect costs the
+# event loop more than skipping a small body); a larger or unknown one gets `Connection: close`
+KEEP_ALIVE_BODY_BYTES = 256 * 1024
 
 Scope = dict[str, Any]
 
@@ -80,6 +88,7 @@ class AdmissionState:
     retry_after_s: int
     in_flight: int = 0
     draining: bool = False
+    on_refuse: Callable[[str], None] = lambda cause: None  # "overloaded", "shutting_down", "disconnected"
 
     def draining_error(self) -> ServiceError:
         error = retry_later("shutting_down", "the service is stopping", self.retry_after_s)
@@ -87,28 +96,66 @@ class AdmissionState:
         return error
 
 
+def _refusal_messages(code: str, message: str, retry_after_s: int, close: bool) -> list[dict[str, Any]]:
+    """The ASGI messages of a 503 refusal, built once: JSON body, Retry-After, Connection: close when
+    the unread body would be large (else the connection stays open and the body is skipped)."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after_s).encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    return [
+        {"type": "http.response.start", "status": 503, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ]
+
+
 class Admission:
+    """Admits an inference request only while fewer than `max_in_flight` are in flight; else answers
+    503 `overloaded` from prepared bytes before the body is read (nothing is decoded, the engine is not
+    touched). An admitted request whose client disconnects is cancelled at once: it leaves the batching
+    queue before it reaches the engine, and its slot is free for the next client."""
+
     def __init__(self, app: Any, state: AdmissionState) -> None:
         self.app = app
         self.state = state
+        overloaded = f"{state.max_in_flight} requests are in flight already; retry later"
+        self._overloaded = {
+            close: _refusal_messages("overloaded", overloaded, state.retry_after_s, close)
+            for close in (False, True)
+        }
+
+    async def _refuse(self, scope: Scope, send: Any) -> None:
+        s = self.state
+        if s.draining:
+            error = s.draining_error()
+            s.on_refuse("shutting_down")
+            for message in _refusal_messages(error.code, error.message, s.retry_after_s, close=True):
+                await send(message)
+            return
+        s.on_refuse("overloaded")
+        length = _header(scope, "content-length")
+        close = length is None or not length.isdigit() or int(length) > KEEP_ALIVE_BODY_BYTES
+        for message in self._overloaded[close]:
+            await send(message)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] not in ADMITTED_PATHS:
             await self.app(scope, receive, send)
             return
         s = self.state
-        refusal = s.draining_error() if s.draining else None
-        if refusal is None and s.in_flight >= s.max_in_flight:
-            refusal = retry_later(
-                "overloaded", f"{s.max_in_flight} requests are in flight already", s.retry_after_s
-            )
-            refusal.headers["Connection"] = "close"  # the server need not read the unwanted body
-        if refusal is not None:
-            response = error_response(refusal.status, refusal.code, refusal.message, refusal.headers)
-            await response(scope, receive, send)
+        if s.draining or s.in_flight >= s.max_in_flight:
+            await self._refuse(scope, send)
             return
         s.in_flight += 1
         released = False
+        answered = False  # the response's last byte went out (or is going)
+        watcher: asyncio.Task[dict[str, Any]] | None = None
+        work: asyncio.Task[None] | None = None
+        dropped = False
 
         def release() -> None:
             nonlocal released
@@ -116,14 +163,46 @@ class Admission:
                 released = True
                 s.in_flight -= 1
 
+        def on_message(done: asyncio.Task[dict[str, Any]]) -> None:
+            nonlocal dropped
+            if done.cancelled() or answered or done.exception() is not None:
+                return
+            if done.result()["type"] == "http.disconnect" and work is not None and not work.done():
+                dropped = True  # the client is gone: stop the work, wherever it is
+                scope.setdefault("state", {})["dropped"] = True  # counted as 499 by MetricsMiddleware
+                s.on_refuse("disconnected")
+                release()
+                work.cancel()
+
+        async def receive_and_watch() -> dict[str, Any]:
+            nonlocal watcher
+            if watcher is not None:  # the body is read: the next message is the disconnect
+                return await asyncio.shield(watcher)
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = asyncio.ensure_future(receive())
+                watcher.add_done_callback(on_message)
+            return message
+
         async def send_and_release(message: dict[str, Any]) -> None:
+            nonlocal answered
             # free the slot before the last byte goes out: a client may send its next request as soon
             # as it has this answer, and must find the slot free
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
                 release()
             await send(message)
 
+        work = asyncio.ensure_future(self.app(scope, receive_and_watch, send_and_release))
         try:
-            await self.app(scope, receive, send_and_release)
+            await work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not dropped or (current is not None and current.cancelling()):
+                raise
         finally:
             release()
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+            if not work.done():
+                work.cancel()

@@ -11,11 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridle_model.manifest import PRECISIONS
 from bridle_model.windowing import ONE_WINDOW_TOLERANCE, WindowPolicy
-from service.providers import ArenaStrategy, CudnnSearch, GpuOptions, TensorrtOptions
-from service.runtime import CpuThreads, ProviderChooser
+from runtime.models import DEFAULT_MODELS_ROOT
+from runtime.providers import ArenaStrategy, CudnnSearch, GpuOptions, TensorrtOptions
+from runtime.sessions import CpuThreads, ProviderChooser
 
-# the bundled demo models: `models/` beside the packages in the repository
-DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models"
 # on a GPU, unless set: one run at a time per graph, larger batches (~150 kernels per run: small batches
 # leave the GPU waiting on the launches and the event loop)
 GPU_DEFAULTS = {"max_batch_size": 64, "concurrent_runs": 1}
@@ -47,8 +46,10 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0)
     concurrent_runs: int = Field(2, ge=1)  # batches of one graph running at once
     # warm-up before ready: "all" runs every batch size 1..max_batch_size on every runner thread, "full"
-    # only full batches; "auto": all on a GPU (each new shape costs a cuDNN search there), full on a CPU
-    warmup: Literal["auto", "all", "full"] = "auto"
+    # only full batches, "one" a batch of one (kernels and threads started; the memory arena grows with
+    # the load); "auto": all on a GPU (each new shape costs a cuDNN search there), one on a CPU (no
+    # per-shape search: a ViT-B model was ready in 14 s with one, > 2 min with full batches of 16)
+    warmup: Literal["auto", "all", "full", "one"] = "auto"
 
     decode_threads: int = Field(0, ge=0)  # threads decoding uploads; 0: one per core
 
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     use_tensorrt: bool = False
     intra_op_threads: int = Field(0, ge=0)  # per run; 0: the cores / concurrent_runs
     spin_threads: bool = False  # ORT's idle threads busy-wait: faster alone, slower beside the event loop
+    cpu_mem_arena: bool = True  # ORT's CPU arena: keeps each concurrent run's activations between runs
 
     # GPU: CUDA provider options, TensorRT caches; docs/configuration.md "GPU"
     require_gpu: bool = False  # refuse to start when the models would run on the CPU
@@ -127,7 +129,7 @@ class Settings(BaseSettings):
     def cpu_threads(self) -> CpuThreads:
         """ORT's threads per run: as set, or the cores shared among the concurrent runs."""
         threads = self.intra_op_threads or max(1, usable_cores() // self.concurrent_runs)
-        return CpuThreads(intra_op=threads, spin=self.spin_threads)
+        return CpuThreads(intra_op=threads, spin=self.spin_threads, arena=self.cpu_mem_arena)
 
     def for_device(self, on_gpu: bool) -> Settings:
         """These settings with the device's defaults for what was not set (`GPU_DEFAULTS` on a GPU)."""
@@ -140,8 +142,11 @@ class Settings(BaseSettings):
     def warmup_sizes(self, on_gpu: bool) -> list[int]:
         """The batch sizes the warm-up runs on every runner thread, largest first (the memory arena
         grows once, to its final size)."""
-        every = self.warmup == "all" or (self.warmup == "auto" and on_gpu)
-        return list(range(self.max_batch_size, 0, -1)) if every else [self.max_batch_size]
+        if self.warmup == "one" or (self.warmup == "auto" and not on_gpu):
+            return [1]
+        if self.warmup == "full":
+            return [self.max_batch_size]
+        return list(range(self.max_batch_size, 0, -1))  # all, or auto on a GPU
 
     def gpu_options(self, device_id: int) -> GpuOptions:
         return GpuOptions(

@@ -47,6 +47,7 @@ def test_rate_latency_units_and_socket_errors() -> None:
     assert result.throughput == pytest.approx(468.4)
     assert result.p50_ms == pytest.approx(133.4) and result.p99_ms == pytest.approx(1210.0)
     assert result.errors == 5
+    assert (result.requests, result.timeouts) == (4684, 3)  # time-outs: requests wrk gave up on
 
 
 def test_unreadable_output_is_an_error_not_a_zero() -> None:

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher
-from service.errors import ServiceError
+from runtime.batcher import Batcher
+from runtime.errors import EngineError
 
 
 class FakeGraph:
@@ -93,9 +93,8 @@ def test_full_queue_refuses_with_retry_after() -> None:
         return await asyncio.gather(*(b.submit(rows(i)) for i in range(6)), return_exceptions=True)
 
     results = asyncio.run(_with(b, flood))
-    refused = [r for r in results if isinstance(r, ServiceError)]
-    assert refused and all(r.status == 503 and r.code == "queue_full" for r in refused)
-    assert all(r.headers.get("Retry-After") for r in refused)
+    refused = [r for r in results if isinstance(r, EngineError)]
+    assert refused and all(r.code == "queue_full" and r.retry_after_s == 1 for r in refused)
     assert sum(isinstance(r, dict) for r in results) == 2  # exactly the queue's capacity got through
 
 
@@ -104,9 +103,9 @@ def test_timeout_is_503_and_the_request_leaves_the_queue() -> None:
     b = make(graph, max_batch_size=8, max_wait_s=1.0, timeout_s=0.1)
 
     async def late() -> int:
-        with pytest.raises(ServiceError) as e:
+        with pytest.raises(EngineError) as e:
             await b.submit(rows(1))
-        assert (e.value.status, e.value.code) == (503, "timeout")
+        assert (e.value.retry_after_s is not None, e.value.code) == (True, "timeout")
         return b.depth
 
     assert asyncio.run(_with(b, late)) == 0
@@ -119,7 +118,7 @@ def test_a_failing_graph_fails_its_requests_not_the_worker() -> None:
 
     async def twice() -> None:
         for _ in range(2):
-            with pytest.raises(ServiceError) as e:
+            with pytest.raises(EngineError) as e:
                 await b.submit(rows(1))
             assert e.value.code == "inference_failed"
 
@@ -218,7 +217,7 @@ def test_stopping_fails_running_and_waiting_requests_with_503() -> None:
         return results
 
     results = asyncio.run(work())
-    assert all(isinstance(r, ServiceError) and r.status == 503 for r in results), results
+    assert all(isinstance(r, EngineError) and r.retry_after_s is not None for r in results), results
     assert all(r.code == "shutting_down" for r in results)
 
 
@@ -276,3 +275,22 @@ def test_warm_up_runs_once_on_each_runner_thread_and_batches_run_on_those_thread
     assert sorted(names) == sorted(warmed) and len(set(warmed)) == runs  # one call on each of `runs` threads
     assert all(n.startswith("ort-fake") for n in warmed)
     assert set(served) <= set(warmed)  # the batches ran on the threads that were warmed up
+
+
+def test_a_request_cancelled_behind_others_leaves_the_queue_and_the_rest_are_served() -> None:
+    """A client that leaves mid-queue (the service cancels its request): it is withdrawn from behind the
+    others (the queue compares requests by identity, never their arrays), and is never run."""
+    graph = FakeGraph()
+    b = make(graph, max_batch_size=8, max_wait_s=0.3)
+
+    async def work() -> list:
+        waiting = [asyncio.ensure_future(b.submit(rows(i, 2))) for i in range(3)]
+        await asyncio.sleep(0.05)  # all three queued, the batch still gathering
+        waiting[1].cancel()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    first, cancelled, third = asyncio.run(_with(b, work))
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert graph.batches == [4]  # the two that stayed, in one run
+    np.testing.assert_array_equal(first["out"], rows(0, 2) * 2)
+    np.testing.assert_array_equal(third["out"], rows(2, 2) * 2)

@@ -20,7 +20,8 @@ from bench.gpu_check import (
     random_batch,
     why_no_cuda,
 )
-from service.runtime import CPU, CUDA, ProviderChooser, load_model
+from runtime.models import load_model
+from runtime.sessions import CPU, CUDA, ProviderChooser
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.models import load_models
+from runtime.sessions import CpuThreads, ProviderChooser
 from service.errors import ServiceError
 from service.infer import Inference
 from service.media import Upload
 from service.metrics import Metrics
-from service.runtime import CpuThreads, ProviderChooser, load_models
 from service.settings import Settings
 
 

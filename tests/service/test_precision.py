@@ -14,7 +14,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from export.quantize import write_variant
-from service.runtime import ModelLoadError, choose_variants
+from runtime.errors import ModelLoadError
+from runtime.models import choose_variants
 from service.settings import Settings
 from tests.held_out import build_held_out
 from training.demo_data import IMAGE_SIZE, digit_images, upscale

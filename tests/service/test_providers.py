@@ -17,8 +17,10 @@ import onnxruntime as ort
 import pytest
 
 from bridle_model.manifest import InputSpec, read_manifest
-from service.devices import SLOTS_ENV, device_for_process
-from service.providers import (
+from runtime.devices import SLOTS_ENV, device_for_process
+from runtime.errors import ModelLoadError
+from runtime.models import load_model
+from runtime.providers import (
     GpuOptions,
     TensorrtOptions,
     cuda_options,
@@ -26,7 +28,7 @@ from service.providers import (
     native_stderr,
     tensorrt_options,
 )
-from service.runtime import CPU, CUDA, TENSORRT, ModelLoadError, ProviderChooser, load_model
+from runtime.sessions import CPU, CUDA, TENSORRT, ProviderChooser
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,7 +253,7 @@ def test_each_worker_claims_its_own_device(monkeypatch, tmp_path: Path) -> None:
 
 def test_a_dead_workers_device_slot_is_taken_by_the_next_worker(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from service.devices import claim_slot; "
+        "import sys; from pathlib import Path; from runtime.devices import claim_slot; "
         "print(claim_slot(Path(sys.argv[1])))"
     )
     first = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True)

@@ -8,17 +8,9 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from service.runtime import (
-    CPU,
-    CUDA,
-    CpuThreads,
-    ModelLoadError,
-    ProviderChooser,
-    find_model_dirs,
-    load_model,
-    load_models,
-    session_options,
-)
+from runtime.errors import ModelLoadError
+from runtime.models import find_model_dirs, load_model, load_models
+from runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
 
 
 def test_the_provider_probe_is_quiet_and_matches_the_session(model_root: Path, capfd) -> None:

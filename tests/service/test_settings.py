@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.runtime import CpuThreads
-from service.settings import DEFAULT_MODELS_ROOT, Settings, usable_cores
+from runtime.models import DEFAULT_MODELS_ROOT
+from runtime.sessions import CpuThreads
+from service.settings import Settings, usable_cores
 
 
 def test_defaults_point_at_the_bundled_models(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,7 +60,9 @@ def test_no_model_directory_at_all(tmp_path: Path) -> None:
 
 
 def test_the_service_imports_no_torch() -> None:
-    code = "import sys, service.app, service.cli, service.runtime; print('torch' in sys.modules)"
+    code = (
+        "import sys, service.app, service.cli, runtime.models, runtime.batcher; print('torch' in sys.modules)"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime.models import load_models
+from runtime.sessions import CpuThreads, ProviderChooser
 from service.infer import Inference
 from service.media import Upload
 from service.metrics import Metrics
-from service.runtime import CpuThreads, ProviderChooser, load_models
 from service.settings import Settings
 
 
@@ -81,10 +82,12 @@ def test_warm_up_runs_every_batch_size_on_every_runner_thread(model_root: Path, 
             assert [b for t, b, _ in warm if t == thread] == [4, 3, 2, 1]
 
 
-def test_a_cpu_warm_up_runs_full_batches_only() -> None:
-    assert Settings(max_batch_size=8).warmup_sizes(on_gpu=False) == [8]
+def test_a_cpu_warm_up_runs_one_batch_of_one() -> None:
+    assert Settings(max_batch_size=8).warmup_sizes(on_gpu=False) == [1]
+    assert Settings(max_batch_size=8, warmup="full").warmup_sizes(on_gpu=False) == [8]
     assert Settings(max_batch_size=3).warmup_sizes(on_gpu=True) == [3, 2, 1]
     assert Settings(max_batch_size=3, warmup="full").warmup_sizes(on_gpu=True) == [3]
+    assert Settings(max_batch_size=3, warmup="one").warmup_sizes(on_gpu=True) == [1]
 
 
 def test_each_task_fetches_only_the_outputs_it_needs(model_root: Path, long_audio) -> None:

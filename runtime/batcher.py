@@ -1,14 +1,15 @@
 """Dynamic batching: concurrent requests for one model graph are gathered into one ONNX Runtime run.
 
-A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` refuses
-with 503 + Retry-After). Its worker takes the oldest request, waits until `max_batch_size` rows are
-waiting or `max_wait_s` has passed since that request arrived, concatenates the rows along the batch
-axis, runs the graph once in a worker thread (the event loop never blocks) and hands each request its
-rows of the outputs it asked for; a batch fetches the union of its requests' outputs, nothing more (on a
-GPU every fetched output is a copy back to the host). Up to `concurrent_runs` batches run at once, each
-on one of the batcher's `concurrent_runs` threads (on a CPU, several one-thread runs keep the cores
-busier than one run spread over them; on a GPU one run at a time is usual); while they run, the next
-batch gathers. `warm_up` runs given work on each of those threads before any request comes.
+A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` raises
+`EngineError("queue_full")`, which the service answers with 503 + Retry-After). Its worker takes the
+oldest request, waits until `max_batch_size` rows are waiting or `max_wait_s` has passed since that
+request arrived, concatenates the rows along the batch axis, runs the graph once in a worker thread (the
+event loop never blocks) and hands each request its rows of the outputs it asked for; a batch fetches
+the union of its requests' outputs, nothing more (on a GPU every fetched output is a copy back to the
+host). Up to `concurrent_runs` batches run at once, each on one of the batcher's `concurrent_runs`
+threads (on a CPU, several one-thread runs keep the cores busier than one run spread over them; on a GPU
+one run at a time is usual); while they run, the next batch gathers. `warm_up` runs given work on each
+of those threads before any request comes.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import ServiceError, retry_later
+from runtime.errors import EngineError
 
 # (B, ...) and the output names to fetch (None: all) -> {name: (B, ...)}
 RunBatch = Callable[[np.ndarray, Sequence[str] | None], dict[str, np.ndarray]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: `in` and `remove` on the queue must not compare arrays
 class _Request:
     rows: np.ndarray  # (k, ...) with k <= max_batch_size
     future: asyncio.Future[dict[str, np.ndarray]]
@@ -52,6 +53,8 @@ class BatcherHooks:
     on_batch: Callable[[int], None] = lambda rows: None
     on_depth: Callable[[int], None] = lambda depth: None
     on_reject: Callable[[str], None] = lambda reason: None
+    on_wait: Callable[[float], None] = lambda seconds: None  # per request part: queued until its run starts
+    on_run: Callable[[float], None] = lambda seconds: None  # per batch: the ONNX Runtime call
 
 
 class Batcher:
@@ -97,7 +100,7 @@ class Batcher:
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
-        stopping = ServiceError(503, "shutting_down", "the service is stopping")
+        stopping = EngineError("shutting_down", "the engine is stopping; retry later", self.retry_after_s)
         for batch in runs.values():
             _fail(batch, stopping)
         _fail(self._pending, stopping)
@@ -133,9 +136,9 @@ class Batcher:
         chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
         if len(self._pending) + len(chunks) > self.queue_size:
             self.hooks.on_reject("queue_full")
-            raise retry_later(
+            raise EngineError(
                 "queue_full",
-                f"the {self.name} queue is full ({self.queue_size} requests waiting)",
+                f"the {self.name} queue is full ({self.queue_size} requests waiting); retry later",
                 self.retry_after_s,
             )
         loop = asyncio.get_running_loop()
@@ -150,8 +153,10 @@ class Batcher:
         except TimeoutError:
             self._withdraw(requests)
             self.hooks.on_reject("timeout")
-            raise retry_later(
-                "timeout", f"no result from {self.name} within {self.timeout_s:g} s", self.retry_after_s
+            raise EngineError(
+                "timeout",
+                f"no result from {self.name} within {self.timeout_s:g} s; retry later",
+                self.retry_after_s,
             ) from None
         except BaseException:
             self._withdraw(requests)
@@ -183,17 +188,21 @@ class Batcher:
             self._runs[run] = batch
 
     async def _run(self, batch: list[_Request]) -> None:
-        """One ONNX Runtime call for `batch`; each request gets its rows of every output."""
+        """One ONNX Runtime call for `batch`; each request gets its rows of every output. The rows are
+        concatenated on the run's thread, not on the event loop."""
         assert self._free_runs is not None
         try:
             self.hooks.on_depth(len(self._pending))
-            signal = np.concatenate([r.rows for r in batch])  # (B, ...)
-            self.hooks.on_batch(len(signal))
+            started = time.monotonic()
+            for r in batch:
+                self.hooks.on_wait(started - r.arrived)
+            self.hooks.on_batch(sum(len(r.rows) for r in batch))
             loop = asyncio.get_running_loop()
+            parts = [r.rows for r in batch]
             try:
-                outputs = await loop.run_in_executor(self._executor, self.run, signal, _union(batch))
+                outputs = await loop.run_in_executor(self._executor, self._run_parts, parts, _union(batch))
             except Exception as e:  # the graph failed on this batch: each request learns why
-                _fail(batch, ServiceError(500, "inference_failed", f"{self.name}: {e}"))
+                _fail(batch, EngineError("inference_failed", f"{self.name}: {e}"))
                 return
             start = 0
             for r in batch:
@@ -205,6 +214,14 @@ class Batcher:
         finally:
             self._runs.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             self._free_runs.release()
+
+    def _run_parts(self, parts: list[np.ndarray], outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
+        """On a run thread: the parts as one batch (B, ...), run; the call is timed (`on_run`)."""
+        signal = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (B, ...)
+        started = time.perf_counter()
+        result = self.run(signal, outputs)
+        self.hooks.on_run(time.perf_counter() - started)
+        return result
 
     async def _gather(self) -> list[_Request]:
         """Wait for the oldest request, then for a full batch or its `max_wait_s`; take up to a batch
@@ -240,7 +257,7 @@ class Batcher:
         return batch
 
 
-def _fail(requests: Iterable[_Request], error: ServiceError) -> None:
+def _fail(requests: Iterable[_Request], error: EngineError) -> None:
     for r in requests:
         if not r.future.done():
             r.future.set_exception(error)

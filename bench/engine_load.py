@@ -1,0 +1,119 @@
+"""The engine under load: `python -m bench.engine_load [--seconds 15] [--real-size-seconds 90]`.
+
+Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debian):
+
+1. served req/s at 400 clients / at 16 clients (goal >= 0.8, client time-outs <= 1 %): wrk posting a
+   one-window wav to `POST /embed` of the small audio model (`models/audio-digits`, else a fresh tiny
+   export), with wrk's 2 s time-out; the service's in-flight bound as configured;
+2. refusal latency, p99 (goal <= 20 ms): 400 closed-loop raw-socket clients against the service with
+   an in-flight bound of `--refusal-bound` (8), so that most answers are refusals: the 503s' latency;
+3. real-size model (bench/base_model.py, built on demand): service windows/s at saturation / in-process
+   ONNX Runtime windows/s (goal >= 0.95), both at batch `--real-batch` with the service's
+   concurrent runs, one 10.24 s window per request (closed-loop Python clients counting whole
+   requests: a window takes seconds, so a fixed wrk window would cut many in two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.base_model import base_audio_dir
+from bench.serve import closed_loop_rate
+from bench.service_load import (
+    BUNDLED_AUDIO,
+    drive,
+    export_tiny_audio,
+    ort_throughput,
+    overload,
+    serve,
+    wav_bytes,
+)
+from bridle_model.manifest import read_manifest
+from runtime.sessions import CpuThreads
+from service.settings import usable_cores
+
+
+def window_wav(model_dir: Path, folder: Path) -> Path:
+    """A wav of exactly one window of the model at `model_dir`, written into `folder`."""
+    manifest = read_manifest(model_dir)
+    path = folder / f"{manifest.name}.wav"
+    path.write_bytes(wav_bytes(int(manifest.input.shape[1]), int(manifest.input.sample_rate)))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per small-model phase")
+    p.add_argument("--clients", type=int, default=16, help="the baseline's clients")
+    p.add_argument("--overload-clients", type=int, default=400)
+    p.add_argument("--refusal-bound", type=int, default=8, help="the in-flight bound of the refusal phase")
+    p.add_argument("--real-size-seconds", type=float, default=90.0, help="0: skip the real-size phase")
+    p.add_argument("--real-batch", type=int, default=4, help="max_batch_size for the real-size model")
+    p.add_argument("--real-clients", type=int, default=8)
+    p.add_argument("--runs", type=int, default=2, help="concurrent runs per graph (the service's default)")
+    args = p.parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("bench.engine_load needs wrk: `make bench-engine` installs it (apt-get install wrk)")
+    lines: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {"BRIDLE_CONCURRENT_RUNS": str(args.runs)}
+        if args.seconds > 0:
+            lines += small_model(wrk, folder, env, args)
+        if args.real_size_seconds > 0:
+            lines += real_size_model(wrk, folder, env, args)
+    print("\n".join(lines))
+
+
+def small_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+    """Served req/s at `--overload-clients` / at `--clients`, and the refusals' latency."""
+    small = BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(folder)
+    body = window_wav(small, folder)
+    with serve(small, env) as url:
+        base = drive(wrk, url, body, args.clients, args.seconds)
+        loaded = drive(wrk, url, body, args.overload_clients, args.seconds)
+    # refusals on purpose: an in-flight bound far below the clients, so most answers are 503s
+    with serve(small, {**env, "BRIDLE_MAX_CONCURRENT_REQUESTS": str(args.refusal_bound)}) as url:
+        refusals = overload(url, body.read_bytes(), args.overload_clients, args.seconds)
+    n = args.overload_clients
+    return [
+        f"small model {small.name}, one-window wavs, wrk (2 s time-out), {args.seconds:g} s per phase",
+        base.line(f"  {args.clients} clients"),
+        loaded.line(f"  {n} clients")
+        + f"  {loaded.timeouts} time-outs of {loaded.requests + loaded.timeouts}",
+        f"  served req/s at {n} / at {args.clients} clients: {loaded.throughput / base.throughput:.2f}"
+        f"  (goal >= 0.8); time-outs {100 * loaded.timeouts / max(1, loaded.requests):.2f} % (goal <= 1 %)",
+        f"  refusal latency at {n} raw-socket clients, {args.refusal_bound} in flight at most:"
+        f" p99 {refusals.refused_p99_ms:.1f} ms (goal <= 20 ms) over {refusals.answers} answers,"
+        f" {100 * refusals.refused_share:.1f} % refused; served {refusals.served_rate:.1f} req/s",
+    ]
+
+
+def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+    """The real-size model's windows/s through the service at saturation / in process."""
+    real = base_audio_dir()
+    body = window_wav(real, folder)
+    threads = CpuThreads(intra_op=max(1, usable_cores() // args.runs))
+    in_process = ort_throughput(real, args.real_batch, args.runs, threads, args.real_size_seconds / 2)
+    # a 10 s window takes seconds of CPU: the queue's time-out must outlast a full queue
+    real_env = {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.real_batch), "BRIDLE_REQUEST_TIMEOUT_S": "900"}
+    with serve(real, real_env, ready_timeout_s=900) as url:
+        served = closed_loop_rate(
+            url, "/embed", body.read_bytes(), "audio/wav", args.real_clients, args.real_size_seconds
+        )
+    return [
+        f"real-size model {real.name} (10.24 s windows), batch <= {args.real_batch}, "
+        f"{args.runs} runs at once, {threads.intra_op} ORT thread(s) each, {args.real_size_seconds:g} s",
+        f"  in-process ORT (encoder): {in_process:.2f} windows/s",
+        f"  service, {args.real_clients} closed-loop clients: {served:.2f} windows/s",
+        f"  service / in-process: {served / in_process:.2f}  (goal >= 0.95)",
+    ]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The engine's admission and outputs over a real server: a refusal reads and decodes nothing, a client
+that leaves is dropped before the engine, base64 arrays are the JSON numbers, and concurrent runs share
+one ONNX Runtime session per graph. Real uvicorn, real media, real ORT sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import Server, run_server
+
+from runtime.batcher import Batcher
+from runtime.models import load_model
+from runtime.sessions import CpuThreads, ProviderChooser
+
+HELD_S = 2.5  # a lone request waits this long for its batch to fill: it stays in flight meanwhile
+
+
+@pytest.fixture(scope="module")
+def slow_server(model_root: Path) -> Iterator[Server]:
+    """One request in flight at most; a lone request waits HELD_S in the queue for company."""
+    yield from run_server(
+        [model_root], max_concurrent_requests=1, max_batch_size=16, max_wait_ms=HELD_S * 1000
+    )
+
+
+@pytest.fixture(scope="module")
+def server(model_root: Path) -> Iterator[Server]:
+    yield from run_server([model_root])
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """One sample of /metrics (0 when it has not been observed yet)."""
+    text = server.client.get("/metrics").text
+    for line in text.splitlines():
+        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if match:
+            found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(match.group(2))
+    return 0.0
+
+
+def wait_for(condition, what: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_refusal_reads_and_decodes_nothing(slow_server: Server, media_files) -> None:
+    data, ctype = media_files["wav"]
+    s = slow_server
+    read, decoded = metric(s, "bridle_bodies_read_total"), metric(s, "bridle_decodes_total")
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(s.client.post, "/embed", content=data, headers={"content-type": ctype})
+        wait_for(lambda: metric(s, "bridle_decodes_total") == decoded + 1, "the held request's decode")
+        refused = [s.client.post("/embed", content=data, headers={"content-type": ctype}) for _ in range(20)]
+        served = held.result()
+    assert served.status_code == 200, served.text
+    assert {(r.status_code, r.json()["error"]["code"]) for r in refused} == {(503, "overloaded")}
+    assert all(r.headers["retry-after"] == "1" for r in refused)
+    # a small body keeps the connection: the refused ones need no reconnect
+    assert all("connection" not in r.headers for r in refused)
+    assert metric(s, "bridle_bodies_read_total") == read + 1
+    assert metric(s, "bridle_decodes_total") == decoded + 1
+    assert metric(s, "bridle_refused_total", cause="overloaded") >= 20
+
+
+def test_a_client_that_leaves_is_dropped_before_the_engine(slow_server: Server, media_files) -> None:
+    data, ctype = media_files["wav"]
+    s = slow_server
+    runs = lambda: metric(s, "bridle_batch_size_count", model="micro-audio", graph="encoder")  # noqa: E731
+    before, dropped = runs(), metric(s, "bridle_refused_total", cause="disconnected")
+    host, port = s.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + data)
+        wait_for(lambda: metric(s, "bridle_queue_depth", model="micro-audio", graph="encoder") == 1, "queued")
+    # gone while it waits for its batch: out of the queue and its slot free at once, long before HELD_S
+    wait_for(lambda: metric(s, "bridle_in_flight") == 0, "the slot freed", seconds=HELD_S / 2)
+    assert metric(s, "bridle_queue_depth", model="micro-audio", graph="encoder") == 0
+    assert metric(s, "bridle_refused_total", cause="disconnected") == dropped + 1
+    time.sleep(HELD_S)
+    assert runs() == before  # the engine never ran it
+    ok = s.client.post("/embed", content=data, headers={"content-type": ctype})
+    assert ok.status_code == 200 and runs() == before + 1
+    assert metric(s, "bridle_requests_total", route="/embed", status="499") >= 1
+
+
+def decode_array(x: dict) -> np.ndarray:
+    """docs/contracts.md's recipe for an `encoding=base64` array."""
+    return np.frombuffer(base64.b64decode(x["data"]), dtype=np.dtype(x["dtype"]).newbyteorder("<")).reshape(
+        x["shape"]
+    )
+
+
+def test_base64_arrays_are_the_json_numbers(server: Server, long_audio) -> None:
+    data, ctype, _ = long_audio  # several windows
+    post = lambda path, **q: server.client.post(  # noqa: E731
+        path, params=q, content=data, headers={"content-type": ctype}
+    ).json()["results"][0]
+    as_json = post("/embed", pooling="tokens")
+    as_b64 = post("/embed", pooling="tokens", encoding="base64")
+    assert len(as_json["windows"]) == len(as_b64["windows"]) > 1
+    for j, b in zip(as_json["windows"], as_b64["windows"], strict=True):
+        patches = decode_array(b["patch_embeddings"])
+        assert b["patch_embeddings"]["dtype"] == "float32" and patches.ndim == 2
+        np.testing.assert_array_equal(patches, np.asarray(j["patch_embeddings"], np.float32))
+        assert b["embedding"] == j["embedding"]  # the small vectors stay numbers
+    codes_json, codes_b64 = post("/tokenize"), post("/tokenize", encoding="base64")
+    for j, b in zip(codes_json["windows"], codes_b64["windows"], strict=True):
+        assert b["codes"]["dtype"] == "int32"
+        np.testing.assert_array_equal(decode_array(b["codes"]), np.asarray(j["codes"]))
+    bad = server.client.post("/tokenize", params={"encoding": "hex"}, content=data)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_parameter"
+
+
+class _RecordingSession:
+    """Wraps one ORT session: which threads ran it, and a barrier that holds each run until two are
+    inside at once (proof that the runs overlap on this one session)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.threads: set[str] = set()
+        self.together = threading.Barrier(2, timeout=10)
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, names, feeds):
+        self.threads.add(threading.current_thread().name)
+        self.together.wait()
+        return self.session.run(names, feeds)
+
+
+def test_concurrent_runs_share_one_session_per_graph(model_root: Path, monkeypatch) -> None:
+    made = []
+    real = ort.InferenceSession.__init__
+
+    def counting(self, *args, **kwargs) -> None:
+        made.append(args[0])
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "__init__", counting)
+    model = load_model(model_root / "audio", ProviderChooser(["CPUExecutionProvider"]), CpuThreads(1))
+    assert sorted(Path(p).name for p in made) == ["encoder.onnx", "tokenizer.onnx"]  # one per graph
+
+    recording = _RecordingSession(model.sessions["encoder"])
+    signal = np.random.default_rng(0).normal(size=(4, *model.manifest.input.shape[1:])).astype(np.float32)
+    expected = model.run("encoder", signal, ["embedding"])["embedding"]  # (4, D), one run alone
+    model.sessions["encoder"] = recording  # type: ignore[assignment]
+
+    async def two_at_once() -> list[dict[str, np.ndarray]]:
+        batcher = Batcher(
+            run=lambda x, outputs: model.run("encoder", x, outputs),
+            name="audio/encoder",
+            max_batch_size=2,
+            max_wait_s=0.0,
+            queue_size=8,
+            timeout_s=20,
+            concurrent_runs=2,
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(batcher.submit(signal[:2], ["embedding"]), batcher.submit(signal[2:]))
+        finally:
+            await batcher.stop()
+
+    first, second = asyncio.run(two_at_once())
+    assert len(recording.threads) == 2  # two run threads, both inside the one session at once
+    np.testing.assert_allclose(np.concatenate([first["embedding"], second["embedding"]]), expected, atol=1e-5)
+
+
+def test_every_stage_is_timed_and_batches_report_their_fill(server: Server, media_files) -> None:
+    data, ctype = media_files["wav"]
+    assert server.client.post("/embed", content=data, headers={"content-type": ctype}).status_code == 200
+    for stage in ("read", "decode", "queue_wait", "run", "serialise"):
+        assert metric(server, "bridle_stage_seconds_count", stage=stage) >= 1, stage
+    assert metric(server, "bridle_batch_fill_count", model="micro-audio", graph="encoder") >= 1
