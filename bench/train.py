@@ -40,7 +40,7 @@ from bridle_model.tokenizer import RandomProjectionTokenizer, fit_codebooks
 from training.precision import autocast, compile_transformers
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
-FSDD = Path("data/fsdd")  # real speech, written by `make demo-data` (training/fsdd.py)
+FSDD = Path("data/fsdd")  # real speech, written by `make demo-data` (bridle_data/fsdd.py)
 CPU = torch.device("cpu")
 
 

@@ -22,8 +22,8 @@ from batch.settings import DEFAULT_LIMITS, JobSettings, SettingsError
 from batch.store import JobMismatch, OutputStore
 from batch.tables import codes_dtype
 from batch.worker import ShardProcessor
+from bridle_data.media_files import make_audio, make_image
 from service.runtime import CUDA, CpuThreads, ProviderChooser, load_model
-from tests.media_files import make_audio, make_image
 
 REPO = Path(__file__).resolve().parents[2]
 

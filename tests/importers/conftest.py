@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.importers.beats_files import Exported
+from tests.importers.exported import Exported
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,12 @@ import pytest
 import torch
 import uvicorn
 
+from bridle_data.beats_files import LABELS
 from bridle_model.decoding import decode_audio
 from bridle_model.manifest import read_manifest
 from bridle_model.preprocessing import build_preprocessor
 from export.verify import sample_inputs
-from tests.importers.beats_files import LABELS, Exported
+from tests.importers.exported import Exported
 
 TOLERANCE = 1e-4
 

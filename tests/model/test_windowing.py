@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bridle_data.media_files import make_video
 from bridle_model.decoding import DecodedVideo, decode_video
 from bridle_model.windowing import (
     audio_windows,
@@ -15,7 +16,6 @@ from bridle_model.windowing import (
     training_window,
     video_windows,
 )
-from tests.media_files import make_video
 
 
 def frame_ids(frames: int, fps: float) -> DecodedVideo:

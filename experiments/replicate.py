@@ -1,9 +1,9 @@
 """Small-scale replication of BRIDLE's claims on real data, with controls, seeds and paired differences.
 
-    python -m training.replicate --fsdd ../shared/data/fsdd --out results/replication
+    python -m experiments.replicate --fsdd ../shared/data/fsdd --out results/replication
                                  [--budget full|reduced|micro] [--seeds 3] [--modality audio --modality image]
 
-Per modality and seed (training/replication/plan.py lists the variants):
+Per modality and seed (experiments/replication/plan.py lists the variants):
     audio   E pretrained on FSDD's real recordings (its training takes, unlabelled); probed by digit
             recognition, leave-one-speaker-out over the FSDD speakers, on frozen pooled features
     image   E pretrained on the demo image set (scikit-learn's digits); probed with 5 and 10 labels per
@@ -35,10 +35,10 @@ import torch
 import typer
 from tqdm import tqdm
 
+from bridle_data.demo_data import build_image_digits, build_set
 from bridle_model.config import preset
 from bridle_model.preprocessing import build_preprocessor
-from training.demo_data import build_image_digits, build_set
-from training.probe import (
+from experiments.probe import (
     ProbeData,
     audio_probe_data,
     code_diagnostics,
@@ -48,8 +48,8 @@ from training.probe import (
     probe_scores,
     raw_features,
 )
-from training.replication.plan import BUDGETS, ITER1, ITER1_LONG, RANDOM_INIT, RAW, Budget
-from training.replication.report import (
+from experiments.replication.plan import BUDGETS, ITER1, ITER1_LONG, RANDOM_INIT, RAW, Budget
+from experiments.replication.report import (
     CLAIMS,
     ITER1_TOKENIZER,
     Records,
@@ -61,7 +61,7 @@ from training.replication.report import (
     tokenizer_table,
     verdicts,
 )
-from training.replication.train import (
+from experiments.replication.train import (
     Trained,
     random_init_encoder,
     stage_history,
@@ -381,7 +381,8 @@ def saved_records(out: Path, budget_name: str, merge: list[Path]) -> dict[str, A
     seeds = "; ".join(f"{m}: seeds {', '.join(map(str, s))}" for m, s in by_modality.items())
     sources = ", ".join(str(f) for f in files)
     return {
-        "command": f"python -m training.replicate --budget {budget_name}; --report-only combined {sources}",
+        "command": f"python -m experiments.replicate --budget {budget_name}; "
+        f"--report-only combined {sources}",
         "budget": budget_name,
         "seeds": seeds,
         "seconds": float("nan"),
@@ -458,7 +459,7 @@ def main(
     if report_only:
         typer.echo(write_report(out, saved_records(out, budget_name, merge)))
         return
-    command = "python -m training.replicate " + shlex.join(sys.argv[1:])
+    command = "python -m experiments.replicate " + shlex.join(sys.argv[1:])
     tic, load_start = time.perf_counter(), list(os.getloadavg())
     budget = BUDGETS[budget_name]
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """The audio-digits model: its build, and its honest evaluation on real speakers it never heard.
 
-    python -m training.eval_audio train      the recipe's stages (scripts/build-models.sh then calibrates,
+    python -m experiments.eval_audio train      the recipe's stages (scripts/build-models.sh then calibrates,
                                              exports and evaluates)
-    python -m training.eval_audio loso       leave-one-speaker-out over the 4 real FSDD speakers
-    python -m training.eval_audio evaluate SERVABLE [--speakers ...]   the tables for one trained model
+    python -m experiments.eval_audio loso       leave-one-speaker-out over the 4 real FSDD speakers
+    python -m experiments.eval_audio evaluate SERVABLE [--speakers ...]   the tables for one trained model
 
 The recipe's (training/recipes/audio-digits.yaml) pretrain and tokenizer stages train on the synthetic
 espeak-ng voices (data/audio-digits/train) only; its classifier stage trains on those voices plus real FSDD
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from training.fsdd import FSDD_CREDIT, FSDD_SPEAKERS
+from bridle_data.fsdd import FSDD_CREDIT, FSDD_SPEAKERS
 
 RECIPE = Path("training/recipes/audio-digits.yaml")
 SYNTHETIC = Path("data/audio-digits")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from training.demo_data import DIGIT_WORDS
+from bridle_data import DIGIT_WORDS
 
 DIGITS = "0123456789"
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))

@@ -1,6 +1,6 @@
 """Real media bytes for tests, encoded with PyAV and Pillow: audio, images and videos of known content.
 
-Imported from any test as `tests.media_files`.
+Imported from any test as `bridle_data.media_files`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
-"""Small BEATs checkpoints in upstream's file layout, every tensor seeded-random, for the importer tests."""
+"""Small BEATs checkpoints in upstream's file layout, every tensor seeded-random, for the importer's tests and
+bench.beats."""
 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tests.importers.reference_beats import BEATs, Config, Tokenizers
+from bridle_data.reference_beats import BEATs, Config, Tokenizers
 
 # Small, but every code path of bridle_model/beats.py: a projection after the stem, deep norm, gated
 # bias with distances in the exact, the log-spaced and the clamped buckets (32 tokens, 16 buckets, max
@@ -70,24 +69,3 @@ def save_upstream(path: Path, module: torch.nn.Module, cfg: dict[str, Any], **ex
     """torch.save in upstream's layout: {"cfg", "model"[, "label_dict"]}."""
     torch.save({"cfg": dict(cfg), "model": module.state_dict(), **extra}, path)
     return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
-
-
-class Exported:
-    def __init__(self, root: Path) -> None:
-        self.model: BEATs = make_model()
-        self.tokenizer: Tokenizers = make_tokenizer()
-        self.model_path = save_upstream(root / "BEATs_small.pt", self.model, MODEL_CFG, label_dict=LABEL_DICT)
-        self.tokenizer_path = save_upstream(root / "Tokenizer_small.pt", self.tokenizer, TOKENIZER_CFG)
-        self.servable = root / "servable"
-        self.model_dir = root / "beats-small"
-        self.import_run = run_cli(
-            "importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
-            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(NUM_FRAMES),
-        )  # fmt: skip
-        assert self.import_run.returncode == 0, self.import_run.stderr
-        self.export_run = run_cli("export.cli", "export", str(self.servable), str(self.model_dir))
-        assert self.export_run.returncode == 0, self.export_run.stderr

@@ -1,0 +1,39 @@
+"""The small BEATs checkpoints of bridle_data.beats_files, imported and exported through the real CLIs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from bridle_data.beats_files import (
+    LABEL_DICT,
+    MODEL_CFG,
+    NUM_FRAMES,
+    TOKENIZER_CFG,
+    make_model,
+    make_tokenizer,
+    save_upstream,
+)
+from bridle_data.reference_beats import BEATs, Tokenizers
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
+
+
+class Exported:
+    def __init__(self, root: Path) -> None:
+        self.model: BEATs = make_model()
+        self.tokenizer: Tokenizers = make_tokenizer()
+        self.model_path = save_upstream(root / "BEATs_small.pt", self.model, MODEL_CFG, label_dict=LABEL_DICT)
+        self.tokenizer_path = save_upstream(root / "Tokenizer_small.pt", self.tokenizer, TOKENIZER_CFG)
+        self.servable = root / "servable"
+        self.model_dir = root / "beats-small"
+        self.import_run = run_cli(
+            "importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
+            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(NUM_FRAMES),
+        )  # fmt: skip
+        assert self.import_run.returncode == 0, self.import_run.stderr
+        self.export_run = run_cli("export.cli", "export", str(self.servable), str(self.model_dir))
+        assert self.export_run.returncode == 0, self.export_run.stderr
