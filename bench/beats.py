@@ -41,8 +41,9 @@ from bench.timing import call_times
 from bridle_model.beats import beats_audio_input
 from bridle_model.checkpoint import Servable
 from bridle_model.config import ModelConfig
+from bridle_model.graphs import EncoderGraph
 from bridle_model.preprocessing import build_preprocessor
-from export.onnx_graphs import OPSET, EncoderGraph, example_signal, export_graph
+from export.onnx_graphs import OPSET, example_signal, export_graph
 from export.verify import ort_session, sample_inputs
 from importers.beats import import_beats
 

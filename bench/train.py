@@ -150,7 +150,8 @@ def data(
     clips: Path = typer.Option(FSDD, help="a folder of .wav clips"),
 ) -> None:
     """samples/s and data-wait share of the training stream, decoding per item, with 0 and 2 workers."""
-    from training.data import Entry, MediaDataset
+    from bridle_model.media_sets import Entry
+    from training.data import MediaDataset
     from training.distributed import DistInfo
     from training.loader import train_batches
     from training.monitor import Throughput

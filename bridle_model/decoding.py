@@ -26,8 +26,9 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bridle_model.config import Modality
+
 MediaCode = Literal["empty", "corrupt", "unsupported", "too_long", "too_large", "no_frames"]
-Modality = Literal["audio", "image", "video"]
 Source = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 

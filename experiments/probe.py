@@ -37,8 +37,9 @@ from torch.utils.data import DataLoader
 
 from bridle_data.fsdd import fsdd_clips
 from bridle_model.config import ModelConfig
+from bridle_model.media_sets import Entry, split_by_metadata
 from bridle_model.quantizer import LevelUsage, ResidualQuantizer
-from training.data import Entry, MediaDataset, split_by_metadata
+from training.data import MediaDataset
 
 METADATA = "metadata.csv"
 T = TypeVar("T")

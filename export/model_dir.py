@@ -16,6 +16,7 @@ from typing import Any
 from bridle_model.atomic import write_directory_atomically
 from bridle_model.checkpoint import Servable, load_servable
 from bridle_model.config import AudioInput, ImageInput
+from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from bridle_model.manifest import (
     GRID_AXES,
     ClassifierSpec,
@@ -28,8 +29,6 @@ from export.onnx_graphs import (
     INPUT_NAME,
     OPSET,
     OPSETS,
-    EncoderGraph,
-    TokenizerGraph,
     example_signal,
     export_graph,
     graph_file,

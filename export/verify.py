@@ -26,8 +26,9 @@ import torch
 
 from bridle_model.checkpoint import CheckpointError, Servable, load_servable
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
+from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from bridle_model.manifest import GraphFile, Manifest, ManifestError, TensorSpec, read_manifest
-from export.onnx_graphs import EncoderGraph, TokenizerGraph, tensor_spec
+from export.onnx_graphs import tensor_spec
 
 EMBEDDING_TOLERANCE = 1e-4  # max abs diff, torch vs ORT, of every float output
 CODE_AGREEMENT = 0.999  # share of code positions that must be identical

@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bridle_model import scores
 from bridle_model.checkpoint import Servable
+from bridle_model.graphs import EncoderGraph
 
 ECE_BINS = 15
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wide enough for any sane head, finite for the optimiser
@@ -166,7 +167,6 @@ def output_layer(servable: Servable) -> nn.Linear:
 def servable_logits(servable: Servable, data: Dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The logits the exported graph computes (same preprocessing and pooling) for every example of
     `data` (a MediaDataset labelled in the servable's label order): ((N, C) float32, (N,) int64)."""
-    from export.onnx_graphs import EncoderGraph  # the exported computation, one place
 
     if servable.classifier is None:
         raise CalibrationError("the model has no classifier head")

@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from bridle_model.config import QuantizerConfig
+from bridle_model.media_sets import read_manifest_rows
 from bridle_model.quantizer import ResidualQuantizer
 from experiments.probe import label_draws, loso_accuracy
 from experiments.replicate import app
@@ -20,7 +21,6 @@ from experiments.replication.plan import BUDGETS, CONTROLS, encoders
 from experiments.replication.report import CLAIMS, ITER1_TOKENIZER
 from experiments.replication.stats import interval, paired
 from experiments.replication.train import static_codebooks
-from training.data import read_manifest_rows
 
 SPEAKERS = ("alpha", "bravo", "charlie", "delta")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
