@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from bridle_model import scores
 from bridle_model.checkpoint import Servable
 from bridle_model.graphs import EncoderGraph
+from training.data import MediaDataset
 
 ECE_BINS = 15
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wide enough for any sane head, finite for the optimiser
@@ -190,8 +191,6 @@ def held_out_logits(
     """`servable_logits` of the labelled examples in `source` (folder or manifest), each taken `repeats`
     times through `augment` (an Augment, training/augment.py; draw r is seeded `seed + r`), or once as is
     when `augment` is None: ((N * repeats, C), (N * repeats,))."""
-    from training.data import MediaDataset
-
     if repeats < 1:
         raise CalibrationError(f"repeats must be >= 1, got {repeats}")
     if augment is None and repeats != 1:

@@ -33,7 +33,7 @@ from bridle_model.config import ModelConfig
 from bridle_model.decoding import MediaError
 from bridle_model.media_sets import Entry, decode_example, entries_from, label_targets
 from bridle_model.windowing import training_window
-from training.augment import Augment
+from training.augment_settings import Augment
 
 log = logging.getLogger(__name__)
 

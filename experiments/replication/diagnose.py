@@ -34,6 +34,7 @@ from bridle_model.preprocessing import build_preprocessor
 from bridle_model.quantizer import _nearest_code
 from bridle_model.tokenizer import Tokenizer
 from experiments.probe import effective_rank
+from experiments.replication.measure import probe_data
 from experiments.replication.plan import BUDGETS
 from experiments.replication.train import PRETRAIN1, TOKENIZER
 from training.data import MediaDataset
@@ -117,8 +118,6 @@ HEAD = [
 
 def diagnose_seed(seed_dir: Path, modality: str, budget_name: str, fsdd: Path) -> list[str]:
     """Tables for one seed folder of a run: held-out and training-data inputs."""
-    from experiments.replicate import probe_data
-
     budget = BUDGETS[budget_name]
     runs = seed_dir.parent
     probes = probe_data(modality, fsdd, runs, budget)
@@ -239,8 +238,6 @@ def main(
             raise typer.Exit(1)
         lines += diagnose_seed(seed_dir, modality, budget_name, fsdd)
     if centred_steps:
-        from experiments.replicate import probe_data
-
         for modality in modalities:
             seed_dir = run / "runs" / modality / f"seed{seed}"
             probes = probe_data(modality, fsdd, seed_dir.parent, BUDGETS[budget_name])
