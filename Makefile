@@ -40,14 +40,18 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 ## test: lint, format check and the whole test suite
+## (TEST_WORKERS pytest-xdist processes; folders that share session state stay on one, tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
-	$(BIN)/pytest
+	$(BIN)/lint-imports
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
+	$(BIN)/lint-imports
 
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .
