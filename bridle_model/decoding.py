@@ -27,12 +27,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bridle_model.config import MODALITIES, Modality
+from bridle_model.errors import BridleError
 
 MediaCode = Literal["empty", "corrupt", "unsupported", "too_long", "too_large", "no_frames"]
 Source = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 
-class MediaError(ValueError):
+class MediaError(BridleError, ValueError):
     """Media that cannot be used, with a machine-readable `.code` and a message for a person."""
 
     def __init__(self, code: MediaCode, message: str):

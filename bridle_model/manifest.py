@@ -20,6 +20,7 @@ from typing import Any
 
 from bridle_model.atomic import atomic_write_bytes
 from bridle_model.config import MODALITIES, ModelConfig, Precision
+from bridle_model.errors import BridleError
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -32,7 +33,7 @@ WINDOWING = "inputs longer than one window are cut into windows by the caller (t
 Dim = int | str  # a fixed size, or the name of a dynamic axis ("batch")
 
 
-class ManifestError(ValueError):
+class ManifestError(BridleError, ValueError):
     """A model directory or its manifest is missing, malformed or does not match its files."""
 
 

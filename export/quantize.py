@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridle_model.atomic import write_directory_atomically
+from bridle_model.errors import BridleError
 from bridle_model.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from export.gate import GateResult, load_held_out, measure_gate
 from export.onnx_graphs import graph_file
@@ -24,7 +25,7 @@ from export.precision import VARIANT_PRECISIONS, convert_graph
 from export.verify import verify
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(BridleError, RuntimeError):
     """The variant could not be made, or failed its gate; nothing was written."""
 
     def __init__(self, message: str, gate: GateResult | None = None) -> None:

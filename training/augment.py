@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridle_model.config import Modality, ModelConfig
+from bridle_model.errors import BridleError
 from training.audio_augment import AudioAugment
 from training.augment_settings import Augment
 from training.image_augment import ImageAugment
@@ -32,7 +33,7 @@ AUGMENTERS: dict[Modality, type[AudioAugment] | type[ImageAugment]] = {
 }
 
 
-class AugmentError(ValueError):
+class AugmentError(BridleError, ValueError):
     """Augmentation settings that do not fit the modality."""
 
 

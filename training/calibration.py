@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bridle_model import scores
 from bridle_model.checkpoint import Servable
+from bridle_model.errors import BridleError
 from bridle_model.graphs import EncoderGraph
 from training.data import MediaDataset
 
@@ -47,7 +48,7 @@ ECE_BINS = 15
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wide enough for any sane head, finite for the optimiser
 
 
-class CalibrationError(ValueError):
+class CalibrationError(BridleError, ValueError):
     """The model or data cannot be calibrated (no softmax head, labels that do not match, no examples)."""
 
 

@@ -27,6 +27,7 @@ import yaml
 
 from bridle_model.bridle import TARGET_NORMS
 from bridle_model.config import MODALITIES, Modality, ModelConfig, Precision, preset
+from bridle_model.errors import BridleError
 from training.augment import AugmentError, augment_settings
 
 StageKind = Literal["pretrain", "tokenizer", "classifier"]
@@ -35,7 +36,7 @@ CLASSIFIER_MODES: tuple[str, ...] = ("linear", "finetune")
 ENCODER_INITS: tuple[str, ...] = ("pretrained", "random")
 
 
-class RecipeError(ValueError):
+class RecipeError(BridleError, ValueError):
     """A recipe file or override is malformed."""
 
 

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
 from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video
+from bridle_model.errors import BridleError
 from bridle_model.media_sets import entries_from
 
 INDEX = "shards.json"
@@ -55,7 +56,7 @@ Decode = Callable[[bytes | Path, ModelConfig], np.ndarray]
 log = logging.getLogger(__name__)
 
 
-class ShardError(ValueError):
+class ShardError(BridleError, ValueError):
     """A shard folder is missing, malformed, or too small for the readers asked of it."""
 
 

@@ -36,6 +36,7 @@ from bridle_model.bridle import Classification, Distillation, Objective, Pretrai
 from bridle_model.checkpoint import Servable, save_servable
 from bridle_model.config import AudioInput, ModelConfig
 from bridle_model.encoder import Encoder
+from bridle_model.errors import BridleError
 from bridle_model.media_sets import UNLABELLED, decode_example
 from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from bridle_model.quantizer import LevelUsage
@@ -56,7 +57,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 SERVABLE_DIR = "servable"
 
 
-class StageError(RuntimeError):
+class StageError(BridleError, RuntimeError):
     """A stage cannot run: an earlier stage is missing, or the data does not fit the stage."""
 
 
