@@ -6,15 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridle_data.beats_files import (
-    LABEL_DICT,
-    MODEL_CFG,
-    NUM_FRAMES,
-    TOKENIZER_CFG,
-    make_model,
-    make_tokenizer,
-    save_upstream,
-)
+from bridle_data import beats_files as upstream
 from bridle_data.reference_beats import BEATs, Tokenizers
 
 
@@ -24,15 +16,19 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 class Exported:
     def __init__(self, root: Path) -> None:
-        self.model: BEATs = make_model()
-        self.tokenizer: Tokenizers = make_tokenizer()
-        self.model_path = save_upstream(root / "BEATs_small.pt", self.model, MODEL_CFG, label_dict=LABEL_DICT)
-        self.tokenizer_path = save_upstream(root / "Tokenizer_small.pt", self.tokenizer, TOKENIZER_CFG)
+        self.model: BEATs = upstream.make_model()
+        self.tokenizer: Tokenizers = upstream.make_tokenizer()
+        self.model_path = upstream.save_upstream(
+            root / "BEATs_small.pt", self.model, upstream.MODEL_CFG, label_dict=upstream.LABEL_DICT
+        )
+        self.tokenizer_path = upstream.save_upstream(
+            root / "Tokenizer_small.pt", self.tokenizer, upstream.TOKENIZER_CFG
+        )
         self.servable = root / "servable"
         self.model_dir = root / "beats-small"
         self.import_run = run_cli(
             "importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
-            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(NUM_FRAMES),
+            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(upstream.NUM_FRAMES),
         )  # fmt: skip
         assert self.import_run.returncode == 0, self.import_run.stderr
         self.export_run = run_cli("export.cli", "export", str(self.servable), str(self.model_dir))
