@@ -1,17 +1,13 @@
 """Training data: media files -> the raw signal the preprocessor takes, plus a label index.
 
-A `MediaDataset` reads one of
-  (a) a folder of class sub-folders (`<root>/<label>/**/<file>`), labels = sub-folder names;
-  (b) a CSV or JSONL manifest with a `path` column and an optional label column (relative paths are
-      resolved against the manifest's folder; a `split` column can select rows, e.g. a demo `metadata.csv`);
-  (c) a folder of unlabelled files (pretraining), label -1.
+A `MediaDataset` reads a data source as bridle_model/media_sets.py lists it: a folder of class sub-folders,
+a CSV or JSONL manifest, or a folder of unlabelled files (label -1).
 Items are what `bridle_model.preprocessing` takes, one example at a time (docs/contracts.md):
   audio float32 (window_samples,)   mono at the model's rate, cut (start-aligned, or a random crop) or,
                                     when shorter, centred in silence (as the service windows it)
   image uint8   (3, S, S)
   video uint8   (T, 3, S, S)        T frames sampled uniformly over the first `clip_seconds`
-Where the files are and how one is decoded is bridle_model/media_sets.py (shared with export's accuracy
-gate); the windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training
+Files are decoded there too (shared with export's accuracy gate); the windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training
 window is a random crop drawn per (epoch, index). `make_item` is also how a shard's stored file becomes an
 item (training/shards.py).
 A file that cannot be decoded is skipped with one warning and recorded in `dataset.skipped`.
