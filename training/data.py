@@ -1,15 +1,16 @@
 """Training data: media files -> the raw signal the preprocessor takes, plus a label index.
 
 A `MediaDataset` reads a data source as bridle_model/media_sets.py lists it: a folder of class sub-folders,
-a CSV or JSONL manifest, or a folder of unlabelled files (label -1).
-Items are what `bridle_model.preprocessing` takes, one example at a time (docs/contracts.md):
+a CSV or JSONL manifest, or a folder of unlabelled files (label -1); it decodes the files there too, as
+export's accuracy gate does. Items are what `bridle_model.preprocessing` takes, one example at a time
+(docs/contracts.md):
   audio float32 (window_samples,)   mono at the model's rate, cut (start-aligned, or a random crop) or,
                                     when shorter, centred in silence (as the service windows it)
   image uint8   (3, S, S)
   video uint8   (T, 3, S, S)        T frames sampled uniformly over the first `clip_seconds`
-Files are decoded there too (shared with export's accuracy gate); the windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training
-window is a random crop drawn per (epoch, index). `make_item` is also how a shard's stored file becomes an
-item (training/shards.py).
+The windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training window
+is a random crop drawn per (epoch, index). `make_item` is also how a shard's stored file becomes an item
+(training/shards.py).
 A file that cannot be decoded is skipped with one warning and recorded in `dataset.skipped`.
 """
 
