@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from bench.timing import call_times
+from bridle_data.beats_files import randomise, save_upstream
+from bridle_data.reference_beats import BEATs, Config
 from bridle_model.beats import beats_audio_input
 from bridle_model.checkpoint import Servable
 from bridle_model.config import ModelConfig
@@ -61,8 +63,6 @@ STAND_IN_FBANK = build_preprocessor(ModelConfig(modality="audio", input=beats_au
 
 
 def reference_model(work: Path) -> torch.nn.Module:
-    from bridle_data.reference_beats import BEATs, Config
-
     raw = torch.load(work / "BEATs_base.pt", weights_only=True)
     model = BEATs(Config(raw["cfg"])).eval()
     model.load_state_dict(raw["model"])
@@ -95,9 +95,6 @@ def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
 def prepare(work: Path, batch: int, opset: int) -> tuple[float, Servable]:
     """Write the checkpoint, import it, export the encoder graph, save the batch;
     -> (max |logit diff|, the imported servable)."""
-    from bridle_data.beats_files import randomise, save_upstream
-    from bridle_data.reference_beats import BEATs, Config
-
     upstream = BEATs(Config(BASE_CFG)).eval()
     randomise(upstream, seed=0)
     labels = {i: f"class {i}" for i in range(BASE_CFG["predictor_class"])}
