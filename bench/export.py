@@ -23,7 +23,8 @@ import typer
 from bench.timing import call_times
 from bridle_model.checkpoint import build_servable
 from bridle_model.config import preset
-from export.onnx_graphs import OPSET, EncoderGraph, example_signal, export_graph
+from bridle_model.graphs import EncoderGraph
+from export.onnx_graphs import OPSET, example_signal, export_graph
 from export.verify import sample_inputs
 
 GOAL = 1.3

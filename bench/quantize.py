@@ -116,7 +116,7 @@ def request_body(manifest: Manifest, folder: Path) -> Path:
         path = folder / "window.png"
         path.write_bytes(buf.getvalue())
         return path
-    from training.demo_data import write_mp4
+    from bridle_data.demo_data import write_mp4
 
     path = folder / "window.mp4"
     frames = signal.transpose(0, 2, 3, 1)  # (T, S, S, 3)

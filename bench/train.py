@@ -40,7 +40,7 @@ from bridle_model.tokenizer import RandomProjectionTokenizer, fit_codebooks
 from training.precision import autocast, compile_transformers
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
-FSDD = Path("data/fsdd")  # real speech, written by `make demo-data` (training/fsdd.py)
+FSDD = Path("data/fsdd")  # real speech, written by `make demo-data` (bridle_data/fsdd.py)
 CPU = torch.device("cpu")
 
 
@@ -150,7 +150,8 @@ def data(
     clips: Path = typer.Option(FSDD, help="a folder of .wav clips"),
 ) -> None:
     """samples/s and data-wait share of the training stream, decoding per item, with 0 and 2 workers."""
-    from training.data import Entry, MediaDataset
+    from bridle_model.media_sets import Entry
+    from training.data import MediaDataset
     from training.distributed import DistInfo
     from training.loader import train_batches
     from training.monitor import Throughput

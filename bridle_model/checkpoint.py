@@ -32,6 +32,7 @@ from bridle_model.beats import BeatsEncoder, build_beats_networks
 from bridle_model.classifier import ClassifierHead
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.encoder import Encoder
+from bridle_model.errors import BridleError
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -41,7 +42,7 @@ TOKENIZER_KINDS: tuple[str, ...] = ("random", "trained")
 PRIMING_BATCH = 8  # random inputs that seed a fresh tokenizer's k-means codebooks
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BridleError, ValueError):
     """A checkpoint directory is missing, incomplete or does not match its config."""
 
 

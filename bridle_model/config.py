@@ -13,9 +13,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Modality = Literal["audio", "image", "video"]
+MODALITIES: tuple[Modality, ...] = get_args(Modality)
+# A numeric format: what a model directory's graphs are stored in (bridle_model.manifest.PRECISIONS), and
+# what training computes in (training.recipe.TRAINING_PRECISIONS)
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -26,12 +26,14 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bridle_model.config import MODALITIES, Modality
+from bridle_model.errors import BridleError
+
 MediaCode = Literal["empty", "corrupt", "unsupported", "too_long", "too_large", "no_frames"]
-Modality = Literal["audio", "image", "video"]
 Source = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 
-class MediaError(ValueError):
+class MediaError(BridleError, ValueError):
     """Media that cannot be used, with a machine-readable `.code` and a message for a person."""
 
     def __init__(self, code: MediaCode, message: str):
@@ -379,7 +381,7 @@ def sniff_modality(data: bytes, content_type: str | None) -> Modality:
         raise MediaError("empty", "the media is empty (0 bytes)")
     if content_type:
         major = content_type.split(";", 1)[0].strip().lower().split("/", 1)[0]
-        if major in ("audio", "image", "video"):
+        if major in MODALITIES:
             return major  # type: ignore[return-value]
     found = _sniff_magic(bytes(data[:512]))
     if found is None:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from bridle_model.atomic import atomic_write_bytes
-from bridle_model.config import ModelConfig
+from bridle_model.config import MODALITIES, ModelConfig, Precision
+from bridle_model.errors import BridleError
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-MODALITIES = ("audio", "image", "video")
-PRECISIONS = ("fp32", "int8", "fp16")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")  # a model directory's graphs
 GRAPHS = ("encoder", "tokenizer")  # every model directory holds both
 CLASSIFIER_ACTIVATIONS = ("softmax", "sigmoid")
 GRID_AXES = {"audio": ["time", "mel"], "image": ["height", "width"], "video": ["time", "height", "width"]}
@@ -33,7 +33,7 @@ WINDOWING = "inputs longer than one window are cut into windows by the caller (t
 Dim = int | str  # a fixed size, or the name of a dynamic axis ("batch")
 
 
-class ManifestError(ValueError):
+class ManifestError(BridleError, ValueError):
     """A model directory or its manifest is missing, malformed or does not match its files."""
 
 
@@ -104,7 +104,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
     windowing: str = WINDOWING
-    precision: str = "fp32"  # of the transformer's matrix products: "fp32", "int8" (CPU), "fp16" (GPU)
+    precision: Precision = "fp32"  # of the transformer's matrix products: "fp32", "int8" (CPU), "fp16" (GPU)
     gate: dict[str, Any] | None = None  # a lower-precision variant's accuracy gate (export/gate.py)
     # an id per label, in the labels' order (an imported AudioSet head: its mids, the labels being the
     # display names); None when the labels are their own ids. Written only when present, so older
@@ -279,7 +279,7 @@ def _optional(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     return value
 
 
-def _precision(d: dict[str, Any]) -> str:
+def _precision(d: dict[str, Any]) -> Precision:
     precision = d.get("precision", "fp32")  # manifests written before variants existed are float32
     if precision not in PRECISIONS:
         raise ManifestError(f"manifest precision {precision!r} must be one of {list(PRECISIONS)}")

@@ -10,6 +10,7 @@ gate instead:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -19,7 +20,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from bridle_model.decoding import MediaError
 from bridle_model.manifest import Manifest
+from bridle_model.media_sets import decode_example, entries_from, label_targets
+from bridle_model.windowing import training_window
+
+log = logging.getLogger(__name__)
 
 MAX_ACCURACY_DROP = 0.5  # percentage points below float32
 MIN_EMBEDDING_COSINE = 0.99  # mean over the held-out examples
@@ -38,16 +44,30 @@ class HeldOut:
 
 def load_held_out(source: str | os.PathLike[str], manifest: Manifest) -> HeldOut:
     """Decode a folder of class sub-folders or a CSV/JSONL manifest the way training does (first window
-    of each audio clip, T frames sampled over each video); labels must be among the model's."""
-    from training.data import MediaDataset
-
+    of each audio clip, T frames sampled over each video); labels must be among the model's. A file that
+    cannot be decoded is left out with a warning, as training leaves it out."""
+    cfg = manifest.config()
     try:
-        data = MediaDataset(Path(source), manifest.config(), labels=manifest.labels or None, cache=True)
+        entries = entries_from(Path(source), cfg.modality, "label", None, None)
+        if not entries:
+            raise ValueError(f"no {cfg.modality} files found")
+        _, targets = label_targets(entries, manifest.labels or None)
     except (FileNotFoundError, ValueError) as e:
         raise ValueError(f"held-out data {str(source)!r}: {e}") from e
-    items = [data[i] for i in range(len(data))]
-    signals = np.stack([x.numpy() for x, _ in items])
-    return HeldOut(str(source), signals, np.asarray([t for _, t in items], dtype=np.int64))
+    signals, kept = [], []
+    for entry, target in zip(entries, targets, strict=True):
+        try:
+            array = decode_example(entry.path, cfg)
+        except (MediaError, OSError) as e:
+            log.warning("skipping %s: %s", entry.path, e)
+            continue
+        if cfg.modality == "audio":
+            array = training_window(array, cfg.input.window_samples, 0)  # (window_samples,) start-aligned
+        signals.append(array)
+        kept.append(target)
+    if not signals:
+        raise ValueError(f"held-out data {str(source)!r}: none of the {len(entries)} files could be decoded")
+    return HeldOut(str(source), np.stack(signals), np.asarray(kept, dtype=np.int64))
 
 
 @dataclass(frozen=True)

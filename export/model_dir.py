@@ -16,6 +16,8 @@ from typing import Any
 from bridle_model.atomic import write_directory_atomically
 from bridle_model.checkpoint import Servable, load_servable
 from bridle_model.config import AudioInput, ImageInput
+from bridle_model.errors import BridleError
+from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from bridle_model.manifest import (
     GRID_AXES,
     ClassifierSpec,
@@ -28,8 +30,6 @@ from export.onnx_graphs import (
     INPUT_NAME,
     OPSET,
     OPSETS,
-    EncoderGraph,
-    TokenizerGraph,
     example_signal,
     export_graph,
     graph_file,
@@ -39,7 +39,7 @@ from export.verify import VerifyReport, verify
 GRAPH_FILES = {"encoder": "encoder.onnx", "tokenizer": "tokenizer.onnx"}
 
 
-class ExportError(RuntimeError):
+class ExportError(BridleError, RuntimeError):
     """The export could not produce a verified model directory."""
 
     def __init__(self, message: str, report: VerifyReport | None = None) -> None:

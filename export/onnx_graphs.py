@@ -1,13 +1,5 @@
-"""The two servable graphs, as torch modules, and their export to ONNX.
-
-Both graphs start from the raw `signal` the service decodes (audio float32 (B, samples), image uint8
-(B, 3, S, S), video uint8 (B, T, 3, S, S)) and run the same preprocessing module training uses, so the
-fbank and the normalisation live inside the graph.
-
-- `EncoderGraph`: preprocess -> E.features -> mean over patches (-> classifier head)
-  outputs `patch_embeddings` (B, N, D), `embedding` (B, D) [, `logits` (B, C)]
-- `TokenizerGraph`: preprocess -> T -> outputs `codes` int64 (B, N, L), `quantized` (B, N, code_dim)
-"""
+"""The export of the two servable graphs (bridle_model/graphs.py: `EncoderGraph`, `TokenizerGraph`) to ONNX:
+opset and IR version, the input's name and batch axis, and the manifest's description of each graph file."""
 
 from __future__ import annotations
 
@@ -22,10 +14,8 @@ import onnx
 import torch
 from torch import nn
 
-from bridle_model.checkpoint import Servable
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.manifest import GraphFile, TensorSpec, sha256_file
-from bridle_model.preprocessing import build_preprocessor
 
 OPSET = 18  # the default: every execution provider runs it
 OPSETS = range(18, 24)  # 23 adds fused Attention and Gelu ops (about 10 % faster on CPU; see bench.export)
@@ -33,41 +23,6 @@ IR_VERSION = 10  # onnx 1.23 writes IR 14; ONNX Runtime 1.31 loads at most 13 (o
 ORT_MAX_IR_VERSION = 13
 INPUT_NAME = "signal"
 BATCH_AXIS = "batch"
-ENCODER_OUTPUTS = ("patch_embeddings", "embedding", "logits")
-TOKENIZER_OUTPUTS = ("codes", "quantized")
-
-
-class EncoderGraph(nn.Module):
-    def __init__(self, servable: Servable) -> None:
-        super().__init__()
-        self.preprocess = build_preprocessor(servable.config)
-        self.encoder = servable.encoder
-        self.classifier = servable.classifier
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return ENCODER_OUTPUTS if self.classifier is not None else ENCODER_OUTPUTS[:2]
-
-    def forward(self, signal: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.preprocess(signal)  # audio (B, 1, frames, mel); image (B, 3, S, S); video (B, 3, T, S, S)
-        patches = self.encoder.features(x)  # (B, N, D)
-        embedding = patches.mean(dim=1)  # (B, D), = Encoder.pooled
-        if self.classifier is None:
-            return patches, embedding
-        return patches, embedding, self.classifier(embedding)  # logits (B, C)
-
-
-class TokenizerGraph(nn.Module):
-    output_names = TOKENIZER_OUTPUTS
-
-    def __init__(self, servable: Servable) -> None:
-        super().__init__()
-        self.preprocess = build_preprocessor(servable.config)
-        self.tokenizer = servable.tokenizer
-
-    def forward(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.tokenizer(self.preprocess(signal))
-        return out.codes.to(torch.int64), out.quantized  # (B, N, L), (B, N, code_dim)
 
 
 def signal_spec(config: ModelConfig) -> tuple[torch.dtype, tuple[int, ...]]:

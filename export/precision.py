@@ -24,7 +24,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bridle_model.config import Precision
 from bridle_model.manifest import PRECISIONS
+
+VARIANT_PRECISIONS: tuple[Precision, ...] = PRECISIONS[1:]  # a float32 model's lower-precision variants
 
 TRANSFORMER_SCOPE = "bridle_model.transformer.Transformer"  # the ViT blocks' module, in node metadata
 
@@ -50,8 +53,8 @@ def convert_graph(
 ) -> list[str]:
     """Write `src`'s graph at `precision` to `dst`; `nodes` (default: the ViT blocks' matmuls) change
     precision, nothing else. Returns the names of the nodes converted."""
-    if precision not in PRECISIONS[1:]:
-        raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS[1:])}")
+    if precision not in VARIANT_PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {list(VARIANT_PRECISIONS)}")
     model = plain_model(src)
     chosen = transformer_matmuls(model) if nodes is None else list(nodes)
     if not chosen:

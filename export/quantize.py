@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridle_model.atomic import write_directory_atomically
+from bridle_model.errors import BridleError
 from bridle_model.manifest import Manifest, ManifestError, read_manifest, write_manifest
 from export.gate import GateResult, load_held_out, measure_gate
 from export.onnx_graphs import graph_file
-from export.precision import PRECISIONS, convert_graph
+from export.precision import VARIANT_PRECISIONS, convert_graph
 from export.verify import verify
 
 
-class QuantizeError(RuntimeError):
+class QuantizeError(BridleError, RuntimeError):
     """The variant could not be made, or failed its gate; nothing was written."""
 
     def __init__(self, message: str, gate: GateResult | None = None) -> None:
@@ -59,8 +60,8 @@ def write_variant(
     `nodes`: per graph ("encoder", "tokenizer"), the nodes to convert instead of the ViT blocks' matmuls.
     Raises QuantizeError (nothing written) when the gate fails or the inputs are unusable.
     """
-    if precision not in PRECISIONS[1:]:
-        raise QuantizeError(f"precision {precision!r} is not one of {list(PRECISIONS[1:])}")
+    if precision not in VARIANT_PRECISIONS:
+        raise QuantizeError(f"precision {precision!r} is not one of {list(VARIANT_PRECISIONS)}")
     source = Path(model_dir)
     try:
         manifest = read_manifest(source, check_hashes=True)

@@ -26,8 +26,10 @@ import torch
 
 from bridle_model.checkpoint import CheckpointError, Servable, load_servable
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
+from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from bridle_model.manifest import GraphFile, Manifest, ManifestError, TensorSpec, read_manifest
-from export.onnx_graphs import EncoderGraph, TokenizerGraph, tensor_spec
+from export.gate import GateResult, load_held_out, measure_gate
+from export.onnx_graphs import tensor_spec
 
 EMBEDDING_TOLERANCE = 1e-4  # max abs diff, torch vs ORT, of every float output
 CODE_AGREEMENT = 0.999  # share of code positions that must be identical
@@ -119,8 +121,6 @@ def _check_gate(
     data: str | os.PathLike[str] | None,
 ) -> None:
     """A variant's stored gate figures pass its thresholds; with `reference` and `data`, so do new ones."""
-    from export.gate import GateResult, load_held_out, measure_gate
-
     try:
         stored = GateResult.from_dict(manifest.gate or {})
     except (KeyError, TypeError) as e:

@@ -63,17 +63,6 @@ MODEL_DEFAULTS = {
     "predictor_class": 527,
 }
 TOKENIZER_DEFAULTS = {**UPSTREAM_DEFAULTS, "quant_n": 1024, "quant_dim": 256}
-# fields that only matter in training: read, type-checked by upstream's defaults, and ignored
-TRAINING_ONLY = {
-    "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
-    "layer_wise_gradient_decay_ratio", "predictor_dropout",
-}  # fmt: skip
-# the tokenizer's EMA statistics: checked for shape, then dropped (serving does not update codewords)
-TOKENIZER_TRAINING_STATE = (
-    "quantize.embedding.cluster_size",
-    "quantize.embedding.embed_avg",
-    "quantize.cluster_size",
-)
 
 
 class BeatsImportError(ValueError):

@@ -20,19 +20,19 @@ declare -A CALIBRATION=(
 )
 # audio-digits: its held-out takes come from the speakers it trained on, easier than new ones; fitted on 4
 # draws of each through the recipe's augmentation, T suits speakers never heard (training/calibration.py;
-# CALIBRATION_REPEATS in training/eval_audio.py, which calibrates the leave-one-speaker-out folds alike).
+# CALIBRATION_REPEATS in experiments/eval_audio.py, which calibrates the leave-one-speaker-out folds alike).
 declare -A CALIBRATE_OPTIONS=(
   [audio-digits]="--augment training/recipes/audio-digits.yaml --repeats 4"
 )
 # How a model is trained when not by `bridle-train run` alone. audio-digits: pretraining on the synthetic
-# voices, the classifier on them + the real FSDD speakers (training/eval_audio.py; writes its calibration.csv).
+# voices, the classifier on them + the real FSDD speakers (experiments/eval_audio.py; writes its calibration.csv).
 declare -A TRAIN=(
-  [audio-digits]="$BIN/python -m training.eval_audio train"
+  [audio-digits]="$BIN/python -m experiments.eval_audio train"
 )
 # The command that writes each model's evaluation tables (results/<recipe>/eval.md), run after the export.
 declare -A EVALUATE=(
-  [image-digits]="$BIN/python -m training.eval_image $MODELS/image-digits --data data/image-digits --out results/image-digits"
-  [audio-digits]="$BIN/python -m training.eval_audio evaluate runs/audio-digits/servable-calibrated --out results/audio-digits"
+  [image-digits]="$BIN/python -m experiments.eval_image $MODELS/image-digits --data data/image-digits --out results/image-digits"
+  [audio-digits]="$BIN/python -m experiments.eval_audio evaluate runs/audio-digits/servable-calibrated --out results/audio-digits"
 )
 recipes=("$@")
 [ ${#recipes[@]} -gt 0 ] || recipes=(audio-digits image-digits video-motion)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bridle_model.config import AudioInput, ModelConfig
-from training.augment import AugmentSettings
+from training.augment_settings import AugmentSettings
 
 Range = tuple[float, float]
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f**exponent

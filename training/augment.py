@@ -10,72 +10,37 @@ images the decoded (3, S, S) uint8 array. The data set draws the generator per e
 `np.random.default_rng([augment_seed, epoch, index])`, so augmentation is deterministic per seed and epoch
 and independent of the worker count. Only training sets get an augmenter; evaluation sets never do.
 
-The modality's module is imported lazily: training.audio_augment (AudioAugment), training.image_augment
-(ImageAugment).
+Each modality's augmenter (training/audio_augment.py, training/image_augment.py) is registered in
+`AUGMENTERS`; its settings derive from `AugmentSettings` (training/augment_settings.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
+from bridle_model.config import Modality, ModelConfig
+from bridle_model.errors import BridleError
+from training.audio_augment import AudioAugment
+from training.augment_settings import Augment
+from training.image_augment import ImageAugment
 
-from bridle_model.config import ModelConfig
-
-Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-# modality -> (module, augmenter class); the class has `Settings` (a dataclass with `from_dict`) and is
-# built as cls(settings, cfg)
-AUGMENTERS: dict[str, tuple[str, str]] = {
-    "audio": ("training.audio_augment", "AudioAugment"),
-    "image": ("training.image_augment", "ImageAugment"),
+# modality -> its augmenter class: the class has `Settings` (an AugmentSettings) and is built as
+# cls(settings, cfg)
+AUGMENTERS: dict[Modality, type[AudioAugment] | type[ImageAugment]] = {
+    "audio": AudioAugment,
+    "image": ImageAugment,
 }
 
 
-class AugmentError(ValueError):
+class AugmentError(BridleError, ValueError):
     """Augmentation settings that do not fit the modality."""
 
 
-@dataclass(frozen=True)
-class AugmentSettings:
-    """The base of each modality's settings dataclass: built from a recipe's mapping (unknown keys refused,
-    lists read as `(low, high)` ranges), every `<step>_p` a probability and every range ordered. A modality
-    adds its own checks in `check`, after `super().check()`."""
-
-    kind: ClassVar[str] = ""  # "audio", "image": named in the errors
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Self:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - fields)
-        if unknown:
-            raise ValueError(f"unknown {cls.kind} augmentation keys {unknown}; allowed: {sorted(fields)}")
-        values = {k: tuple(float(x) for x in v) if isinstance(v, list | tuple) else v for k, v in raw.items()}
-        settings = cls(**values)
-        settings.check()
-        return settings
-
-    def check(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name.endswith("_p") and not (isinstance(value, int | float) and 0.0 <= float(value) <= 1.0):
-                raise ValueError(f"{f.name} is a probability in [0, 1], got {value!r}")
-            if isinstance(value, tuple) and (len(value) != 2 or value[0] > value[1]):
-                raise ValueError(f"{f.name} must be a [low, high] pair with low <= high, got {list(value)}")
-
-
-def _augmenter(modality: str) -> Any:
+def _augmenter(modality: str) -> type[AudioAugment] | type[ImageAugment]:
     if modality not in AUGMENTERS:
         raise AugmentError(f"no augmentation for {modality!r} data; only for {sorted(AUGMENTERS)}")
-    module, name = AUGMENTERS[modality]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise AugmentError(f"{modality} augmentation is not available ({module}.{name}): {e}") from e
+    return AUGMENTERS[modality]
 
 
 def augment_settings(modality: str, settings: Mapping[str, Any]) -> Any:

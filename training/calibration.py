@@ -40,12 +40,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from bridle_model import scores
 from bridle_model.checkpoint import Servable
+from bridle_model.errors import BridleError
+from bridle_model.graphs import EncoderGraph
+from training.data import MediaDataset
 
 ECE_BINS = 15
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: wide enough for any sane head, finite for the optimiser
 
 
-class CalibrationError(ValueError):
+class CalibrationError(BridleError, ValueError):
     """The model or data cannot be calibrated (no softmax head, labels that do not match, no examples)."""
 
 
@@ -166,7 +169,6 @@ def output_layer(servable: Servable) -> nn.Linear:
 def servable_logits(servable: Servable, data: Dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """The logits the exported graph computes (same preprocessing and pooling) for every example of
     `data` (a MediaDataset labelled in the servable's label order): ((N, C) float32, (N,) int64)."""
-    from export.onnx_graphs import EncoderGraph  # the exported computation, one place
 
     if servable.classifier is None:
         raise CalibrationError("the model has no classifier head")
@@ -190,8 +192,6 @@ def held_out_logits(
     """`servable_logits` of the labelled examples in `source` (folder or manifest), each taken `repeats`
     times through `augment` (an Augment, training/augment.py; draw r is seeded `seed + r`), or once as is
     when `augment` is None: ((N * repeats, C), (N * repeats,))."""
-    from training.data import MediaDataset
-
     if repeats < 1:
         raise CalibrationError(f"repeats must be >= 1, got {repeats}")
     if augment is None and repeats != 1:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import typer
 
+from bridle_model.config import MODALITIES
 from training.recipe import Recipe, RecipeError, load_recipe
 
 app = typer.Typer(add_completion=False, help="Train BRIDLE models from a recipe.")
@@ -133,7 +134,7 @@ def shards(
     A recipe then reads them with `data.train: OUT`."""
     from training.shards import ShardError, write_shards
 
-    if modality not in ("audio", "image", "video"):
+    if modality not in MODALITIES:
         typer.echo(f"error: --modality must be audio, image or video, got {modality!r}", err=True)
         raise typer.Exit(2)
     try:

@@ -1,25 +1,21 @@
 """Training data: media files -> the raw signal the preprocessor takes, plus a label index.
 
-A `MediaDataset` reads one of
-  (a) a folder of class sub-folders (`<root>/<label>/**/<file>`), labels = sub-folder names;
-  (b) a CSV or JSONL manifest with a `path` column and an optional label column (relative paths are
-      resolved against the manifest's folder; a `split` column can select rows, e.g. a demo `metadata.csv`);
-  (c) a folder of unlabelled files (pretraining), label -1.
-Items are what `bridle_model.preprocessing` takes, one example at a time (docs/contracts.md):
+A `MediaDataset` reads a data source as bridle_model/media_sets.py lists it: a folder of class sub-folders,
+a CSV or JSONL manifest, or a folder of unlabelled files (label -1); it decodes the files there too, as
+export's accuracy gate does. Items are what `bridle_model.preprocessing` takes, one example at a time
+(docs/contracts.md):
   audio float32 (window_samples,)   mono at the model's rate, cut (start-aligned, or a random crop) or,
                                     when shorter, centred in silence (as the service windows it)
   image uint8   (3, S, S)
   video uint8   (T, 3, S, S)        T frames sampled uniformly over the first `clip_seconds`
-The windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training
-window is a random crop drawn per (epoch, index). `make_item` is also how a shard's stored file becomes an
-item (training/shards.py).
+The windows are cut by bridle_model/windowing.py, as the service cuts them; a long clip's training window
+is a random crop drawn per (epoch, index). `make_item` is also how a shard's stored file becomes an item
+(training/shards.py).
 A file that cannot be decoded is skipped with one warning and recorded in `dataset.skipped`.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,139 +27,18 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
-from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video
-from bridle_model.windowing import first_clip, training_window
-from training.augment import Augment
+from bridle_model.decoding import MediaError
+from bridle_model.media_sets import Entry, decode_example, entries_from, label_targets
+from bridle_model.windowing import training_window
+from training.augment_settings import Augment
 
 log = logging.getLogger(__name__)
-
-MEDIA_SUFFIXES = {
-    "audio": {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".mp4"},
-    "image": {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"},
-    "video": {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"},
-}
-UNLABELLED = -1
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One file of a data set and its label name (None when unlabelled)."""
-
-    path: Path
-    label: str | None = None
 
 
 @dataclass(frozen=True)
 class Skipped:
     path: Path
     reason: str
-
-
-# ---- where the files are --------------------------------------------------------------------------------
-
-
-def media_files(folder: Path, modality: str) -> list[Path]:
-    """Media files of `modality` under `folder` (recursive, hidden files left out), sorted."""
-    suffixes = MEDIA_SUFFIXES[modality]
-    files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return sorted(p for p in files if p.suffix.lower() in suffixes)
-
-
-def folder_entries(folder: Path, modality: str, labelled: bool | None = None) -> list[Entry]:
-    """(a) class sub-folders, or (c) unlabelled files. `labelled=None` picks (a) when sub-folders exist."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if labelled is None:
-        labelled = bool(classes)
-    if not labelled:
-        return [Entry(p) for p in media_files(folder, modality)]
-    if not classes:
-        raise ValueError(f"{folder} has no class sub-folders")
-    return [Entry(p, c.name) for c in classes for p in media_files(c, modality)]
-
-
-def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
-    """Rows of a CSV (header line) or JSONL (one object a line) manifest."""
-    manifest = Path(manifest)
-    if manifest.suffix.lower() == ".csv":
-        with open(manifest, newline="") as f:
-            return list(csv.DictReader(f))
-    if manifest.suffix.lower() in {".jsonl", ".ndjson"}:
-        lines = manifest.read_text().splitlines()
-        return [_json_row(manifest, n, line) for n, line in enumerate(lines, 1) if line.strip()]
-    raise ValueError(f"manifest {manifest} must be .csv or .jsonl")
-
-
-def _json_row(manifest: Path, line_number: int, line: str) -> dict[str, str]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{manifest}:{line_number}: not JSON ({e.msg})") from e
-    if not isinstance(row, dict):
-        raise ValueError(f"{manifest}:{line_number}: expected an object, got {type(row).__name__}")
-    return {k: None if v is None else str(v) for k, v in row.items()}
-
-
-def manifest_entries(
-    manifest: Path, label_column: str | None = "label", split: str | None = None
-) -> list[Entry]:
-    """(b) entries of a manifest; `label_column=None` (or a manifest without it) gives unlabelled entries."""
-    manifest = Path(manifest)
-    rows = read_manifest_rows(manifest)
-    if rows and "path" not in rows[0]:
-        raise ValueError(f"manifest {manifest} has no 'path' column (columns: {sorted(rows[0])})")
-    if split is not None:
-        if rows and "split" not in rows[0]:
-            raise ValueError(f"manifest {manifest} has no 'split' column to select {split!r}")
-        rows = [r for r in rows if r["split"] == split]
-    labelled = label_column is not None and bool(rows) and label_column in rows[0]
-    if label_column is not None and rows and not labelled and label_column != "label":
-        raise ValueError(f"manifest {manifest} has no {label_column!r} column (columns: {sorted(rows[0])})")
-    base = manifest.parent
-    return [Entry(base / r["path"], (r[label_column] or None) if labelled else None) for r in rows]
-
-
-def split_by_metadata(metadata: Path, label_column: str = "label") -> dict[str, list[Entry]]:
-    """Entries of a demo `metadata.csv` grouped by its `split` column, labelled by `label_column`
-    (e.g. "voice" for speaker identification on audio-digits)."""
-    splits: dict[str, list[Entry]] = {}
-    for row_split in sorted({r["split"] for r in read_manifest_rows(metadata)}):
-        splits[row_split] = manifest_entries(metadata, label_column, split=row_split)
-    return splits
-
-
-def entries_from(
-    source: Path | str | Sequence[Entry],
-    modality: str,
-    label_column: str | None,
-    split: str | None,
-    labelled: bool | None,
-) -> list[Entry]:
-    if not isinstance(source, (str, Path)):
-        return list(source)
-    source = Path(source)
-    if source.is_dir():
-        return folder_entries(source, modality, labelled)
-    if source.is_file():
-        return manifest_entries(source, label_column if labelled is not False else None, split)
-    raise FileNotFoundError(f"no such data source: {source}")
-
-
-# ---- decoding one example -------------------------------------------------------------------------------
-
-
-def decode_example(path: Path | bytes, cfg: ModelConfig) -> np.ndarray:
-    """The example as stored in the cache: audio the whole waveform; image/video the final item array.
-
-    `path` may also be the file's bytes (a shard's member, training/shards.py)."""
-    if cfg.modality == "audio":
-        return decode_audio(path, cfg.input.sample_rate)  # (samples,) float32
-    if cfg.modality == "image":
-        return decode_image(path, cfg.input.image_size)  # (3, S, S) uint8
-    video = decode_video(path, cfg.input.image_size)
-    return first_clip(video, cfg.input.num_frames, cfg.input.clip_seconds)  # (T, 3, S, S) uint8
 
 
 # ---- one example -> the item ---------------------------------------------------------------------------
@@ -234,14 +109,8 @@ class MediaDataset(Dataset):
         entries = entries_from(source, cfg.modality, label_column, split, labelled)
         if not entries:
             raise ValueError(f"no {cfg.modality} files found in {source}")
-        names = sorted({e.label for e in entries if e.label is not None})
-        self.labels: list[str] = list(labels) if labels is not None else names
-        unknown = sorted(set(names) - set(self.labels))
-        if unknown:
-            raise ValueError(f"labels {unknown} are not in the given label list {self.labels}")
-        index = {name: i for i, name in enumerate(self.labels)}
+        self.labels, self.targets = label_targets(entries, labels)
         self.entries = entries
-        self.targets = [UNLABELLED if e.label is None else index[e.label] for e in entries]
         self._cache: list[np.ndarray] | None = None
         self._bad: set[int] = set()
         if cache:

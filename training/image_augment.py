@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from bridle_model.config import ImageInput, ModelConfig
-from training.augment import AugmentSettings
+from training.augment_settings import AugmentSettings
 
 Range = tuple[float, float]
 

@@ -21,13 +21,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from bridle_model.errors import BridleError
 from bridle_model.transformer import Transformer
 from training.recipe import TrainSpec
 
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
-class PrecisionError(RuntimeError):
+class PrecisionError(BridleError, RuntimeError):
     """A `train.*` setting cannot run on this machine."""
 
 

@@ -26,7 +26,9 @@ from typing import Any, Literal
 import yaml
 
 from bridle_model.bridle import TARGET_NORMS
-from bridle_model.config import ModelConfig, preset
+from bridle_model.config import MODALITIES, Modality, ModelConfig, Precision, preset
+from bridle_model.errors import BridleError
+from training.augment import AugmentError, augment_settings
 
 StageKind = Literal["pretrain", "tokenizer", "classifier"]
 STAGE_KINDS: tuple[str, ...] = ("pretrain", "tokenizer", "classifier")
@@ -34,7 +36,7 @@ CLASSIFIER_MODES: tuple[str, ...] = ("linear", "finetune")
 ENCODER_INITS: tuple[str, ...] = ("pretrained", "random")
 
 
-class RecipeError(ValueError):
+class RecipeError(BridleError, ValueError):
     """A recipe file or override is malformed."""
 
 
@@ -47,7 +49,7 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     train: str
-    modality: Literal["audio", "image", "video"]
+    modality: Modality
     test: str | None = None
     batch_size: int = 32
     workers: int = 0  # DataLoader worker processes that decode (0: in the training process)
@@ -83,14 +85,15 @@ class StageSpec:
     target_norm: Literal["instance", "none"] = "instance"
 
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+TRAINING_PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")  # what the steps compute in
 
 
 @dataclass(frozen=True)
 class TrainSpec:
     """How the steps run (defaults: today's eager fp32 loop). See docs/configuration.md."""
 
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast for E, D, T, TE; the quantizer in fp32
+    # one of TRAINING_PRECISIONS; bf16: autocast for E, D, T, TE; the quantizer in fp32
+    precision: Precision = "fp32"
     accumulate: int = 1  # micro-batches of `batch_size` summed into one optimiser step
     compile: bool = False  # torch.compile the transformer stacks of E, D, T, TE
     fused_optimizer: bool = False  # AdamW's fused kernel (CUDA and CPU)
@@ -209,13 +212,11 @@ def _build(cls: type, raw: Any, where: str) -> Any:
 
 
 def _check(recipe: Recipe) -> None:
-    if recipe.data.modality not in ("audio", "image", "video"):
+    if recipe.data.modality not in MODALITIES:
         raise RecipeError(f"data.modality must be audio, image or video, got {recipe.data.modality!r}")
     if recipe.checkpoint_every < 1 or recipe.data.batch_size < 1:
         raise RecipeError("checkpoint_every and data.batch_size must be >= 1")
     if recipe.data.augment:
-        from training.augment import AugmentError, augment_settings
-
         try:
             augment_settings(recipe.data.modality, recipe.data.augment)
         except AugmentError as e:
@@ -278,8 +279,8 @@ def _check_data(data: DataSpec) -> None:
 
 
 def _check_train(train: TrainSpec) -> None:
-    if train.precision not in PRECISIONS:
-        raise RecipeError(f"train.precision must be one of {PRECISIONS}, got {train.precision!r}")
+    if train.precision not in TRAINING_PRECISIONS:
+        raise RecipeError(f"train.precision must be one of {TRAINING_PRECISIONS}, got {train.precision!r}")
     if not _positive_int(train.accumulate):
         raise RecipeError(f"train.accumulate must be a positive integer, got {train.accumulate!r}")
     for key in ("compile", "fused_optimizer"):

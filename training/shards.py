@@ -39,7 +39,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
-from bridle_model.decoding import MediaError
+from bridle_model.decoding import MediaError, decode_audio, decode_image, decode_video
+from bridle_model.errors import BridleError
+from bridle_model.media_sets import entries_from
 
 INDEX = "shards.json"
 FORMAT = "bridle-shards"
@@ -54,7 +56,7 @@ Decode = Callable[[bytes | Path, ModelConfig], np.ndarray]
 log = logging.getLogger(__name__)
 
 
-class ShardError(ValueError):
+class ShardError(BridleError, ValueError):
     """A shard folder is missing, malformed, or too small for the readers asked of it."""
 
 
@@ -102,8 +104,6 @@ def is_sharded(path: Path | str) -> bool:
 
 def _checks_out(path: Path, modality: str) -> str | None:
     """None when the file decodes as `modality`, else the reason it does not."""
-    from bridle_model.decoding import decode_audio, decode_image, decode_video
-
     try:
         if modality == "audio":
             decode_audio(path, 16_000)
@@ -128,8 +128,6 @@ def write_shards(
     labelled: bool | None = None,
 ) -> ShardSet:
     """Write the files of `source` into shards under `out` (see the module doc); returns the index."""
-    from training.data import entries_from
-
     if max_count < 1 or not max_mb > 0:
         raise ShardError(f"max_count must be >= 1 and max_mb > 0, got {max_count}, {max_mb}")
     out = Path(out)

@@ -36,11 +36,13 @@ from bridle_model.bridle import Classification, Distillation, Objective, Pretrai
 from bridle_model.checkpoint import Servable, save_servable
 from bridle_model.config import AudioInput, ModelConfig
 from bridle_model.encoder import Encoder
+from bridle_model.errors import BridleError
+from bridle_model.media_sets import UNLABELLED, decode_example
 from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from bridle_model.quantizer import LevelUsage
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
 from training.augment import build_augment
-from training.data import UNLABELLED, ItemMaker, MediaDataset, decode_example
+from training.data import ItemMaker, MediaDataset
 from training.distributed import DistInfo, barrier, wrap
 from training.loader import loader_options, train_batches
 from training.monitor import SeenLog, StageMonitor, Throughput
@@ -55,7 +57,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 SERVABLE_DIR = "servable"
 
 
-class StageError(RuntimeError):
+class StageError(BridleError, RuntimeError):
     """A stage cannot run: an earlier stage is missing, or the data does not fit the stage."""
 
 

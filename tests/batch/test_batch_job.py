@@ -21,7 +21,7 @@ from batch.job import run_job
 from batch.settings import JobSettings
 from batch.store import OutputStore
 from bench.service_load import serve
-from tests.media_files import make_audio
+from bridle_data.media_files import make_audio
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -23,9 +23,9 @@ from batch.settings import DEFAULT_LIMITS, JobSettings, SettingsError
 from batch.store import JobMismatch, OutputStore
 from batch.tables import codes_dtype
 from batch.worker import ShardProcessor
+from bridle_data.media_files import make_audio, make_image
 from runtime.models import load_model
 from runtime.sessions import CUDA, CpuThreads, ProviderChooser
-from tests.media_files import make_audio, make_image
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import bridle_model.checkpoint as checkpoint
 from bridle_model.atomic import atomic_write_bytes, write_directory_atomically
 from bridle_model.checkpoint import CheckpointError, build_servable, load_servable, save_servable
 from bridle_model.config import preset
-from export.onnx_graphs import EncoderGraph, TokenizerGraph
+from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from export.verify import sample_inputs
 
 

@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 import export.model_dir as model_dir_module
 from bridle_model.checkpoint import build_servable, load_servable
 from bridle_model.config import preset
+from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from bridle_model.manifest import read_manifest, sha256_file
 from export.cli import app
 from export.model_dir import ExportError, export_model_dir
-from export.onnx_graphs import EncoderGraph, TokenizerGraph, tensor_spec
+from export.onnx_graphs import tensor_spec
 from export.verify import CODE_AGREEMENT, EMBEDDING_TOLERANCE, ort_session, sample_inputs, verify
 
 ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "uint8": "tensor(uint8)"}

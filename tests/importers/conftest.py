@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
-from tests.importers.beats_files import Exported
+from tests.importers.exported import Exported
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bridle_data.beats_files import LABELS, NUM_FRAMES, make_model, save_upstream
 from bridle_model.manifest import read_manifest
 from bridle_model.preprocessing import build_preprocessor
 from export.verify import ort_session, sample_inputs, verify
-from tests.importers.beats_files import LABELS, NUM_FRAMES, Exported, make_model, run_cli, save_upstream
+from tests.importers.exported import Exported, run_cli
 
 TOLERANCE = 1e-4
 

@@ -10,11 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bridle_model.checkpoint import load_servable
-from bridle_model.manifest import Manifest, ManifestError
-from importers.beats import BeatsImportError, import_beats
-from importers.cli import app
-from tests.importers.beats_files import (
+from bridle_data.beats_files import (
     LABELS,
     MID_DICT,
     MIDS,
@@ -24,6 +20,10 @@ from tests.importers.beats_files import (
     save_upstream,
     write_class_labels,
 )
+from bridle_model.checkpoint import load_servable
+from bridle_model.manifest import Manifest, ManifestError
+from importers.beats import BeatsImportError, import_beats
+from importers.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
 

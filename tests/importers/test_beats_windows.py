@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from bridle_data.beats_files import LABELS, MIDS, wav16
 from bridle_model.decoding import decode_audio
 from bridle_model.manifest import read_manifest
 from export.verify import sample_inputs
 from tests.importers import reference_beats as ref
-from tests.importers.beats_files import LABELS, MIDS, Exported, wav16
+from tests.importers.exported import Exported
 
 RATE = 16_000
 TOLERANCE = 1e-4

@@ -9,16 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridle_model.decoding import (
-    DecodedVideo,
-    MediaError,
-    decode_audio,
-    decode_image,
-    decode_video,
-    sample_frames,
-    sniff_modality,
-)
-from tests.media_files import (
+from bridle_data.media_files import (
     AUDIO_FORMATS,
     VIDEO_FORMATS,
     encode_audio,
@@ -27,6 +18,15 @@ from tests.media_files import (
     make_image,
     make_video,
     signal,
+)
+from bridle_model.decoding import (
+    DecodedVideo,
+    MediaError,
+    decode_audio,
+    decode_image,
+    decode_video,
+    sample_frames,
+    sniff_modality,
 )
 
 

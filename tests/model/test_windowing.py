@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bridle_data.media_files import make_video
 from bridle_model.beats import beats_audio_input
 from bridle_model.decoding import DecodedVideo, decode_video
 from bridle_model.windowing import (
@@ -22,7 +23,6 @@ from bridle_model.windowing import (
     video_windows,
     window_weights,
 )
-from tests.media_files import make_video
 
 
 def frame_ids(frames: int, fps: float) -> DecodedVideo:

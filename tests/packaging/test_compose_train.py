@@ -33,7 +33,7 @@ def test_train_service_trains_and_exports_as_the_project_owner(engine: Engine, t
         return engine.compose("--profile", "train", "run", "--rm", "-T", "train", *command, env=env).stdout
 
     engine.build(["bridle:train"], "--profile", "train")
-    train("python", "-m", "training.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
+    train("python", "-m", "bridle_data.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
     assert (project / "data" / "audio-digits" / ".complete").is_file()
 
     log = train("bridle-train", "run", "micro.yaml")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bench.serve import free_port
-from tests.media_files import make_audio
+from bridle_data.media_files import make_audio
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from model_dirs import export_micro, export_unlabelled
 
-from tests.media_files import CONTENT_TYPES, make_audio, make_image, make_video
+from bridle_data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
 
 API_KEY = "s3cret-key"
 

@@ -24,7 +24,7 @@ from conftest import Server, run_server
 
 from bench.fuzz import FORMATS, cases, check_answer, post, seed_files
 from bench.serve import free_port
-from tests.media_files import make_audio, make_video
+from bridle_data.media_files import make_audio, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_CASES = 270  # 30 per format

@@ -13,12 +13,12 @@ from conftest import Server, run_server
 from PIL import Image
 from pydantic import ValidationError
 
+from bridle_data.demo_data import IMAGE_SIZE, digit_images, upscale
 from export.quantize import write_variant
 from runtime.errors import ModelLoadError
 from runtime.models import choose_variants
 from service.settings import Settings
 from tests.held_out import build_held_out
-from training.demo_data import IMAGE_SIZE, digit_images, upscale
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 CHECKED = 20  # the last 20 load_digits images

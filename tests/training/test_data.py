@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bridle_model.config import preset
-from training.data import MediaDataset, manifest_entries, split_by_metadata
+from bridle_model.media_sets import manifest_entries, split_by_metadata
+from training.data import MediaDataset
 
 SETS = {
     "audio": ("audio-digits", ".wav"),

@@ -14,8 +14,9 @@ from training_media import write_media
 from typer.testing import CliRunner
 
 from bridle_model.config import preset
+from bridle_model.media_sets import decode_example
 from training.cli import app
-from training.data import ItemMaker, MediaDataset, decode_example
+from training.data import ItemMaker, MediaDataset
 from training.monitor import read_seen
 from training.shards import ShardError, ShardSet, ShardStream, write_shards
 

@@ -1,6 +1,6 @@
 """Why the full budget pretrains at lr 1e-4: iteration 1 at several peak learning rates, probed.
 
-    python -m training.replication.lr_sweep [--out results/replication/lr-sweep] [--lr 1e-3 --lr 1e-4 ...]
+    python -m experiments.replication.lr_sweep [--out results/replication/lr-sweep] [--lr 1e-3 --lr 1e-4 ...]
 
 For one seed and modality, iter1 (E pretrained on the random-projection tokenizer's codes, the replication's
 own stage) is trained once per learning rate with the full budget's other settings, and probed like every
@@ -16,10 +16,10 @@ from pathlib import Path
 import typer
 
 from bridle_model.preprocessing import build_preprocessor
-from training.replicate import measure_encoder, pretraining_source, probe_data
-from training.replication.plan import BUDGETS, RANDOM_INIT, RAW
-from training.replication.report import Records
-from training.replication.train import random_init_encoder, train_iter1
+from experiments.replication.measure import measure_encoder, pretraining_source, probe_data
+from experiments.replication.plan import BUDGETS, RANDOM_INIT, RAW
+from experiments.replication.report import Records
+from experiments.replication.train import random_init_encoder, train_iter1
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
@@ -88,7 +88,7 @@ def main(
         raise typer.Exit(2)
     tables = {m: sweep(m, lrs, fsdd, out, budget_name, seed) for m in modalities}
     flags = " ".join(f"--modality {m}" for m in modalities) + " " + " ".join(f"--lr {lr:g}" for lr in lrs)
-    command = f"python -m training.replication.lr_sweep --budget {budget_name} {flags}"
+    command = f"python -m experiments.replication.lr_sweep --budget {budget_name} {flags}"
     text = markdown(tables, command, budget_name, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "lr-sweep.md").write_text(text, encoding="utf-8")

@@ -1,9 +1,9 @@
 """The audio-digits model: its build, and its honest evaluation on real speakers it never heard.
 
-    python -m training.eval_audio train      the recipe's stages (scripts/build-models.sh then calibrates,
+    python -m experiments.eval_audio train      the recipe's stages (scripts/build-models.sh then calibrates,
                                              exports and evaluates)
-    python -m training.eval_audio loso       leave-one-speaker-out over the 4 real FSDD speakers
-    python -m training.eval_audio evaluate SERVABLE [--speakers ...]   the tables for one trained model
+    python -m experiments.eval_audio loso       leave-one-speaker-out over the 4 real FSDD speakers
+    python -m experiments.eval_audio evaluate SERVABLE [--speakers ...]   the tables for one trained model
 
 The recipe's (training/recipes/audio-digits.yaml) pretrain and tokenizer stages train on the synthetic
 espeak-ng voices (data/audio-digits/train) only; its classifier stage trains on those voices plus real FSDD
@@ -32,7 +32,20 @@ from typing import Any
 import numpy as np
 import typer
 
-from training.fsdd import FSDD_CREDIT, FSDD_SPEAKERS
+from bridle_data.fsdd import FSDD_CREDIT, FSDD_SPEAKERS
+from bridle_model.checkpoint import load_servable
+from bridle_model.graphs import EncoderGraph
+from bridle_model.windowing import audio_windows
+from training.audio_augment import coloured_noise
+from training.calibration import (
+    expected_calibration_error,
+    fit_temperature,
+    held_out_logits,
+    servable_logits,
+    softmax,
+)
+from training.data import MediaDataset
+from training.recipe import load_recipe
 
 RECIPE = Path("training/recipes/audio-digits.yaml")
 SYNTHETIC = Path("data/audio-digits")
@@ -122,7 +135,6 @@ class NonDigit:
 
 def non_digit_inputs(rate: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
     """Inputs that are no spoken digit, `NON_DIGIT_EACH` of each kind, SAMPLE_SECONDS at `rate`."""
-    from training.audio_augment import coloured_noise
 
     rng = np.random.default_rng(seed)
     n = int(SAMPLE_SECONDS * rate)
@@ -149,7 +161,6 @@ def non_digit_inputs(rate: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
 
 
 def _probabilities(servable: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
-    from training.calibration import servable_logits, softmax
 
     logits, labels = servable_logits(servable, data)
     return softmax(logits), labels
@@ -157,8 +168,6 @@ def _probabilities(servable: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def score(servable: Any, source: Path | str, name: str) -> Score:
     """Accuracy, ECE and mean top score of `servable` on a labelled folder or manifest."""
-    from training.calibration import expected_calibration_error
-    from training.data import MediaDataset
 
     data = MediaDataset(source, servable.config, labels=servable.labels, cache=True, labelled=True)
     probs, labels = _probabilities(servable, data)
@@ -171,10 +180,6 @@ def score(servable: Any, source: Path | str, name: str) -> Score:
 def non_digit_scores(servable: Any) -> list[NonDigit]:
     """What `servable` says for `non_digit_inputs`, through the same windowing as the service."""
     import torch
-
-    from bridle_model.windowing import audio_windows
-    from export.onnx_graphs import EncoderGraph
-    from training.calibration import softmax
 
     rate = servable.config.input.sample_rate
     window = servable.config.input.window_samples
@@ -203,7 +208,6 @@ def non_digit_scores(servable: Any) -> list[NonDigit]:
 
 def evaluate_servable(servable_dir: Path, speakers: tuple[str, ...], synthetic: Path, fsdd: Path) -> dict:
     """The tables of one trained model: synthetic held-out voices, the given real speakers, non-digits."""
-    from bridle_model.checkpoint import load_servable
 
     servable = load_servable(servable_dir)
     scores = [score(servable, synthetic / "test", "synthetic held-out voices")]
@@ -302,13 +306,11 @@ def _classifier_and_calibration(recipe: Path, out: Path, split: Split, extra: li
 
 
 def _classifier_stages(recipe: Path) -> range:
-    from training.recipe import load_recipe
 
     return range(CLASSIFIER_STAGE, len(load_recipe(recipe).stages))
 
 
 def _out_dir(recipe: Path) -> Path:
-    from training.recipe import load_recipe
 
     return Path(load_recipe(recipe).out_dir)
 
@@ -414,7 +416,6 @@ def cross_speaker_calibration(folds: dict[str, tuple[np.ndarray, np.ndarray, flo
     """Per fold: the ECE on its unseen speaker with the temperature it was calibrated with (fitted on held-out
     takes of the speakers it heard), with one fitted on the other folds' unseen speakers, and with none.
     `folds`: name -> (uncalibrated logits (N, C), labels (N,), the fold's own temperature)."""
-    from training.calibration import expected_calibration_error, fit_temperature, softmax
 
     rows = []
     for name, (logits, labels, own) in folds.items():
@@ -443,8 +444,6 @@ def cross_calibration(
 ) -> None:
     """How well each calibration suits speakers never heard: per finished fold, the ECE on its held-out
     speaker with its own temperature, with one fitted on the other folds' held-out speakers, and with none."""
-    from bridle_model.checkpoint import load_servable
-    from training.calibration import held_out_logits
 
     folds = {}
     for fold in sorted(p.parent for p in out.glob("*/eval.json")):

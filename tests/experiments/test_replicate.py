@@ -13,14 +13,14 @@ import torch
 from typer.testing import CliRunner
 
 from bridle_model.config import QuantizerConfig
+from bridle_model.media_sets import read_manifest_rows
 from bridle_model.quantizer import ResidualQuantizer
-from training.data import read_manifest_rows
-from training.probe import label_draws, loso_accuracy
-from training.replicate import app
-from training.replication.plan import BUDGETS, CONTROLS, encoders
-from training.replication.report import CLAIMS, ITER1_TOKENIZER
-from training.replication.stats import interval, paired
-from training.replication.train import static_codebooks
+from experiments.probe import label_draws, loso_accuracy
+from experiments.replicate import app
+from experiments.replication.plan import BUDGETS, CONTROLS, encoders
+from experiments.replication.report import CLAIMS, ITER1_TOKENIZER
+from experiments.replication.stats import interval, paired
+from experiments.replication.train import static_codebooks
 
 SPEAKERS = ("alpha", "bravo", "charlie", "delta")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -88,7 +88,7 @@ def test_micro_replication_reports_every_variant_control_and_column(fsdd_like: P
         assert f"| ({claim}) |" in table and f"**({claim})" in table
     for column in ("held-out usage per level", "training-data usage per level", "effective rank"):
         assert column in table
-    assert "python -m training.replicate" in table and "load average" in table
+    assert "python -m experiments.replicate" in table and "load average" in table
     for name in ("accuracy.png", "usage.png", "usage_steps.png", "losses.png"):
         assert (out / name).stat().st_size > 1000
         assert f"![{name}]({name})" in table

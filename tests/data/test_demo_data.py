@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bridle_model.decoding import decode_audio, decode_image, decode_video
-from training.demo_data import (
-    DIGIT_WORDS,
+from bridle_data import DIGIT_WORDS
+from bridle_data.demo_data import (
     DIRECTIONS,
     MARKER,
     QUICK_AUDIO,

@@ -22,17 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bridle_data import DIGIT_WORDS
 from bridle_model.decoding import decode_audio
 
 FSDD_SPEAKERS = ("george", "jackson", "nicolas", "yweweler")
-FSDD_RATE = 8_000  # Hz, the recordings' own rate
 FSDD_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset"
 FSDD_CREDIT = (
     "Free Spoken Digit Dataset (FSDD) by Zohar Jackson and contributors, "
     "https://github.com/Jakobovski/free-spoken-digit-dataset (DOI 10.5281/zenodo.1342401), "
     "licensed under CC BY-SA 4.0 (https://creativecommons.org/licenses/by-sa/4.0/)"
 )
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
 
 

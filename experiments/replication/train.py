@@ -21,9 +21,9 @@ from bridle_model.bridle import Objective
 from bridle_model.config import ModelConfig
 from bridle_model.encoder import Encoder
 from bridle_model.quantizer import ResidualQuantizer
+from experiments.replication.plan import ITER1, ITER1_LONG, Budget, TokenizerArm
 from training.distributed import DistInfo
 from training.recipe import Recipe, recipe_from_dict
-from training.replication.plan import ITER1, ITER1_LONG, Budget, TokenizerArm
 from training.stages import MODEL_CONFIG_FILE, RunContext, prepare_run, run_stage
 from training.state import load_stage
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from training.calibration import expected_calibration_error, fit_temperature, softmax
-from training.eval_audio import (
+from experiments.eval_audio import (
     NON_DIGIT_EACH,
     SAMPLE_SECONDS,
     app,
@@ -18,6 +17,7 @@ from training.eval_audio import (
     non_digit_table,
     score_table,
 )
+from training.calibration import expected_calibration_error, fit_temperature, softmax
 
 
 def test_non_digit_inputs_are_deterministic_and_of_each_kind() -> None:

@@ -1,6 +1,6 @@
 """Why does an RQ level leave codes unused? Measurements on a finished replication run's tokenizers.
 
-    python -m training.replication.diagnose results/replication [--modality audio] [--seed 0]
+    python -m experiments.replication.diagnose results/replication [--modality audio] [--seed 0]
 
 For every trained tokenizer of the run (and the iteration-1 teacher E it was distilled from), over the same
 held-out and training-data inputs as the report, per RQ level l with input residual r_l:
@@ -33,11 +33,12 @@ from bridle_model.encoder import Encoder
 from bridle_model.preprocessing import build_preprocessor
 from bridle_model.quantizer import _nearest_code
 from bridle_model.tokenizer import Tokenizer
+from experiments.probe import effective_rank
+from experiments.replication.measure import probe_data
+from experiments.replication.plan import BUDGETS
+from experiments.replication.train import PRETRAIN1, TOKENIZER
 from training.data import MediaDataset
 from training.optim import build_optimizer
-from training.probe import effective_rank
-from training.replication.plan import BUDGETS
-from training.replication.train import PRETRAIN1, TOKENIZER
 from training.stages import MODEL_CONFIG_FILE
 from training.state import load_stage
 
@@ -117,8 +118,6 @@ HEAD = [
 
 def diagnose_seed(seed_dir: Path, modality: str, budget_name: str, fsdd: Path) -> list[str]:
     """Tables for one seed folder of a run: held-out and training-data inputs."""
-    from training.replicate import probe_data
-
     budget = BUDGETS[budget_name]
     runs = seed_dir.parent
     probes = probe_data(modality, fsdd, runs, budget)
@@ -230,7 +229,7 @@ def main(
     lines = [
         "# Code usage diagnosis",
         "",
-        f"`python -m training.replication.diagnose {run}`; budget {budget_name}.",
+        f"`python -m experiments.replication.diagnose {run}`; budget {budget_name}.",
     ]
     for modality in modalities:
         seed_dir = run / "runs" / modality / f"seed{seed}"
@@ -239,8 +238,6 @@ def main(
             raise typer.Exit(1)
         lines += diagnose_seed(seed_dir, modality, budget_name, fsdd)
     if centred_steps:
-        from training.replicate import probe_data
-
         for modality in modalities:
             seed_dir = run / "runs" / modality / f"seed{seed}"
             probes = probe_data(modality, fsdd, seed_dir.parent, BUDGETS[budget_name])

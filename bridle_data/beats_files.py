@@ -1,11 +1,10 @@
-"""Small BEATs checkpoints in upstream's file layout, every tensor seeded-random, for the importer tests."""
+"""Small BEATs checkpoints in upstream's file layout, every tensor seeded-random, for the importer's tests and
+bench.beats."""
 
 from __future__ import annotations
 
 import io
 import math
-import subprocess
-import sys
 import wave
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tests.importers.reference_beats import BEATs, Config, Tokenizers
+from bridle_data.reference_beats import BEATs, Config, Tokenizers
 
 # Small, but every code path of bridle_model/beats.py: a projection after the stem, deep norm, gated
 # bias with distances in the exact, the log-spaced and the clamped buckets (32 tokens, 16 buckets, max
@@ -99,29 +98,3 @@ def wav16(signal: np.ndarray, sample_rate: int = 16_000) -> bytes:
         w.setframerate(sample_rate)
         w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
     return buffer.getvalue()
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
-
-
-class Exported:
-    """The small model imported (with its tokenizer) and exported through the real CLIs. `audioset`:
-    its label_dict holds mids, named through a class_labels_indices.csv (`--labels`)."""
-
-    def __init__(self, root: Path, num_frames: int = NUM_FRAMES, audioset: bool = False) -> None:
-        self.model: BEATs = make_model()
-        self.tokenizer: Tokenizers = make_tokenizer()
-        label_dict = MID_DICT if audioset else LABEL_DICT
-        self.model_path = save_upstream(root / "BEATs_small.pt", self.model, MODEL_CFG, label_dict=label_dict)
-        self.tokenizer_path = save_upstream(root / "Tokenizer_small.pt", self.tokenizer, TOKENIZER_CFG)
-        self.servable = root / "servable"
-        self.model_dir = root / "beats-small"
-        labels = ["--labels", str(write_class_labels(root / "class_labels_indices.csv"))] if audioset else []
-        self.import_run = run_cli(
-            "importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
-            str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(num_frames), *labels,
-        )  # fmt: skip
-        assert self.import_run.returncode == 0, self.import_run.stderr
-        self.export_run = run_cli("export.cli", "export", str(self.servable), str(self.model_dir))
-        assert self.export_run.returncode == 0, self.export_run.stderr

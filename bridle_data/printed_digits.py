@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from training.demo_data import DIGIT_WORDS
+from bridle_data import DIGIT_WORDS
+from bridle_model.errors import BridleError
 
 DIGITS = "0123456789"
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"))
@@ -93,7 +94,7 @@ FONT_PACKAGES: dict[str, str] = {
 }
 
 
-class FontError(RuntimeError):
+class FontError(BridleError, RuntimeError):
     """The fonts the printed digits need are not installed."""
 
 

@@ -1,6 +1,6 @@
 """Demo data sets made on this machine, no download: spoken digits, digit images, moving-digit videos.
 
-    python -m training.demo_data --out data [--quick] [--seed 0] [--only audio-digits]
+    python -m bridle_data.demo_data --out data [--quick] [--seed 0] [--only audio-digits]
 
 Each set is a folder `<out>/<name>/` with `<split>/<class>/<file>` media and a `metadata.csv` (path relative
 to the set folder, split, label and per-set columns). A set is complete when its marker file `.complete`
@@ -11,11 +11,11 @@ anything else in the folder is rebuilt from scratch. Every set is deterministic 
   speed and pitch, 16 kHz mono wav. Split by voice: held-out voices form `test/`.
 - image-digits: scikit-learn's bundled `load_digits` (1797 8x8 images) upscaled to RGB PNG, stratified split
   (a tenth of its train split moved to `val`), plus digits printed in the system's fonts with whole font
-  families held out (training/printed_digits.py): splits train, val, test, printed-train, printed-test;
+  families held out (bridle_data/printed_digits.py): splits train, val, test, printed-train, printed-test;
   `training-set.csv` lists train + printed-train.
 - video-motion: a load_digits digit moving in one of six directions over a dark canvas, h264 mp4.
 - fsdd (only with `--fsdd`): real recordings of the digits, 4 speakers of the Free Spoken Digit Dataset
-  (CC BY-SA 4.0, training/fsdd.py), copied from a local copy or fetched from its public source, as
+  (CC BY-SA 4.0, bridle_data/fsdd.py), copied from a local copy or fetched from its public source, as
   `<speaker>/<word>/<file>` (8 kHz wav) with `split` = speaker in metadata.csv.
 """
 
@@ -39,9 +39,10 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
-from training.fsdd import CLIPS_PER_SPEAKER, FSDD_SPEAKERS, FSDD_ZIP_URL, build_fsdd_set, fetch_fsdd
+from bridle_data import DIGIT_WORDS
+from bridle_data.fsdd import CLIPS_PER_SPEAKER, FSDD_SPEAKERS, FSDD_ZIP_URL, build_fsdd_set, fetch_fsdd
+from bridle_data.printed_digits import FULL_PRINTED, QUICK_PRINTED, add_printed_digits
 
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MARKER = ".complete"
 METADATA = "metadata.csv"
 
@@ -332,8 +333,6 @@ def builders(quick: bool, seed: int) -> Iterator[tuple[str, dict[str, Any], Call
     audio = QUICK_AUDIO if quick else FULL_AUDIO
     video = QUICK_VIDEO if quick else FULL_VIDEO
     image_limit = 30 if quick else None
-    from training.printed_digits import FULL_PRINTED, QUICK_PRINTED, add_printed_digits
-
     printed = QUICK_PRINTED if quick else FULL_PRINTED
     yield "audio-digits", {"seed": seed, **asdict(audio)}, lambda r: build_audio_digits(r, audio, seed)
     yield (

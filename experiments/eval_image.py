@@ -1,6 +1,6 @@
 """Evaluation of an image-digits model as the service runs it: the tables of its model card and README.
 
-    python -m training.eval_image models/image-digits --data data/image-digits --out results/image-digits
+    python -m experiments.eval_image models/image-digits --data data/image-digits --out results/image-digits
 
 The model directory's `encoder.onnx` runs in ONNX Runtime on images decoded by the service's own
 `decode_image` (shorter side resized to the model's size, centre crop), and scores are the manifest's
@@ -8,7 +8,7 @@ softmax of the `logits` output, so the figures are what a user of `bridle-serve`
 `<out>/eval.json` and `<out>/eval.md` (markdown tables), and prints the tables:
 
 - digits: scikit-learn's test split (handwritten, never trained on), the printed digits in the held-out
-  font families (training/printed_digits.py, both polarities and each alone), and `val` (what the
+  font families (bridle_data/printed_digits.py, both polarities and each alone), and `val` (what the
   temperature was fitted on, for reference): accuracy, mean top score, and the expected calibration error
   with the stored temperature and without it (the raw logits are the calibrated ones times T, the
   temperature recorded in the manifest's provenance.calibration; T = 1 when uncalibrated);

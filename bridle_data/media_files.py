@@ -1,7 +1,5 @@
-"""Real media bytes for tests, encoded with PyAV and Pillow: audio, images and videos of known content.
-
-Imported from any test as `tests.media_files`.
-"""
+"""Real media bytes for tests and benchmarks (the fuzzer and the soak test start from them), encoded with
+PyAV and Pillow: audio, images and videos of known content."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.replication.plan import ITER1, ITER1_LONG, RANDOM_INIT, RAW, TokenizerArm, by_role, encoders
-from training.replication.stats import Interval, interval, paired
+from experiments.replication.plan import ITER1, ITER1_LONG, RANDOM_INIT, RAW, TokenizerArm, by_role, encoders
+from experiments.replication.stats import Interval, interval, paired
 
 ITER1_TOKENIZER = "iter1-random-proj"  # the frozen random-projection tokenizer iteration 1 learns from
 

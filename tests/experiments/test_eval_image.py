@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from bridle_data import DIGIT_WORDS
 from bridle_model.checkpoint import build_servable
 from bridle_model.config import preset
-from training.demo_data import DIGIT_WORDS
-from training.eval_image import CONFIDENT, evaluate, markdown, not_digits, temperature_check
+from experiments.eval_image import CONFIDENT, evaluate, markdown, not_digits, temperature_check
 
 
 @pytest.fixture(scope="module")

@@ -35,10 +35,11 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
+from bridle_data.fsdd import fsdd_clips
 from bridle_model.config import ModelConfig
+from bridle_model.media_sets import Entry, split_by_metadata
 from bridle_model.quantizer import LevelUsage, ResidualQuantizer
-from training.data import Entry, MediaDataset, split_by_metadata
-from training.fsdd import fsdd_clips
+from training.data import MediaDataset
 
 METADATA = "metadata.csv"
 T = TypeVar("T")
@@ -107,7 +108,9 @@ def image_probe_data(data_dir: Path, cfg: ModelConfig, probe: ProbeConfig) -> Pr
     usage on the test split and on as many training images."""
     metadata = Path(data_dir) / METADATA
     if not metadata.is_file():
-        raise FileNotFoundError(f"{metadata} is missing: build the demo data (python -m training.demo_data)")
+        raise FileNotFoundError(
+            f"{metadata} is missing: build the demo data (python -m bridle_data.demo_data)"
+        )
     splits = split_by_metadata(metadata, "label")
     train = _capped(splits["train"], lambda e: e.label, probe.max_per_class)
     test = _capped(splits["test"], lambda e: e.label, probe.max_per_class)
@@ -269,10 +272,3 @@ def code_diagnostics(
     usage = [u for q in rqs for u in q.usage()]
     teacher_rank = effective_rank(torch.cat(taught)) if taught else None
     return CodeDiagnostics(usage, effective_rank(torch.cat(embedded)), teacher_rank)
-
-
-def held_out_usage(
-    tokenizer: nn.Module, preprocess: nn.Module, data: MediaDataset, batch: int
-) -> list[LevelUsage]:
-    """Per-level code usage of the frozen tokenizer over `data`."""
-    return code_diagnostics(tokenizer, preprocess, data, batch).usage

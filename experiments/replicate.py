@@ -1,9 +1,9 @@
 """Small-scale replication of BRIDLE's claims on real data, with controls, seeds and paired differences.
 
-    python -m training.replicate --fsdd ../shared/data/fsdd --out results/replication
+    python -m experiments.replicate --fsdd ../shared/data/fsdd --out results/replication
                                  [--budget full|reduced|micro] [--seeds 3] [--modality audio --modality image]
 
-Per modality and seed (training/replication/plan.py lists the variants):
+Per modality and seed (experiments/replication/plan.py lists the variants):
     audio   E pretrained on FSDD's real recordings (its training takes, unlabelled); probed by digit
             recognition, leave-one-speaker-out over the FSDD speakers, on frozen pooled features
     image   E pretrained on the demo image set (scikit-learn's digits); probed with 5 and 10 labels per
@@ -17,7 +17,6 @@ and probe scores) and runs/ (every stage, with its own TensorBoard logs).
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -30,26 +29,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import typer
 from tqdm import tqdm
 
-from bridle_model.config import preset
 from bridle_model.preprocessing import build_preprocessor
-from training.demo_data import build_image_digits, build_set
-from training.probe import (
+from experiments.probe import (
     ProbeData,
-    audio_probe_data,
-    code_diagnostics,
-    encoder_features,
-    fsdd_pretraining_clips,
-    image_probe_data,
-    probe_scores,
-    raw_features,
 )
-from training.replication.plan import BUDGETS, ITER1, ITER1_LONG, RANDOM_INIT, RAW, Budget
-from training.replication.report import (
+from experiments.replication.measure import measure_encoder, measure_tokenizer, pretraining_source, probe_data
+from experiments.replication.plan import BUDGETS, ITER1, ITER1_LONG, RANDOM_INIT, RAW, Budget
+from experiments.replication.report import (
     CLAIMS,
     ITER1_TOKENIZER,
     Records,
@@ -61,7 +51,7 @@ from training.replication.report import (
     tokenizer_table,
     verdicts,
 )
-from training.replication.train import (
+from experiments.replication.train import (
     Trained,
     random_init_encoder,
     stage_history,
@@ -74,88 +64,9 @@ log = logging.getLogger(__name__)
 
 MODALITIES = ("audio", "image")
 RAW_RECORDS = "records.json"
-IMAGE_SET = "image-digits"
 
 
 # ---- one modality -----------------------------------------------------------------------------------------
-
-
-def digits_set(runs: Path, budget: Budget) -> Path:
-    """scikit-learn's digits as the demo image set builds them (stratified train/test split), here
-    without the other image sources the demo set may add."""
-    root = runs / IMAGE_SET
-    params = {"seed": 0, "limit": budget.image_limit}
-    build_set(root, params, lambda r: build_image_digits(r, budget.image_limit, 0))
-    return root
-
-
-def pretraining_source(modality: str, fsdd: Path, runs: Path, budget: Budget) -> Path:
-    """What E pretrains on: audio a manifest of FSDD's training takes (unlabelled, shuffled so the fbank
-    statistics see every speaker); image scikit-learn's digits, train split."""
-    if modality == "image":
-        return digits_set(runs, budget) / "train"
-    clips = fsdd_pretraining_clips(fsdd)
-    order = np.random.default_rng(0).permutation(len(clips))
-    manifest = runs / "fsdd-pretraining.csv"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path"])
-        writer.writerows([[str(clips[i].resolve())] for i in order])
-    return manifest
-
-
-def probe_data(modality: str, fsdd: Path, runs: Path, budget: Budget) -> ProbeData:
-    cfg = preset(f"{budget.size}-{modality}")  # decoding needs only the sample rate / image size
-    if modality == "audio":
-        return audio_probe_data(fsdd, cfg, budget.probe)
-    return image_probe_data(digits_set(runs, budget), cfg, budget.probe)
-
-
-def measure_encoder(
-    records: Records,
-    key: dict[str, Any],
-    encoder: torch.nn.Module | None,
-    preprocess: torch.nn.Module,
-    probes: ProbeData,
-    budget: Budget,
-) -> None:
-    """Probe scores of one encoder (None: the raw-input control) into `records.scores`."""
-    batch = budget.probe.batch_size
-
-    def features(data: Any) -> tuple[np.ndarray, np.ndarray]:
-        if encoder is None:
-            return raw_features(preprocess, data, batch)
-        return encoder_features(encoder, preprocess, data, batch)
-
-    train = features(probes.train)
-    test = features(probes.test) if probes.test is not None else None
-    for metric, value in probe_scores(probes, train, test, budget.probe, key["seed"]).items():
-        records.scores.append({**key, "metric": metric, "value": value})
-
-
-def measure_tokenizer(
-    records: Records,
-    key: dict[str, Any],
-    trained: Trained,
-    teacher: torch.nn.Module,
-    preprocess: torch.nn.Module,
-    probes: ProbeData,
-    batch: int,
-) -> None:
-    """Held-out and training-data code usage of one tokenizer into `records.usage`."""
-    held_out = code_diagnostics(trained.tokenizer, preprocess, probes.held_out, batch, teacher)
-    seen = code_diagnostics(trained.tokenizer, preprocess, probes.seen, batch)
-    records.usage.append(
-        {
-            **key,
-            "held_out": [u.usage_rate for u in held_out.usage],
-            "seen": [u.usage_rate for u in seen.usage],
-            "perplexity": [u.perplexity for u in held_out.usage],
-            "effective_rank": held_out.effective_rank,
-            "teacher_rank": held_out.teacher_rank,
-        }
-    )
 
 
 def record_curves(records: Records, key: dict[str, Any], trained: Trained) -> None:
@@ -381,7 +292,8 @@ def saved_records(out: Path, budget_name: str, merge: list[Path]) -> dict[str, A
     seeds = "; ".join(f"{m}: seeds {', '.join(map(str, s))}" for m, s in by_modality.items())
     sources = ", ".join(str(f) for f in files)
     return {
-        "command": f"python -m training.replicate --budget {budget_name}; --report-only combined {sources}",
+        "command": f"python -m experiments.replicate --budget {budget_name}; "
+        f"--report-only combined {sources}",
         "budget": budget_name,
         "seeds": seeds,
         "seconds": float("nan"),
@@ -458,7 +370,7 @@ def main(
     if report_only:
         typer.echo(write_report(out, saved_records(out, budget_name, merge)))
         return
-    command = "python -m training.replicate " + shlex.join(sys.argv[1:])
+    command = "python -m experiments.replicate " + shlex.join(sys.argv[1:])
     tic, load_start = time.perf_counter(), list(os.getloadavg())
     budget = BUDGETS[budget_name]
     out.mkdir(parents=True, exist_ok=True)

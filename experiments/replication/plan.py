@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.probe import ProbeConfig
+from experiments.probe import ProbeConfig
 
 RAW, RANDOM_INIT, ITER1, ITER1_LONG = "raw-input", "random-init", "iter1", "iter1-long"
 
@@ -47,9 +47,6 @@ class TokenizerArm:
     def bits(self) -> float:
         """Bits per patch of the codes: levels x log2(codebook size)."""
         return self.quantizer["levels"] * math.log2(self.quantizer["codebook_size"])
-
-
-ROLES = ("main", "rq-equal-bits", "vq-equal-bits", "random-init", "static", "random-static")
 
 
 def arms(k: int, m: int) -> tuple[TokenizerArm, ...]:
@@ -104,8 +101,9 @@ class Budget:
 
 # The pretraining learning rate: 1e-3 at batch 32 is about 50 times the reference's scaled rate (BEiT and
 # MAE: 1.5e-4 per 256 examples) and wrecks what E learns: after 500 steps on scikit-learn's digits, linear
-# probes with 5 labels per class find 43.6 % at lr 1e-3, below the untrained encoder's 53.7 %, and 66.4-66.7
-# % at lr 1e-4 to 3e-4 (`python -m training.replication.lr_sweep`, results/replication/lr-sweep/lr-sweep.md).
+# probes with 5 labels per class find 43.6 % at lr 1e-3, below the untrained encoder's 53.7 %, and
+# 66.4-66.7 % at lr 1e-4 to 3e-4 (`python -m experiments.replication.lr_sweep`,
+# results/replication/lr-sweep/lr-sweep.md).
 # The reduced budget keeps the rate its earlier results had.
 BUDGETS: dict[str, Budget] = {
     "micro": Budget(

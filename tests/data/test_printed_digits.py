@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bridle_model.decoding import decode_image
-from training.printed_digits import (
+from bridle_data.printed_digits import (
     FONT_FAMILIES,
     FONT_PACKAGES,
     POLARITIES,
@@ -121,7 +121,7 @@ def test_demo_set_has_printed_splits_by_font_family_and_a_training_manifest(demo
 
 
 def test_the_printed_digits_are_deterministic(tmp_path: Path, demo_root: Path):
-    from training.demo_data import build_all
+    from bridle_data.demo_data import build_all
 
     build_all(tmp_path, quick=True, seed=0, only=["image-digits"])
     again = rows(tmp_path)

@@ -21,17 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# upstream's config defaults (BEATsConfig / TokenizersConfig)
-DEFAULTS: dict[str, Any] = {
-    "input_patch_size": -1, "embed_dim": 512, "conv_bias": False, "encoder_layers": 12,
-    "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072, "encoder_attention_heads": 12,
-    "activation_fn": "gelu", "layer_wise_gradient_decay_ratio": 1.0, "layer_norm_first": False,
-    "deep_norm": False, "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
-    "encoder_layerdrop": 0.0, "dropout_input": 0.0, "conv_pos": 128, "conv_pos_groups": 16,
-    "relative_position_embedding": False, "num_buckets": 320, "max_distance": 1280, "gru_rel_pos": False,
-    "finetuned_model": False, "predictor_dropout": 0.1, "predictor_class": 527,
-    "quant_n": 1024, "quant_dim": 256,
-}  # fmt: skip
+from importers.beats import MODEL_DEFAULTS, TOKENIZER_DEFAULTS
+
+# upstream's config defaults (BEATsConfig / TokenizersConfig), as the importer reads them
+DEFAULTS: dict[str, Any] = {**MODEL_DEFAULTS, **TOKENIZER_DEFAULTS}
 
 
 class Config:
