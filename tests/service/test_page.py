@@ -1,11 +1,11 @@
 """The page at `/` in a real browser (Debian's Chromium driven by Playwright) against a real server of the
 bundled models: files are dropped on it as a user would, and the test reads what it drew.
 
-Inputs: real FSDD recordings (../shared/data/fsdd), a 30 s recording made of them (one recording per model
-window, so its timeline must change), an upscaled load_digits image and a moving-digit clip made the way
-training/demo_data.py makes its training sets, and a broken file. The canvases' pixels are read back:
-each must hold more than one colour. With BRIDLE_PAGE_SCREENSHOTS=DIR the audio, image and video results
-are saved there as PNGs (`make page-screenshots` writes docs/).
+Inputs: real FSDD recordings (../shared/data/fsdd; espeak-ng speech where that folder is missing), a 30 s
+recording made of them (one recording per model window, so its timeline must change), an upscaled
+load_digits image and a moving-digit clip made the way training/demo_data.py makes its training sets, and
+a broken file. The canvases' pixels are read back: each must hold more than one colour. With
+BRIDLE_PAGE_SCREENSHOTS=DIR the results are saved there as PNGs (`make page-screenshots` writes docs/).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import base64
 import io
 import math
 import os
+import subprocess
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from training.demo_data import (
     VIDEO_FPS,
     digit_images,
     moving_digit,
+    resample_wav,
     upscale,
     write_mp4,
 )
@@ -39,6 +41,7 @@ MODELS = [REPO / "models" / m for m in ("audio-digits", "image-digits", "video-m
 FSDD = REPO.parent / "shared" / "data" / "fsdd"
 CHROMIUM = Path("/usr/bin/chromium")
 PAGE_BYTES = 200_000
+RATE = 8000  # FSDD's sample rate
 IMAGE = 1795  # a load_digits image of the held-out end (tests/service/test_bundled_models.py)
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
@@ -50,31 +53,46 @@ pytestmark = pytest.mark.skipif(
 # ---- media ---------------------------------------------------------------------------------------
 
 
-def fsdd(name: str) -> bytes:
-    path = FSDD / name
-    if not path.exists():
-        pytest.skip(f"{path} is missing (the FSDD recordings in ../shared/data/fsdd)")
-    return path.read_bytes()
+def recording(digit: int, take: int, speaker: str = "jackson") -> tuple[str, bytes, str]:
+    """FSDD's recording `take` of `digit` by `speaker` (../shared/data/fsdd); where that folder is missing,
+    espeak-ng's en-us voice saying the digit (a rate per take) at FSDD's 8 kHz."""
+    path = FSDD / f"{digit}_{speaker}_{take}.wav"
+    if FSDD.is_dir():
+        return path.name, path.read_bytes(), "audio/wav"
+    samples = resample_wav(
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", str(130 + 10 * take), "--stdout", DIGIT_WORDS[digit]],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        ).stdout,
+        RATE,
+    )
+    return path.name, wav_bytes(samples), "audio/wav"
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return buffer.getvalue()
 
 
 def long_recording(seconds: float = 30.0) -> bytes:
-    """A `seconds` long 8 kHz wav of FSDD recordings, one centred in each window of audio-digits, so
-    each window holds one spoken digit: 0, 1, 2, ... 9, 0, 1, ..."""
+    """A `seconds` long 8 kHz wav of recordings of the ten digits in turn, one centred in each window of
+    audio-digits, so that each window holds one spoken digit: 0, 1, 2, ... 9, 0, 1, ..."""
     window = read_manifest(MODELS[0]).input.window_seconds
     assert window is not None
-    rate, slot = 8000, int(round(window * 8000))
-    out = np.zeros(int(seconds * rate), np.int16)
+    slot = round(window * RATE)
+    out = np.zeros(int(seconds * RATE), np.int16)
     for k in range(len(out) // slot):
-        with wave.open(io.BytesIO(fsdd(f"{k % 10}_jackson_{k // 10}.wav"))) as w:
-            assert w.getframerate() == rate and w.getsampwidth() == 2
+        with wave.open(io.BytesIO(recording(k % 10, k // 10)[1])) as w:
+            assert w.getframerate() == RATE and w.getsampwidth() == 2
             words = np.frombuffer(w.readframes(w.getnframes()), np.int16)[:slot]
         start = k * slot + (slot - len(words)) // 2
         out[start : start + len(words)] = words
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(rate)
-        w.writeframes(out.tobytes())
-    return buffer.getvalue()
+    return wav_bytes(out)
 
 
 def digit_png(index: int) -> bytes:
@@ -177,7 +195,7 @@ def test_the_page_is_self_contained_and_small(server: Server) -> None:
 
 
 def test_a_recording_shows_its_log_mel_codes_and_labels(page) -> None:
-    drop(page, [("7_jackson_3.wav", fsdd("7_jackson_3.wav"), "audio/wav")])
+    drop(page, [recording(7, 3)])
     assert page.locator("article audio").count() == 1
     inputs, codes = colours(page, "article canvas.input"), colours(page, "article canvas.codes")
     assert len(inputs) == 1 and inputs[0] > 50, inputs  # a colour ramp over the log-mel values
@@ -190,8 +208,8 @@ def test_a_recording_shows_its_log_mel_codes_and_labels(page) -> None:
 
 
 def test_the_level_selector_and_hover_show_the_codes(page, server: Server) -> None:
-    data = fsdd("3_george_10.wav")
-    drop(page, [("3_george_10.wav", data, "audio/wav")])
+    name, data, ctype = recording(3, 10, "george")
+    drop(page, [(name, data, ctype)])
     codes = server.client.post("/tokenize", files={"file": ("a.wav", data, "audio/wav")}).json()
     first = codes["results"][0]["windows"][0]["codes"][0]  # patch 0: one code per level
     canvas = page.locator("article canvas.codes")
@@ -240,8 +258,10 @@ def test_a_long_recording_gets_a_timeline_of_its_windows(page) -> None:
 
 
 def test_several_files_get_a_similarity_matrix_and_a_map(page) -> None:
-    names = ["0_george_1.wav", "0_jackson_2.wav", "5_nicolas_3.wav", "5_yweweler_4.wav"]
-    drop(page, [(n, fsdd(n), "audio/wav") for n in names])
+    drop(
+        page,
+        [recording(0, 1, "george"), recording(0, 2), recording(5, 3, "nicolas"), recording(5, 4, "yweweler")],
+    )
     matrix = page.locator("#compare svg.matrix")
     assert matrix.count() == 1 and matrix.locator("rect").count() == 16
     values = [float(t) for t in matrix.locator("text.v").all_text_contents()]
