@@ -272,11 +272,25 @@ def test_several_files_get_a_similarity_matrix_and_a_map(page) -> None:
     screenshot(page, "compare", "#compare section")
 
 
-def test_a_broken_file_shows_the_services_error(page) -> None:
-    drop(page, [("broken.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" * 8, "audio/wav")])
+def test_a_broken_file_shows_the_services_error(page, server: Server) -> None:
+    broken = b"RIFF\x00\x00\x00\x00WAVEjunk" * 8
+    drop(page, [("broken.wav", broken, "audio/wav")])
+    direct = server.client.post("/embed", files={"file": ("broken.wav", broken, "audio/wav")})
+    error = direct.json()["error"]
+    assert direct.status_code in (400, 415, 422), direct.text
     alert = page.locator("article [role=alert]")
     assert alert.count() == 1
-    text = alert.inner_text()
-    assert text.startswith("HTTP 4") and ":" in text, text
+    assert alert.inner_text() == f"HTTP {direct.status_code} {error['code']}: {error['message']}"
     assert "done: 0 of 1 file(s) read" in page.locator("#status").inner_text()
-    assert "copy as curl" in card_text(page)
+
+
+def test_each_request_can_be_copied_as_curl(page, server: Server) -> None:
+    name, data, ctype = recording(4, 2)
+    drop(page, [(name, data, ctype)])
+    page.locator("article details summary", has_text="requests").click()
+    buttons = page.locator("article .requests button")
+    assert buttons.count() == 4  # /embed, /tokenize, /features, /classify
+    embed = page.locator("article .requests li", has_text="POST /embed")
+    embed.locator("button").click()
+    command = embed.locator("pre").inner_text()
+    assert command == f"curl -X POST '{server.url}/embed' -F 'file=@{name}'"
