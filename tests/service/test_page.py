@@ -267,6 +267,7 @@ def test_several_files_get_a_similarity_matrix_and_a_map(page) -> None:
     values = [float(t) for t in matrix.locator("text.v").all_text_contents()]
     assert len(values) == 16 and all(-1 <= v <= 1.0001 for v in values)
     assert [values[i * 5] for i in range(4)] == [1.0] * 4  # each file is itself
+    assert values[1] > values[2] and values[11] > values[9]  # a "zero" is nearer a "zero" than a "five"
     assert len({round(v, 2) for v in values}) > 2
     assert page.locator("#compare svg.pca circle").count() == 4
     screenshot(page, "compare", "#compare section")
@@ -294,3 +295,22 @@ def test_each_request_can_be_copied_as_curl(page, server: Server) -> None:
     embed.locator("button").click()
     command = embed.locator("pre").inner_text()
     assert command == f"curl -X POST '{server.url}/embed' -F 'file=@{name}'"
+
+
+def test_the_keyboard_reaches_the_file_chooser(page, tmp_path: Path) -> None:
+    """Tab from the top: the /docs link, the API key, then the button that opens the file chooser."""
+    choosers: list = []
+    page.on(
+        "filechooser", lambda chooser: choosers.append(chooser)
+    )  # intercepted from here on, before any key is pressed
+    for _ in range(3):
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "choose"
+    path = tmp_path / "digit.png"
+    path.write_bytes(digit_png(IMAGE))
+    page.keyboard.press("Enter")
+    page.wait_for_function("true")  # a round trip: the chooser's event has arrived
+    assert len(choosers) == 1
+    choosers[0].set_files(str(path))
+    page.wait_for_function("document.body.dataset.done !== undefined", timeout=60_000)
+    assert "model image-digits (image)" in card_text(page)
