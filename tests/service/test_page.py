@@ -102,11 +102,13 @@ def digit_png(index: int) -> bytes:
     return buffer.getvalue()
 
 
-def moving_clip(tmp: Path, direction: str = "right") -> bytes:
+def moving_clip(tmp: Path, *directions: str) -> bytes:
+    """An mp4 of a digit gliding in each of `directions` in turn, one training-length clip each."""
     images, _ = digit_images()
     sprite = np.asarray(Image.fromarray(images[7]).resize((SPRITE_SIZE, SPRITE_SIZE), Image.BILINEAR))
-    path = tmp / f"{direction}.mp4"
-    write_mp4(path, moving_digit(sprite, direction, (4, 9)), VIDEO_FPS)
+    path = tmp / f"{'-'.join(directions)}.mp4"
+    frames = np.concatenate([moving_digit(sprite, d, (4, 9)) for d in directions])  # (T, S, S, 3)
+    write_mp4(path, frames, VIDEO_FPS)
     return path.read_bytes()
 
 
@@ -234,13 +236,12 @@ def test_an_image_and_a_video_are_drawn_as_the_model_saw_them(page, tmp_path: Pa
     assert len(labels) == 5 and labels[0].startswith(DIGIT_WORDS[digit_images()[1][IMAGE]]), labels
     screenshot(page, "image")
 
-    drop(page, [("right.mp4", moving_clip(tmp_path), "video/mp4")])
+    drop(page, [("right.mp4", moving_clip(tmp_path, "right"), "video/mp4")])
     assert page.locator("article video").count() == 1
     frames, codes = colours(page, "article canvas.input")[0], colours(page, "article canvas.codes")[0]
     assert frames > 2 and codes > 8, (frames, codes)
     assert "frames of 32 by 32 pixels each" in card_text(page)
     assert page.locator("article ol.bars li").first.inner_text().startswith("right")
-    screenshot(page, "video")
 
 
 def test_a_long_recording_gets_a_timeline_of_its_windows(page) -> None:
@@ -255,6 +256,21 @@ def test_a_long_recording_gets_a_timeline_of_its_windows(page) -> None:
     assert f"log-mel fbank as the encoder read it: {windows} window(s)" in card_text(page)
     assert colours(page, "article canvas.input")[0] > 50
     screenshot(page, "timeline")
+
+
+def test_a_long_video_gets_a_strip_per_clip_and_a_timeline(page, tmp_path: Path) -> None:
+    drop(page, [("right-then-up.mp4", moving_clip(tmp_path, "right", "up"), "video/mp4")])
+    assert "the frames as the model saw them: 2 clip(s) in rows" in card_text(page)
+    timeline = page.locator("article svg.timeline")
+    assert timeline.count() == 1
+    titles = timeline.locator("title").all_text_contents()  # "start-end s: label score" per cell
+    top = {}
+    for title in titles:
+        span, label, score = title.rsplit(" ", 2)
+        if float(score) > top.get(span, ("", 0.0))[1]:
+            top[span] = (label, float(score))
+    assert [top[span][0] for span in sorted(top)] == ["right", "up"]
+    screenshot(page, "video")
 
 
 def test_several_files_get_a_similarity_matrix_and_a_map(page) -> None:
