@@ -9,7 +9,7 @@ typed results; everything between lives in `Inference`. Routes:
   raw body; `model` query parameter (manifest name) or the model of the detected modality. Unknown
   model: 404 `unknown_model`.
 - `POST /features`: the encoder's input as the model saw it, for the page (service/features.py).
-- `GET /health`, `GET /ready`, `GET /metrics`, `GET /models`, `GET /` (a small page), `/docs`.
+- `GET /health`, `GET /ready`, `GET /metrics`, `GET /models`, `GET /` (the page: service/static/), `/docs`.
 
 Errors are JSON `{"error": {"code", "message"}}` (service/errors.py lists the status codes); every
 response carries `X-Request-ID` (service/middleware.py).
