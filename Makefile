@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train models-int8 replicate clean system-deps fuzz soak
+.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train models-int8 replicate clean system-deps fuzz soak page-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ lint: $(DEV_STAMP)
 format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+## page-screenshots: the page's browser tests, saving their audio, image, video, timeline and comparison
+## results as docs/page-*.png (the README shows them)
+page-screenshots: $(DEV_STAMP) system-deps
+	BRIDLE_PAGE_SCREENSHOTS=docs $(BIN)/pytest tests/service/test_page.py -q
 
 ## demo-data: synthesise the demo data sets (spoken digits, digit images, moving-digit clips) into data/, and
 ## copy the real spoken digits (FSDD, CC BY-SA 4.0) from $(FSDD), or fetch them from their public source

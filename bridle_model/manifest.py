@@ -1,6 +1,7 @@
 """`manifest.json`: the contract between an exported model directory and the service.
 
-A model directory holds `manifest.json`, `encoder.onnx` and `tokenizer.onnx` (docs/contracts.md). The
+A model directory holds `manifest.json`, `encoder.onnx` and `tokenizer.onnx`, and may hold
+`features.onnx` (the encoder's preprocessing alone; docs/contracts.md). The
 manifest names the graphs' inputs and outputs with their shapes, the input window, the labels, the
 quantizer's size, the sha256 of every file and where the weights came from. The service reads all of
 that from here and from nothing else.
@@ -26,6 +27,10 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PRECISIONS: tuple[Precision, ...] = ("fp32", "int8", "fp16")  # a model directory's graphs
 GRAPHS = ("encoder", "tokenizer")  # every model directory holds both
+# optional: the encoder's preprocessing alone, signal -> `features` (export/features.py); older
+# directories lack it
+FEATURES_GRAPH = "features"
+FEATURES_FILE = "features.onnx"
 CLASSIFIER_ACTIVATIONS = ("softmax", "sigmoid")
 GRID_AXES = {"audio": ["time", "mel"], "image": ["height", "width"], "video": ["time", "height", "width"]}
 WINDOWING = "inputs longer than one window are cut into windows by the caller (the service)"
@@ -99,7 +104,7 @@ class Manifest:
     tokenizer_kind: str  # "random" | "trained"
     labels: list[str]
     opset: int
-    files: dict[str, GraphFile]  # "encoder", "tokenizer"
+    files: dict[str, GraphFile]  # "encoder", "tokenizer" [, "features"]
     model_config: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
@@ -124,6 +129,11 @@ class Manifest:
     @property
     def tokenizer(self) -> GraphFile:
         return self.files["tokenizer"]
+
+    @property
+    def features(self) -> GraphFile | None:
+        """The optional preprocessing graph (the input as the encoder sees it), if the directory has it."""
+        return self.files.get(FEATURES_GRAPH)
 
     @property
     def has_classifier(self) -> bool:

@@ -2,6 +2,7 @@
 
 bridle-export export CHECKPOINT_DIR OUT_DIR [--name NAME] [--opset N] [--no-verify] [--force]
 bridle-export verify MODEL_DIR [--checkpoint CHECKPOINT_DIR] [--reference FP32_DIR --data HELD_OUT] [--json]
+bridle-export features MODEL_DIR... (add features.onnx, the encoder's preprocessing, to existing directories)
 bridle-export quantize MODEL_DIR --precision int8|fp16 --data HELD_OUT [--out OUT_DIR] [--force]
 """
 
@@ -80,6 +81,26 @@ def verify_command(
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else str(report))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+@app.command("features")
+def features_command(
+    model_dirs: Annotated[list[Path], typer.Argument(help="model directories to add features.onnx to")],
+) -> None:
+    """Cut the preprocessing (signal -> the normalised input the encoder reads) out of each directory's
+    encoder graph as features.onnx, and record it in the manifest."""
+    from bridle_model.manifest import ManifestError
+    from export.features import FeaturesError, add_features
+
+    for model_dir in model_dirs:
+        try:
+            manifest = add_features(model_dir)
+        except (ManifestError, FeaturesError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(code=1) from None
+        spec = manifest.features
+        assert spec is not None
+        typer.echo(f"wrote {model_dir / spec.path}: signal -> features {spec.outputs[0].shape}")
 
 
 @app.command("quantize")

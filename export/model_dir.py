@@ -1,4 +1,4 @@
-"""Checkpoint -> model directory (`encoder.onnx`, `tokenizer.onnx`, `manifest.json`).
+"""Checkpoint -> model directory (`encoder.onnx`, `tokenizer.onnx`, `features.onnx`, `manifest.json`).
 
 The directory is built in a temporary folder beside the target, verified (hashes, ONNX checker, ONNX
 Runtime, PyTorch vs ORT parity) and renamed into place only when verification passes: a model directory
@@ -19,6 +19,8 @@ from bridle_model.config import AudioInput, ImageInput
 from bridle_model.errors import BridleError
 from bridle_model.graphs import EncoderGraph, TokenizerGraph
 from bridle_model.manifest import (
+    FEATURES_FILE,
+    FEATURES_GRAPH,
     GRID_AXES,
     ClassifierSpec,
     InputSpec,
@@ -26,6 +28,7 @@ from bridle_model.manifest import (
     QuantizerSpec,
     write_manifest,
 )
+from export.features import write_features
 from export.onnx_graphs import (
     INPUT_NAME,
     OPSET,
@@ -36,7 +39,7 @@ from export.onnx_graphs import (
 )
 from export.verify import VerifyReport, verify
 
-GRAPH_FILES = {"encoder": "encoder.onnx", "tokenizer": "tokenizer.onnx"}
+GRAPH_FILES = {"encoder": "encoder.onnx", "tokenizer": "tokenizer.onnx", FEATURES_GRAPH: FEATURES_FILE}
 
 
 class ExportError(BridleError, RuntimeError):
@@ -88,6 +91,7 @@ def export_model_dir(
         example = example_signal(servable.config, batch=2)
         export_graph(EncoderGraph(servable), example, tmp / GRAPH_FILES["encoder"], opset)
         export_graph(TokenizerGraph(servable), example, tmp / GRAPH_FILES["tokenizer"], opset)
+        write_features(tmp, GRAPH_FILES["encoder"])
         manifest = build_manifest(tmp, servable, manifest_name, checkpoint, opset)
         write_manifest(tmp, manifest)
         result["manifest"] = manifest

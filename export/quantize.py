@@ -3,8 +3,9 @@
     bridle-export quantize models/audio-digits --precision int8 --data data/audio-digits/test
     -> models/audio-digits-int8 (same model name, manifest `precision: "int8"` and its `gate` figures)
 
-Both graphs are converted (export/precision.py), run beside the float32 ones on the held-out data
-(export/gate.py), verified (export/verify.py), and the directory is renamed into place only when the gate
+Both graphs are converted (export/precision.py; `features.onnx`, the float32 preprocessing, is
+copied), run beside the float32 ones on the held-out data (export/gate.py), verified
+(export/verify.py), and the directory is renamed into place only when the gate
 and the verification pass. The variant keeps
 the model's name: the service loads one variant per name, chosen by its `precision` setting.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridle_model.atomic import write_directory_atomically
 from bridle_model.errors import BridleError
-from bridle_model.manifest import Manifest, ManifestError, read_manifest, write_manifest
+from bridle_model.manifest import FEATURES_GRAPH, Manifest, ManifestError, read_manifest, write_manifest
 from export.gate import GateResult, load_held_out, measure_gate
 from export.onnx_graphs import graph_file
 from export.precision import VARIANT_PRECISIONS, convert_graph
@@ -86,6 +88,9 @@ def write_variant(
     def build(tmp: Path) -> None:
         graphs = {}
         for key, spec in manifest.files.items():
+            if key == FEATURES_GRAPH:  # the preprocessing stays float32 in every variant: copied as is
+                shutil.copyfile(source / spec.path, tmp / spec.path)
+                continue
             graphs[key] = tmp / spec.path
             try:
                 convert_graph(source / spec.path, graphs[key], precision, (nodes or {}).get(key))

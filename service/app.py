@@ -8,7 +8,8 @@ typed results; everything between lives in `Inference`. Routes:
 - `POST /embed`, `POST /tokenize`, `POST /classify`: uploads as multipart (`file`, several allowed) or a
   raw body; `model` query parameter (manifest name) or the model of the detected modality. Unknown
   model: 404 `unknown_model`.
-- `GET /health`, `GET /ready`, `GET /metrics`, `GET /models`, `GET /` (a small page), `/docs`.
+- `POST /features`: the encoder's input as the model saw it, for the page (service/features.py).
+- `GET /health`, `GET /ready`, `GET /metrics`, `GET /models`, `GET /` (the page: service/static/), `/docs`.
 
 Errors are JSON `{"error": {"code", "message"}}` (service/errors.py lists the status codes); every
 response carries `X-Request-ID` (service/middleware.py).
@@ -37,6 +38,7 @@ from runtime.errors import ModelLoadError
 from runtime.models import load_models
 from runtime.sessions import CPU
 from service.errors import ServiceError, error_response, install_handlers, retry_later
+from service.features import add_features_route
 from service.infer import Codes, Embedding, Inference, Label, Labels, Source
 from service.media import read_uploads
 from service.metrics import Metrics, MetricsMiddleware
@@ -142,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.routes)
     app.add_middleware(RequestIds)
     _add_routes(app)
+    add_features_route(app, require_key, UPLOAD_BODY)
     return app
 
 

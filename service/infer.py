@@ -19,6 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import anyio.to_thread
 import numpy as np
 
 from bridle_model.decoding import MediaError, sniff_modality
@@ -35,6 +36,7 @@ from service.settings import Settings, usable_cores
 log = logging.getLogger("bridle.service")
 
 GRAPHS = ("encoder", "tokenizer")
+FEATURES = "features"  # the optional preprocessing graph and its output (POST /features)
 # the graph outputs each task fetches (the encoder also has `patch_embeddings`, fetched for /embed
 # with pooling=tokens only; the tokenizer also has `quantized`, which no route returns)
 OUTPUTS = {
@@ -73,6 +75,12 @@ class Embedding:
 class Codes:
     source: Source
     codes: np.ndarray  # (W, N, L) int64
+
+
+@dataclass(frozen=True)
+class Features:
+    source: Source
+    features: np.ndarray  # (W, ...) the encoder's input: audio (W, 1, frames, mel), image (W, 3, S, S)...
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,31 @@ class Inference:
             windows = [_top(row, manifest.labels, k, threshold, ids) for row in scores]
             results.append(Labels(p.source(), clip, windows, how))
         return results
+
+    async def features(self, uploads: list[Upload], model: str | None) -> list[Features]:
+        """The encoder's input as it saw it, per window: the `features` graph (the preprocessing cut out
+        of the encoder, export/features.py) run on each upload's windows in a worker thread (a light
+        graph, not batched). 422 `no_features` for a model directory without it."""
+        prepared = await asyncio.gather(*(self._prepare(u, model, False) for u in uploads))
+        self._check_size([len(p.windows.spans) for p in prepared])
+        for p in prepared:
+            if FEATURES not in p.model.sessions:
+                raise ServiceError(
+                    422,
+                    "no_features",
+                    f"model {p.model.name!r} has no {FEATURES}.onnx: add it with "
+                    f"`bridle-export features {p.model.directory}`",
+                )
+        found = await asyncio.gather(
+            *(
+                anyio.to_thread.run_sync(p.model.run, FEATURES, p.windows.signal, (FEATURES,))
+                for p in prepared
+            )
+        )
+        return [
+            Features(p.source(), out[FEATURES].astype(np.float32))
+            for p, out in zip(prepared, found, strict=True)
+        ]
 
     # ---- steps -------------------------------------------------------------------------------
     def model_for(self, name: str | None, modality: str) -> LoadedModel:

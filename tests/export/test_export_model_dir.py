@@ -33,6 +33,7 @@ def test_manifest_describes_the_model(exported, name: str) -> None:
     e = exported[name]
     assert sorted(p.name for p in e.model_dir.iterdir()) == [
         "encoder.onnx",
+        "features.onnx",
         "manifest.json",
         "tokenizer.onnx",
     ]
@@ -70,6 +71,16 @@ def test_manifest_describes_the_model(exported, name: str) -> None:
         assert m.grid_axes == ["time", "height", "width"]
 
 
+def _encoder_input(name: str) -> list[int]:
+    """The shape of one example of the encoder's input (the preprocessing's output)."""
+    inp = preset(name).input
+    if name == "micro-audio":
+        return [1, inp.num_frames, inp.num_mel_bins]
+    if name == "micro-image":
+        return [3, inp.image_size, inp.image_size]
+    return [3, inp.num_frames, inp.image_size, inp.image_size]
+
+
 @pytest.mark.parametrize("name", MICRO_PRESETS)
 def test_manifest_shapes_are_the_graphs_shapes(exported, name: str) -> None:
     e = exported[name]
@@ -82,7 +93,9 @@ def test_manifest_shapes_are_the_graphs_shapes(exported, name: str) -> None:
             ("logits", "float32", ["batch", 3]),
         ],
         "tokenizer": [("codes", "int64", ["batch", n, 2]), ("quantized", "float32", ["batch", n, 16])],
+        "features": [("features", "float32", ["batch", *_encoder_input(name)])],
     }
+    assert sorted(m.files) == sorted(expected)
     for key, graph in m.files.items():
         assert [(o.name, o.dtype, o.shape) for o in graph.outputs] == expected[key]
         assert [(i.name, i.dtype, i.shape) for i in graph.inputs] == [

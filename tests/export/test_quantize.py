@@ -51,6 +51,9 @@ def test_int8_image_model_passes_its_gate_and_verify(image_int8, held_out: dict[
     assert sorted(n for n, op in ops.items() if op == "MatMulInteger") == sorted(f"{n}_quant" for n in chosen)
     size = (result.model_dir / "encoder.onnx").stat().st_size
     assert size < 0.6 * (source / "encoder.onnx").stat().st_size
+    # the float32 preprocessing graph is copied as it is
+    assert (result.model_dir / "features.onnx").read_bytes() == (source / "features.onnx").read_bytes()
+    assert manifest.features == read_manifest(source).features
 
     report = verify(result.model_dir, reference=source, data=held_out["image-digits"])
     assert report.ok, str(report)
