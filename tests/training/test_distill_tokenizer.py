@@ -13,7 +13,7 @@ from training_media import write_audio, write_images
 from typer.testing import CliRunner
 
 from bridle_model.checkpoint import build_servable, load_servable, save_servable
-from bridle_model.config import preset
+from bridle_model.config import ModelConfig, preset
 from bridle_model.preprocessing import build_preprocessor
 from bridle_model.tokenizer import Tokenizer
 from export.model_dir import export_model_dir
@@ -39,23 +39,34 @@ def micro_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return servable, write_images(root / "images", per_class=12)
 
 
-def held_out_codes(servable_dir: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The torch tokenizer's codes of every image in `data`, and the windows (B, 3, S, S) uint8."""
-    servable = load_servable(servable_dir)
-    windows = np.concatenate([file_windows(p, servable.config) for p in media_files(data, "image")])
-    with torch.no_grad():
-        x = build_preprocessor(servable.config)(torch.from_numpy(windows))
-        return servable.tokenizer(x).codes.numpy(), windows
+SETTINGS = DistillSettings(levels=3, codebook_size=8, steps=12, batch_size=8, seed=4)
 
 
-def test_distilled_tokenizer_is_served_by_the_exported_graph(micro_image: tuple[Path, Path], tmp_path: Path):
+@pytest.fixture(scope="module")
+def distilled(micro_image: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`bridle-train tokenizer` run on the micro servable with SETTINGS -> (the new servable, its output)."""
     source, images = micro_image
-    out = tmp_path / "distilled"
-    code, output = distil(str(source), "--data", str(images), "--levels", "3", "--codebook-size", "8",
-                          "--steps", "12", "--batch-size", "8", "--out", str(out))  # fmt: skip
+    out = tmp_path_factory.mktemp("distilled") / "servable"
+    s = SETTINGS
+    code, output = distil(str(source), "--data", str(images), "--levels", str(s.levels), "--codebook-size",
+                          str(s.codebook_size), "--steps", str(s.steps), "--batch-size", str(s.batch_size),
+                          "--seed", str(s.seed), "--out", str(out))  # fmt: skip
     assert code == 0, output
-    assert "level 3: usage" in output
+    return out, output
 
+
+def image_codes(tokenizer: torch.nn.Module, cfg: ModelConfig, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The torch tokenizer's codes (B, N, L) of every image in `data`, and the windows (B, 3, S, S) uint8."""
+    windows = np.concatenate([file_windows(p, cfg) for p in media_files(data, "image")])
+    with torch.no_grad():
+        return tokenizer(build_preprocessor(cfg)(torch.from_numpy(windows))).codes.numpy(), windows
+
+
+def test_distilled_tokenizer_is_served_by_the_exported_graph(
+    micro_image: tuple[Path, Path], distilled: tuple[Path, str], tmp_path: Path
+):
+    (source, images), (out, output) = micro_image, distilled
+    assert "level 3: usage" in output
     before, after = load_servable(source), load_servable(out)
     assert after.tokenizer_kind == "trained" and isinstance(after.tokenizer, Tokenizer)
     assert (after.config.quantizer.levels, after.config.quantizer.codebook_size) == (3, 8)
@@ -73,31 +84,23 @@ def test_distilled_tokenizer_is_served_by_the_exported_graph(micro_image: tuple[
     export_model_dir(out, model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["tokenizer_kind"] == "trained" and manifest["quantizer"]["levels"] == 3
-    codes, windows = held_out_codes(out, images)
+    codes, windows = image_codes(after.tokenizer, after.config, images)
     served = ort_session(model_dir / "tokenizer.onnx").run(["codes"], {"signal": windows})[0]
     assert served.shape == (24, after.config.num_patches, 3)  # (B, N, L)
     np.testing.assert_array_equal(served, codes)
-    assert len(np.unique(served[..., 1])) > 1  # the levels below the first are used too
 
 
-def test_one_seed_gives_identical_codes(micro_image: tuple[Path, Path]):
-    source, images = micro_image
-    settings = DistillSettings(levels=2, codebook_size=8, steps=6, batch_size=8, seed=5)
-    runs = [distill_tokenizer(source, images, settings) for _ in range(2)]
-    other, _ = distill_tokenizer(
-        source, images, DistillSettings(levels=2, codebook_size=8, steps=6, batch_size=8)
-    )
-    x = build_preprocessor(runs[0][0].config)(torch.from_numpy(held_out_windows(images, runs[0][0].config)))
-    with torch.no_grad():
-        codes = [servable.tokenizer(x).codes for servable, _ in runs]
-        other_codes = other.tokenizer(x).codes
-    assert torch.equal(codes[0], codes[1])
-    assert runs[0][1]["held_out"] == runs[1][1]["held_out"]
-    assert not torch.equal(codes[0], other_codes)  # the seed matters: the check above can fail
-
-
-def held_out_windows(images: Path, cfg) -> np.ndarray:  # type: ignore[no-untyped-def]
-    return np.concatenate([file_windows(p, cfg) for p in media_files(images, "image")])
+def test_one_seed_gives_identical_codes(micro_image: tuple[Path, Path], distilled: tuple[Path, str]):
+    """The CLI's run and a second run with the same seed give the same tokenizer, codes and report."""
+    (source, images), (out, _) = micro_image, distilled
+    first = load_servable(out)
+    second, report = distill_tokenizer(source, images, SETTINGS)
+    codes = [image_codes(s.tokenizer, s.config, images)[0] for s in (first, second)]
+    np.testing.assert_array_equal(codes[0], codes[1])
+    assert all(len(np.unique(codes[0][..., level])) > 1 for level in range(3))  # not a constant code
+    assert json.loads((out / REPORT_FILE).read_text())["held_out"] == report["held_out"]
+    old, new = first.tokenizer.state_dict(), second.tokenizer.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old)
 
 
 def test_a_beats_import_gets_a_distilled_multi_level_tokenizer(tmp_path: Path):
