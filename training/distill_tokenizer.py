@@ -272,9 +272,10 @@ def distill_tokenizer(source: Path, data: Path, s: DistillSettings) -> tuple[Ser
     objective = Distillation(cfg, servable.encoder, s.target_norm).to(s.device)  # type: ignore[arg-type]
     preprocess = build_preprocessor(cfg).to(s.device)
     targets = teacher_targets(objective, preprocess, train_windows, s)  # (W, N, D)
-    if targets.shape[-1] != cfg.encoder.dim:
+    if targets.shape[1:] != (cfg.num_patches, cfg.encoder.dim):
         raise DistillError(
-            f"the encoder's features are {targets.shape[-1]}-d, its config says {cfg.encoder.dim}"
+            f"the encoder's features are {tuple(targets.shape[1:])} (N, D) per window, its config says "
+            f"{(cfg.num_patches, cfg.encoder.dim)}: TE cannot predict them"
         )
     last = train(objective, preprocess, train_windows, targets, s)
     held = held_out_report(objective, preprocess, held_windows, s)
