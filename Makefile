@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train models-int8 replicate clean system-deps fuzz soak page-screenshots
+.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train measure-tokenizer models-int8 replicate clean system-deps fuzz soak page-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -120,6 +120,13 @@ bench-train: $(DEV_STAMP)
 	$(PY) -m bench.train step
 	$(PY) -m bench.train data
 	$(PY) -m bench.train rq
+
+## measure-tokenizer: a 4 x 256 BRIDLE tokenizer distilled from a ViT-S-sized image encoder (seeded random
+## weights) on the handwritten demo digits, through `bridle-train tokenizer`; prints per-level held-out code
+## usage and perplexity (about 40 min on the shared 2-core CPU)
+measure-tokenizer: $(DEV_STAMP)
+	$(PY) -m training.demo_data --out data --only image-digits
+	$(PY) -m bench.distill_vit
 
 ## models-int8: int8 variants of the bundled models in models-int8/, each gated on its held-out demo split
 ## (not shipped: size); serve them with BRIDLE_MODEL_DIRS=models-int8 make serve

@@ -185,8 +185,13 @@ class Distillation(Objective):
         cos = cosine_distillation_loss(estimate.float(), target.float())
         return cos + codebook_loss, cos
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, Scalars]:
-        target = self.forward_teacher(x)  # (B, N, D_E)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Scalars]:
+        """`target`: `forward_teacher(x)` when the caller already has it (the teacher is frozen, so its
+        features of a fixed data set can be computed once: training/distill_tokenizer.py)."""
+        if target is None:
+            target = self.forward_teacher(x)  # (B, N, D_E)
         out = self.forward_tokenizer(x)
         loss, cos = self.forward_loss(self.forward_estimator(out.quantized), target, out.loss)
         return loss, {"loss": loss.item(), "loss_cos": cos.item(), "loss_cb": out.loss.item()}

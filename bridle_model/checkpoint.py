@@ -135,14 +135,16 @@ def _build_modules(
     if len(set(labels)) != len(labels):
         raise CheckpointError(f"labels must be distinct, got {labels}")
     if config.beats is not None:  # an imported BEATs model
-        if tokenizer_kind == "trained" and config.beats.tokenizer is None:
-            raise CheckpointError(
-                "a BEATs model with a trained tokenizer needs beats.tokenizer in its config"
-            )
+        # its tokenizer: BEATs' own (imported, `beats.tokenizer` set), a BRIDLE `Tokenizer` distilled from
+        # its encoder (`bridle-train tokenizer`: trained, no `beats.tokenizer`), or a random projection
         encoder, beats_tokenizer, classifier = build_beats_networks(
-            config, len(labels), trained_tokenizer=tokenizer_kind == "trained"
+            config,
+            len(labels),
+            trained_tokenizer=tokenizer_kind == "trained" and config.beats.tokenizer is not None,
         )
-        tokenizer = beats_tokenizer or RandomProjectionTokenizer(config)
+        tokenizer = beats_tokenizer or (
+            Tokenizer(config) if tokenizer_kind == "trained" else RandomProjectionTokenizer(config)
+        )
     else:
         tokenizer_cls = RandomProjectionTokenizer if tokenizer_kind == "random" else Tokenizer
         encoder, tokenizer = Encoder(config), tokenizer_cls(config)

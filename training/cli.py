@@ -4,6 +4,8 @@
     bridle-train stage RECIPE.yaml --stage N [key=value ...] [--resume]
     bridle-train calibrate SERVABLE_DIR --data HELD_OUT [--split NAME] [--out DIR]
     bridle-train shards SOURCE OUT --modality audio [--max-count 1000] [--max-mb 256] [--seed 0]
+    bridle-train tokenizer SERVABLE --data FOLDER --levels L --codebook-size K [--steps N] [--seed S]
+        --out DIR
 
 Multi-process: `torchrun --nproc_per_node 2 -m training.cli run RECIPE.yaml`; across machines see
 deploy/slurm-train.sh and deploy/kubernetes-train.yaml.
@@ -144,6 +146,69 @@ def shards(
         raise typer.Exit(1) from e
     summary = {"out": str(out), "shards": len(index.shards), "examples": index.count, "labels": index.labels}
     typer.echo(json.dumps(summary))
+
+
+@app.command("tokenizer")
+def tokenizer_command(
+    servable: Path = typer.Argument(..., help="servable checkpoint whose encoder is the teacher"),
+    data: Path = typer.Option(..., help="folder of media files of the servable's modality (recursive)"),
+    levels: int = typer.Option(..., help="RQ levels L"),
+    codebook_size: int = typer.Option(..., help="codes per level K"),
+    out: Path = typer.Option(..., help="servable checkpoint to write (encoder and head copied, T trained)"),
+    steps: int = typer.Option(500, help="training steps"),
+    seed: int = typer.Option(0, help="seed of the split, the batches and T/TE's initial weights"),
+    batch_size: int = typer.Option(32),
+    lr: float = typer.Option(1e-3),
+    warmup_steps: int = typer.Option(20),
+    held_out: float = typer.Option(0.1, help="share of the files held out for the usage report"),
+    code_dim: int | None = typer.Option(None, help="code dim (default: the servable's)"),
+    dead_code_steps: int | None = typer.Option(None, help="restart a code unused this many steps"),
+    tokenizer_dim: int | None = typer.Option(None, help="T's ViT width (default: the servable's)"),
+    tokenizer_depth: int | None = typer.Option(None, help="T's ViT blocks (default: the servable's)"),
+    tokenizer_heads: int | None = typer.Option(None, help="T's ViT heads (default: the servable's)"),
+    estimator_depth: int | None = typer.Option(None, help="TE's blocks (default: the servable's)"),
+    device: str = typer.Option("cpu", help="torch device, e.g. cuda"),
+    force: bool = typer.Option(False, help="replace an existing non-empty OUT"),
+) -> None:
+    """Distil a BRIDLE tokenizer (T + TE) from SERVABLE's encoder on DATA into a new servable OUT
+    (training/distill_tokenizer.py); print and write its per-level held-out code usage."""
+    from bridle_model.checkpoint import CheckpointError
+    from training.distill_tokenizer import (
+        DistillError,
+        DistillSettings,
+        distill_tokenizer,
+        usage_table,
+        write_result,
+    )
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        typer.echo(f"error: {str(out)!r} exists and is not empty (pass --force to replace it)", err=True)
+        raise typer.Exit(1)
+    settings = DistillSettings(
+        levels=levels,
+        codebook_size=codebook_size,
+        steps=steps,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        held_out=held_out,
+        code_dim=code_dim,
+        dead_code_steps=dead_code_steps,
+        tokenizer_dim=tokenizer_dim,
+        tokenizer_depth=tokenizer_depth,
+        tokenizer_heads=tokenizer_heads,
+        estimator_depth=estimator_depth,
+        device=device,
+    )
+    try:
+        trained, report = distill_tokenizer(servable, data, settings)
+    except (DistillError, CheckpointError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    path = write_result(out, trained, report)
+    typer.echo(usage_table(report))
+    typer.echo(f"wrote {out} (tokenizer {levels} x {codebook_size}, trained); report {path}")
 
 
 def main() -> None:
