@@ -156,7 +156,8 @@ def test_concurrent_runs_share_one_session_per_graph(model_root: Path, monkeypat
 
     monkeypatch.setattr(ort.InferenceSession, "__init__", counting)
     model = load_model(model_root / "audio", ProviderChooser(["CPUExecutionProvider"]), CpuThreads(1))
-    assert sorted(Path(p).name for p in made) == ["encoder.onnx", "tokenizer.onnx"]  # one per graph
+    one_per_graph = ["encoder.onnx", "features.onnx", "tokenizer.onnx"]
+    assert sorted(Path(p).name for p in made) == one_per_graph
 
     recording = _RecordingSession(model.sessions["encoder"])
     signal = np.random.default_rng(0).normal(size=(4, *model.manifest.input.shape[1:])).astype(np.float32)
