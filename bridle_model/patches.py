@@ -1,12 +1,14 @@
 """Patches: cutting the preprocessed input into a grid of patches, and fixed sin-cos positions.
 
 Audio (B, 1, frames, mel) and images (B, 3, H, W) use square p x p patches; video (B, 3, T, H, W) uses
-tubelets of `cfg.tubelet` frames x p x p. Patches are numbered row-major over `cfg.grid`.
+tubelets of `cfg.tubelet` frames x p x p. Patches are numbered row-major over `cfg.grid`. An imported AST
+(`cfg.hf`) has overlapping audio patches, cut at its own stride.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bridle_model.config import ModelConfig
@@ -35,6 +37,12 @@ def patchify(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """The raw values of each patch, flattened: (B, C, [T,] H, W) -> (B, N, patch_dim)."""
     p, c = cfg.patch_size, cfg.in_channels
     b = x.shape[0]
+    if cfg.hf is not None and cfg.modality == "audio" and tuple(cfg.hf.patch_stride) not in ((), (p, p)):
+        # AST's overlapping patches: each is a convolution window; an identity kernel copies its values
+        # out, time-major like the encoder's features (patch_stride is AST's own (mel, time) stride)
+        eye = torch.eye(c * p * p, dtype=x.dtype).view(c * p * p, c, p, p)
+        stride = (cfg.hf.patch_stride[1], cfg.hf.patch_stride[0])
+        return F.conv2d(x, eye, stride=stride).flatten(2).transpose(1, 2)  # (B, N, patch_dim)
     if cfg.modality == "video":
         gt, gh, gw = cfg.grid
         t = cfg.tubelet
