@@ -112,9 +112,10 @@ class KaldiFbank(nn.Module):
     """(B, samples) float waveform in [-1, 1] -> (B, frames, num_mel_bins) Kaldi log-mel fbank.
 
     Equal (to float32 rounding) to kaldi-native-fbank / torchaudio.compliance.kaldi.fbank of
-    `waveform * audio.waveform_scale` (2**15 unless set) with dither 0, snip_edges, remove_dc_offset, the config's pre-emphasis and
-    window, a power-of-two FFT, power spectrum, no energy, low_freq 20 Hz, high_freq Nyquist; mel
-    energies below the config's `energy_floor` (Kaldi: float32 eps) are raised to it before the log.
+    `waveform * audio.waveform_scale` (2**15 unless set) with dither 0, snip_edges, remove_dc_offset,
+    the config's pre-emphasis and window, a power-of-two FFT, power spectrum, no energy, low_freq 20 Hz,
+    high_freq Nyquist; mel energies below the config's `energy_floor` (Kaldi: float32 eps) are raised
+    to it before the log.
     """
 
     def __init__(self, audio: AudioInput) -> None:

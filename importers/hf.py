@@ -10,13 +10,13 @@ upstream code. Supported `model_type`s (config.json):
 
 Per family (as its Hugging Face model and image processor / feature extractor do):
 
-    family    tokens            positions                  blocks                 embedding (the head's input)
-    vit       cls               learned                    pre-LN                 final-norm cls
-    deit      cls, distill      learned                    pre-LN                 cls; with teacher: cls | distill
-    beit      cls               none or learned            layer scale, rel. bias patch mean -> LN (or cls)
-    dinov2    cls               learned, resized (bicubic) layer scale            cls | patch mean
-    videomae  none              fixed 1-D sinusoid         pre-LN                 patch mean -> fc_norm
-    ast       cls, distill      learned                    pre-LN, stride-10 conv mean of cls and distill
+    family    tokens        positions                   blocks                  embedding (the head's input)
+    vit       cls           learned                     pre-LN                  final-norm cls
+    deit      cls, distill  learned                     pre-LN                  cls (teacher: cls | distill)
+    beit      cls           none or learned             layer scale, rel. bias  patch mean -> LN (or cls)
+    dinov2    cls           learned, resized (bicubic)  layer scale             cls | patch mean
+    videomae  none          fixed 1-D sinusoid          pre-LN                  patch mean -> fc_norm
+    ast       cls, distill  learned                     pre-LN, stride-10 conv  mean of cls and distill
 
 (`a | b`: side by side.) DeiT's teacher model averages two heads; its head here is the one Linear on
 cls | distill that gives the same logits. A folder without a classification head (ViTModel, Dinov2Model,
@@ -84,6 +84,7 @@ PROCESSOR_MEAN_STD = {
     "videomae": (IMAGENET_MEAN, IMAGENET_STD),
 }
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # ASTFeatureExtractor's defaults (AudioSet statistics)
+QKV = ("query", "key", "value")
 # tensors a checkpoint may hold that the embedding never reads (base-model keys, prefix stripped)
 DROPPED_PREFIXES = ("pooler.", "embeddings.mask_token", "decoder.", "encoder_to_decoder.", "mask_token")
 
@@ -158,6 +159,7 @@ class Plan:
     family: str
     has_head: bool
     deit_teacher: bool  # DeiT's two-head model
+    qkv_bias: bool  # query and value projections have biases (the key's has none in BEiT and VideoMAE)
 
 
 def plan(folder: Folder, clip_seconds: float) -> Plan:
@@ -248,7 +250,8 @@ def plan(folder: Folder, clip_seconds: float) -> Plan:
         classifier_activation="sigmoid" if family == "ast" else "softmax",
         hf=HFBackboneConfig(grid=grid, **hf),
     )
-    return Plan(config, family, has_head, teacher)
+    qkv_bias = bool(cfg.get("qkv_bias", cfg.get("qv_bias", True)))
+    return Plan(config, family, has_head, teacher, qkv_bias)
 
 
 def _family_options(
@@ -394,6 +397,8 @@ def _layer_sources(p: Plan, i: int) -> dict[str, Source]:
         parts = []
         for name, old in (("query", "q_bias"), ("key", None), ("value", "v_bias")):
             key = next((k for k in (f"{att}{name}.bias", f"{att}{old}") if k in s), None)
+            if key is None and p.qkv_bias and (name != "key" or p.family not in ("beit", "videomae")):
+                raise HFImportError(f"missing tensor {att}{name}.bias")
             parts.append(s.pop(key) if key else torch.zeros(dim))  # BEiT, VideoMAE: no key bias
         return torch.cat(parts)
 
@@ -401,7 +406,7 @@ def _layer_sources(p: Plan, i: int) -> dict[str, Source]:
     norms = ("norm1", "norm2") if dinov2 else ("layernorm_before", "layernorm_after")
     mlp = ("mlp.fc1", "mlp.fc2") if dinov2 else ("intermediate.dense", "output.dense")
     out: dict[str, Source] = {
-        f"{ours}attn.qkv.weight": lambda s: torch.cat([_pop(f"{att}{n}.weight")(s) for n in ("query", "key", "value")]),
+        f"{ours}attn.qkv.weight": lambda s: torch.cat([_pop(f"{att}{n}.weight")(s) for n in QKV]),
         f"{ours}attn.qkv.bias": qkv_bias,
         f"{ours}attn.proj.weight": _pop(f"{up}attention.output.dense.weight"),
         f"{ours}attn.proj.bias": _pop(f"{up}attention.output.dense.bias"),
@@ -513,7 +518,8 @@ def labels_of(config: dict[str, Any], num_classes: int) -> list[str]:
     id2label = config.get("id2label")
     if not isinstance(id2label, dict) or sorted(id2label, key=str) != sorted(map(str, range(num_classes))):
         raise HFImportError(
-            f"config.json id2label must name the {num_classes} classes of the classifier (keys 0..{num_classes - 1})"
+            f"config.json id2label must name the {num_classes} classes of the classifier "
+            f"(keys 0..{num_classes - 1})"
         )
     names = [str(id2label[str(i)]) for i in range(num_classes)]
     seen = {n: names.count(n) for n in names}
