@@ -98,15 +98,19 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.05 * noise if p.dim() > 1 else 0.1 * noise)
 
 
-def make_folder(family: str, root: Path, size: str = "small", head: bool = True, seed: int = 0) -> Path:
-    """Write a model folder (config.json, model.safetensors, preprocessor_config.json) for `family`."""
+def make_folder(
+    family: str, root: Path, size: str = "small", head: bool = True, seed: int = 0, num_labels: int = 0
+) -> Path:
+    """Write a model folder (config.json, model.safetensors, preprocessor_config.json) for `family`
+    ("small" or "base" size); its head has `LABELS`, or `num_labels` classes named "class i"."""
     import transformers as T
 
     spec = _specs(size)[family]
     fields = dict(spec.fields)
     if head:
-        fields["id2label"] = dict(enumerate(LABELS))
-        fields["label2id"] = {name: i for i, name in enumerate(LABELS)}
+        labels = [f"class {i}" for i in range(num_labels)] if num_labels else LABELS
+        fields["id2label"] = dict(enumerate(labels))
+        fields["label2id"] = {name: i for i, name in enumerate(labels)}
     config = getattr(T, spec.config)(**fields)
     model_cls = spec.model if head else spec.model.split("For")[0] + "Model"
     torch.manual_seed(seed)

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 import wave
 from collections.abc import Iterator
 from typing import Any
@@ -15,13 +12,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 
 from bridle_model.decoding import decode_audio
 from bridle_model.manifest import read_manifest
 from bridle_model.preprocessing import build_preprocessor
 from export.verify import sample_inputs
 from tests.importers.beats_files import LABELS, Exported
+from tests.live_server import run_server
 
 TOLERANCE = 1e-4
 
@@ -29,31 +26,8 @@ TOLERANCE = 1e-4
 @pytest.fixture(scope="module")
 def client(exported: Exported) -> Iterator[httpx.Client]:
     """The service app in a uvicorn thread on a free loopback port, serving the exported BEATs model."""
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings(
-        model_dirs=[exported.model_dir], providers=["CPUExecutionProvider"], intra_op_threads=1
-    )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=30) as http:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.05)
-        yield http
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    for server in run_server([exported.model_dir]):
+        yield server.client
 
 
 @pytest.fixture(scope="module")

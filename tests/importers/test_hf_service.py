@@ -4,8 +4,6 @@ with the input of its classification head."""
 
 from __future__ import annotations
 
-import io
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 
 from bridle_model.decoding import decode_audio, decode_image
 from tests.live_server import Server, run_server
-from tests.media_files import make_image, make_video
+from tests.media_files import encode_audio, make_image, make_video
 
 pytest.importorskip("transformers", reason="the parity tests need the `import` extra (transformers)")
 
@@ -81,13 +79,7 @@ def test_audio_model_classifies_and_embeds(server: Server, folders: dict[str, tu
     samples = 63 * 160 + 400  # one window of the small AST (64 frames)
     t = np.arange(samples) / 16_000
     wave_ = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(samples)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16_000)
-        w.writeframes((np.clip(wave_, -1, 1) * 32767).astype("<i2").tobytes())
-    data = buffer.getvalue()
+    data = encode_audio(np.clip(wave_, -1, 1).astype(np.float32), "wav", 16_000)  # 16-bit pcm
     signal = decode_audio(data, 16_000)[None]  # (1, samples)
     embedding, logits = reference("ast", folder, load_model(folder), signal)
     result = _post(server, "/classify", "a.wav", data, "audio/wav", top_k=5)
