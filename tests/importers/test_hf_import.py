@@ -112,6 +112,26 @@ def test_headless_model_serves_embeddings_only(family: str, root: Path) -> None:
     assert np.abs(embedding - want.numpy()).max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("family", ["ast", "dinov2", "videomae"])
+def test_a_bridle_tokenizer_fits_the_encoders_grid(family: str, root: Path) -> None:
+    """The servable's config builds a trainable BRIDLE tokenizer (for `bridle-train tokenizer`) whose
+    codes lie on the encoder's patch grid, overlapping AST patches included."""
+    import torch
+
+    from bridle_model.checkpoint import build_servable
+    from bridle_model.preprocessing import build_preprocessor
+    from importers.hf import import_hf
+
+    folder = make_folder(family, root / "tok")
+    config = import_hf(folder).config
+    servable = build_servable(config, tokenizer_kind="trained")
+    x = build_preprocessor(config)(torch.from_numpy(sample_input(family, folder, batch=2)))
+    with torch.no_grad():
+        codes = servable.tokenizer(x).codes  # (B, N, L)
+        features = servable.encoder.features(x)  # (B, N, D)
+    assert codes.shape[:2] == features.shape[:2] == (2, config.num_patches)
+
+
 # ---- bad folders ------------------------------------------------------------------------------------
 
 
