@@ -15,7 +15,7 @@ HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
 
-.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train measure-tokenizer models-int8 replicate clean system-deps fuzz soak page-screenshots
+.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak page-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ $(SERVE_STAMP): pyproject.toml | $(BIN)/python
 # torch first, pinned: an unpinned resolve pulls a CUDA build of several GB.
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[serve,$(ORT),train,batch,dev]"
+	$(BIN)/pip install -q -e ".[serve,$(ORT),train,batch,import,dev]"
 	touch $@
 
 ## serve: start the service on the bundled default models at http://$(HOST):$(PORT)
@@ -113,6 +113,11 @@ bench-batch: $(DEV_STAMP)
 bench-quantize: demo-data
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.quantize --static
+
+## bench-hf: imported Hugging Face models at full size (ViT-B/16, AST base, VideoMAE base; seeded random
+## weights): ONNX Runtime vs transformers eager at batch 8 (about 20 min on 2 cores; the `import` extra)
+bench-hf: $(DEV_STAMP)
+	$(PY) -m bench.hf
 
 ## bench-train: training samples/s, eager fp32 vs bf16 autocast (+ fused AdamW), data-wait share with 0 and
 ## 2 workers, and bf16's effect on the residual quantizer's codes (real speech from /work/shared/data/fsdd)

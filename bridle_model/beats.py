@@ -193,6 +193,11 @@ class BeatsEncoder(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x).mean(dim=1)
 
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` (B, N, D) and `pooled` (B, D) from one pass."""
+        patches = self.backbone(x)
+        return patches, patches.mean(dim=1)
+
 
 class BeatsTokenizer(nn.Module):
     """T of an imported BEATs model: backbone -> Linear-Tanh-Linear -> l2-normalise -> one VQ codebook

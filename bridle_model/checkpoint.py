@@ -33,6 +33,7 @@ from bridle_model.classifier import ClassifierHead
 from bridle_model.config import AudioInput, ImageInput, ModelConfig
 from bridle_model.encoder import Encoder
 from bridle_model.errors import BridleError
+from bridle_model.hf_vit import HFEncoder, build_hf_head
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -51,9 +52,9 @@ class Servable:
     """What a model directory is exported from: E, T, an optional classifier head and their metadata."""
 
     config: ModelConfig
-    encoder: Encoder | BeatsEncoder
+    encoder: Encoder | BeatsEncoder | HFEncoder
     tokenizer: nn.Module  # Tokenizer, RandomProjectionTokenizer or BeatsTokenizer
-    classifier: nn.Module | None = None  # ClassifierHead; a plain Linear for BEATs
+    classifier: nn.Module | None = None  # ClassifierHead; a plain Linear for BEATs; hf_vit's head
     labels: list[str] = field(default_factory=list)
     tokenizer_kind: TokenizerKind = "trained"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -145,6 +146,10 @@ def _build_modules(
         tokenizer = beats_tokenizer or (
             Tokenizer(config) if tokenizer_kind == "trained" else RandomProjectionTokenizer(config)
         )
+    elif config.hf is not None:  # an imported Hugging Face model: its own encoder and head, a BRIDLE T
+        tokenizer_cls = RandomProjectionTokenizer if tokenizer_kind == "random" else Tokenizer
+        encoder, tokenizer = HFEncoder(config), tokenizer_cls(config)
+        classifier = build_hf_head(config, len(labels)) if labels else None
     else:
         tokenizer_cls = RandomProjectionTokenizer if tokenizer_kind == "random" else Tokenizer
         encoder, tokenizer = Encoder(config), tokenizer_cls(config)

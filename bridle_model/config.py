@@ -45,6 +45,9 @@ class AudioInput:
     # below any recording's own noise floor (16-bit quantisation noise alone gives log-mel ~1.8); 1.0
     # (log 0) keeps it just below that (bridle_model/fbank.py).
     energy_floor: float = 1.1920928955078125e-07
+    # The waveform in [-1, 1] is multiplied by this before the fbank: 2**15 (16-bit range) as BEATs and
+    # torchaudio.load(normalize=False) users do; 1.0 for Hugging Face's AST feature extractor.
+    waveform_scale: float = 2.0**15
 
     @property
     def window_samples(self) -> int:
@@ -125,6 +128,33 @@ class BeatsConfig:
 
 
 @dataclass(frozen=True)
+class HFBackboneConfig:
+    """What an imported Hugging Face ViT-family encoder (bridle_model/hf_vit.py) sets beyond its
+    `ViTConfig`: all are pre-LN ViTs that differ only in these options."""
+
+    family: Literal["vit", "deit", "beit", "dinov2", "ast", "videomae"]
+    grid: tuple[int, ...]  # the patch grid of the encoder's output tokens (AST: (time, mel), overlapping)
+    patch_stride: tuple[int, ...] = ()  # the patch conv's stride on its input; () = the patch size
+    prefix_tokens: int = 1  # learned tokens before the patches: cls (1), cls + distillation (2), none (0)
+    position: Literal["learned", "sincos", "none"] = "learned"  # absolute positions added to every token
+    layer_scale: bool = False  # per-channel scales on both residual branches (DINOv2, BEiT)
+    relative_position: Literal["none", "layer", "shared"] = "none"  # BEiT's attention bias tables
+    layer_norm_eps: float = 1e-12
+    final_norm: bool = True  # a LayerNorm over the whole output sequence
+    # the embedding the classifier reads: "cls" the first token; "concat" the first two side by side;
+    # "two_mean" their mean (AST); "cls_mean" cls beside the patch mean (DINOv2); "mean" the patch mean
+    pooling: Literal["cls", "concat", "two_mean", "cls_mean", "mean"] = "cls"
+    pool_norm: bool = False  # a LayerNorm on the pooled vector (VideoMAE's fc_norm, BEiT's pooler)
+    pool_norm_eps: float = 1e-12
+    head_norm: bool = False  # the classifier is LayerNorm + Linear (AST's MLP head)
+
+    @property
+    def embedding_factor(self) -> int:
+        """The embedding's width in units of the encoder dim."""
+        return 2 if self.pooling in ("concat", "cls_mean") else 1
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     modality: Modality
     input: AudioInput | ImageInput | VideoInput
@@ -139,6 +169,7 @@ class ModelConfig:
     # "softmax": one label per input; "sigmoid": independent labels (multi-label, as AudioSet's)
     classifier_activation: Literal["softmax", "sigmoid"] = "softmax"
     beats: BeatsConfig | None = None  # an imported BEATs model (importers/beats.py)
+    hf: HFBackboneConfig | None = None  # an imported Hugging Face model (importers/hf.py)
 
     # ---- derived shapes -------------------------------------------------------------------
     @property
@@ -148,6 +179,8 @@ class ModelConfig:
     @property
     def grid(self) -> tuple[int, ...]:
         """Patch grid: audio (time, mel), image (h, w), video (t, h, w)."""
+        if self.hf is not None:
+            return self.hf.grid
         p = self.patch_size
         if isinstance(self.input, AudioInput):
             return (self.input.num_frames // p, self.input.num_mel_bins // p)
@@ -181,7 +214,7 @@ class ModelConfig:
             dims = (self.input.num_frames, self.input.num_mel_bins)
         else:
             dims = (self.input.image_size, self.input.image_size)
-        if any(d % self.patch_size for d in dims):
+        if self.hf is None and any(d % self.patch_size for d in dims):
             raise ValueError(f"input sizes {dims} must be multiples of patch_size {self.patch_size}")
         if isinstance(self.input, VideoInput) and not self.input.clip_seconds > 0:
             raise ValueError(f"clip_seconds must be positive, got {self.input.clip_seconds}")
@@ -210,6 +243,8 @@ class ModelConfig:
                 if beats.get(name) is not None:
                     beats[name] = _build(BeatsBackboneConfig, beats[name])
             d["beats"] = _build(BeatsConfig, beats)
+        if d.get("hf") is not None:
+            d["hf"] = _build(HFBackboneConfig, d["hf"])
         return cls(**d)
 
     def replace(self, **changes: Any) -> ModelConfig:

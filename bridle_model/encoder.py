@@ -49,3 +49,8 @@ class Encoder(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the patch tokens -> (B, D): the embedding of a clip or an image."""
         return self.features(x).mean(dim=1)
+
+    def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` (B, N, D) and `pooled` (B, D) from one pass."""
+        patches = self.features(x)
+        return patches, patches.mean(dim=1)

@@ -37,7 +37,6 @@ from torch import nn
 
 from bridle_model.config import AudioInput
 
-WAVEFORM_SCALE = 2.0**15  # waveforms in [-1, 1] are scaled to 16-bit range first, as AST and BEATs do
 LOW_FREQ = 20.0  # Hz, lower edge of the first mel triangle (Kaldi's default)
 LOG_FLOOR = float(torch.finfo(torch.float32).eps)  # Kaldi's energy floor before the log (the default)
 
@@ -102,7 +101,8 @@ def dft_matrix(audio: AudioInput, length: int, padded: int, num_fft_bins: int) -
     preemph = np.eye(length)  # row i of the emphasised frame = preemph[i] @ frame
     preemph[np.arange(1, length), np.arange(length - 1)] = -coeff
     preemph[0, 0] = 1.0 - coeff
-    shaped = window(audio, length)[:, None] * preemph * WAVEFORM_SCALE  # (length, length): frame -> windowed
+    scale = audio.waveform_scale
+    shaped = window(audio, length)[:, None] * preemph * scale  # (length, length): frame -> windowed
     angles = 2 * math.pi * np.outer(np.arange(length), np.arange(num_fft_bins)) / padded  # (length, K)
     # the zero padding adds nothing to the DFT, so only the first `length` samples have rows
     return shaped.T @ np.concatenate([np.cos(angles), -np.sin(angles)], axis=1)  # (length, 2K)
@@ -112,9 +112,10 @@ class KaldiFbank(nn.Module):
     """(B, samples) float waveform in [-1, 1] -> (B, frames, num_mel_bins) Kaldi log-mel fbank.
 
     Equal (to float32 rounding) to kaldi-native-fbank / torchaudio.compliance.kaldi.fbank of
-    `waveform * 2**15` with dither 0, snip_edges, remove_dc_offset, the config's pre-emphasis and
-    window, a power-of-two FFT, power spectrum, no energy, low_freq 20 Hz, high_freq Nyquist; mel
-    energies below the config's `energy_floor` (Kaldi: float32 eps) are raised to it before the log.
+    `waveform * audio.waveform_scale` (2**15 unless set) with dither 0, snip_edges, remove_dc_offset,
+    the config's pre-emphasis and window, a power-of-two FFT, power spectrum, no energy, low_freq 20 Hz,
+    high_freq Nyquist; mel energies below the config's `energy_floor` (Kaldi: float32 eps) are raised
+    to it before the log.
     """
 
     def __init__(self, audio: AudioInput) -> None:

@@ -5,8 +5,9 @@ Both graphs start from the raw `signal` the service decodes (audio float32 (B, s
 (B, 3, S, S), video uint8 (B, T, 3, S, S)) and run the same preprocessing module training uses, so the
 fbank and the normalisation live inside the graph.
 
-- `EncoderGraph`: preprocess -> E.features -> mean over patches (-> classifier head)
-  outputs `patch_embeddings` (B, N, D), `embedding` (B, D) [, `logits` (B, C)]
+- `EncoderGraph`: preprocess -> E.outputs: patch features and the pooled embedding (the patch mean, or
+  what an imported model's head reads) (-> classifier head)
+  outputs `patch_embeddings` (B, N, D), `embedding` (B, E) [, `logits` (B, C)]
 - `TokenizerGraph`: preprocess -> T -> outputs `codes` int64 (B, N, L), `quantized` (B, N, code_dim)
 """
 
@@ -35,8 +36,7 @@ class EncoderGraph(nn.Module):
 
     def forward(self, signal: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.preprocess(signal)  # audio (B, 1, frames, mel); image (B, 3, S, S); video (B, 3, T, S, S)
-        patches = self.encoder.features(x)  # (B, N, D)
-        embedding = patches.mean(dim=1)  # (B, D), = Encoder.pooled
+        patches, embedding = self.encoder.outputs(x)  # (B, N, D), (B, E) = encoder.pooled(x)
         if self.classifier is None:
             return patches, embedding
         return patches, embedding, self.classifier(embedding)  # logits (B, C)

@@ -1,15 +1,26 @@
 """Patches: cutting the preprocessed input into a grid of patches, and fixed sin-cos positions.
 
 Audio (B, 1, frames, mel) and images (B, 3, H, W) use square p x p patches; video (B, 3, T, H, W) uses
-tubelets of `cfg.tubelet` frames x p x p. Patches are numbered row-major over `cfg.grid`.
+tubelets of `cfg.tubelet` frames x p x p. Patches are numbered row-major over `cfg.grid`. An imported AST
+(`cfg.hf`) has overlapping audio patches, cut at its own stride.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bridle_model.config import ModelConfig
+
+
+def patch_stride(cfg: ModelConfig) -> tuple[int, int]:
+    """The (time, mel) or (h, w) stride between 2-D patches: the patch size, except for an imported AST,
+    whose overlapping patches keep its own stride (stored as AST's (mel, time))."""
+    p = cfg.patch_size
+    if cfg.hf is not None and cfg.modality == "audio" and cfg.hf.patch_stride:
+        return (cfg.hf.patch_stride[1], cfg.hf.patch_stride[0])
+    return (p, p)
 
 
 class PatchEmbed(nn.Module):
@@ -21,7 +32,7 @@ class PatchEmbed(nn.Module):
         if cfg.modality == "video":
             self.proj: nn.Module = nn.Conv3d(cfg.in_channels, dim, (cfg.tubelet, p, p), (cfg.tubelet, p, p))
         else:
-            self.proj = nn.Conv2d(cfg.in_channels, dim, p, p)
+            self.proj = nn.Conv2d(cfg.in_channels, dim, p, patch_stride(cfg))
         # Initialise like a linear layer on the flattened patch (as MAE does).
         weight = self.proj.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
@@ -35,6 +46,10 @@ def patchify(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """The raw values of each patch, flattened: (B, C, [T,] H, W) -> (B, N, patch_dim)."""
     p, c = cfg.patch_size, cfg.in_channels
     b = x.shape[0]
+    stride = patch_stride(cfg)
+    if stride != (p, p):  # AST's overlapping patches: an identity kernel copies each window's values out
+        eye = torch.eye(c * p * p, dtype=x.dtype).view(c * p * p, c, p, p)
+        return F.conv2d(x, eye, stride=stride).flatten(2).transpose(1, 2)  # (B, N, patch_dim)
     if cfg.modality == "video":
         gt, gh, gw = cfg.grid
         t = cfg.tubelet

@@ -24,6 +24,7 @@ from export.onnx_graphs import BATCH_AXIS, INPUT_NAME, graph_file
 
 FEATURES_OUTPUT = "features"
 ENCODER_SCOPE = "encoder."  # the encoder network's weights: the first node reading one is the patch embedding
+ENCODER_RELAYOUT_OPS = ("Transpose",)
 
 
 class FeaturesError(ValueError):
@@ -34,11 +35,17 @@ def features_tensor(model: onnx.ModelProto) -> str:
     """The name of the tensor the encoder network reads first: the preprocessing's output.
 
     The graph's nodes are in topological order; the first one that reads an encoder weight (the patch
-    embedding's convolution) reads the preprocessed input as its first input."""
+    embedding's convolution) reads the preprocessed input as its first input, or a transpose of it."""
     weights = {t.name for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
     for node in model.graph.node:
         if any(name in weights and name.startswith(ENCODER_SCOPE) for name in node.input[1:]):
-            return node.input[0]
+            tensor = node.input[0]
+            # a re-layout the encoder applies to its input first (an imported AST reads (mel, frames))
+            # belongs to the encoder; no preprocessing ends with a Transpose
+            while tensor in producers and producers[tensor].op_type in ENCODER_RELAYOUT_OPS:
+                tensor = producers[tensor].input[0]
+            return tensor
     raise FeaturesError(f"no node of the graph reads an {ENCODER_SCOPE}* weight: no patch embedding found")
 
 

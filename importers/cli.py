@@ -2,6 +2,7 @@
 
 bridle-import beats --checkpoint BEATs.pt [--tokenizer Tokenizer.pt] [--labels class_labels_indices.csv]
                    --out DIR [--num-frames 992] [--force]
+bridle-import hf --checkpoint HF_MODEL_DIR --out DIR [--clip-seconds 2.0] [--force]
 """
 
 from __future__ import annotations
@@ -46,9 +47,7 @@ def beats_command(
     """Import a BEATs checkpoint (and its tokenizer) as a servable checkpoint in OUT."""
     from importers.beats import BeatsImportError, write_import
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        typer.echo(f"error: {str(out)!r} exists and is not empty (pass --force to replace it)", err=True)
-        raise typer.Exit(code=1)
+    _refuse_non_empty(out, force)
     try:
         servable = write_import(out, checkpoint, tokenizer, num_frames, labels)
     except BeatsImportError as e:
@@ -66,6 +65,45 @@ def beats_command(
         typer.echo(
             "note: no --tokenizer: the model directory's codes come from a random-projection tokenizer"
         )
+
+
+@app.command("hf")
+def hf_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="Hugging Face model folder (config.json + model.safetensors [+ preprocessor_config.json]) "
+            "of a ViT, DeiT, BEiT, DINOv2, VideoMAE or AST model"
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="servable checkpoint directory to write")],
+    clip_seconds: Annotated[
+        float, typer.Option(help="video: seconds of video the model's frames are sampled from")
+    ] = 2.0,
+    force: Annotated[bool, typer.Option(help="replace an existing non-empty OUT")] = False,
+) -> None:
+    """Import a Hugging Face image, video or audio transformer as a servable checkpoint in OUT."""
+    from importers.hf import HFImportError, write_import
+
+    _refuse_non_empty(out, force)
+    try:
+        servable = write_import(out, checkpoint, clip_seconds)
+    except HFImportError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    cfg = servable.config
+    assert cfg.hf is not None
+    head = f"{len(servable.labels)} labels ({cfg.classifier_activation})" if servable.labels else "no head"
+    typer.echo(
+        f"wrote {out}: {cfg.hf.family} {cfg.modality} encoder {cfg.encoder.depth} x {cfg.encoder.dim}, "
+        f"patch grid {list(cfg.grid)}, {head}, tokenizer {servable.tokenizer_kind}"
+    )
+
+
+def _refuse_non_empty(out: Path, force: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        typer.echo(f"error: {str(out)!r} exists and is not empty (pass --force to replace it)", err=True)
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

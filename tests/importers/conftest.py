@@ -3,17 +3,14 @@ real HTTP service over them."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from tests.importers.exported import Exported
+from tests.live_server import run_server
 
 
 @pytest.fixture(scope="session")
@@ -29,29 +26,8 @@ def exported_audioset(tmp_path_factory: pytest.TempPathFactory) -> Exported:
 
 def serve(model_dir: Path) -> Iterator[httpx.Client]:
     """The service app in a uvicorn thread on a free loopback port, serving `model_dir`, once ready."""
-    from service.app import create_app
-    from service.settings import Settings
-
-    settings = Settings(model_dirs=[model_dir], providers=["CPUExecutionProvider"], intra_op_threads=1)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    with httpx.Client(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}", timeout=60) as http:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.05)
-        yield http
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    for server in run_server([model_dir], ready_within=30, timeout=60):
+        yield server.client
 
 
 @pytest.fixture(scope="module")
