@@ -130,7 +130,7 @@ bench-train: $(DEV_STAMP)
 ## weights) on the handwritten demo digits, through `bridle-train tokenizer`; prints per-level held-out code
 ## usage and perplexity (about 40 min on the shared 2-core CPU)
 measure-tokenizer: $(DEV_STAMP)
-	$(PY) -m training.demo_data --out data --only image-digits
+	$(PY) -m bridle_data.demo_data --out data --only image-digits
 	$(PY) -m bench.distill_vit
 
 ## models-int8: int8 variants of the bundled models in models-int8/, each gated on its held-out demo split

@@ -1,16 +1,21 @@
 """Issue 29's tokenizer goal: a 4 x 256 BRIDLE tokenizer distilled from a ViT teacher, per-level held-out
 code usage (goal >= 0.9 at every level), measured through the real `bridle-train tokenizer` CLI.
 
-    python -m bench.distill_vit [--out runs/distill-vit-s] [--steps 120] [--held-out 0.2]
+    python -m bench.distill_vit [--teacher hf|own] [--out runs/distill-vit-s] [--steps 120] [--held-out 0.2]
 
-The teacher: the project's own image `Encoder` at ViT-S width and depth (12 blocks x 384, 6 heads, MLP x 4,
-pre-LN, cls token, sin-cos positions) with seeded random weights (`build_servable(seed=0)`): no pretrained
-ViT weights can be had offline here. Its input is the demo images' own size, 32 px in 4 px patches (an
-8 x 8 grid, ImageNet mean/std), not 224 px: the digits are 8 x 8 scans upscaled to 32 px, and a 224 px
-teacher would cost 3x per image for the same content on this 2-core machine. T is a 2 x 192 ViT, TE 2 x 192.
-Data: all 1,797 handwritten digits of the demo set (scikit-learn's `load_digits`, the demo's train, val and
-test folders copied into one folder; `python -m training.demo_data --out data --only image-digits` makes
-them), a fifth of the files held out by the CLI's seeded split: about 29k held-out patches for 256 codes.
+The teacher, at ViT-S width and depth (12 blocks x 384, 6 heads, MLP x 4, pre-LN, cls token) with seeded
+random weights (no pretrained ViT weights can be had offline here):
+- `hf` (the default): a Hugging Face `ViTForImageClassification` folder written by `transformers` itself
+  (`bridle_data.hf_models`, size "vit-s-32"; needs the `import` extra), imported by the real
+  `bridle-import hf`: the imported-encoder path a user takes with a Hub download;
+- `own`: the project's own image `Encoder` (sin-cos positions, `build_servable(seed=0)`).
+
+Both read the demo images' own size, 32 px in 4 px patches (an 8 x 8 grid, ImageNet mean/std), not
+224 px: the digits are 8 x 8 scans upscaled to 32 px, and a 224 px teacher would cost 3x per image for the
+same content on this 2-core machine. T is a 2 x 192 ViT, TE 2 x 192. Data: all 1,797 handwritten digits of
+the demo set (scikit-learn's `load_digits`, the demo's train, val and test folders copied into one folder;
+`python -m bridle_data.demo_data --out data --only image-digits` makes them), a fifth of the files held out
+by the CLI's seeded split: about 29k held-out patches for 256 codes.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from bridle_model.config import ImageInput, ModelConfig, QuantizerConfig, ViTCon
 
 VIT_S = ViTConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0)
 HANDWRITTEN = ("train", "val", "test")  # the demo folders of load_digits' images (the rest are printed fonts)
-DEMO_DATA = "python -m training.demo_data --out data --only image-digits"
+DEMO_DATA = "python -m bridle_data.demo_data --out data --only image-digits"
 SMALL = ViTConfig(dim=192, depth=2, heads=3, mlp_ratio=4.0)
 
 
@@ -45,10 +50,28 @@ def teacher_config() -> ModelConfig:
     )
 
 
+def own_teacher(out: Path) -> Path:
+    servable = build_servable(teacher_config(), seed=0, provenance={"recipe": "bench.distill_vit"})
+    return save_servable(out / "teacher", servable)
+
+
+def hf_teacher(out: Path) -> Path:
+    """A seeded ViT-S folder as transformers writes it, through `bridle-import hf`: the servable."""
+    from bridle_data.hf_models import make_folder
+
+    folder = make_folder("vit", out / "hub", size="vit-s-32", num_labels=10)
+    command = [sys.executable, "-m", "importers.cli", "hf", "--checkpoint", str(folder),
+               "--out", str(out / "teacher"), "--force"]  # fmt: skip
+    print("$", shlex.join(command), flush=True)
+    subprocess.run(command, check=True)
+    return out / "teacher"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--teacher", choices=("hf", "own"), default="hf")
     parser.add_argument("--digits", type=Path, default=Path("data/image-digits"))
     parser.add_argument("--out", type=Path, default=Path("runs/distill-vit-s"))
     parser.add_argument("--steps", type=int, default=120)
@@ -62,10 +85,7 @@ def main() -> None:
     shutil.rmtree(data, ignore_errors=True)
     for split in HANDWRITTEN:
         shutil.copytree(args.digits / split, data / split)
-    teacher = save_servable(
-        args.out / "teacher",
-        build_servable(teacher_config(), seed=0, provenance={"recipe": "bench.distill_vit"}),
-    )
+    teacher = hf_teacher(args.out) if args.teacher == "hf" else own_teacher(args.out)
     command = [
         sys.executable, "-m", "training.cli", "tokenizer", str(teacher), "--data", str(data),
         "--levels", "4", "--codebook-size", "256", "--steps", str(args.steps), "--seed", str(args.seed),

@@ -15,6 +15,8 @@ import torch
 NUM_LABELS = 5
 LABELS = ["dog", "cat", "crane", "crane", "bird"]  # one duplicate name, as ImageNet's two "crane"s
 SMALL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+# ViT-S width and depth at the demo digits' own size (size "vit-s-32": 32 px in 4 px patches, an 8 x 8 grid)
+VIT_S = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536}
 FAMILIES = ("vit", "deit", "deit-teacher", "dinov2", "beit", "videomae", "ast")
 
 
@@ -32,8 +34,11 @@ def _specs(size: str) -> dict[str, Spec]:
     import transformers as T
 
     small = size == "small"
-    common = SMALL if small else {}
-    image = {"image_size": 32, "patch_size": 8} if small else {"image_size": 224, "patch_size": 16}
+    common = {"small": SMALL, "vit-s-32": VIT_S}.get(size, {})
+    image = {
+        "small": {"image_size": 32, "patch_size": 8},
+        "vit-s-32": {"image_size": 32, "patch_size": 4},
+    }.get(size, {"image_size": 224, "patch_size": 16})
     s = image["image_size"]
     square = {"height": s, "width": s}
     imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
@@ -102,7 +107,7 @@ def make_folder(
     family: str, root: Path, size: str = "small", head: bool = True, seed: int = 0, num_labels: int = 0
 ) -> Path:
     """Write a model folder (config.json, model.safetensors, preprocessor_config.json) for `family`
-    ("small" or "base" size); its head has `LABELS`, or `num_labels` classes named "class i"."""
+    ("small", "base", or "vit-s-32" size); its head has `LABELS`, or `num_labels` classes named "class i"."""
     import transformers as T
 
     spec = _specs(size)[family]

@@ -3,7 +3,7 @@ bundled models: files are dropped on it as a user would, and the test reads what
 
 Inputs: real FSDD recordings (../shared/data/fsdd; espeak-ng speech where that folder is missing), a 30 s
 recording made of them (one recording per model window, so its timeline must change), an upscaled
-load_digits image and a moving-digit clip made the way training/demo_data.py makes its training sets, and
+load_digits image and a moving-digit clip made the way bridle_data/demo_data.py makes its training sets, and
 a broken file. The canvases' pixels are read back: each must hold more than one colour. With
 BRIDLE_PAGE_SCREENSHOTS=DIR the results are saved there as PNGs (`make page-screenshots` writes docs/).
 """
