@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.timing import call_times
+from bench.timing import call_times, run_worker
 from bridle_data.beats_files import randomise, save_upstream
 from bridle_data.reference_beats import BEATs, Config
 from bridle_model.beats import beats_audio_input
@@ -126,12 +124,10 @@ def service_windows_per_second(work: Path, servable: Servable, clients: int, sec
 
 
 def _measure_in_subprocess(runtime: str, work: Path, args: argparse.Namespace) -> list[float]:
-    cmd = [sys.executable, "-m", "bench.beats", "--worker", runtime, "--work", str(work)]
-    cmd += ["--iters", str(args.iters), "--warmup", str(args.warmup)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {runtime} worker failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(
+        "bench.beats", "--worker", runtime, "--work", str(work), "--iters", str(args.iters),
+        "--warmup", str(args.warmup),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ import numpy as np
 from bench.base_model import base_audio_dir
 from bench.serve import running_service
 from bench.service_load import ort_throughput
+from bench.timing import run_worker
 from runtime.sessions import CpuThreads
 
 MODES = ("one-run", "shared", "per-run", "shared-no-arena")
@@ -91,12 +90,10 @@ def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, floa
 
 
 def in_subprocess(mode: str, directory: Path, batch: int, runs: int) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "bench.engine_memory", "--worker", mode, "--model-dir", str(directory)]
-    cmd += ["--batch", str(batch), "--runs", str(runs)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{mode} failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(
+        "bench.engine_memory", "--worker", mode, "--model-dir", str(directory), "--batch", str(batch),
+        "--runs", str(runs),
+    )  # fmt: skip
 
 
 def serve_ready(directory: Path, batch: int, runs: int, warmup: str, arena: bool) -> tuple[float, float]:

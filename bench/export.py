@@ -11,8 +11,6 @@ thread pool, sharing one process, slow each other down), after a warm-up; the pr
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 import typer
 
-from bench.timing import call_times
+from bench.timing import call_times, run_worker
 from bridle_model.checkpoint import build_servable
 from bridle_model.config import preset
 from bridle_model.graphs import EncoderGraph
@@ -53,12 +51,10 @@ def time_ort(work: Path, warmup: int, iters: int) -> list[float]:
 def _measure_in_subprocess(
     runtime: str, work: Path, preset_name: str, iters: int, warmup: int
 ) -> list[float]:
-    cmd = [sys.executable, "-m", "bench.export", "--worker", runtime, "--work", str(work)]
-    cmd += ["--preset", preset_name, "--iters", str(iters), "--warmup", str(warmup)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {runtime} worker failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(
+        "bench.export", "--worker", runtime, "--work", str(work), "--preset", preset_name,
+        "--iters", str(iters), "--warmup", str(warmup),
+    )  # fmt: skip
 
 
 def main(

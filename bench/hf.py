@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.timing import call_times
+from bench.timing import call_times, run_worker
 from bridle_data.hf_models import load_model, make_folder, reference, sample_input
 from export.model_dir import export_model_dir
 from export.verify import ort_session
@@ -64,12 +62,9 @@ def _family(work: Path) -> str:
 
 
 def _worker(runtime: str, work: Path, warmup: int, iters: int) -> list[float]:
-    cmd = [sys.executable, "-m", "bench.hf", "--worker", runtime, "--work", str(work)]
-    cmd += ["--warmup", str(warmup), "--iters", str(iters)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the {runtime} worker failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(
+        "bench.hf", "--worker", runtime, "--work", str(work), "--warmup", str(warmup), "--iters", str(iters)
+    )
 
 
 def prepare(family: str, work: Path, batch: int) -> str:

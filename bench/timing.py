@@ -1,9 +1,13 @@
-"""Wall-clock timing of a call, shared by the benchmarks."""
+"""Wall-clock timing of a call, and timing workers run in a process of their own, shared by the benchmarks."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def call_times(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
@@ -16,3 +20,12 @@ def call_times(fn: Callable[[], object], warmup: int, repeats: int) -> list[floa
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def run_worker(module: str, *args: str) -> Any:
+    """Run `python -m module --worker ... args` in a fresh process (so each runtime's threads, arenas and
+    imports are its own) and return the JSON value its last line of output prints."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
