@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from conftest import Server, run_server
 
 from bench.serve import free_port
 
@@ -97,9 +99,53 @@ def served(model_root: Path) -> Iterator[Served]:
         stop(s)
 
 
+@pytest.fixture(scope="module")
+def one_process(model_root: Path) -> Iterator[Server]:
+    yield from run_server([model_root / "audio"], max_batch_size=4)
+
+
 def embed(url: str, files: list[tuple[bytes, str]]) -> httpx.Response:
+    return embed_like(url, "/embed", files)
+
+
+@pytest.mark.parametrize("path", ["/embed?pooling=tokens", "/tokenize", "/classify"])
+def test_answers_through_shared_memory_equal_the_one_process_answers(
+    served: Served, one_process: Server, media_files, path: str
+) -> None:
+    wav = media_files["wav"]
+    wait_ready(served)
+    through_engine = embed_like(served.url, path, [wav] * 4)  # 4 windows: one full batch
+    assert through_engine.status_code == 200, through_engine.text
+    direct = embed_like(one_process.url, path, [wav] * 4)
+    assert direct.status_code == 200, direct.text
+    got, want = through_engine.json()["results"], direct.json()["results"]
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for key in ("embedding", "windows", "labels"):
+            if key in w:
+                assert_close(g[key], w[key])
+
+
+def assert_close(got: object, want: object) -> None:
+    """Equal structure, equal strings and codes, numbers within float32 rounding."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys()
+        for k in want:
+            assert_close(got[k], want[k])
+    elif isinstance(want, list) and want and isinstance(want[0], (dict, str)):
+        assert isinstance(got, list) and len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w)
+    elif isinstance(want, (list, float, int)) and not isinstance(want, bool):
+        np.testing.assert_allclose(np.asarray(got, float), np.asarray(want, float), rtol=1e-5, atol=1e-6)
+    else:
+        assert got == want
+
+
+def embed_like(url: str, path: str, files: list[tuple[bytes, str]]) -> httpx.Response:
     upload = [("file", (f"{i}.wav", data, ctype)) for i, (data, ctype) in enumerate(files)]
-    return httpx.post(f"{url}/embed", files=upload, timeout=60)
+    return httpx.post(f"{url}{path}", files=upload, timeout=60)
 
 
 def test_a_killed_engine_fails_its_work_at_once_and_comes_back(served: Served, media_files) -> None:
