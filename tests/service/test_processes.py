@@ -90,8 +90,15 @@ def stop(served: Served) -> int:
 
 @pytest.fixture(scope="module")
 def served(model_root: Path) -> Iterator[Served]:
-    # a lone window waits 20 s in the engine for a batch of 4 to fill: work in flight when it dies
-    s = start(model_root / "audio", MAX_BATCH_SIZE="4", MAX_WAIT_MS="20000", REQUEST_TIMEOUT_S="60")
+    # a lone window waits 20 s in the engine for a batch of 4 to fill (one run at a time, so a window
+    # left over from a batch waits too): work in flight when it dies
+    s = start(
+        model_root / "audio",
+        MAX_BATCH_SIZE="4",
+        MAX_WAIT_MS="20000",
+        REQUEST_TIMEOUT_S="60",
+        CONCURRENT_RUNS="1",
+    )
     try:
         wait_ready(s)
         yield s
@@ -191,3 +198,21 @@ def test_a_killed_front_end_leaves_the_other_serving_and_is_restarted(served: Se
     wait_ready(served)
     after = served.rings()
     assert len(after) == 2 and len(after & before) == 1, (before, after)  # the dead one's ring replaced
+
+
+def test_a_client_that_leaves_is_dropped_from_the_engine_queue(served: Served, media_files) -> None:
+    """Its front end sends a cancel: the engine's queue no longer holds its window, so a full batch
+    of 4 new windows runs at once instead of 3 of them with the stale one and 1 left waiting 20 s."""
+    wav = media_files["wav"]
+    wait_ready(served)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{served.url}/embed",
+            files=[("file", ("0.wav", *wav))],
+            timeout=httpx.Timeout(60, read=1.5),
+        )
+    time.sleep(1.5)  # the disconnect reaches the front end, its cancel the engine
+    started = time.monotonic()
+    r = embed(served.url, [wav] * 4)
+    assert r.status_code == 200, r.text
+    assert time.monotonic() - started < AT_ONCE_S
