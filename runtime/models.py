@@ -91,11 +91,12 @@ def load_model(
     chooser: ProviderChooser,
     threads: CpuThreads = CpuThreads(),
     graphs: Collection[str] | None = None,
+    check_hashes: bool = True,
 ) -> LoadedModel:
-    """Read and hash-check the manifest, open its graphs (those named in `graphs`, None: all), check
-    their input against the manifest."""
+    """Read and hash-check the manifest (the hashes: unless another process checks them), open its
+    graphs (those named in `graphs`, None: all), check their input against the manifest."""
     try:
-        manifest = read_manifest(directory, check_hashes=True)
+        manifest = read_manifest(directory, check_hashes=check_hashes)
     except ManifestError as e:
         raise ModelLoadError(str(e)) from e
     if manifest.input.dtype not in NUMPY_DTYPES or any(
@@ -134,12 +135,13 @@ def load_models(
     threads: CpuThreads = CpuThreads(),
     precision: Sequence[str] = ("fp32",),
     graphs: Collection[str] | None = None,
+    check_hashes: bool = True,
 ) -> dict[str, LoadedModel]:
     """Every model under `paths`, by manifest name: one directory per name, the variant `precision`
     prefers where there are several (`choose_variants`); of each, the `graphs` named (None: all)."""
     models: dict[str, LoadedModel] = {}
     for directory in choose_variants(find_model_dirs(paths), precision):
-        model = load_model(directory, chooser, threads, graphs)
+        model = load_model(directory, chooser, threads, graphs, check_hashes)
         models[model.name] = model
         log.info(
             "loaded %s (%s, %s) from %s on %s",

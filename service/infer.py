@@ -164,6 +164,7 @@ class Inference:
                 CpuThreads(intra_op=1),
                 self.settings.precision,
                 graphs=(FEATURES,),
+                check_hashes=False,  # the engine checks them
             )
         )
 
