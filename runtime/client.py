@@ -85,6 +85,10 @@ class EngineClient:
             except OSError:  # not there yet, or a dead engine's socket file
                 await asyncio.sleep(RECONNECT_S)
                 continue
+            except Exception:  # anything else would end this task, and the front end never be ready
+                log.exception("cannot connect to the engine at %r", self.link.socket_path)
+                await asyncio.sleep(RECONNECT_S)
+                continue
             try:
                 writer.write(wire.encode({"op": "hello", "ring": vars(self.link.ring)}))
                 hello = await wire.read(reader)

@@ -196,8 +196,9 @@ async def serve(spec: EngineSpec) -> None:
     parent = os.getppid()
     try:
         await warm_up(batchers, models, spec.warmup_sizes[on_gpu])
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(spec.socket_path)  # an engine before this one died and left it
+        if not spec.socket_path.startswith("\0"):  # a file path (not an abstract socket's name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spec.socket_path)  # an engine before this one died and left it
         server = await asyncio.start_unix_server(engine.serve_front_end, path=spec.socket_path)
         log.info(
             "engine ready (pid %d): %s",

@@ -48,7 +48,11 @@ from service.settings import Settings
 
 log = logging.getLogger("bridle.supervisor")
 SPAWN = multiprocessing.get_context("spawn")  # no fork: a child starts clean (no copied threads or sessions)
-RESTART_PAUSE_S = 0.5  # between a death and its restart (a process that dies at once does not spin)
+RESTART_PAUSE_S = 0.5  # between a death and its restart
+MAX_PAUSE_S = (
+    30.0  # a process that keeps dying soon after its start waits twice as long each time, up to this
+)
+SOON_S = 10.0  # a death this soon after the start counts as "soon"
 STOP_GRACE_S = 10.0  # after the drain: how long the engine has to stop before SIGKILL
 
 
@@ -113,7 +117,7 @@ class Supervisor:
         ]
         self.slot_rows = settings.max_batch_size
         self.slot_bytes = slot_bytes(manifests, self.slot_rows)
-        self.folder = tempfile.mkdtemp(prefix="bridle-engine-")
+        self.folder = tempfile.mkdtemp(prefix="bridle-engine-")  # its socket (uvloop takes no abstract one)
         self.spec = engine_spec(settings, str(Path(self.folder) / "engine.sock"))
         config = uvicorn.Config("service.app:app_from_env", host=settings.host, port=settings.port)
         self.sock = config.bind_socket()
@@ -121,10 +125,13 @@ class Supervisor:
         self.front_ends: list[_FrontEnd] = []
         self.rings_made = 0
         self.signals = 0
+        self.started: dict[str, float] = {}  # "engine" / "front end i" -> when it last started
+        self.pauses: dict[str, float] = {}  # -> the pause before its next restart
 
     def _start_engine(self) -> None:
         self.engine = SPAWN.Process(target=_engine_main, args=(self.spec,), name="bridle-engine")
         self.engine.start()
+        self.started["engine"] = time.monotonic()
         log.info("engine started (pid %d)", self.engine.pid)
 
     def _start_front_end(self, index: int) -> _FrontEnd:
@@ -142,6 +149,7 @@ class Supervisor:
             name=f"bridle-front-end-{index}",
         )
         process.start()
+        self.started[f"front end {index}"] = time.monotonic()
         log.info("front end %d started (pid %d, ring %s)", index, process.pid, spec.name)
         return _FrontEnd(index, ring, process)
 
@@ -178,7 +186,7 @@ class Supervisor:
                         "the engine process could not load the models (its log above says why)"
                     )
                 log.warning("the engine (pid %s) exited with %s: restarting it", self.engine.pid, code)
-                time.sleep(RESTART_PAUSE_S)
+                self._pause("engine")
                 self._start_engine()
             for i, f in enumerate(self.front_ends):
                 if not f.process.is_alive():
@@ -190,8 +198,18 @@ class Supervisor:
                     )
                     f.ring.unlink()
                     f.ring.close()
-                    time.sleep(RESTART_PAUSE_S)
+                    self._pause(f"front end {f.index}")
                     self.front_ends[i] = self._start_front_end(f.index)
+
+    def _pause(self, role: str) -> None:
+        """Wait before restarting `role`: `RESTART_PAUSE_S`, doubled (up to `MAX_PAUSE_S`) each time it
+        died soon after its start, so a process that cannot run does not spin."""
+        soon = time.monotonic() - self.started[role] < SOON_S
+        pause = min(MAX_PAUSE_S, 2 * self.pauses.get(role, RESTART_PAUSE_S / 2)) if soon else RESTART_PAUSE_S
+        self.pauses[role] = pause
+        until = time.monotonic() + pause
+        while not self.signals and time.monotonic() < until:  # a signal ends the pause
+            time.sleep(0.05)
 
     def _stop(self) -> None:
         """Front ends drain first (their requests need the engine), then the engine stops; the rings and
