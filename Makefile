@@ -97,7 +97,8 @@ bench-service: $(DEV_STAMP)
 	$(PY) -m bench.service_load
 
 ## bench-engine: served req/s at 400 / 16 clients, refusal latency p99, and the real-size model (built
-## into runs/bench-models on demand): service / in-process windows/s, then its RSS and ready time
+## into runs/bench-models on demand): service / in-process windows/s, one process / 2 front-end processes
+## + engine process on both models (BRIDLE_FRONTENDS), then its RSS and ready time
 bench-engine: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
 	$(PY) -m bench.engine_load

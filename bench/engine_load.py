@@ -10,12 +10,18 @@ Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debia
 3. real-size model (bench/base_model.py, built on demand): service windows/s at saturation / in-process
    ONNX Runtime windows/s (goal >= 0.95), both at batch `--real-batch` with the service's
    concurrent runs, one 10.24 s window per request (closed-loop Python clients counting whole
-   requests: a window takes seconds, so a fixed wrk window would cut many in two).
+   requests: a window takes seconds, so a fixed wrk window would cut many in two);
+4. the process layouts (`--frontends N`, 0 skips it; `--layouts-only` runs only this): one process whose
+   batcher threads are the engine (BRIDLE_FRONTENDS=0) against N front-end processes over an engine
+   process (BRIDLE_FRONTENDS=N), alternated A B A B in one run, on the small model (wrk, `--clients`
+   clients, `--seconds`) and on the real-size model (closed-loop clients, `--real-size-seconds`): each
+   figure with the 1-minute load average beside it (the machine is shared), and the ratio N / 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -55,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--real-batch", type=int, default=4, help="max_batch_size for the real-size model")
     p.add_argument("--real-clients", type=int, default=8)
     p.add_argument("--runs", type=int, default=2, help="concurrent runs per graph (the service's default)")
+    p.add_argument("--frontends", type=int, default=2, help="front-end processes to compare; 0: skip")
+    p.add_argument("--layouts-only", action="store_true", help="only the process layouts' comparison")
     args = p.parse_args(argv)
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -63,11 +71,54 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         env = {"BRIDLE_CONCURRENT_RUNS": str(args.runs)}
-        if args.seconds > 0:
+        if args.seconds > 0 and not args.layouts_only:
             lines += small_model(wrk, folder, env, args)
-        if args.real_size_seconds > 0:
+        if args.real_size_seconds > 0 and not args.layouts_only:
             lines += real_size_model(wrk, folder, env, args)
+        if args.frontends > 0:
+            lines += layouts(wrk, folder, env, args)
     print("\n".join(lines))
+
+
+def load_average() -> str:
+    return f"load avg {os.getloadavg()[0]:.1f}"
+
+
+def layouts(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+    """The same load on one process (FRONTENDS=0) and on N front ends + an engine process, alternated
+    twice; each figure with the load average, and the ratio of the sums."""
+    n = args.frontends
+    order = [0, n, 0, n]
+    lines = [f"process layouts: 0 = one process (engine threads), {n} = {n} front ends + engine process"]
+    if args.seconds > 0:
+        small = BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(folder)
+        body = window_wav(small, folder)
+        rates: dict[int, list[float]] = {0: [], n: []}
+        lines.append(f"  small model {small.name}, wrk {args.clients} clients, {args.seconds:g} s per phase")
+        for frontends in order:
+            with serve(small, {**env, "BRIDLE_FRONTENDS": str(frontends)}) as url:
+                result = drive(wrk, url, body, args.clients, args.seconds)
+            rates[frontends].append(result.throughput)
+            lines.append(result.line(f"    FRONTENDS={frontends}") + f"  ({load_average()})")
+        lines.append(f"    req/s, {n} front ends / one process: {sum(rates[n]) / sum(rates[0]):.2f}")
+    if args.real_size_seconds > 0:
+        real = base_audio_dir()
+        body = window_wav(real, folder).read_bytes()
+        real_env = {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.real_batch), "BRIDLE_REQUEST_TIMEOUT_S": "900"}
+        windows: dict[int, list[float]] = {0: [], n: []}
+        lines.append(
+            f"  real-size model {real.name}, batch <= {args.real_batch}, {args.real_clients} closed-loop"
+            f" clients, {args.real_size_seconds:g} s per phase"
+        )
+        for frontends in order:
+            with serve(real, {**real_env, "BRIDLE_FRONTENDS": str(frontends)}, ready_timeout_s=900) as url:
+                rate = closed_loop_rate(
+                    url, "/embed", body, "audio/wav", args.real_clients, args.real_size_seconds
+                )
+            windows[frontends].append(rate)
+            lines.append(f"    FRONTENDS={frontends}: {rate:.2f} windows/s  ({load_average()})")
+        lines.append(f"    windows/s, {n} front ends / one process: {sum(windows[n]) / sum(windows[0]):.2f}")
+    return lines
 
 
 def small_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:

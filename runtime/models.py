@@ -8,9 +8,10 @@ concurrent run on this device shares (ONNX Runtime's `run()` is thread-safe and 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -47,7 +48,10 @@ class LoadedModel:
 
     directory: Path
     manifest: Manifest
-    sessions: dict[str, ort.InferenceSession]  # "encoder", "tokenizer"
+    sessions: dict[str, ort.InferenceSession]  # "encoder", "tokenizer" (those this process opened)
+    # in a front-end process, whose graphs run in the engine process: the engine's providers and the
+    # encoder session's provider options, as the engine said (runtime/client.py)
+    engine_info: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -55,7 +59,16 @@ class LoadedModel:
 
     @property
     def providers(self) -> list[str]:
-        return self.sessions["encoder"].get_providers()
+        if "encoder" in self.sessions:
+            return self.sessions["encoder"].get_providers()
+        return list(self.engine_info["providers"]) if self.engine_info is not None else []
+
+    @property
+    def provider_options(self) -> dict[str, Any]:
+        """The encoder session's provider options (the GPU's device_id, use_tf32...)."""
+        if "encoder" in self.sessions:
+            return self.sessions["encoder"].get_provider_options()
+        return dict(self.engine_info["provider_options"]) if self.engine_info is not None else {}
 
     def run(
         self, graph: str, signal: np.ndarray, outputs: Sequence[str] | None = None
@@ -73,10 +86,17 @@ class LoadedModel:
         return np.zeros(shape, dtype=NUMPY_DTYPES[self.manifest.input.dtype])
 
 
-def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = CpuThreads()) -> LoadedModel:
-    """Read and hash-check the manifest, open both graphs, check their input against the manifest."""
+def load_model(
+    directory: Path,
+    chooser: ProviderChooser,
+    threads: CpuThreads = CpuThreads(),
+    graphs: Collection[str] | None = None,
+    check_hashes: bool = True,
+) -> LoadedModel:
+    """Read and hash-check the manifest (the hashes: unless another process checks them), open its
+    graphs (those named in `graphs`, None: all), check their input against the manifest."""
     try:
-        manifest = read_manifest(directory, check_hashes=True)
+        manifest = read_manifest(directory, check_hashes=check_hashes)
     except ManifestError as e:
         raise ModelLoadError(str(e)) from e
     if manifest.input.dtype not in NUMPY_DTYPES or any(
@@ -85,6 +105,8 @@ def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = 
         raise ModelLoadError(f"{directory}: unsupported input {manifest.input.dtype} {manifest.input.shape}")
     sessions = {}
     for graph, spec in manifest.files.items():
+        if graphs is not None and graph not in graphs:
+            continue
         try:
             sessions[graph] = chooser.session(
                 directory / spec.path, session_options(threads), manifest.input, spec.sha256[:16]
@@ -98,7 +120,11 @@ def load_model(directory: Path, chooser: ProviderChooser, threads: CpuThreads = 
             raise ModelLoadError(
                 f"{directory}: {spec.path} takes {inputs}, the manifest says {manifest.input.name!r}"
             )
-    if manifest.has_classifier and "logits" not in [o.name for o in sessions["encoder"].get_outputs()]:
+    if (
+        "encoder" in sessions
+        and manifest.has_classifier
+        and "logits" not in [o.name for o in sessions["encoder"].get_outputs()]
+    ):
         raise ModelLoadError(f"{directory}: the manifest has labels but encoder.onnx has no 'logits' output")
     return LoadedModel(directory=directory, manifest=manifest, sessions=sessions)
 
@@ -108,12 +134,14 @@ def load_models(
     chooser: ProviderChooser,
     threads: CpuThreads = CpuThreads(),
     precision: Sequence[str] = ("fp32",),
+    graphs: Collection[str] | None = None,
+    check_hashes: bool = True,
 ) -> dict[str, LoadedModel]:
     """Every model under `paths`, by manifest name: one directory per name, the variant `precision`
-    prefers where there are several (`choose_variants`)."""
+    prefers where there are several (`choose_variants`); of each, the `graphs` named (None: all)."""
     models: dict[str, LoadedModel] = {}
     for directory in choose_variants(find_model_dirs(paths), precision):
-        model = load_model(directory, chooser, threads)
+        model = load_model(directory, chooser, threads, graphs, check_hashes)
         models[model.name] = model
         log.info(
             "loaded %s (%s, %s) from %s on %s",
@@ -121,7 +149,7 @@ def load_models(
             model.manifest.modality,
             model.manifest.precision,
             directory,
-            model.providers[0],
+            model.providers[0] if model.providers else "the engine process",
         )
     return models
 

@@ -33,6 +33,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from runtime.client import EngineLink
 from runtime.devices import device_for_process
 from runtime.errors import ModelLoadError
 from runtime.models import load_models
@@ -94,13 +95,22 @@ class ServiceState:
         return None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine: EngineLink | None = None) -> FastAPI:
+    """The app; with `engine`, a front-end process whose graphs run in the engine process
+    (service/supervisor.py), else the models load and run in this process."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState = app.state.bridle
         inference = state.inference
+        if engine is not None:
+            await inference.open_engine(engine)
+            try:
+                yield
+            finally:
+                await inference.stop()
+            return
         try:
             chooser = settings.provider_chooser(device_for_process(settings.device_id))
             inference.models = await anyio.to_thread.run_sync(
@@ -301,7 +311,7 @@ def _add_routes(app: FastAPI) -> None:
                     "providers": m.providers,
                     "execution_provider": m.providers[0],
                     # as the session holds them: the GPU's device_id, use_tf32, cudnn_conv_algo_search...
-                    "provider_options": m.sessions["encoder"].get_provider_options(),
+                    "provider_options": m.provider_options,
                     "precision": m.manifest.precision,
                     "manifest": m.manifest.to_dict(),
                 }

@@ -34,6 +34,7 @@ from runtime.models import find_model_dirs, load_models
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from service.middleware import AdmissionState
 from service.settings import Settings
+from service.supervisor import serve_processes
 
 EXIT_BAD_START = 2
 log = logging.getLogger("bridle.service")
@@ -92,6 +93,12 @@ def serve(
         find_model_dirs(settings.model_dirs)
     except (ValidationError, ModelLoadError) as e:
         _fail(str(e))
+    if settings.frontends:  # front-end processes over an engine process (service/supervisor.py)
+        try:
+            serve_processes(settings, DrainingServer)
+        except ModelLoadError as e:
+            _fail(str(e))
+        return
     if settings.workers > 1:
         try:  # each worker would fail alike, and uvicorn would restart it forever
             load_models(

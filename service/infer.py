@@ -26,7 +26,12 @@ from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
 from bridle_model.windowing import aggregate_for, clip_mean, clip_scores
 from runtime.batcher import Batcher, BatcherHooks
-from runtime.models import LoadedModel
+from runtime.client import EngineClient, EngineLink, RemoteBatcher
+from runtime.engine import BatchSpec, start_batchers
+from runtime.engine import warm_up as warm_up_batchers
+from runtime.models import LoadedModel, load_models
+from runtime.sessions import CPU, CpuThreads, ProviderChooser
+from runtime.slots import ENGINE_GRAPHS
 from runtime.windows import Limits, Windows, to_windows
 from service.errors import ServiceError, from_media_error
 from service.media import Upload
@@ -35,7 +40,7 @@ from service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")
 
-GRAPHS = ("encoder", "tokenizer")
+GRAPHS = ENGINE_GRAPHS
 FEATURES = "features"  # the optional preprocessing graph and its output (POST /features)
 # the graph outputs each task fetches (the encoder also has `patch_embeddings`, fetched for /embed
 # with pooling=tokens only; the tokenizer also has `quantized`, which no route returns)
@@ -116,10 +121,16 @@ class Inference:
     settings: Settings
     models: dict[str, LoadedModel]
     metrics: Metrics
-    batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)
-    ready: bool = False
+    batchers: dict[tuple[str, str], Batcher | RemoteBatcher] = field(default_factory=dict)
+    warm: bool = False  # this process's batchers are warm
     on_gpu: bool = False  # the models run on a GPU: its batching defaults and warm-up (Settings.for_device)
+    engine: EngineClient | None = None  # a front-end process: the engine process runs the graphs
     _decoders: ThreadPoolExecutor | None = None
+
+    @property
+    def ready(self) -> bool:
+        """The graphs can run: warm here, or a warm engine process connected."""
+        return self.engine.ready if self.engine is not None else self.warm
 
     @property
     def limits(self) -> Limits:
@@ -130,29 +141,51 @@ class Inference:
     def start(self) -> None:
         """Start a batcher per model graph and the decoding pool (in the event loop)."""
         s, m = self.settings, self.metrics
-        for name, model in self.models.items():
-            for graph in GRAPHS:
-                hooks = BatcherHooks(
-                    on_batch=_batch_observer(m, name, graph, s.max_batch_size),
-                    on_depth=m.queue_depth.labels(name, graph).set,
-                    on_reject=lambda reason, n=name, g=graph: m.rejected.labels(n, g, reason).inc(),
-                    on_wait=m.stage_seconds.labels("queue_wait").observe,
-                    on_run=m.stage_seconds.labels("run").observe,
-                )
-                batcher = Batcher(
-                    run=lambda signal, outputs, mdl=model, g=graph: mdl.run(g, signal, outputs),
-                    name=f"{name}/{graph}",
-                    max_batch_size=s.max_batch_size,
-                    max_wait_s=s.max_wait_ms / 1000,
-                    queue_size=s.queue_size,
-                    timeout_s=s.request_timeout_s,
-                    retry_after_s=s.retry_after_s,
-                    hooks=hooks,
-                    concurrent_runs=s.concurrent_runs,
-                )
-                batcher.start()
-                self.batchers[(name, graph)] = batcher
-        threads = s.decode_threads or usable_cores()
+
+        def hooks(name: str, graph: str) -> BatcherHooks:
+            return BatcherHooks(
+                on_batch=_batch_observer(m, name, graph, s.max_batch_size),
+                on_depth=m.queue_depth.labels(name, graph).set,
+                on_reject=lambda reason: m.rejected.labels(name, graph, reason).inc(),
+                on_wait=m.stage_seconds.labels("queue_wait").observe,
+                on_run=m.stage_seconds.labels("run").observe,
+            )
+
+        self.batchers.update(start_batchers(self.models, batch_spec(s), hooks))
+        self._start_decoders()
+
+    async def open_engine(self, link: EngineLink) -> None:
+        """A front-end process: the manifests (and the light features graph, run here) of the models the
+        engine process serves, and a client that connects to it (ready once the engine is warm)."""
+        self.models = await anyio.to_thread.run_sync(
+            lambda: load_models(
+                self.settings.model_dirs,
+                ProviderChooser([CPU]),
+                CpuThreads(intra_op=1),
+                self.settings.precision,
+                graphs=(FEATURES,),
+                check_hashes=False,  # the engine checks them
+            )
+        )
+
+        def on_hello(engine_models: dict[str, dict[str, object]]) -> None:
+            for name, info in engine_models.items():
+                if name in self.models:
+                    self.models[name].engine_info = info
+
+        self.engine = EngineClient(link, on_hello)
+        self.engine.start()
+        self.batchers.update(
+            {
+                (name, graph): RemoteBatcher(self.engine, name, graph)
+                for name in self.models
+                for graph in GRAPHS
+            }
+        )
+        self._start_decoders()
+
+    def _start_decoders(self) -> None:
+        threads = self.settings.decode_threads or usable_cores()
         self._decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def warm_up(self) -> None:
@@ -168,37 +201,21 @@ class Inference:
         A failed warm-up (e.g. out of GPU memory at the largest batch) is logged, and the service stays
         not ready (503 on /ready, so a healthcheck or an orchestrator sees it)."""
         try:
-            await self._warm_up(self.settings.warmup_sizes(self.on_gpu))
+            sizes = self.settings.warmup_sizes(self.on_gpu)
+            await warm_up_batchers(self.batchers, self.models, sizes)  # type: ignore[arg-type]
         except Exception:
             log.exception("warm-up failed: the service stays not ready")
             return
-        self.ready = True
+        self.warm = True
         log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
 
-    async def _warm_up(self, sizes: list[int]) -> None:
-        for (name, graph), batcher in self.batchers.items():
-            model = self.models[name]
-            full = model.dummy_batch(max(sizes))  # (max, ...); each size is a view of its first rows
-
-            def work(model: LoadedModel = model, graph: str = graph, full: np.ndarray = full) -> None:
-                for batch in sizes:
-                    model.run(graph, full[:batch])
-
-            started = time.perf_counter()
-            threads = await batcher.warm_up(work)
-            log.info(
-                "warmed up %s/%s: batch sizes %s on %s in %.2f s",
-                name,
-                graph,
-                f"{sizes[-1]}..{sizes[0]}" if len(sizes) > 1 else sizes[0],
-                threads,
-                time.perf_counter() - started,
-            )
-
     async def stop(self) -> None:
-        self.ready = False
+        self.warm = False
         for batcher in self.batchers.values():
-            await batcher.stop()
+            if isinstance(batcher, Batcher):
+                await batcher.stop()
+        if self.engine is not None:
+            await self.engine.stop()
         if self._decoders is not None:
             self._decoders.shutdown(wait=False, cancel_futures=True)
 
@@ -362,6 +379,18 @@ class Inference:
             return to_windows(model.manifest, data, self.limits, self.settings.window_policy)
         finally:
             self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
+
+
+def batch_spec(s: Settings) -> BatchSpec:
+    """The batchers' settings of `s` (the device's: `Settings.for_device`)."""
+    return BatchSpec(
+        max_batch_size=s.max_batch_size,
+        max_wait_s=s.max_wait_ms / 1000,
+        queue_size=s.queue_size,
+        timeout_s=s.request_timeout_s,
+        retry_after_s=s.retry_after_s,
+        concurrent_runs=s.concurrent_runs,
+    )
 
 
 def _batch_observer(metrics: Metrics, model: str, graph: str, max_batch: int) -> Callable[[int], None]:

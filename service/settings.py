@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridle_model.manifest import PRECISIONS
@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+    # front-end processes (HTTP, decode, windowing, admission) over one engine process that runs the
+    # graphs (service/supervisor.py); 0: one process, whose event loop is the front end and whose batcher
+    # threads are the engine (measured faster on a 2-core CPU: docs/architecture.md)
+    frontends: int = Field(0, ge=0)
     access_log: bool = False  # a log line per request (/metrics counts requests either way)
     opentelemetry: bool = False  # FastAPI's OpenTelemetry spans and metrics (with a configured provider)
 
@@ -115,6 +119,12 @@ class Settings(BaseSettings):
         if not value or any(d < 0 for d in value):
             raise ValueError(f"device_id must list GPU ordinals >= 0, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _one_process_layout(self) -> Settings:
+        if self.frontends and self.workers > 1:
+            raise ValueError("set BRIDLE_FRONTENDS (front ends over one engine) or BRIDLE_WORKERS, not both")
+        return self
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -229,9 +229,15 @@ def test_far_more_clients_than_capacity_get_2xx_or_503_and_none_hangs(server: Se
 # ---- SIGTERM ----------------------------------------------------------------------------------------
 
 
-def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(model_root: Path, media_files) -> None:
+@pytest.mark.parametrize("frontends", [0, 2])
+def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(
+    model_root: Path, media_files, frontends: int
+) -> None:
+    """In one process, and with 2 front-end processes over an engine process (which then leave no
+    shared memory behind). Each request on a new connection: either front end may answer it."""
     port = free_port()
     env = {**os.environ, "BRIDLE_PROVIDERS": "CPUExecutionProvider", "BRIDLE_DRAIN_TIMEOUT_S": "20"}
+    env["BRIDLE_FRONTENDS"] = str(frontends)
     cmd = [sys.executable, "-m", "service.cli", "--model-dir", str(model_root / "audio"), "--port", str(port)]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -240,7 +246,7 @@ def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(model_root: Pat
     data, ctype = media_files["wav"]
     release = threading.Event()
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             assert proc.poll() is None, proc.stderr.read()
             try:
@@ -248,9 +254,9 @@ def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(model_root: Pat
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, "not ready in 60 s"
+            assert time.monotonic() < deadline, "not ready in 90 s"
             time.sleep(0.1)
-        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=30) as c:
+        with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(
                 lambda: httpx.post(
                     f"{url}/embed",
@@ -259,14 +265,14 @@ def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(model_root: Pat
                     timeout=30,
                 )
             )
-            while "bridle_in_flight 1.0" not in c.get("/metrics").text:
+            while "bridle_in_flight 1.0" not in httpx.get(f"{url}/metrics").text:
                 assert time.monotonic() < deadline + 30, "the held request never was in flight"
                 time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             assert proc.poll() is None, "the server stopped before its request in flight was done"
-            refused = c.post("/embed", content=data, headers={"content-type": ctype})
-            ready = c.get("/ready")
+            refused = httpx.post(f"{url}/embed", content=data, headers={"content-type": ctype})
+            ready = httpx.get(f"{url}/ready")
             release.set()
             finished = in_flight.result()
         assert proc.wait(30) == 0, proc.stderr.read()
@@ -278,3 +284,4 @@ def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(model_root: Pat
     assert finished.status_code == 200, finished.text
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down", refused.text
     assert ready.status_code == 503 and ready.json()["error"]["code"] == "shutting_down"
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"bridle-{proc.pid}-")]

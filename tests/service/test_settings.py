@@ -91,3 +91,11 @@ def test_a_gpu_gets_its_own_batching_defaults_unless_they_are_set() -> None:
     assert (gpu.max_batch_size, gpu.concurrent_runs) == (64, 1)
     chosen = Settings(max_batch_size=8, concurrent_runs=3).for_device(on_gpu=True)
     assert (chosen.max_batch_size, chosen.concurrent_runs) == (8, 3)
+
+
+def test_front_end_processes_and_workers_do_not_mix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BRIDLE_FRONTENDS", "2")
+    assert Settings().frontends == 2
+    monkeypatch.setenv("BRIDLE_WORKERS", "2")
+    with pytest.raises(ValidationError, match="BRIDLE_FRONTENDS"):
+        Settings()

@@ -1,0 +1,243 @@
+"""`BRIDLE_FRONTENDS=N`: N front-end processes over one engine process, started and kept alive here.
+
+Layout (docs/architecture.md): the supervisor (the `bridle-serve` process) binds the listening socket,
+creates one shared-memory ring per front end (runtime/slots.py) and starts
+
+- the engine process (`runtime.engine.run_engine`): it loads the models once, runs the batchers and
+  listens on a Unix socket once warm;
+- N front-end processes: uvicorn on the shared listening socket (the kernel spreads the connections),
+  each with HTTP, admission, decoding and windowing, and an `EngineClient` (runtime/client.py) that
+  passes windows through its ring.
+
+It restarts a process that dies: the engine (its front ends answer 503 `engine_unavailable` for the work
+it held and are not ready until the new engine is warm), or a front end (on a fresh ring; the old one is
+unlinked). An engine that cannot load the models exits `EXIT_BAD_MODELS`, which stops everything. On
+SIGTERM / SIGINT the front ends drain (what they accepted finishes), then the engine stops, then the
+rings are unlinked: the supervisor owns every segment, so a killed child leaks none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from bridle_model.manifest import read_manifest
+from runtime.client import EngineLink
+from runtime.engine import EXIT_BAD_MODELS, EngineSpec, run_engine
+from runtime.errors import ModelLoadError
+from runtime.models import choose_variants, find_model_dirs
+from runtime.slots import RingSpec, SlotRing, slot_bytes
+from service.infer import batch_spec
+from service.settings import Settings
+
+log = logging.getLogger("bridle.supervisor")
+SPAWN = multiprocessing.get_context("spawn")  # no fork: a child starts clean (no copied threads or sessions)
+RESTART_PAUSE_S = 0.5  # between a death and its restart
+MAX_PAUSE_S = (
+    30.0  # a process that keeps dying soon after its start waits twice as long each time, up to this
+)
+SOON_S = 10.0  # a death this soon after the start counts as "soon"
+STOP_GRACE_S = 10.0  # after the drain: how long the engine has to stop before SIGKILL
+
+
+def engine_spec(settings: Settings, socket_path: str) -> EngineSpec:
+    gpu = settings.for_device(on_gpu=True)
+    return EngineSpec(
+        model_dirs=settings.model_dirs,
+        chooser=settings.provider_chooser(settings.device_id[0]),
+        threads=settings.cpu_threads,
+        precision=settings.precision,
+        batching={False: batch_spec(settings), True: batch_spec(gpu)},
+        warmup_sizes={False: settings.warmup_sizes(False), True: gpu.warmup_sizes(True)},
+        socket_path=socket_path,
+    )
+
+
+def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, server_class: Any) -> None:
+    """A front-end process: the app over the engine, served by `server_class` (service/cli.py's
+    DrainingServer) on the shared socket. It drains and stops when the supervisor dies."""
+    os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only; it stops the children in order
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.app import create_app  # here: the supervisor process never builds the app
+
+    app = create_app(settings, engine=link)
+    config = uvicorn.Config(
+        app,
+        log_level="info",
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    )
+    server = server_class(config, app.state.bridle.admission, settings.drain_timeout_s)
+    parent = os.getppid()
+
+    def orphaned() -> None:  # the supervisor was killed: drain and go
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    server.run(sockets=[sock])
+
+
+def _engine_main(spec: EngineSpec) -> None:
+    os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
+    run_engine(spec)
+
+
+@dataclass
+class _FrontEnd:
+    index: int
+    ring: SlotRing
+    process: BaseProcess
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, server_class: Any) -> None:
+        self.settings = settings
+        self.server_class = server_class
+        manifests = [
+            read_manifest(d, check_hashes=False)
+            for d in choose_variants(find_model_dirs(settings.model_dirs), settings.precision)
+        ]
+        self.slot_rows = settings.max_batch_size
+        self.slot_bytes = slot_bytes(manifests, self.slot_rows)
+        self.folder = tempfile.mkdtemp(prefix="bridle-engine-")  # its socket (uvloop takes no abstract one)
+        self.spec = engine_spec(settings, str(Path(self.folder) / "engine.sock"))
+        config = uvicorn.Config("service.app:app_from_env", host=settings.host, port=settings.port)
+        self.sock = config.bind_socket()
+        self.engine: BaseProcess | None = None
+        self.front_ends: list[_FrontEnd] = []
+        self.rings_made = 0
+        self.signals = 0
+        self.started: dict[str, float] = {}  # "engine" / "front end i" -> when it last started
+        self.pauses: dict[str, float] = {}  # -> the pause before its next restart
+
+    def _start_engine(self) -> None:
+        self.engine = SPAWN.Process(target=_engine_main, args=(self.spec,), name="bridle-engine")
+        self.engine.start()
+        self.started["engine"] = time.monotonic()
+        log.info("engine started (pid %d)", self.engine.pid)
+
+    def _start_front_end(self, index: int) -> _FrontEnd:
+        self.rings_made += 1
+        spec = RingSpec(
+            f"bridle-{os.getpid()}-{index}-{self.rings_made}",
+            self.settings.max_concurrent_requests,
+            self.slot_bytes,
+        )
+        ring = SlotRing.create(spec)
+        link = EngineLink(self.spec.socket_path, spec, self.slot_rows, self.settings.retry_after_s)
+        process = SPAWN.Process(
+            target=run_front_end,
+            args=(self.settings, link, self.sock, self.server_class),
+            name=f"bridle-front-end-{index}",
+        )
+        process.start()
+        self.started[f"front end {index}"] = time.monotonic()
+        log.info("front end %d started (pid %d, ring %s)", index, process.pid, spec.name)
+        return _FrontEnd(index, ring, process)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        """The first signal ends the watch (`_stop` drains the front ends); a second stops them at once."""
+        self.signals += 1
+        if self.signals > 1:
+            for f in self.front_ends:
+                if f.process.pid is not None and f.process.is_alive():
+                    os.kill(f.process.pid, signal.SIGTERM)
+
+    def run(self) -> None:
+        """Start everything and keep it alive until a signal; then drain and clean up."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._start_engine()
+            self.front_ends = [self._start_front_end(i) for i in range(self.settings.frontends)]
+            self._watch()
+        finally:
+            self._stop()
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _watch(self) -> None:
+        while not self.signals:
+            assert self.engine is not None
+            wait([self.engine.sentinel, *(f.process.sentinel for f in self.front_ends)], timeout=0.2)
+            if self.signals:
+                return
+            if not self.engine.is_alive():
+                code = self.engine.exitcode
+                if code == EXIT_BAD_MODELS:
+                    raise ModelLoadError(
+                        "the engine process could not load the models (its log above says why)"
+                    )
+                log.warning("the engine (pid %s) exited with %s: restarting it", self.engine.pid, code)
+                self._pause("engine")
+                self._start_engine()
+            for i, f in enumerate(self.front_ends):
+                if not f.process.is_alive():
+                    log.warning(
+                        "front end %d (pid %s) exited with %s: restarting it",
+                        f.index,
+                        f.process.pid,
+                        f.process.exitcode,
+                    )
+                    f.ring.unlink()
+                    f.ring.close()
+                    self._pause(f"front end {f.index}")
+                    self.front_ends[i] = self._start_front_end(f.index)
+
+    def _pause(self, role: str) -> None:
+        """Wait before restarting `role`: `RESTART_PAUSE_S`, doubled (up to `MAX_PAUSE_S`) each time it
+        died soon after its start, so a process that cannot run does not spin."""
+        soon = time.monotonic() - self.started[role] < SOON_S
+        pause = min(MAX_PAUSE_S, 2 * self.pauses.get(role, RESTART_PAUSE_S / 2)) if soon else RESTART_PAUSE_S
+        self.pauses[role] = pause
+        until = time.monotonic() + pause
+        while not self.signals and time.monotonic() < until:  # a signal ends the pause
+            time.sleep(0.05)
+
+    def _stop(self) -> None:
+        """Front ends drain first (their requests need the engine), then the engine stops; the rings and
+        the engine's folder go last."""
+        for f in self.front_ends:
+            if f.process.is_alive():
+                os.kill(f.process.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        deadline = time.monotonic() + self.settings.drain_timeout_s + STOP_GRACE_S
+        for f in self.front_ends:
+            f.process.join(max(0.0, deadline - time.monotonic()))
+            if f.process.is_alive():
+                f.process.kill()
+                f.process.join()
+        if self.engine is not None and self.engine.is_alive():
+            self.engine.terminate()
+            self.engine.join(STOP_GRACE_S)
+            if self.engine.is_alive():
+                self.engine.kill()
+                self.engine.join()
+        for f in self.front_ends:
+            f.ring.unlink()
+            f.ring.close()
+        self.sock.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        log.info("stopped")
+
+
+def serve_processes(settings: Settings, server_class: Any) -> None:
+    """Serve with `settings.frontends` front-end processes and one engine process until SIGTERM."""
+    with contextlib.suppress(KeyboardInterrupt):
+        Supervisor(settings, server_class).run()
