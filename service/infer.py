@@ -7,7 +7,7 @@ window count, runs the graph through the batchers (fetching only the outputs the
 and reduces the outputs: the clip's embedding and scores from its windows' (bridle_model/windowing.py:
 a mean weighted by each window's seconds of signal, or the maximum of a multi-label head's scores), L2
 normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
-`service/app.py` reads the request and serialises these results.
+`service/routes/` reads the request and serialises these results.
 """
 
 from __future__ import annotations
