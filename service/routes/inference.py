@@ -23,8 +23,8 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
-from bridle_model.config import Modality
 from service.infer import Codes, Embedding, Features, Label, Labels, Source
+from service.modalities import SERVED
 from service.routes.deps import State, require_key, uploads_of
 from service.schemas import (
     ClassifyQuery,
@@ -61,12 +61,6 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
-LAYOUTS: dict[Modality, str] = {
-    "audio": "(windows, 1, frames, mel): the log-mel fbank, (log-mel - mean) / (2 std)",
-    "image": "(windows, 3, height, width): RGB, (pixel / 255 - mean) / std per channel",
-    "video": "(windows, 3, frames, height, width): RGB, (pixel / 255 - mean) / std per channel",
-}
-
 router = APIRouter(
     dependencies=[Depends(require_key)],
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
@@ -208,7 +202,7 @@ def _features(f: Features) -> dict[str, Any]:
         "features": {
             "shape": list(data.shape),
             "dtype": "float32",
-            "layout": LAYOUTS[m.modality],
+            "layout": SERVED[m.modality].features_layout,
             "data": base64.b64encode(data.tobytes()).decode("ascii"),
         },
     }
