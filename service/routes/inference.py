@@ -17,11 +17,12 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.infer import Codes, Embedding, Features, Label, Labels, Source
 from service.modalities import SERVED
@@ -61,17 +62,23 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+Route = TypeVar("Route", bound=Callable[..., Any])
+
 router = APIRouter(
     dependencies=[Depends(require_key)],
     responses=error_responses(400, 401, 404, 413, 415, 422, 503),
 )
 
 
-@router.post(
+def _post(path: str, answer: type[BaseModel], summary: str) -> Callable[[Route], Route]:
+    """A POST route of this router: uploads in (UPLOAD_BODY), `answer` out (for the schema)."""
+    return router.post(path, summary=summary, response_model=answer, openapi_extra=UPLOAD_BODY)
+
+
+@_post(
     "/embed",
-    summary="pooled embedding per upload (and per window); pooling=tokens adds the patch embeddings",
-    response_model=EmbedResponse,
-    openapi_extra=UPLOAD_BODY,
+    EmbedResponse,
+    "pooled embedding per upload (and per window); pooling=tokens adds the patch embeddings",
 )
 async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
@@ -79,11 +86,10 @@ async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()
     return _results(state, lambda: [_embedding(e, q.encoding) for e in found])
 
 
-@router.post(
+@_post(
     "/tokenize",
-    summary="multi-level discrete codes (N, L) per window, with the patch grid to place them",
-    response_model=TokenizeResponse,
-    openapi_extra=UPLOAD_BODY,
+    TokenizeResponse,
+    "multi-level discrete codes (N, L) per window, with the patch grid to place them",
 )
 async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
@@ -91,12 +97,11 @@ async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Q
     return _results(state, lambda: [_codes(c, q.encoding) for c in found])
 
 
-@router.post(
+@_post(
     "/classify",
-    summary="top-k labels with scores, per window and for the whole clip (aggregate of the window "
+    ClassifyResponse,
+    "top-k labels with scores, per window and for the whole clip (aggregate of the window "
     "scores): a softmax, or independent sigmoid probabilities (multi-label: classifier.activation)",
-    response_model=ClassifyResponse,
-    openapi_extra=UPLOAD_BODY,
 )
 async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
@@ -104,11 +109,10 @@ async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Q
     return _results(state, lambda: [_classes(x) for x in found])
 
 
-@router.post(
+@_post(
     "/features",
-    summary="the encoder's input as the model saw it (log-mel fbank, resized pixels), base64 float32",
-    response_model=FeaturesResponse,
-    openapi_extra=UPLOAD_BODY,
+    FeaturesResponse,
+    "the encoder's input as the model saw it (log-mel fbank, resized pixels), base64 float32",
 )
 async def features(request: Request, state: State, q: Annotated[ModelQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
