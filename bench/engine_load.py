@@ -15,11 +15,14 @@ Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debia
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from bench.base_model import base_audio_dir
 from bench.serve import closed_loop_rate
@@ -45,17 +48,41 @@ def window_wav(model_dir: Path, folder: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per small-model phase")
-    p.add_argument("--clients", type=int, default=16, help="the baseline's clients")
-    p.add_argument("--overload-clients", type=int, default=400)
-    p.add_argument("--refusal-bound", type=int, default=8, help="the in-flight bound of the refusal phase")
-    p.add_argument("--real-size-seconds", type=float, default=90.0, help="0: skip the real-size phase")
-    p.add_argument("--real-batch", type=int, default=4, help="max_batch_size for the real-size model")
-    p.add_argument("--real-clients", type=int, default=8)
-    p.add_argument("--runs", type=int, default=2, help="concurrent runs per graph (the service's default)")
-    args = p.parse_args(argv)
+@dataclass(frozen=True)
+class Load:
+    """The options of one run (the command line's)."""
+
+    seconds: float = 15.0  # measured seconds per small-model phase
+    clients: int = 16  # the baseline's clients
+    overload_clients: int = 400
+    refusal_bound: int = 8  # the in-flight bound of the refusal phase
+    real_size_seconds: float = 90.0  # 0: skip the real-size phase
+    real_batch: int = 4  # max_batch_size for the real-size model
+    real_clients: int = 8
+    runs: int = 2  # concurrent runs per graph (the service's default)
+
+
+D = Load()
+
+
+def main(
+    seconds: Annotated[float, typer.Option(help="measured seconds per small-model phase")] = D.seconds,
+    clients: Annotated[int, typer.Option(help="the baseline's clients")] = D.clients,
+    overload_clients: Annotated[int, typer.Option()] = D.overload_clients,
+    refusal_bound: Annotated[
+        int, typer.Option(help="the in-flight bound of the refusal phase")
+    ] = D.refusal_bound,
+    real_size_seconds: Annotated[
+        float, typer.Option(help="0: skip the real-size phase")
+    ] = D.real_size_seconds,
+    real_batch: Annotated[int, typer.Option(help="max_batch_size for the real-size model")] = D.real_batch,
+    real_clients: Annotated[int, typer.Option()] = D.real_clients,
+    runs: Annotated[int, typer.Option(help="concurrent runs per graph (the service's default)")] = D.runs,
+) -> None:
+    """Served req/s under overload, refusal latency, and a real-size model through the service."""
+    args = Load(
+        seconds, clients, overload_clients, refusal_bound, real_size_seconds, real_batch, real_clients, runs
+    )
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("bench.engine_load needs wrk: `make bench-engine` installs it (apt-get install wrk)")
@@ -70,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
 
 
-def small_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+def small_model(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
     """Served req/s at `--overload-clients` / at `--clients`, and the refusals' latency."""
     small = BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(folder)
     body = window_wav(small, folder)
@@ -94,7 +121,7 @@ def small_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Name
     ]
 
 
-def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
     """The real-size model's windows/s through the service at saturation / in process."""
     real = base_audio_dir()
     body = window_wav(real, folder)
@@ -116,4 +143,4 @@ def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)
