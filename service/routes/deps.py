@@ -13,7 +13,7 @@ from service.media import Upload, read_uploads
 from service.state import ServiceState
 
 
-def state_of(request: Request) -> ServiceState:
+async def state_of(request: Request) -> ServiceState:  # async: FastAPI runs a plain def in a thread
     return request.app.state.bridle
 
 
@@ -22,7 +22,7 @@ State = Annotated[ServiceState, Depends(state_of)]
 
 async def require_key(request: Request) -> None:  # async: FastAPI runs a plain def in a thread
     """With an API key configured: `X-API-Key: <key>` or `Authorization: Bearer <key>`, else 401."""
-    expected = state_of(request).settings.api_key
+    expected = request.app.state.bridle.settings.api_key
     if expected is None:
         return
     given = request.headers.get("x-api-key")
@@ -42,7 +42,7 @@ async def uploads_of(request: Request) -> list[Upload]:
     """The request's uploads (service/media.py), once the service can take work (503 before the body
     is read otherwise: not_ready, shutting_down). Called by the route, not a dependency: FastAPI solves
     dependencies before it checks the query, and a bad parameter should not cost a body read."""
-    state = state_of(request)
+    state: ServiceState = request.app.state.bridle
     metrics = state.inference.metrics
     if (error := state.unavailable()) is not None:
         metrics.refused.labels(error.code).inc()
