@@ -1,12 +1,11 @@
 """The service's HTTP vocabulary as pydantic models: query parameters, answers and the error body.
 
-The OpenAPI schema (`/openapi.json`, `/docs`) is generated from these models, `docs/contracts.md` is
-checked against them (tests/service/test_contracts.py), and the route tests validate real answers with
-them. The inference routes build their (large) answers as plain dicts and render them once
+The OpenAPI schema (`/openapi.json`, `/docs`) is generated from these models, and
+tests/service/test_contracts.py checks docs/contracts.md's examples and real answers against them. The
+inference routes build their (large) answers as plain dicts and render them once
 (service/routes/inference.py: a pydantic round trip of every patch embedding would cost more than the
-rendering); the models describe those dicts, and `tests/service/test_contracts.py` checks real answers
-against them. Fields absent from an answer are the ones with a default here (e.g. `patch_embeddings`
-without `pooling=tokens`, a label's `id` without manifest label ids).
+rendering); the models describe those dicts. Fields absent from an answer are the ones with a default
+here (`patch_embeddings` without `pooling=tokens`, a label's `id` without manifest label ids).
 """
 
 from __future__ import annotations
