@@ -2,10 +2,10 @@
 
 The OpenAPI schema (`/openapi.json`, `/docs`) is generated from these models, and
 tests/service/test_contracts.py checks docs/contracts.md's examples and real answers against them. The
-inference routes build their (large) answers as plain dicts and render them once
-(service/routes/inference.py: a pydantic round trip of every patch embedding would cost more than the
-rendering); the models describe those dicts. Fields absent from an answer are the ones with a default
-here (`patch_embeddings` without `pooling=tokens`, a label's `id` without manifest label ids).
+routes validate every answer with its model, then render the dict they built with Python's json, as
+before the models (byte for byte: pydantic's serialiser would write 1e-05 as 0.00001). Fields absent
+from an answer are the ones with a default here (`patch_embeddings` without `pooling=tokens`, a label's
+`id` without manifest label ids).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Uploads come as multipart (`file`, several allowed) or a raw body (service/media.py); `model` names a
 manifest, else the model of the upload's modality is used (404 `unknown_model`). The answers are built
-as dicts and rendered once (the `serialise` stage of the metrics); their models, in service/schemas.py,
-give the OpenAPI schema, and tests check real answers against them.
+as dicts, validated by their models (service/schemas.py, which the OpenAPI schema comes from) and
+rendered from the dicts (the `serialise` stage of the metrics).
 
 `/features` is the encoder's input as the model saw it, for the page at `/` to draw: the model
 directory's `features.onnx` (export/features.py), audio the normalised log-mel fbank, images and video
@@ -83,7 +83,7 @@ def _post(path: str, answer: type[BaseModel], summary: str) -> Callable[[Route],
 async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
     found = await state.inference.embed(uploads, q.model, q.pooling == "tokens", q.normalize)
-    return _results(state, lambda: [_embedding(e, q.encoding) for e in found])
+    return _results(state, EmbedResponse, lambda: [_embedding(e, q.encoding) for e in found])
 
 
 @_post(
@@ -94,7 +94,7 @@ async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()
 async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
     found = await state.inference.tokenize(uploads, q.model)
-    return _results(state, lambda: [_codes(c, q.encoding) for c in found])
+    return _results(state, TokenizeResponse, lambda: [_codes(c, q.encoding) for c in found])
 
 
 @_post(
@@ -106,7 +106,7 @@ async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Q
 async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
     found = await state.inference.classify(uploads, q.model, q.top_k, q.threshold, q.aggregate)
-    return _results(state, lambda: [_classes(x) for x in found])
+    return _results(state, ClassifyResponse, lambda: [_classes(x) for x in found])
 
 
 @_post(
@@ -117,17 +117,22 @@ async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Q
 async def features(request: Request, state: State, q: Annotated[ModelQuery, Query()]) -> JSONResponse:
     uploads = await uploads_of(request)
     found = await state.inference.features(uploads, q.model)
-    return _results(state, lambda: [_features(f) for f in found])
+    return _results(state, FeaturesResponse, lambda: [_features(f) for f in found])
 
 
 # ---- serialisation ---------------------------------------------------------------------------------
 
 
-def _results(state: ServiceState, build: Callable[[], list[dict[str, Any]]]) -> JSONResponse:
-    """`{"results": [...]}` built and rendered (timed as the `serialise` stage); a Response, so FastAPI
-    does not serialise it again."""
+def _results(
+    state: ServiceState, answer: type[BaseModel], build: Callable[[], list[dict[str, Any]]]
+) -> JSONResponse:
+    """`{"results": [...]}` built, checked against its model `answer` (a mismatch is a bug: 500) and
+    rendered from the dict, timed together as the `serialise` stage; a Response, so FastAPI does not
+    serialise it again."""
     started = time.perf_counter()
-    response = JSONResponse({"results": build()})
+    body = {"results": build()}
+    answer.model_validate(body)
+    response = JSONResponse(body)
     state.inference.metrics.stage_seconds.labels("serialise").observe(time.perf_counter() - started)
     return response
 
