@@ -90,6 +90,7 @@ bench: $(DEV_STAMP)
 	$(PY) -m bench.quantizer
 	$(PY) -m bench.fbank
 	$(PY) -m bench.export
+	$(PY) -m bench.answers
 
 ## bench-service: load test of the running service with wrk (Debian) against in-process ONNX Runtime
 bench-service: $(DEV_STAMP)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bridle_model.config import Precision
 from bridle_model.manifest import PRECISIONS
-from bridle_model.windowing import AGGREGATES, DEFAULT_POLICY, WindowPolicy
+from bridle_model.windowing import AGGREGATES, DEFAULT_POLICY, Aggregate, WindowPolicy
 from runtime.windows import Limits
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -34,9 +35,13 @@ class JobSettings:
     threads: int = 0  # ONNX Runtime threads per actor; 0: the actor's share of the CPUs
     top_k: int = 5  # labels per window when the model has a classifier
     windowing: WindowPolicy = DEFAULT_POLICY  # how long media is cut into windows, as the service does
-    aggregate: str | None = None  # clip scores from window scores: mean, max (multi-label); None: default
+    aggregate: Aggregate | None = (
+        None  # clip scores from window scores: mean, max (multi-label); None: default
+    )
     limits: Limits = DEFAULT_LIMITS
-    precision: tuple[str, ...] = ("fp32",)  # of a model's variants (fp32 / int8 / fp16), the first found
+    precision: tuple[Precision, ...] = (
+        "fp32",
+    )  # of a model's variants (fp32 / int8 / fp16), the first found
     num_cpus: int | None = None  # CPUs of the local Ray (tests); None: all of them
 
     def __post_init__(self) -> None:

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from bridle_model.manifest import Manifest
 from bridle_model.scores import scores  # /classify's scores: softmax, or sigmoid when multi-label
-from bridle_model.windowing import aggregate_for, clip_mean, clip_scores
+from bridle_model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("code", pa.string()), ("message", pa.string())])
 
@@ -101,7 +101,7 @@ def clips_table(
     embedding: np.ndarray,  # (R, D) float32
     logits: np.ndarray | None,  # (R, C) float32 when the model has a classifier
     top_k: int,
-    aggregate: str | None,  # None: the head's default (windowing.aggregate_for)
+    aggregate: Aggregate | None,  # None: the head's default (windowing.aggregate_for)
 ) -> pa.Table:
     """One row per file of `meta` (its windows are consecutive rows): its clip embedding and labels."""
     files = _runs([m.path for m in meta])  # a slice of rows per file

@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 
 from batch.store import OutputStore
 from batch.tables import WindowMeta, clips_table, errors_table, windows_table
+from bridle_model.config import Modality, Precision
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.manifest import MANIFEST_FILE, read_manifest
-from bridle_model.windowing import DEFAULT_POLICY, WindowPolicy
+from bridle_model.windowing import DEFAULT_POLICY, Aggregate, WindowPolicy
 from runtime.errors import ModelLoadError
 from runtime.models import LoadedModel, choose_variants, find_model_dirs, load_model
 from runtime.sessions import CpuThreads, ProviderChooser
@@ -35,7 +36,7 @@ from runtime.windows import Limits, Windows, to_windows
 ModelFiles = dict[str, dict[str, bytes]]  # model name -> {file name: bytes}
 
 
-def read_model_files(paths: list[str], precision: tuple[str, ...]) -> ModelFiles:
+def read_model_files(paths: list[str], precision: tuple[Precision, ...]) -> ModelFiles:
     """The manifest and graphs of every model directory under `paths` (hash-checked), by model name;
     of a model's precision variants, the one the service would load with the same `precision`."""
     models: ModelFiles = {}
@@ -81,7 +82,7 @@ class _ModelRows:
                 self.outputs["logits"].append(encoded["logits"])  # (B, C)
         self._waiting = [signal[stop:]] if stop < len(signal) else []
 
-    def tables(self, top_k: int, aggregate: str | None) -> tuple[pa.Table, pa.Table]:
+    def tables(self, top_k: int, aggregate: Aggregate | None) -> tuple[pa.Table, pa.Table]:
         """(the windows table, the clips table)."""
         self.finish()
         logits = np.concatenate(self.outputs["logits"]) if self.outputs["logits"] else None
@@ -104,7 +105,7 @@ class ShardProcessor:
         batch_size: int,
         top_k: int,
         windowing: WindowPolicy = DEFAULT_POLICY,
-        aggregate: str | None = None,  # the clip scores' pooling; None: the head's default
+        aggregate: Aggregate | None = None,  # the clip scores' pooling; None: the head's default
     ) -> None:
         self.models = models
         self.store = OutputStore(output)
@@ -114,7 +115,7 @@ class ShardProcessor:
         self.windowing = windowing
         self.aggregate = aggregate
 
-    def model_for(self, modality: str) -> LoadedModel:
+    def model_for(self, modality: Modality) -> LoadedModel:
         """The first model of the file's modality, as the service picks one for an upload."""
         for model in self.models.values():
             if model.manifest.modality == modality:
@@ -188,7 +189,7 @@ class ShardWorker:
         batch_size: int,
         top_k: int,
         windowing: WindowPolicy = DEFAULT_POLICY,
-        aggregate: str | None = None,
+        aggregate: Aggregate | None = None,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="bridle-batch-models-")
         chooser = ProviderChooser(override=providers)

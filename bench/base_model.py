@@ -8,9 +8,11 @@ A directory already there whose manifest verifies is reused; the export takes a 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from bridle_model.manifest import ManifestError, read_manifest
 
@@ -39,12 +41,10 @@ def base_audio_dir(root: Path = ROOT, seed: int = 0) -> Path:
     return directory
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT, help="folder of the benchmark models")
-    args = parser.parse_args(argv)
-    print(base_audio_dir(args.out))
+def main(out: Annotated[Path, typer.Option(help="folder of the benchmark models")] = ROOT) -> None:
+    """Print the real-size audio model directory, exported first when it is not there."""
+    print(base_audio_dir(out))
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

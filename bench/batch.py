@@ -19,7 +19,6 @@ against the 200 responses its /metrics counted (wrk's own CPU is not counted).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -29,9 +28,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import ray
+import typer
 
 from batch.job import run_job
 from batch.settings import JobSettings
@@ -69,32 +70,34 @@ class BatchRates:
     per_work_cpu: float  # windows per CPU-second of the actors' shard work alone
 
 
-def batch_rates(data: Path, out: Path, model_dir: Path, actors: int, args: argparse.Namespace) -> BatchRates:
-    """The rates of one job."""
+def batch_rates(
+    data: Path, out: Path, model_dir: Path, actors: int, files: int, batch_size: int, shard_files: int
+) -> BatchRates:
+    """The rates of one job over the `files` of `data`."""
     settings = JobSettings(
         input=str(data),
         model_dirs=(str(model_dir),),
         output=str(out),
         actors=actors,
-        batch_size=args.batch_size,
-        shard_files=args.shard_files,
+        batch_size=batch_size,
+        shard_files=shard_files,
     )
     before = tree_cpu()
     summary = run_job(settings)
-    assert summary.windows_this_run == args.files, summary
+    assert summary.windows_this_run == files, summary
     markers = sorted(
         ((m.stat().st_mtime, json.loads(m.read_text())) for m in (out / DONE).iterdir()), key=lambda m: m[0]
     )
     if len(markers) < 2:
         raise SystemExit("bench.batch needs at least two shards: more --files or fewer --shard-files")
-    after_first = args.files - markers[0][1]["windows"]  # markers by finishing time
+    after_first = files - markers[0][1]["windows"]  # markers by finishing time
     steady = after_first / max(markers[-1][0] - markers[0][0], 1e-9)
     work = sum(m["cpu_seconds"] for _, m in markers)  # the actors' shard work alone
     return BatchRates(
         summary.windows_this_run / summary.seconds,
         steady,
-        args.files / job_cpu(before, markers),
-        args.files / work,
+        files / job_cpu(before, markers),
+        files / work,
     )
 
 
@@ -136,46 +139,48 @@ def served(url: str) -> float:
     return sum(float(n) for n in re.findall(pattern, text, re.M))
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", type=Path, default=BUNDLED_AUDIO, help="an audio model directory")
-    p.add_argument("--files", type=int, default=3000, help="one-window files in the dataset")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds of the service phase")
-    p.add_argument("--clients", type=int, default=64)
-    p.add_argument(
-        "--batch-size", type=int, default=JobSettings.batch_size, help="windows per ORT run in the batch job"
-    )
-    p.add_argument("--shard-files", type=int, default=64)
-    args = p.parse_args(argv)
+def main(
+    model_dir: Annotated[Path, typer.Option(help="an audio model directory")] = BUNDLED_AUDIO,
+    files: Annotated[int, typer.Option(help="one-window files in the dataset")] = 3000,
+    rounds: Annotated[int, typer.Option()] = 2,
+    seconds: Annotated[float, typer.Option(help="measured seconds of the service phase")] = 10.0,
+    clients: Annotated[int, typer.Option()] = 64,
+    batch_size: Annotated[
+        int, typer.Option(help="windows per ORT run in the batch job")
+    ] = JobSettings.batch_size,
+    shard_files: Annotated[int, typer.Option()] = 64,
+) -> None:
+    """bridle-batch's windows/s (1 and 2 Ray actors) against the HTTP service at saturation."""
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("bench.batch needs wrk: `make bench-batch` installs it (apt-get install wrk)")
-    manifest = read_manifest(args.model_dir)
+    manifest = read_manifest(model_dir)
     if manifest.modality != "audio":
-        sys.exit(f"{args.model_dir} is a {manifest.modality} model; this bench drives an audio model")
+        sys.exit(f"{model_dir} is a {manifest.modality} model; this bench drives an audio model")
     samples, rate = int(manifest.input.shape[1]), int(manifest.input.sample_rate)
     cores = usable_cores()
     print(
-        f"model {manifest.name}, {args.files} one-window wavs, {cores} cores; batch: {args.batch_size} "
-        f"windows per run, {args.shard_files} files per shard; service: defaults, {args.clients} clients"
+        f"model {manifest.name}, {files} one-window wavs, {cores} cores; batch: {batch_size} "
+        f"windows per run, {shard_files} files per shard; service: defaults, {clients} clients"
     )
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        make_dataset(data, args.files, samples, rate)
+        make_dataset(data, files, samples, rate)
         body = data / "000000.wav"
-        for round_ in range(1, args.rounds + 1):
+        for round_ in range(1, rounds + 1):
             ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
             try:
                 rates = {
-                    a: batch_rates(data, Path(tmp) / f"out-{round_}-{a}", args.model_dir, a, args)
+                    a: batch_rates(
+                        data, Path(tmp) / f"out-{round_}-{a}", model_dir, a, files, batch_size, shard_files
+                    )
                     for a in (1, 2)
                 }
             finally:
                 ray.shutdown()
-            with running_service([args.model_dir], {"BRIDLE_QUEUE_SIZE": "4096"}) as service:
+            with running_service([model_dir], {"BRIDLE_QUEUE_SIZE": "4096"}) as service:
                 cpu, responses = cpu_seconds(service.process.pid), served(service.url)
-                load = drive(wrk, service.url, body, args.clients, args.seconds, lua=EMBED_AND_TOKENIZE)
+                load = drive(wrk, service.url, body, clients, seconds, lua=EMBED_AND_TOKENIZE)
                 service_per_cpu = (
                     (served(service.url) - responses) / 2 / (cpu_seconds(service.process.pid) - cpu)
                 )
@@ -202,4 +207,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

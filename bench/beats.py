@@ -24,14 +24,14 @@ the service.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+import typer
 
 from bench.timing import call_times, run_worker
 from bridle_data.beats_files import randomise, save_upstream
@@ -123,65 +123,71 @@ def service_windows_per_second(work: Path, servable: Servable, clients: int, sec
         return closed_loop_rate(service.url, "/embed", body, "audio/wav", clients, seconds)
 
 
-def _measure_in_subprocess(runtime: str, work: Path, args: argparse.Namespace) -> list[float]:
+def _measure_in_subprocess(runtime: str, work: Path, iters: int, warmup: int) -> list[float]:
     return run_worker(
-        "bench.beats", "--worker", runtime, "--work", str(work), "--iters", str(args.iters),
-        "--warmup", str(args.warmup),
-    )  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        "bench.beats",
+        "--worker",
+        runtime,
+        "--work",
+        str(work),
+        "--iters",
+        str(iters),
+        "--warmup",
+        str(warmup),
     )
-    parser.add_argument("--batch", type=int, default=2, help="10 s windows per call")
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--opset", type=int, default=OPSET, help="ONNX opset of the exported graph")
-    parser.add_argument(
-        "--service-seconds", type=float, default=0.0, help="also measure the service's windows/s (0: skip)"
-    )
-    parser.add_argument("--clients", type=int, default=2, help="client connections for the service figure")
-    parser.add_argument("--worker", choices=["reference", "ort"], help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
 
-    if args.worker:  # one runtime, in this process: print its times as JSON
-        timer = time_reference if args.worker == "reference" else time_ort
-        print(json.dumps(timer(args.work, args.warmup, args.iters)))
+
+def main(
+    batch: Annotated[int, typer.Option(help="10 s windows per call")] = 2,
+    iters: Annotated[int, typer.Option()] = 3,
+    warmup: Annotated[int, typer.Option()] = 1,
+    rounds: Annotated[int, typer.Option()] = 2,
+    opset: Annotated[int, typer.Option(help="ONNX opset of the exported graph")] = OPSET,
+    service_seconds: Annotated[
+        float, typer.Option(help="also measure the service's windows/s (0: skip)")
+    ] = 0.0,
+    clients: Annotated[int, typer.Option(help="client connections for the service figure")] = 2,
+    worker: Annotated[Literal["reference", "ort"] | None, typer.Option(hidden=True)] = None,
+    worker_dir: Annotated[Path | None, typer.Option("--work", hidden=True)] = None,
+) -> None:
+    """The imported BEATs encoder through ONNX Runtime against the upstream PyTorch code."""
+    if worker:  # one runtime, in this process: print its times as JSON
+        timer = time_reference if worker == "reference" else time_ort
+        print(json.dumps(timer(worker_dir, warmup, iters)))
         return
 
     times: dict[str, list[float]] = {"reference": [], "ort": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        diff, servable = prepare(work, args.batch, args.opset)
-        for _ in range(args.rounds):
+        diff, servable = prepare(work, batch, opset)
+        for _ in range(rounds):
             for runtime in times:
-                times[runtime] += _measure_in_subprocess(runtime, work, args)
-        report(args, times, diff)
-        if args.service_seconds > 0:
-            service = service_windows_per_second(work, servable, args.clients, args.service_seconds)
-            ort_rate = args.batch / float(np.median(times["ort"]))  # windows/s in process
+                times[runtime] += _measure_in_subprocess(runtime, work, iters, warmup)
+        report(times, diff, batch, opset, rounds, iters)
+        if service_seconds > 0:
+            service = service_windows_per_second(work, servable, clients, service_seconds)
+            ort_rate = batch / float(np.median(times["ort"]))  # windows/s in process
             print(
-                f"  service (bridle-serve, POST /embed, {args.clients} clients, one-window wavs, batches "
-                f"of <= {args.clients}, {args.service_seconds:g} s): {service:.2f} windows/s = "
+                f"  service (bridle-serve, POST /embed, {clients} clients, one-window wavs, batches "
+                f"of <= {clients}, {service_seconds:g} s): {service:.2f} windows/s = "
                 f"{service / ort_rate:.2f} x in-process ORT"
             )
 
 
-def report(args: argparse.Namespace, times: dict[str, list[float]], diff: float) -> None:
+def report(
+    times: dict[str, list[float]], diff: float, batch: int, opset: int, rounds: int, iters: int
+) -> None:
     """Print both sides' throughput (median over all timed runs) and their ratio."""
     ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
     ratio = ms["reference"] / ms["ort"]
     print(
-        f"BEATs-base (12 x 768, 496 patches, 527 classes), random weights, batch {args.batch} x 9.935 s, "
-        f"opset {args.opset}; each side in its own process, {args.rounds} rounds x {args.iters} timed runs, "
+        f"BEATs-base (12 x 768, 496 patches, 527 classes), random weights, batch {batch} x 9.935 s, "
+        f"opset {opset}; each side in its own process, {rounds} rounds x {iters} timed runs, "
         f"median; torch threads {torch.get_num_threads()}, ORT intra-op threads: its default, no spinning"
     )
-    print(f"  reference (upstream port, PyTorch eager): {1000 * args.batch / ms['reference']:6.2f} windows/s "
+    print(f"  reference (upstream port, PyTorch eager): {1000 * batch / ms['reference']:6.2f} windows/s "
           f"({ms['reference']:.0f} ms/batch)")  # fmt: skip
-    print(f"  onnxruntime (encoder.onnx)              : {1000 * args.batch / ms['ort']:6.2f} windows/s "
+    print(f"  onnxruntime (encoder.onnx)              : {1000 * batch / ms['ort']:6.2f} windows/s "
           f"({ms['ort']:.0f} ms/batch)")  # fmt: skip
     print(f"  logits max |ORT - reference|: {diff:.2e}")
     print(
@@ -191,4 +197,4 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], diff: float)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -20,12 +20,15 @@ Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debia
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from bench.base_model import base_audio_dir
 from bench.serve import closed_loop_rate
@@ -51,19 +54,54 @@ def window_wav(model_dir: Path, folder: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=15.0, help="measured seconds per small-model phase")
-    p.add_argument("--clients", type=int, default=16, help="the baseline's clients")
-    p.add_argument("--overload-clients", type=int, default=400)
-    p.add_argument("--refusal-bound", type=int, default=8, help="the in-flight bound of the refusal phase")
-    p.add_argument("--real-size-seconds", type=float, default=90.0, help="0: skip the real-size phase")
-    p.add_argument("--real-batch", type=int, default=4, help="max_batch_size for the real-size model")
-    p.add_argument("--real-clients", type=int, default=8)
-    p.add_argument("--runs", type=int, default=2, help="concurrent runs per graph (the service's default)")
-    p.add_argument("--frontends", type=int, default=2, help="front-end processes to compare; 0: skip")
-    p.add_argument("--layouts-only", action="store_true", help="only the process layouts' comparison")
-    args = p.parse_args(argv)
+@dataclass(frozen=True)
+class Load:
+    """The options of one run (the command line's)."""
+
+    seconds: float = 15.0  # measured seconds per small-model phase
+    clients: int = 16  # the baseline's clients
+    overload_clients: int = 400
+    refusal_bound: int = 8  # the in-flight bound of the refusal phase
+    real_size_seconds: float = 90.0  # 0: skip the real-size phase
+    real_batch: int = 4  # max_batch_size for the real-size model
+    real_clients: int = 8
+    runs: int = 2  # concurrent runs per graph (the service's default)
+    frontends: int = 2  # front-end processes to compare with one process; 0: skip
+    layouts_only: bool = False  # only the process layouts' comparison
+
+
+D = Load()
+
+
+def main(
+    seconds: Annotated[float, typer.Option(help="measured seconds per small-model phase")] = D.seconds,
+    clients: Annotated[int, typer.Option(help="the baseline's clients")] = D.clients,
+    overload_clients: Annotated[int, typer.Option()] = D.overload_clients,
+    refusal_bound: Annotated[
+        int, typer.Option(help="the in-flight bound of the refusal phase")
+    ] = D.refusal_bound,
+    real_size_seconds: Annotated[
+        float, typer.Option(help="0: skip the real-size phase")
+    ] = D.real_size_seconds,
+    real_batch: Annotated[int, typer.Option(help="max_batch_size for the real-size model")] = D.real_batch,
+    real_clients: Annotated[int, typer.Option()] = D.real_clients,
+    runs: Annotated[int, typer.Option(help="concurrent runs per graph (the service's default)")] = D.runs,
+    frontends: Annotated[int, typer.Option(help="front-end processes to compare; 0: skip")] = D.frontends,
+    layouts_only: Annotated[bool, typer.Option(help="only the process layouts' comparison")] = D.layouts_only,
+) -> None:
+    """Served req/s under overload, refusal latency, and a real-size model through the service."""
+    args = Load(
+        seconds,
+        clients,
+        overload_clients,
+        refusal_bound,
+        real_size_seconds,
+        real_batch,
+        real_clients,
+        runs,
+        frontends,
+        layouts_only,
+    )
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("bench.engine_load needs wrk: `make bench-engine` installs it (apt-get install wrk)")
@@ -84,7 +122,7 @@ def load_average() -> str:
     return f"load avg {os.getloadavg()[0]:.1f}"
 
 
-def layouts(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+def layouts(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
     """The same load on one process (FRONTENDS=0) and on N front ends + an engine process, alternated
     twice; each figure with the load average, and the ratio of the sums."""
     n = args.frontends
@@ -121,7 +159,7 @@ def layouts(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespac
     return lines
 
 
-def small_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+def small_model(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
     """Served req/s at `--overload-clients` / at `--clients`, and the refusals' latency."""
     small = BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(folder)
     body = window_wav(small, folder)
@@ -145,7 +183,7 @@ def small_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Name
     ]
 
 
-def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.Namespace) -> list[str]:
+def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
     """The real-size model's windows/s through the service at saturation / in process."""
     real = base_audio_dir()
     body = window_wav(real, folder)
@@ -167,4 +205,4 @@ def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: argparse.
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

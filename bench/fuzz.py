@@ -10,15 +10,16 @@ through the same `mutate` and `check_answer`.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Annotated
 
 import httpx
+import typer
 
 from bridle_data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
 
@@ -123,22 +124,24 @@ def run(url: str, count: int, seed: int, clients: int) -> tuple[Counter[str], li
     return counts, failures
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(
+    count: Annotated[int, typer.Option("--cases", help="damaged uploads to post")] = 20_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    clients: Annotated[int, typer.Option()] = 4,
+    model_dir: Annotated[
+        list[str] | None, typer.Option(help="repeatable; default: the bundled models")
+    ] = None,
+) -> None:
+    """Post seeded damaged uploads to a real bridle-serve; exit 1 on any 5xx, non-JSON or no answer."""
     from bench.serve import BUNDLED, running_service
 
-    p = argparse.ArgumentParser(prog="bench.fuzz", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", type=int, default=20_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--model-dir", action="append", default=None, help="default: the bundled models")
-    args = p.parse_args(argv)
-    with running_service(args.model_dir or [str(d) for d in BUNDLED]) as service:
+    with running_service(model_dir or [str(d) for d in BUNDLED]) as service:
         rss_ready = service.rss_mb()
-        counts, failures = run(service.url, args.cases, args.seed, args.clients)
+        counts, failures = run(service.url, count, seed, clients)
         rss = service.rss_mb()
-    print(f"{args.cases} cases (seed {args.seed}), answers by status and error code:")
+    print(f"{count} cases (seed {seed}), answers by status and error code:")
     for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        print(f"  {key:32s} {n:7d}  {100 * n / args.cases:6.2f} %")
+        print(f"  {key:32s} {n:7d}  {100 * n / count:6.2f} %")
     print(f"server RSS: {rss_ready:.0f} MB when ready, {rss:.0f} MB at the end")
     for f in failures[:20]:
         print("  FAILED", f)
@@ -148,4 +151,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -22,7 +22,6 @@ each with p50 and p99 latency; and
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import re
@@ -36,8 +35,10 @@ import wave
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from bench.serve import running_service
 from bridle_model.manifest import read_manifest
@@ -274,75 +275,78 @@ def ort_throughput(model_dir: Path, batch: int, runs: int, threads: CpuThreads, 
     return sum(counts) * batch / (time.monotonic() - start)
 
 
-def main(argv: list[str] | None = None) -> None:
-    defaults = Settings()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-dir", type=Path, help="an audio model directory (default: models/audio-digits)")
-    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load phase")
-    p.add_argument("--clients", type=int, default=64, help="concurrent clients for the saturation phase")
-    p.add_argument("--batch", type=int, default=defaults.max_batch_size, help="max_batch_size when batching")
-    p.add_argument("--runs", type=int, default=defaults.concurrent_runs, help="concurrent runs per graph")
-    p.add_argument(
-        "--threads", type=int, default=defaults.intra_op_threads, help="ORT threads per run (0: cores / runs)"
-    )
-    p.add_argument("--overload-clients", type=int, default=400, help="clients for the overload phase")
-    args = p.parse_args(argv)
+DEFAULTS = Settings.model_construct()  # the fields' defaults, not the environment's
+
+
+def main(
+    model_dir: Annotated[
+        Path | None, typer.Option(help="an audio model directory (default: models/audio-digits)")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="measured seconds per load phase")] = 10.0,
+    clients: Annotated[int, typer.Option(help="concurrent clients for the saturation phase")] = 64,
+    batch: Annotated[int, typer.Option(help="max_batch_size when batching")] = DEFAULTS.max_batch_size,
+    runs: Annotated[int, typer.Option(help="concurrent runs per graph")] = DEFAULTS.concurrent_runs,
+    threads: Annotated[
+        int, typer.Option(help="ORT threads per run (0: cores / runs)")
+    ] = DEFAULTS.intra_op_threads,
+    overload_clients: Annotated[int, typer.Option(help="clients for the overload phase")] = 400,
+) -> None:
+    """In-process ONNX Runtime against the service: saturation, dynamic batching, overload."""
+    defaults = DEFAULTS
     wrk = shutil.which("wrk")
     if wrk is None:
         sys.exit("bench.service_load needs wrk: `make bench-service` installs it (apt-get install wrk)")
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = args.model_dir or (
-            BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(Path(tmp))
-        )
+        model_dir = model_dir or (BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(Path(tmp)))
         manifest = read_manifest(model_dir)
         if manifest.modality != "audio":
             sys.exit(f"{model_dir} is a {manifest.modality} model; this bench drives an audio model")
         body = Path(tmp) / "window.wav"
         body.write_bytes(wav_bytes(int(manifest.input.shape[1]), int(manifest.input.sample_rate)))
-        served = Settings(concurrent_runs=args.runs, intra_op_threads=args.threads).cpu_threads
+        served = Settings(concurrent_runs=runs, intra_op_threads=threads).cpu_threads
         print(
             f"model {manifest.name} ({model_dir}), one {manifest.input.window_seconds:.3f} s window per "
-            f"request; service: batch <= {args.batch}, {args.runs} concurrent run(s), "
+            f"request; service: batch <= {batch}, {runs} concurrent run(s), "
             f"{served.intra_op} ORT thread(s) per run, {os.cpu_count()} cores"
         )
 
         candidates = [
-            (args.batch, runs, CpuThreads(intra_op=threads, spin=spin))
-            for runs in sorted({1, args.runs})
-            for threads in sorted({0, 1, served.intra_op})
+            (batch, r, CpuThreads(intra_op=t, spin=spin))
+            for r in sorted({1, runs})
+            for t in sorted({0, 1, served.intra_op})
             for spin in (False, True)
         ]
-        ort = {c: ort_throughput(model_dir, *c, args.seconds / 2) for c in candidates}
-        ort[(1, args.runs, served)] = ort_throughput(model_dir, 1, args.runs, served, args.seconds / 2)
-        env = {"BRIDLE_CONCURRENT_RUNS": str(args.runs), "BRIDLE_INTRA_OP_THREADS": str(args.threads)}
-        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.batch)}) as url:
-            saturated = drive(wrk, url, body, args.clients, args.seconds)
-            batched16 = drive(wrk, url, body, 16, args.seconds)
+        ort = {c: ort_throughput(model_dir, *c, seconds / 2) for c in candidates}
+        ort[(1, runs, served)] = ort_throughput(model_dir, 1, runs, served, seconds / 2)
+        env = {"BRIDLE_CONCURRENT_RUNS": str(runs), "BRIDLE_INTRA_OP_THREADS": str(threads)}
+        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(batch)}) as url:
+            saturated = drive(wrk, url, body, clients, seconds)
+            batched16 = drive(wrk, url, body, 16, seconds)
         with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": "1"}) as url:
-            single16 = drive(wrk, url, body, 16, args.seconds)
+            single16 = drive(wrk, url, body, 16, seconds)
         # overload: the in-flight bound as configured, and with no bound (every request admitted)
         wav = body.read_bytes()
-        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.batch)}) as url:
-            bounded = overload(url, wav, args.overload_clients, args.seconds)
+        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(batch)}) as url:
+            bounded = overload(url, wav, overload_clients, seconds)
         unbounded_env = {"BRIDLE_MAX_CONCURRENT_REQUESTS": "1000000", "BRIDLE_QUEUE_SIZE": "1000000"}
-        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.batch), **unbounded_env}) as url:
-            unbounded = overload(url, wav, args.overload_clients, args.seconds)
+        with serve(model_dir, {**env, "BRIDLE_MAX_BATCH_SIZE": str(batch), **unbounded_env}) as url:
+            unbounded = overload(url, wav, overload_clients, seconds)
 
-    for (batch, runs, threads), rate in ort.items():
+    for (b, r, t), rate in ort.items():
         label = (
-            f"in-process ORT, batch {batch}, {runs} run(s) x {threads.intra_op or 'default'} thread(s), "
-            f"{'spinning' if threads.spin else 'no spin'}"
+            f"in-process ORT, batch {b}, {r} run(s) x {t.intra_op or 'default'} thread(s), "
+            f"{'spinning' if t.spin else 'no spin'}"
         )
         print(f"{label:<58} {rate:8.1f} windows/s")
-    print(saturated.line(f"service, {args.clients} clients, batch <= {args.batch}"))
-    print(batched16.line(f"service, 16 clients, batch <= {args.batch}"))
+    print(saturated.line(f"service, {clients} clients, batch <= {batch}"))
+    print(batched16.line(f"service, 16 clients, batch <= {batch}"))
     print(single16.line("service, 16 clients, batch 1"))
-    n = args.overload_clients
+    n = overload_clients
     print(bounded.line(f"service, {n} clients, {defaults.max_concurrent_requests} in flight at most"))
     print(unbounded.line(f"service, {n} clients, no in-flight bound"))
-    best = max(rate for (batch, _, _), rate in ort.items() if batch == args.batch)
-    ceiling = ort[(args.batch, args.runs, served)] / ort[(1, args.runs, served)]
+    best = max(rate for (b, _, _), rate in ort.items() if b == batch)
+    ceiling = ort[(batch, runs, served)] / ort[(1, runs, served)]
     print(f"service at saturation / best in-process ORT:  {saturated.throughput / best:.2f}  (goal >= 0.85)")
     print(
         f"overload, {n} clients: {100 * bounded.in_time:.1f} % answered within 2 s (goal >= 99 %; "
@@ -351,9 +355,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"dynamic batching / none at 16 clients:       {batched16.throughput / single16.throughput:.2f}  "
-        f"(goal >= 1.5; in-process ORT batch {args.batch} / batch 1 here: {ceiling:.2f})"
+        f"(goal >= 1.5; in-process ORT batch {batch} / batch 1 here: {ceiling:.2f})"
     )
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

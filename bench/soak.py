@@ -11,16 +11,17 @@ variables (`MALLOC_ARENA_MAX=2`, `BRIDLE_MAX_BATCH_SIZE=8`) to the server, to co
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 import numpy as np
+import typer
 
 from bench.fuzz import CONTENT_TYPES, FORMATS, ROUTES, mutate, seed_files
 from bench.serve import BUNDLED, Service, running_service
@@ -51,42 +52,44 @@ def sample_rss(service: Service, stop: threading.Event, samples: list[tuple[floa
         stop.wait(1.0)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="bench.soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=600.0)
-    p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--max-growth", type=float, default=20.0, help="percent RSS growth after warm-up")
-    p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server; repeatable")
-    p.add_argument("--rss-log", help="write the RSS samples (seconds, MB) to this file")
-    args = p.parse_args(argv)
-    env = dict(item.split("=", 1) for item in args.env)
+def main(
+    seconds: Annotated[float, typer.Option()] = 600.0,
+    clients: Annotated[int, typer.Option()] = 32,
+    max_growth: Annotated[float, typer.Option(help="percent RSS growth after warm-up")] = 20.0,
+    env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the server; repeatable")] = None,
+    rss_log: Annotated[
+        Path | None, typer.Option(help="write the RSS samples (seconds, MB) to this file")
+    ] = None,
+) -> None:
+    """Closed-loop clients on the bundled models; exit 1 on any 5xx or RSS growth over --max-growth."""
+    server_env = dict(item.split("=", 1) for item in env or [])
     files = seed_files()
-    warmup = max(30.0, args.seconds / 10)
+    warmup = max(30.0, seconds / 10)
     answers: list[tuple[int, float]] = []
     rss: list[tuple[float, float]] = []
-    with running_service(BUNDLED, env) as service:
+    with running_service(BUNDLED, server_env) as service:
         stop = threading.Event()
         sampler = threading.Thread(target=sample_rss, args=(service, stop, rss))
         sampler.start()
-        stop_at = time.monotonic() + args.seconds
-        clients = [
+        stop_at = time.monotonic() + seconds
+        loops = [
             threading.Thread(target=client_loop, args=(service.url, i, stop_at, files, answers))
-            for i in range(args.clients)
+            for i in range(clients)
         ]
-        for c in clients:
+        for c in loops:
             c.start()
-        for c in clients:
+        for c in loops:
             c.join()
         stop.set()
         sampler.join()
-    if args.rss_log:
-        Path(args.rss_log).write_text("".join(f"{t:.1f} {mb:.1f}\n" for t, mb in rss))
+    if rss_log:
+        rss_log.write_text("".join(f"{t:.1f} {mb:.1f}\n" for t, mb in rss))
     after_warmup = next(mb for t, mb in rss if t >= warmup)
     end = rss[-1][1]
     classes = Counter(f"{s // 100}xx" if s else "no answer" for s, _ in answers)
     served = np.array([t for s, t in answers if 200 <= s < 300]) * 1000  # (n,) ms
     growth = 100 * (end - after_warmup) / after_warmup
-    print(f"soak: {args.seconds:g} s, {args.clients} clients, env {env or '{}'}, {len(answers)} requests")
+    print(f"soak: {seconds:g} s, {clients} clients, env {server_env or '{}'}, {len(answers)} requests")
     print("  answers: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items())))
     print(f"  2xx latency: p50 {np.percentile(served, 50):.0f} ms, p99 {np.percentile(served, 99):.0f} ms")
     print(
@@ -95,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     bad = classes["5xx"] + classes["no answer"]
     print(f"  5xx or no answer: {bad}")
-    sys.exit(1 if bad or growth > args.max_growth else 0)
+    sys.exit(1 if bad or growth > max_growth else 0)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

@@ -70,7 +70,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def _fail(message: str) -> None:
-    print(f"bridle-serve: cannot start: {message}", file=sys.stderr)
+    print(f"error: cannot start: {message}", file=sys.stderr)
     raise typer.Exit(EXIT_BAD_START)
 
 

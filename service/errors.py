@@ -1,10 +1,7 @@
 """Every failure the service reports, as JSON `{"error": {"code": ..., "message": ...}}`.
 
-Status codes: 400 empty / malformed request, 401 missing or wrong API key, 404 unknown model or route,
-413 body, audio, video or image over a limit, 415 unsupported media or no model for it, 422 corrupt or
-undecodable media, video with no frames, model without classifier, invalid parameters, 500 an unexpected
-failure (with the request id), 503 overloaded, queue full, timeout, not ready or shutting down (with
-Retry-After).
+`STATUSES` says what each status code means (the OpenAPI schema's error responses are built from it:
+service/schemas.py). A 500 (an unexpected failure) carries the request id (service/middleware.py).
 """
 
 from __future__ import annotations
@@ -17,6 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bridle_model.decoding import MediaError
 from runtime.errors import EngineError
 
+STATUSES = {
+    400: "empty or malformed request",
+    401: "missing or wrong API key",
+    404: "unknown model or route",
+    413: "body, audio, video or image over a limit, or more model windows than a request may hold",
+    415: "unsupported media, or no loaded model for it",
+    422: "corrupt or undecodable media, video with no frames, model without classifier or features graph, "
+    "invalid parameters",
+    503: "overloaded, queue full, timeout, not ready or shutting down (with Retry-After)",
+}
 MEDIA_STATUS = {
     "empty": 400,
     "corrupt": 422,

@@ -7,7 +7,7 @@ window count, runs the graph through the batchers (fetching only the outputs the
 and reduces the outputs: the clip's embedding and scores from its windows' (bridle_model/windowing.py:
 a mean weighted by each window's seconds of signal, or the maximum of a multi-label head's scores), L2
 normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
-`service/app.py` reads the request and serialises these results.
+`service/routes/` reads the request and serialises these results.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import anyio.to_thread
 import numpy as np
 
+from bridle_model.config import Modality
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
-from bridle_model.windowing import aggregate_for, clip_mean, clip_scores
+from bridle_model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 from runtime.batcher import Batcher, BatcherHooks
 from runtime.client import EngineClient, EngineLink, RemoteBatcher
 from runtime.engine import BatchSpec, start_batchers
@@ -36,6 +37,7 @@ from runtime.windows import Limits, Windows, to_windows
 from service.errors import ServiceError, from_media_error
 from service.media import Upload
 from service.metrics import Metrics
+from service.modalities import SERVED
 from service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")
@@ -50,9 +52,6 @@ OUTPUTS = {
     "classify": ("logits",),
     "tokenize": ("codes",),
 }
-# audio and video files share containers: an audio model reads the sound of a video, and a video model
-# given a file without pictures says so (422 no_frames) from its decoder
-ACCEPTS = {"audio": ("audio", "video"), "image": ("image",), "video": ("video", "audio")}
 
 
 # ---- results ---------------------------------------------------------------------------------------
@@ -245,7 +244,7 @@ class Inference:
         model: str | None,
         top_k: int,
         threshold: float | None = None,
-        aggregate: str | None = None,
+        aggregate: Aggregate | None = None,
     ) -> list[Labels]:
         """Top-k labels per window and for the clip, only those scoring at least `threshold` when given.
         Scores are a softmax over the labels, or independent sigmoid probabilities for a multi-label
@@ -294,7 +293,7 @@ class Inference:
         ]
 
     # ---- steps -------------------------------------------------------------------------------
-    def model_for(self, name: str | None, modality: str) -> LoadedModel:
+    def model_for(self, name: str | None, modality: Modality) -> LoadedModel:
         """The named model (404 unknown, 415 for a modality it does not read), or the first model of
         the upload's modality (415 when none is loaded)."""
         if name is not None:
@@ -303,7 +302,7 @@ class Inference:
                     404, "unknown_model", f"no model named {name!r}; loaded: {sorted(self.models)}"
                 )
             model = self.models[name]
-            if modality not in ACCEPTS[model.manifest.modality]:
+            if modality not in SERVED[model.manifest.modality].reads:
                 raise ServiceError(
                     415,
                     "wrong_modality",
@@ -324,7 +323,7 @@ class Inference:
         graph: str,
         outputs: tuple[str, ...],
         need_classifier: bool = False,
-        aggregate: str | None = None,
+        aggregate: Aggregate | None = None,
     ) -> list[tuple[_Prepared, dict[str, np.ndarray]]]:
         prepared = await asyncio.gather(
             *(self._prepare(u, model, need_classifier, aggregate) for u in uploads)
@@ -350,7 +349,11 @@ class Inference:
             )
 
     async def _prepare(
-        self, upload: Upload, model_name: str | None, need_classifier: bool, aggregate: str | None = None
+        self,
+        upload: Upload,
+        model_name: str | None,
+        need_classifier: bool,
+        aggregate: Aggregate | None = None,
     ) -> _Prepared:
         """Sniff, pick and check the model (its head, and that it can pool scores by `aggregate`),
         then decode and window the upload in a worker thread."""

@@ -1,0 +1,17 @@
+"""`GET /`: the page that sends a file and draws what the model saw (service/static/index.html)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+STATIC = Path(__file__).parent.parent / "static"
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
