@@ -20,13 +20,15 @@ by the CLI's seeded split: about 29k held-out patches for 256 codes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
 
 from bridle_model.checkpoint import build_servable, save_servable
 from bridle_model.config import ImageInput, ModelConfig, QuantizerConfig, ViTConfig
@@ -67,38 +69,36 @@ def hf_teacher(out: Path) -> Path:
     return out / "teacher"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--teacher", choices=("hf", "own"), default="hf")
-    parser.add_argument("--digits", type=Path, default=Path("data/image-digits"))
-    parser.add_argument("--out", type=Path, default=Path("runs/distill-vit-s"))
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--held-out", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dead-code-steps", type=int, default=10)
-    args = parser.parse_args()
-    if not all((args.digits / split).is_dir() for split in HANDWRITTEN):
-        sys.exit(f"error: {args.digits} is missing: run `{DEMO_DATA}`")
-    data = args.out / "digits"
+def main(
+    teacher_kind: Annotated[Literal["hf", "own"], typer.Option("--teacher")] = "hf",
+    digits: Annotated[Path, typer.Option()] = Path("data/image-digits"),
+    out: Annotated[Path, typer.Option()] = Path("runs/distill-vit-s"),
+    steps: Annotated[int, typer.Option()] = 120,
+    held_out: Annotated[float, typer.Option()] = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+    dead_code_steps: Annotated[int, typer.Option()] = 10,
+) -> None:
+    """A 4 x 256 BRIDLE tokenizer distilled from a ViT-S teacher; its per-level held-out code usage."""
+    if not all((digits / split).is_dir() for split in HANDWRITTEN):
+        sys.exit(f"error: {digits} is missing: run `{DEMO_DATA}`")
+    data = out / "digits"
     shutil.rmtree(data, ignore_errors=True)
     for split in HANDWRITTEN:
-        shutil.copytree(args.digits / split, data / split)
-    teacher = hf_teacher(args.out) if args.teacher == "hf" else own_teacher(args.out)
+        shutil.copytree(digits / split, data / split)
+    teacher = hf_teacher(out) if teacher_kind == "hf" else own_teacher(out)
     command = [
         sys.executable, "-m", "training.cli", "tokenizer", str(teacher), "--data", str(data),
-        "--levels", "4", "--codebook-size", "256", "--steps", str(args.steps), "--seed", str(args.seed),
-        "--held-out", str(args.held_out),
-        "--dead-code-steps", str(args.dead_code_steps), "--out", str(args.out / "servable"), "--force",
+        "--levels", "4", "--codebook-size", "256", "--steps", str(steps), "--seed", str(seed),
+        "--held-out", str(held_out),
+        "--dead-code-steps", str(dead_code_steps), "--out", str(out / "servable"), "--force",
     ]  # fmt: skip
     print("$", shlex.join(command), flush=True)
     subprocess.run(command, check=True)
-    report = json.loads((args.out / "servable" / "tokenizer_report.json").read_text())
+    report = json.loads((out / "servable" / "tokenizer_report.json").read_text())
     usage = [lv["usage_rate"] for lv in report["held_out"]["levels"]]
     verdict = "met" if min(usage) >= 0.9 else "NOT met"
     print(f"goal: per-level held-out usage >= 0.9: {verdict} (lowest level {min(usage):.3f})")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

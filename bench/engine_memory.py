@@ -19,14 +19,15 @@ are against `one-run`, measured in the same run; RSS after the runs, peak (VmHWM
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import typer
 
 from bench.base_model import base_audio_dir
 from bench.serve import running_service
@@ -110,52 +111,51 @@ def serve_ready(directory: Path, batch: int, runs: int, warmup: str, arena: bool
         return time.perf_counter() - started, service.rss_mb()
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16, help="windows per run (the service's max_batch_size)")
-    p.add_argument("--runs", type=int, default=2, help="runs at once (the service's concurrent_runs)")
-    p.add_argument("--modes", default=",".join(MODES), help=f"some of {','.join(MODES)}")
-    p.add_argument(
-        "--serve",
-        default="one:arena,one:no-arena,full:arena",
-        help="bridle-serve figures, comma-separated BRIDLE_WARMUP:arena|no-arena ('': none)",
-    )
-    p.add_argument(
-        "--throughput-seconds", type=float, default=40.0, help="per engine layout (0: skip); in process"
-    )
-    p.add_argument("--throughput-batch", type=int, default=4, help="windows per run for the throughput")
-    p.add_argument("--model-dir", type=Path, help="default: bench/base_model.py's, built on demand")
-    p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    directory = args.model_dir or base_audio_dir()
-    if args.worker:
-        print(json.dumps(measure(args.worker, directory, args.batch, args.runs)))
+def main(
+    batch: Annotated[int, typer.Option(help="windows per run (the service's max_batch_size)")] = 16,
+    runs: Annotated[int, typer.Option(help="runs at once (the service's concurrent_runs)")] = 2,
+    modes: Annotated[str, typer.Option(help=f"some of {','.join(MODES)}")] = ",".join(MODES),
+    serve: Annotated[
+        str,
+        typer.Option(help="bridle-serve figures, comma-separated BRIDLE_WARMUP:arena|no-arena ('': none)"),
+    ] = "one:arena,one:no-arena,full:arena",
+    throughput_seconds: Annotated[float, typer.Option(help="per engine layout (0: skip); in process")] = 40.0,
+    throughput_batch: Annotated[int, typer.Option(help="windows per run for the throughput")] = 4,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="default: bench/base_model.py's, built on demand")
+    ] = None,
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """RSS, load and run time of each session layout, in-process windows/s, and bridle-serve's ready time."""
+    directory = model_dir or base_audio_dir()
+    if worker:
+        print(json.dumps(measure(worker, directory, batch, runs)))
         return
-    print(f"{directory.name}: batch {args.batch}, {args.runs} runs at once, CPU provider")
-    modes = [m for m in args.modes.split(",") if m]
-    found = {mode: in_subprocess(mode, directory, args.batch, args.runs) for mode in modes}
+    print(f"{directory.name}: batch {batch}, {runs} runs at once, CPU provider")
+    modes = [m for m in modes.split(",") if m]
+    found = {mode: in_subprocess(mode, directory, batch, runs) for mode in modes}
     floor = found.get("one-run", {}).get("rss_mb")
     for mode, f in found.items():
         ratio = f" = {f['rss_mb'] / floor:.2f} x one-run" if floor else ""
         times = f"load {f['load_s']:5.1f} s  runs {f['run_s']:6.1f} s"
         print(f"  {mode:<16} {times}  RSS {f['rss_mb']:6.0f} MB{ratio}  (peak {f['peak_mb']:6.0f} MB)")
-    if args.throughput_seconds > 0:
+    if throughput_seconds > 0:
         cores = len(os.sched_getaffinity(0))
-        layouts = [(args.runs, True), (args.runs, False), (1, True)]
+        layouts = [(runs, True), (runs, False), (1, True)]
         for runs, arena in layouts:
             threads = CpuThreads(intra_op=max(1, cores // runs), arena=arena)
-            rate = ort_throughput(directory, args.throughput_batch, runs, threads, args.throughput_seconds)
+            rate = ort_throughput(directory, throughput_batch, runs, threads, throughput_seconds)
             print(
-                f"  encoder windows/s in process, batch {args.throughput_batch}, {runs} run(s) at once x "
+                f"  encoder windows/s in process, batch {throughput_batch}, {runs} run(s) at once x "
                 f"{threads.intra_op} thread(s), arena {'on' if arena else 'off'}: {rate:.2f}"
             )
-    for served in filter(None, args.serve.split(",")):
+    for served in filter(None, serve.split(",")):
         warmup, arena = served.split(":")
-        ready_s, rss = serve_ready(directory, args.batch, args.runs, warmup, arena == "arena")
+        ready_s, rss = serve_ready(directory, batch, runs, warmup, arena == "arena")
         ratio = f" = {rss / floor:.2f} x one-run" if floor else ""
         label = f"bridle-serve, BRIDLE_WARMUP={warmup}, {arena}"
         print(f"  {label}: ready in {ready_s:.1f} s, RSS {rss:.0f} MB{ratio}")
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)

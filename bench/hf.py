@@ -22,13 +22,14 @@ the median over all timed runs. The logits of the two are compared as a check.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+import typer
 
 from bench.timing import call_times, run_worker
 from bridle_data.hf_models import load_model, make_folder, reference, sample_input
@@ -100,41 +101,41 @@ def _processor_inputs(family: str, folder: Path, signal: np.ndarray) -> np.ndarr
     return proc(list(signal.transpose(0, 2, 3, 1)), **keep)["pixel_values"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--families", default="vit,ast,videomae")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", choices=["torch", "ort"], help=argparse.SUPPRESS)
-    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(time_worker(args.worker, args.work, args.warmup, args.iters)))
+def main(
+    families: Annotated[str, typer.Option(help="comma-separated: vit, ast, videomae")] = "vit,ast,videomae",
+    batch: Annotated[int, typer.Option()] = 8,
+    iters: Annotated[int, typer.Option()] = 3,
+    warmup: Annotated[int, typer.Option()] = 1,
+    rounds: Annotated[int, typer.Option()] = 2,
+    worker: Annotated[Literal["torch", "ort"] | None, typer.Option(hidden=True)] = None,
+    work: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Imported Hugging Face models at full size: ONNX Runtime against transformers eager, batch 8."""
+    if worker:
+        print(json.dumps(time_worker(worker, work, warmup, iters)))
         return
 
     print(
-        f"batch {args.batch}; each runtime in its own process, {args.rounds} rounds x {args.iters} timed "
-        f"runs after {args.warmup} warm-up, median; torch threads {torch.get_num_threads()}"
+        f"batch {batch}; each runtime in its own process, {rounds} rounds x {iters} timed "
+        f"runs after {warmup} warm-up, median; torch threads {torch.get_num_threads()}"
     )
-    for family in args.families.split(","):
+    for family in families.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            check = prepare(family, work, args.batch)
+            check = prepare(family, work, batch)
             runs: dict[str, list[float]] = {"torch": [], "ort": []}
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 for runtime in runs:
-                    runs[runtime] += _worker(runtime, work, args.warmup, args.iters)
+                    runs[runtime] += _worker(runtime, work, warmup, iters)
         ms = {k: 1000 * float(np.median(v)) for k, v in runs.items()}
         ratio = ms["torch"] / ms["ort"]
         goal = GOAL.get(family)
         verdict = f" (goal >= {goal}: {'MET' if ratio >= goal else 'NOT MET'})" if goal else ""
         print(f"{family} base: {check}")
         for name, key in (("transformers eager", "torch"), ("onnxruntime       ", "ort")):
-            print(f"  {name}: {1000 * args.batch / ms[key]:7.2f} samples/s ({ms[key]:.0f} ms/batch)")
+            print(f"  {name}: {1000 * batch / ms[key]:7.2f} samples/s ({ms[key]:.0f} ms/batch)")
         print(f"  ratio ORT / transformers: {ratio:.2f}x{verdict}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    typer.run(main)
