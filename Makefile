@@ -128,9 +128,9 @@ bench-train: $(DEV_STAMP)
 	$(PY) -m bench.train data
 	$(PY) -m bench.train rq
 
-## measure-tokenizer: a 4 x 256 BRIDLE tokenizer distilled from a ViT-S-sized image encoder (seeded random
-## weights) on the handwritten demo digits, through `bridle-train tokenizer`; prints per-level held-out code
-## usage and perplexity (about 40 min on the shared 2-core CPU)
+## measure-tokenizer: a 4 x 256 BRIDLE tokenizer distilled from an imported ViT-S-shaped Hugging Face encoder
+## (seeded random weights, through `bridle-import hf`) on the handwritten demo digits, through
+## `bridle-train tokenizer`; prints per-level held-out code usage and perplexity (about 55 min on 2 cores)
 measure-tokenizer: $(DEV_STAMP)
 	$(PY) -m bridle_data.demo_data --out data --only image-digits
 	$(PY) -m bench.distill_vit
