@@ -6,7 +6,8 @@ Checks, in order:
 3. each graph loads in ONNX Runtime (CPU) and, on a batch of structured test inputs, returns outputs of
    the manifest's shapes with finite values;
 4. with a checkpoint: the same inputs through the PyTorch modules give embeddings within
-   `EMBEDDING_TOLERANCE` (max abs diff) and codes identical on at least `CODE_AGREEMENT` of positions.
+   `EMBEDDING_TOLERANCE` (max abs diff), the log-mel `features` within `FEATURES_TOLERANCE`, and codes
+   identical on at least `CODE_AGREEMENT` of positions.
    A lower-precision variant (int8, fp16) passes its accuracy gate instead (export/gate.py): the figures
    stored in its manifest, and, given the float32 `reference` directory and held-out `data`, measured anew.
 """
@@ -33,6 +34,10 @@ from export.gate import GateResult, load_held_out, measure_gate
 from export.onnx_graphs import tensor_spec
 
 EMBEDDING_TOLERANCE = 1e-4  # max abs diff, torch vs ORT, of every float output
+# the log-mel features alone: the log of a float32 power spectrum moves most in the bins near Kaldi's energy
+# floor, where matmul kernels' rounding differs (8.5e-5 seen on an imported BEATs at 992 frames); the
+# encoder's outputs, which read these features, are held to EMBEDDING_TOLERANCE above
+FEATURES_TOLERANCE = 5e-4
 CODE_AGREEMENT = 0.999  # share of code positions that must be identical
 VERIFY_BATCH = 16  # enough patches that one near-tie flip (one patch, every level) stays under 0.1 %
 
@@ -244,8 +249,8 @@ def _check_parity(
         report.figures["features.features max_abs_diff"] = diff
         report.add(
             "parity: features",
-            diff <= EMBEDDING_TOLERANCE,
-            f"max abs diff torch vs ORT {diff:.2e} (tolerance {EMBEDDING_TOLERANCE:.0e})",
+            diff <= FEATURES_TOLERANCE,
+            f"max abs diff torch vs ORT {diff:.2e} (tolerance {FEATURES_TOLERANCE:.0e})",
         )
 
     torch_codes = torch_outputs["tokenizer"]["codes"].numpy()
