@@ -20,7 +20,6 @@ Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debia
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from bench.service_load import (
     serve,
     wav_bytes,
 )
+from bench.timing import load_average
 from bridle_model.manifest import read_manifest
 from runtime.sessions import CpuThreads
 from service.settings import usable_cores
@@ -116,10 +116,6 @@ def main(
         if args.frontends > 0:
             lines += layouts(wrk, folder, env, args)
     print("\n".join(lines))
-
-
-def load_average() -> str:
-    return f"load avg {os.getloadavg()[0]:.1f}"
 
 
 def layouts(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:

@@ -12,12 +12,9 @@ both). The 1-minute load average is printed beside each figure (the machine may 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,8 +28,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from bench.serve import REPO, free_port
+from bench.serve import REPO, free_port, running_server
 from bench.service_load import drive, serve, wav_bytes
+from bench.timing import load_average
 from bridle_model.decoding import decode_audio
 from bridle_model.manifest import read_manifest
 
@@ -65,28 +63,8 @@ def running_peer(model_dir: Path, ready_timeout_s: float = 60) -> Iterator[str]:
     """The peer in a uvicorn process of its own on a free port; yields its URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.peers", "--peer", str(model_dir), "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the peer exited with status {proc.returncode}")
-            try:
-                httpx.get(f"{url}/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the peer did not start") from None
-                time.sleep(0.2)
+    with running_server(cmd, port, None, "/docs", ready_timeout_s, "the peer") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def load_average() -> str:
-    return f"load avg {os.getloadavg()[0]:.1f}"
 
 
 def main(

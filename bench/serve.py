@@ -41,34 +41,33 @@ class Service:
 
 
 @contextmanager
-def running_service(
-    model_dirs: list[str | Path], env: dict[str, str] | None = None, ready_timeout_s: float = 120
-) -> Iterator[Service]:
-    """`bridle-serve` over `model_dirs` with `env` added to the environment, ready (within
-    `ready_timeout_s`); stopped at the end.
-
-    The server's log goes to the parent's stderr, so a traceback behind a 500 is seen."""
-    port = free_port()
-    env = {**os.environ, "BRIDLE_API_KEY": "", **(env or {})}
-    cmd = [sys.executable, "-m", "service.cli", "--port", str(port)]
-    for d in model_dirs:
-        cmd += ["--model-dir", str(d)]
+def running_server(
+    cmd: list[str],
+    port: int,
+    env: dict[str, str] | None = None,
+    ready_path: str = "/ready",
+    ready_timeout_s: float = 120,
+    name: str = "the service",
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start `cmd` (an HTTP server that listens on `port`), wait until `ready_path` answers 200 (within
+    `ready_timeout_s`), yield its URL and process; stop it at the end. Its log goes to the parent's
+    stderr, so a traceback behind a 500 is seen."""
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with status {proc.returncode}")
+                raise RuntimeError(f"{name} exited with status {proc.returncode}")
             try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the service did not become ready in {ready_timeout_s:g} s")
+                raise RuntimeError(f"{name} did not become ready in {ready_timeout_s:g} s")
             time.sleep(0.2)
-        yield Service(url, proc)
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -76,6 +75,21 @@ def running_service(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def running_service(
+    model_dirs: list[str | Path], env: dict[str, str] | None = None, ready_timeout_s: float = 120
+) -> Iterator[Service]:
+    """`bridle-serve` over `model_dirs` with `env` added to the environment, ready (within
+    `ready_timeout_s`); stopped at the end."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "service.cli", "--port", str(port)]
+    for d in model_dirs:
+        cmd += ["--model-dir", str(d)]
+    env = {**os.environ, "BRIDLE_API_KEY": "", **(env or {})}
+    with running_server(cmd, port, env, "/ready", ready_timeout_s) as (url, proc):
+        yield Service(url, proc)
 
 
 def closed_loop_rate(

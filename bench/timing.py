@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,3 +30,8 @@ def run_worker(module: str, *args: str) -> Any:
     if done.returncode != 0:
         raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def load_average() -> str:
+    """The 1-minute load average, to print beside a figure measured on a machine others may share."""
+    return f"load avg {os.getloadavg()[0]:.1f}"
