@@ -72,6 +72,11 @@ def test_a_refusal_reads_and_decodes_nothing(slow_server: Server, media_files) -
     assert all(r.headers["retry-after"] == "1" for r in refused)
     # a small body keeps the connection: the refused ones need no reconnect
     assert all("connection" not in r.headers for r in refused)
+    # the refusals are prepared once and sent again and again: each carries its own single request id
+    # (the id once went into the shared message itself, so every refusal grew by one header)
+    assert all(len(r.headers.get_list("x-request-id")) == 1 for r in refused)
+    assert len({r.headers["x-request-id"] for r in refused}) == len(refused)
+    assert len({len(r.headers.raw) for r in refused}) == 1
     assert metric(s, "bridle_bodies_read_total") == read + 1
     assert metric(s, "bridle_decodes_total") == decoded + 1
     assert metric(s, "bridle_refused_total", cause="overloaded") >= 20
