@@ -22,10 +22,13 @@ each with p50 and p99 latency; and
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
+import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +70,7 @@ class LoadResult:
     p99_ms: float
     requests: int = 0  # answers of any status
     timeouts: int = 0  # requests wrk gave up on (no answer within its timeout)
+    client_cores: float = 0.0  # the CPU wrk itself used (it shares the machine with the service)
 
     def line(self, label: str) -> str:
         return (
@@ -167,7 +171,11 @@ def drive(
             return done.stdout
 
         run(warmup)
-        return parse_wrk(run(seconds))
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result = parse_wrk(run(seconds))
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        return dataclasses.replace(result, client_cores=used / seconds)
 
 
 @dataclass
@@ -248,6 +256,65 @@ def overload(url: str, body: bytes, clients: int, seconds: float, limit_s: float
         refused_share=float((statuses == 503).sum() / max(1, (statuses != 0).sum())),
         served_p99_ms=float(np.percentile(served, 99)) if len(served) else float("nan"),
         limit_s=limit_s,
+        refused_p99_ms=float(np.percentile(refused, 99)) if len(refused) else float("nan"),
+    )
+
+
+@dataclass
+class ProbeResult:
+    """What a few sequential probe clients saw while others loaded the service."""
+
+    answers: int
+    refused: int
+    refused_p50_ms: float
+    refused_p99_ms: float
+
+
+def probe(url: str, body: bytes, seconds: float, clients: int = 4, pause_s: float = 0.005) -> ProbeResult:
+    """`clients` threads, each one keep-alive socket posting `body` to /embed, one request at a time with
+    `pause_s` between: the latency a client sees (refusals above all) while wrk floods the service. Few
+    and paced, so the probe's own work does not decide what it measures."""
+    host, port = url.removeprefix("http://").split(":")
+    request = (
+        f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    out: list[tuple[int, float]] = []
+    stop_at = time.monotonic() + seconds
+
+    def one() -> None:
+        sock = answers = None
+        while time.monotonic() < stop_at:
+            if sock is None:
+                sock = socket.create_connection((host, int(port)))
+                answers = sock.makefile("rb")
+            start = time.perf_counter()
+            sock.sendall(request)
+            status = int(answers.readline()[9:12])
+            length, close = 0, False
+            while (line := answers.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                length = int(value) if name.lower() == b"content-length" else length
+                close = close or (name.lower() == b"connection" and b"close" in value.lower())
+            answers.read(length)
+            out.append((status, time.perf_counter() - start))
+            if close:
+                sock.close()
+                sock = None
+            time.sleep(pause_s)
+        if sock is not None:
+            sock.close()
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = np.array([t for s, t in out if s == 503]) * 1000
+    return ProbeResult(
+        answers=len(out),
+        refused=len(refused),
+        refused_p50_ms=float(np.percentile(refused, 50)) if len(refused) else float("nan"),
         refused_p99_ms=float(np.percentile(refused, 99)) if len(refused) else float("nan"),
     )
 

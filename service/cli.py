@@ -33,6 +33,7 @@ from runtime.errors import ModelLoadError
 from runtime.models import find_model_dirs, load_models
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from service.middleware import AdmissionState
+from service.protocol import http_protocol
 from service.settings import Settings
 from service.supervisor import serve_processes
 
@@ -113,6 +114,7 @@ def serve(
     app = create_app(settings)
     config = uvicorn.Config(
         app,
+        http=http_protocol(app.state.bridle.admission),
         host=settings.host,
         port=settings.port,
         log_level="info",

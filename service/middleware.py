@@ -92,6 +92,8 @@ class AdmissionState:
     in_flight: int = 0
     draining: bool = False
     on_refuse: Callable[[str], None] = lambda cause: None  # "overloaded", "shutting_down", "disconnected"
+    # a request answered before it reached the app (service/protocol.py's refusals): route, status
+    on_answered_early: Callable[[str, int], None] = lambda route, status: None
 
     def draining_error(self) -> ServiceError:
         error = retry_later("shutting_down", "the service is stopping", self.retry_after_s)
@@ -99,9 +101,11 @@ class AdmissionState:
         return error
 
 
-def _refusal_messages(code: str, message: str, retry_after_s: int, close: bool) -> list[dict[str, Any]]:
-    """The ASGI messages of a 503 refusal, built once: JSON body, Retry-After, Connection: close when
-    the unread body would be large (else the connection stays open and the body is skipped)."""
+def _refusal(
+    code: str, message: str, retry_after_s: int, close: bool
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """A 503 refusal's headers and JSON body: Retry-After, and Connection: close when the unread body
+    would be large (else the connection stays open and the body is skipped)."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -110,10 +114,29 @@ def _refusal_messages(code: str, message: str, retry_after_s: int, close: bool) 
     ]
     if close:
         headers.append((b"connection", b"close"))
+    return headers, body
+
+
+def _refusal_messages(code: str, message: str, retry_after_s: int, close: bool) -> list[dict[str, Any]]:
+    """The ASGI messages of a 503 refusal, built once."""
+    headers, body = _refusal(code, message, retry_after_s, close)
     return [
         {"type": "http.response.start", "status": 503, "headers": headers},
         {"type": "http.response.body", "body": body},
     ]
+
+
+def overloaded_message(state: AdmissionState) -> str:
+    return f"{state.max_in_flight} requests are in flight already; retry later"
+
+
+def refusal_bytes(state: AdmissionState, close: bool) -> tuple[bytes, bytes]:
+    """The `overloaded` refusal as HTTP/1.1 bytes, for `service/protocol.py`: what goes before the
+    request id's value (status line, headers, `x-request-id: `), and what goes after the server's own
+    headers (the blank line and the body)."""
+    headers, body = _refusal("overloaded", overloaded_message(state), state.retry_after_s, close)
+    lines = [b"HTTP/1.1 503 Service Unavailable\r\n", *(k + b": " + v + b"\r\n" for k, v in headers)]
+    return b"".join([*lines, REQUEST_ID_HEADER.encode(), b": "]), b"\r\n" + body
 
 
 class Admission:
@@ -125,9 +148,8 @@ class Admission:
     def __init__(self, app: Any, state: AdmissionState) -> None:
         self.app = app
         self.state = state
-        overloaded = f"{state.max_in_flight} requests are in flight already; retry later"
         self._overloaded = {
-            close: _refusal_messages("overloaded", overloaded, state.retry_after_s, close)
+            close: _refusal_messages("overloaded", overloaded_message(state), state.retry_after_s, close)
             for close in (False, True)
         }
 

@@ -44,6 +44,7 @@ from runtime.errors import ModelLoadError
 from runtime.models import choose_variants, find_model_dirs
 from runtime.slots import RingSpec, SlotRing, slot_bytes
 from service.infer import batch_spec
+from service.protocol import http_protocol
 from service.settings import Settings
 
 log = logging.getLogger("bridle.supervisor")
@@ -79,6 +80,7 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
     app = create_app(settings, engine=link)
     config = uvicorn.Config(
         app,
+        http=http_protocol(app.state.bridle.admission),
         log_level="info",
         access_log=settings.access_log,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),

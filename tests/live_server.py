@@ -27,18 +27,26 @@ def _free_socket() -> socket.socket:
 
 
 def run_server(
-    model_dirs: list[Path], *, ready_within: float = 20, timeout: float = 20, **settings_overrides
+    model_dirs: list[Path],
+    *,
+    ready_within: float = 20,
+    timeout: float = 20,
+    http: str | None = None,
+    **settings_overrides,
 ) -> Iterator[Server]:
     """Start the app in a uvicorn server thread (its lifespan loads the models), wait up to `ready_within`
-    seconds for /ready, yield a client whose requests time out after `timeout` s, then shut it down."""
+    seconds for /ready, yield a client whose requests time out after `timeout` s, then shut it down.
+    uvicorn parses HTTP as `bridle-serve` does (service/protocol.py), or with `http` ("h11")."""
     from service.app import create_app
+    from service.protocol import http_protocol
     from service.settings import Settings
 
     # one ORT thread per run: the tests share two cores with the server
     defaults = {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1}
     app = create_app(Settings(model_dirs=model_dirs, **(defaults | settings_overrides)))
     sock = _free_socket()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    protocol = http or http_protocol(app.state.bridle.admission)
+    server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

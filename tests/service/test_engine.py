@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import socket
 import threading
@@ -26,11 +27,16 @@ from runtime.sessions import CpuThreads, ProviderChooser
 HELD_S = 2.5  # a lone request waits this long for its batch to fill: it stays in flight meanwhile
 
 
-@pytest.fixture(scope="module")
-def slow_server(model_root: Path) -> Iterator[Server]:
-    """One request in flight at most; a lone request waits HELD_S in the queue for company."""
+@pytest.fixture(scope="module", params=["bridle", "h11"])
+def slow_server(model_root: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
+    """One request in flight at most; a lone request waits HELD_S in the queue for company. HTTP parsed
+    as bridle-serve does (the refusals answered in the protocol), and by h11 (by the middleware)."""
     yield from run_server(
-        [model_root], max_concurrent_requests=1, max_batch_size=16, max_wait_ms=HELD_S * 1000
+        [model_root],
+        http=None if request.param == "bridle" else request.param,
+        max_concurrent_requests=1,
+        max_batch_size=16,
+        max_wait_ms=HELD_S * 1000,
     )
 
 
@@ -80,6 +86,52 @@ def test_a_refusal_reads_and_decodes_nothing(slow_server: Server, media_files) -
     assert metric(s, "bridle_bodies_read_total") == read + 1
     assert metric(s, "bridle_decodes_total") == decoded + 1
     assert metric(s, "bridle_refused_total", cause="overloaded") >= 20
+    assert metric(s, "bridle_requests_total", route="/embed", status="503") >= 20
+
+
+def read_response(sock_file) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response from a socket's file: status, headers (lower-case names), body."""
+    status = int(sock_file.readline()[9:12])
+    headers: dict[str, str] = {}
+    while (line := sock_file.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, sock_file.read(int(headers.get("content-length", 0)))
+
+
+def test_a_refused_body_is_skipped_on_a_kept_connection(slow_server: Server, media_files) -> None:
+    """Refusals pipelined on one connection are answered in order, their bodies skipped, so the same
+    connection carries a served request once the slot is free; an oversized body's refusal closes it."""
+    data, ctype = media_files["wav"]
+    s = slow_server
+    host, port = s.url.removeprefix("http://").split(":")
+    head = "POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n"
+    request = head.format(ctype, len(data)).encode() + data
+    decoded = metric(s, "bridle_decodes_total")
+    with ThreadPoolExecutor(1) as pool, socket.create_connection((host, int(port))) as sock:
+        held = pool.submit(s.client.post, "/embed", content=data, headers={"content-type": ctype})
+        wait_for(lambda: metric(s, "bridle_decodes_total") == decoded + 1, "the held request's decode")
+        answers = sock.makefile("rb")
+        sock.sendall(request * 3)  # pipelined
+        for _ in range(3):
+            status, headers, body = read_response(answers)
+            assert (status, json.loads(body)["error"]["code"]) == (503, "overloaded")
+            assert "connection" not in headers and headers["retry-after"] == "1"
+        assert held.result().status_code == 200
+        sock.sendall(request)  # the parser is still in step: the next request on it is served
+        status, _, body = read_response(answers)
+        assert status == 200, body
+        assert len(json.loads(body)["results"][0]["embedding"]) > 0
+    big = b"\0" * (300 * 1024)  # above the 256 KiB kept: the refusal closes the connection
+    with ThreadPoolExecutor(1) as pool, socket.create_connection((host, int(port))) as sock:
+        held = pool.submit(s.client.post, "/embed", content=data, headers={"content-type": ctype})
+        wait_for(lambda: metric(s, "bridle_decodes_total") == decoded + 3, "the second held decode")
+        answers = sock.makefile("rb")
+        sock.sendall(head.format(ctype, len(big)).encode())
+        status, headers, _ = read_response(answers)
+        assert (status, headers["connection"]) == (503, "close")
+        assert answers.read() == b""  # closed by the server
+        assert held.result().status_code == 200
 
 
 def test_a_client_that_leaves_is_dropped_before_the_engine(slow_server: Server, media_files) -> None:
