@@ -131,14 +131,19 @@ def layouts(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str
     if args.seconds > 0:
         small = BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(folder)
         body = window_wav(small, folder)
-        rates: dict[int, list[float]] = {0: [], n: []}
-        lines.append(f"  small model {small.name}, wrk {args.clients} clients, {args.seconds:g} s per phase")
+        clients = (args.clients, args.overload_clients)
+        rates: dict[tuple[int, int], list[float]] = {(f, c): [] for f in (0, n) for c in clients}
+        lines.append(f"  small model {small.name}, wrk, {args.seconds:g} s per phase")
         for frontends in order:
             with serve(small, {**env, "BRIDLE_FRONTENDS": str(frontends)}) as url:
-                result = drive(wrk, url, body, args.clients, args.seconds)
-            rates[frontends].append(result.throughput)
-            lines.append(result.line(f"    FRONTENDS={frontends}") + f"  ({load_average()})")
-        lines.append(f"    req/s, {n} front ends / one process: {sum(rates[n]) / sum(rates[0]):.2f}")
+                for c in clients:
+                    result = drive(wrk, url, body, c, args.seconds)
+                    rates[frontends, c].append(result.throughput)
+                    label = f"    FRONTENDS={frontends}, {c} clients"
+                    lines.append(result.line(label) + f"  ({load_average()})")
+        for c in clients:
+            ratio = sum(rates[n, c]) / sum(rates[0, c])
+            lines.append(f"    served req/s at {c} clients, {n} front ends / one process: {ratio:.2f}")
     if args.real_size_seconds > 0:
         real = base_audio_dir()
         body = window_wav(real, folder).read_bytes()

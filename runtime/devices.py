@@ -22,6 +22,12 @@ SLOTS_ENV = "BRIDLE_DEVICE_SLOTS"
 _held: list[IO[bytes]] = []  # the lock of this process's slot, open while it lives
 
 
+def nvidia_gpu_present() -> bool:
+    """Whether this machine (or container) shows an NVIDIA GPU's device node: a cheap look before any
+    session starts (ONNX Runtime lists CUDA wherever its GPU package is installed, GPU or not)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
 def claim_slot(folder: Path) -> int:
     """The lowest slot number in `folder` no other live process holds; held until this process ends."""
     for slot in itertools.count():

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from runtime import wire
-from runtime.batcher import Batcher
+from runtime.batcher import Batcher, BatcherHooks
 from runtime.errors import EngineError, ModelLoadError
 from runtime.models import LoadedModel, load_models
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
@@ -38,6 +38,10 @@ from runtime.slots import ENGINE_GRAPHS, RingSpec, SlotRing, aligned
 
 log = logging.getLogger("bridle.engine")
 EXIT_BAD_MODELS = 2
+
+
+# what the caller's metrics give each model graph's batcher, from the batching in force on the device
+HooksFor = Callable[["BatchSpec"], Callable[[str, str], BatcherHooks]]
 
 
 @dataclass(frozen=True)
@@ -183,11 +187,13 @@ class Engine:
             writer.write(wire.encode(answer))
 
 
-async def serve(spec: EngineSpec) -> None:
-    """Load, warm up, listen; until SIGTERM or the parent's death."""
+async def serve(spec: EngineSpec, hooks: HooksFor | None = None) -> None:
+    """Load, warm up, listen; until SIGTERM or the parent's death. `hooks(batch spec)` gives what each
+    batcher reports to (the caller's metrics)."""
     models = await asyncio.to_thread(load_models, spec.model_dirs, spec.chooser, spec.threads, spec.precision)
     on_gpu = any(m.providers[0] != CPU for m in models.values())
-    batchers = start_batchers(models, spec.batching[on_gpu])
+    batching = spec.batching[on_gpu]
+    batchers = start_batchers(models, batching, hooks(batching) if hooks is not None else None)
     engine = Engine(models, batchers)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -214,11 +220,11 @@ async def serve(spec: EngineSpec) -> None:
             await batcher.stop()
 
 
-def run_engine(spec: EngineSpec) -> None:
+def run_engine(spec: EngineSpec, hooks: HooksFor | None = None) -> None:
     """The engine process's entry point; exits `EXIT_BAD_MODELS` when a model does not load."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(spec))
+        asyncio.run(serve(spec, hooks))
     except ModelLoadError as e:
         log.error("the engine cannot load the models: %s", e)
         sys.exit(EXIT_BAD_MODELS)

@@ -93,8 +93,8 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
         settings.retry_after_s,
         on_refuse=lambda cause: metrics.refused.labels(cause).inc(),
         on_answered_early=lambda route, status: metrics.requests.labels(route, str(status)).inc(),
+        on_count=metrics.in_flight.set,
     )
-    metrics.in_flight.set_function(lambda: admission.in_flight)
     app.state.bridle = ServiceState(settings, Inference(settings, {}, metrics), admission)
     install_handlers(app)
     # the last added runs first: ids around everything, then metrics, then admission

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from bridle_model.config import Modality
 from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
 from bridle_model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
-from runtime.batcher import Batcher, BatcherHooks
+from runtime.batcher import Batcher
 from runtime.client import EngineClient, EngineLink, RemoteBatcher
 from runtime.engine import BatchSpec, start_batchers
 from runtime.engine import warm_up as warm_up_batchers
@@ -139,17 +138,8 @@ class Inference:
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Start a batcher per model graph and the decoding pool (in the event loop)."""
-        s, m = self.settings, self.metrics
-
-        def hooks(name: str, graph: str) -> BatcherHooks:
-            return BatcherHooks(
-                on_batch=_batch_observer(m, name, graph, s.max_batch_size),
-                on_depth=m.queue_depth.labels(name, graph).set,
-                on_reject=lambda reason: m.rejected.labels(name, graph, reason).inc(),
-                on_wait=m.stage_seconds.labels("queue_wait").observe,
-                on_run=m.stage_seconds.labels("run").observe,
-            )
-
+        s = self.settings
+        hooks = self.metrics.batcher_hooks(s.max_batch_size)
         self.batchers.update(start_batchers(self.models, batch_spec(s), hooks))
         self._start_decoders()
 
@@ -394,17 +384,6 @@ def batch_spec(s: Settings) -> BatchSpec:
         retry_after_s=s.retry_after_s,
         concurrent_runs=s.concurrent_runs,
     )
-
-
-def _batch_observer(metrics: Metrics, model: str, graph: str, max_batch: int) -> Callable[[int], None]:
-    """Rows per run into the batch size and batch fill histograms of one graph."""
-    size, fill = metrics.batch_size.labels(model, graph), metrics.batch_fill.labels(model, graph)
-
-    def observe(rows: int) -> None:
-        size.observe(rows)
-        fill.observe(rows / max_batch)
-
-    return observe
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -1,13 +1,25 @@
-"""Prometheus metrics, one registry per app (so several apps can live in one process, as in tests)."""
+"""Prometheus metrics, one registry per app (so several apps can live in one process, as in tests).
+
+With front-end processes (`BRIDLE_FRONTENDS` > 0) every process records into files of one folder
+(prometheus_client's multiprocess mode: the supervisor names it in `PROMETHEUS_MULTIPROC_DIR` before it
+starts them), and any front end's `/metrics` adds up all of them: the requests of every front end, and the
+engine process's batching and run metrics. Gauges are summed over the live processes.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from runtime.batcher import BatcherHooks
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -55,7 +67,11 @@ class Metrics:
                 registry=r,
             ),
             queue_depth=Gauge(
-                "bridle_queue_depth", "requests waiting for a batch", ["model", "graph"], registry=r
+                "bridle_queue_depth",
+                "requests waiting for a batch",
+                ["model", "graph"],
+                registry=r,
+                multiprocess_mode="livesum",
             ),
             rejected=Counter(
                 "bridle_rejected",
@@ -67,6 +83,7 @@ class Metrics:
                 "bridle_in_flight",
                 "inference requests in flight (reading, decoding, queued or running)",
                 registry=r,
+                multiprocess_mode="livesum",
             ),
             stage_seconds=Histogram(
                 "bridle_stage_seconds",
@@ -94,7 +111,33 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        """The text exposition: this app's registry, or every process's files in multiprocess mode."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            everyone = CollectorRegistry()
+            MultiProcessCollector(everyone)
+            return generate_latest(everyone)
         return generate_latest(self.registry)
+
+    def batcher_hooks(self, max_batch: int) -> Callable[[str, str], BatcherHooks]:
+        """What the batcher of each model graph reports: batch size and fill, queue depth and wait,
+        refusals, run time (in this process, or in the engine process)."""
+
+        def hooks(model: str, graph: str) -> BatcherHooks:
+            size, fill = self.batch_size.labels(model, graph), self.batch_fill.labels(model, graph)
+
+            def on_batch(rows: int) -> None:
+                size.observe(rows)
+                fill.observe(rows / max_batch)
+
+            return BatcherHooks(
+                on_batch=on_batch,
+                on_depth=self.queue_depth.labels(model, graph).set,
+                on_reject=lambda reason: self.rejected.labels(model, graph, reason).inc(),
+                on_wait=self.stage_seconds.labels("queue_wait").observe,
+                on_run=self.stage_seconds.labels("run").observe,
+            )
+
+        return hooks
 
 
 class MetricsMiddleware:

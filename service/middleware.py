@@ -92,6 +92,7 @@ class AdmissionState:
     in_flight: int = 0
     draining: bool = False
     on_refuse: Callable[[str], None] = lambda cause: None  # "overloaded", "shutting_down", "disconnected"
+    on_count: Callable[[int], None] = lambda in_flight: None  # after each admission and release
     # a request answered before it reached the app (service/protocol.py's refusals): route, status
     on_answered_early: Callable[[str, int], None] = lambda route, status: None
 
@@ -176,6 +177,7 @@ class Admission:
             await self._refuse(scope, send)
             return
         s.in_flight += 1
+        s.on_count(s.in_flight)
         released = False
         answered = False  # the response's last byte went out (or is going)
         watcher: asyncio.Task[dict[str, Any]] | None = None
@@ -187,6 +189,7 @@ class Admission:
             if not released:
                 released = True
                 s.in_flight -= 1
+                s.on_count(s.in_flight)
 
         def on_message(done: asyncio.Task[dict[str, Any]]) -> None:
             nonlocal dropped

@@ -36,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import multiprocess
 
 from bridle_model.manifest import read_manifest
 from runtime.client import EngineLink
@@ -44,6 +45,7 @@ from runtime.errors import ModelLoadError
 from runtime.models import choose_variants, find_model_dirs
 from runtime.slots import RingSpec, SlotRing, slot_bytes
 from service.infer import batch_spec
+from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.protocol import http_protocol
 from service.settings import Settings
 
@@ -99,7 +101,14 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
 
 def _engine_main(spec: EngineSpec) -> None:
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
-    run_engine(spec)
+    metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
+    run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size))
+
+
+def _forget_metrics_of(pid: int | None) -> None:
+    """A dead child's live gauges (in flight, queue depth) leave the sums; its counters stay counted."""
+    if pid is not None and os.environ.get(MULTIPROCESS_ENV):
+        multiprocess.mark_process_dead(pid)
 
 
 @dataclass
@@ -121,6 +130,10 @@ class Supervisor:
         self.slot_bytes = slot_bytes(manifests, self.slot_rows)
         self.folder = tempfile.mkdtemp(prefix="bridle-engine-")  # its socket (uvloop takes no abstract one)
         self.spec = engine_spec(settings, str(Path(self.folder) / "engine.sock"))
+        # every child records its metrics into files here, and each front end's /metrics adds them up
+        metrics_folder = Path(self.folder) / "metrics"
+        metrics_folder.mkdir()
+        os.environ.setdefault(MULTIPROCESS_ENV, str(metrics_folder))
         config = uvicorn.Config("service.app:app_from_env", host=settings.host, port=settings.port)
         self.sock = config.bind_socket()
         self.engine: BaseProcess | None = None
@@ -188,6 +201,7 @@ class Supervisor:
                         "the engine process could not load the models (its log above says why)"
                     )
                 log.warning("the engine (pid %s) exited with %s: restarting it", self.engine.pid, code)
+                _forget_metrics_of(self.engine.pid)
                 self._pause("engine")
                 self._start_engine()
             for i, f in enumerate(self.front_ends):
@@ -198,6 +212,7 @@ class Supervisor:
                         f.process.pid,
                         f.process.exitcode,
                     )
+                    _forget_metrics_of(f.process.pid)
                     f.ring.unlink()
                     f.ring.close()
                     self._pause(f"front end {f.index}")

@@ -155,6 +155,34 @@ def embed_like(url: str, path: str, files: list[tuple[bytes, str]]) -> httpx.Res
     return httpx.post(f"{url}{path}", files=upload, timeout=60)
 
 
+def sample(text: str, name: str, **labels: str) -> float:
+    """One sample of a /metrics text (0 when absent); labels in any order."""
+    for m in re.finditer(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M):
+        if dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")) == labels:
+            return float(m.group(2))
+    return 0.0
+
+
+def test_metrics_add_up_every_process(served: Served, media_files) -> None:
+    """Any front end's /metrics shows the engine's batching and run metrics and every front end's
+    requests: the same sums whichever process answers the scrape."""
+    wait_ready(served)
+    graph = {"model": "micro-audio", "graph": "encoder"}
+    scrapes = [httpx.get(f"{served.url}/metrics", timeout=10).text for _ in range(6)]  # new connections
+    runs = sample(scrapes[0], "bridle_batch_size_count", **graph)
+    done = embed(served.url, [media_files["wav"]] * 4)  # one full batch
+    assert done.status_code == 200, done.text
+    scrapes = [httpx.get(f"{served.url}/metrics", timeout=10).text for _ in range(6)]
+    for text in scrapes:
+        assert sample(text, "bridle_batch_size_count", **graph) == runs + 1  # the engine process's
+        assert sample(text, "bridle_stage_seconds_count", stage="run") >= runs + 1
+        assert sample(text, "bridle_stage_seconds_count", stage="queue_wait") >= 4
+        assert sample(text, "bridle_batch_fill_bucket", **graph, le="1.0") >= 1
+    totals = {sample(t, "bridle_requests_total", route="/embed", status="200") for t in scrapes}
+    assert len(totals) == 1 and totals.pop() >= 1  # one sum, whichever front end answered
+    assert {sample(t, "bridle_in_flight") for t in scrapes} == {0.0}
+
+
 def test_a_killed_engine_fails_its_work_at_once_and_comes_back(served: Served, media_files) -> None:
     wav = media_files["wav"]  # one window of the micro audio model
     wait_ready(served)

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from runtime.models import DEFAULT_MODELS_ROOT
 from runtime.sessions import CpuThreads
-from service.settings import Settings, usable_cores
+from service.settings import Settings, default_frontends, usable_cores
 
 
 def test_defaults_point_at_the_bundled_models(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,6 +91,20 @@ def test_a_gpu_gets_its_own_batching_defaults_unless_they_are_set() -> None:
     assert (gpu.max_batch_size, gpu.concurrent_runs) == (64, 1)
     chosen = Settings(max_batch_size=8, concurrent_runs=3).for_device(on_gpu=True)
     assert (chosen.max_batch_size, chosen.concurrent_runs) == (8, 3)
+
+
+def test_front_end_processes_default_from_the_cores_and_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_frontends(1, gpu=False) == 0 and default_frontends(1, gpu=True) == 0
+    assert default_frontends(2, gpu=False) == 2 and default_frontends(16, gpu=False) == 2
+    assert default_frontends(16, gpu=True) == 8
+    assert Settings(frontends=0).frontends == 0
+    assert Settings(workers=3).frontends == 0  # several workers: each one process
+    for gpu in (False, True):
+        monkeypatch.setattr("service.settings.nvidia_gpu_present", lambda gpu=gpu: gpu)
+        assert Settings().frontends == default_frontends(usable_cores(), gpu)
+        assert Settings(providers=["CPUExecutionProvider"]).frontends == default_frontends(
+            usable_cores(), False
+        )
 
 
 def test_front_end_processes_and_workers_do_not_mix(monkeypatch: pytest.MonkeyPatch) -> None:
