@@ -101,8 +101,13 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
 
 def _engine_main(spec: EngineSpec) -> None:
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
+    parent = os.getppid()
     metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
-    run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size))
+    try:
+        run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size))
+    finally:
+        if os.getppid() != parent:  # the supervisor was killed: no one else removes its folder
+            shutil.rmtree(Path(spec.socket_path).parent, ignore_errors=True)
 
 
 def _forget_metrics_of(pid: int | None) -> None:

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -244,3 +245,33 @@ def test_a_client_that_leaves_is_dropped_from_the_engine_queue(served: Served, m
     r = embed(served.url, [wav] * 4)
     assert r.status_code == 200, r.text
     assert time.monotonic() - started < AT_ONCE_S
+
+
+def test_a_killed_supervisor_leaves_nothing_behind(model_root: Path) -> None:
+    """SIGKILL to bridle-serve itself: the engine stops by itself and removes the supervisor's folder
+    (its socket and the metrics files), the front ends drain and go, and no shared memory is left."""
+    before = set(Path(tempfile.gettempdir()).glob("bridle-engine-*"))
+    s = start(model_root / "audio", DRAIN_TIMEOUT_S="2")
+    try:
+        wait_ready(s)
+        (folder,) = set(Path(tempfile.gettempdir()).glob("bridle-engine-*")) - before
+        assert (folder / "engine.sock").exists() and any((folder / "metrics").iterdir())
+        children = [*s.pids("engine"), *s.pids("front end 0"), *s.pids("front end 1")]
+        rings = s.rings()
+        assert rings
+        s.proc.kill()
+        s.proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in children) or folder.exists() or s.rings():
+            assert time.monotonic() < deadline, (folder.exists(), s.rings(), [_alive(p) for p in children])
+            time.sleep(0.2)
+    finally:
+        stop(s)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
