@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import httpx
 import numpy as np
@@ -73,36 +73,6 @@ def one_window(data: bytes, samples: int, rate: int) -> np.ndarray:
     window = np.zeros(samples, np.float32)
     window[: signal.shape[0]] = signal
     return window
-
-
-def litserve_server(model_dir: Path) -> Any:
-    """The LitServe peer: the same session and decoding, LitServe's batching."""
-    import litserve as ls
-
-    manifest = read_manifest(model_dir)
-    samples, rate = int(manifest.input.shape[1]), int(manifest.input.sample_rate)
-
-    class Embed(ls.LitAPI):
-        def setup(self, device: str) -> None:
-            self.session = ort.InferenceSession(str(model_dir / "encoder.onnx"), providers=[CPU])
-
-        def decode_request(self, request: dict) -> np.ndarray:
-            return one_window(base64.b64decode(request["wav"]), samples, rate)
-
-        def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-            return np.stack(inputs)  # (B, samples)
-
-        def predict(self, x: np.ndarray) -> np.ndarray:
-            return self.session.run(["embedding"], {"signal": x})[0]
-
-        def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
-            return list(output)
-
-        def encode_response(self, output: np.ndarray) -> dict[str, list[float]]:
-            return {"embedding": output.tolist()}
-
-    api = Embed(max_batch_size=16, batch_timeout=0.005)
-    return ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1)
 
 
 @dataclass(frozen=True)
@@ -166,9 +136,9 @@ def main(
         uvicorn.run(peer_app(model_dir), host="127.0.0.1", port=port, log_level="warning")
         return
     if peer == "litserve":
-        litserve_server(model_dir).run(
-            host="127.0.0.1", port=port, log_level="warning", generate_client_file=False
-        )
+        from bench.litserve_peer import run
+
+        run(model_dir, port)
         return
     wrk = shutil.which("wrk")
     if wrk is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,8 +53,10 @@ def running_server(
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start `cmd` (an HTTP server that listens on `port`), wait until `ready_path` answers 200 (within
     `ready_timeout_s`), yield its URL and process; stop it at the end. Its log goes to the parent's
-    stderr, so a traceback behind a 500 is seen."""
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    stderr, so a traceback behind a 500 is seen. It runs in a process group of its own: what it started
+    and left behind (LitServe's workers outlive their server) is killed with it, so it cannot load the
+    next measurement."""
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
@@ -75,6 +79,8 @@ def running_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @contextmanager

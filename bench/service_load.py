@@ -226,16 +226,21 @@ async def _client(host: str, port: int, request: bytes, stop_at: float, out: lis
         writer.close()
 
 
+def embed_request(url: str, body: bytes) -> tuple[str, str, bytes]:
+    """The host and port of `url`, and the raw HTTP/1.1 request posting the wav `body` to /embed."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\nContent-Length: {len(body)}\r\n"
+    )
+    return host, port, head.encode() + b"\r\n" + body
+
+
 def overload(url: str, body: bytes, clients: int, seconds: float, limit_s: float = 2.0) -> OverloadResult:
     """`clients` closed-loop clients posting `body` to /embed for `seconds` (raw asyncio sockets: a
     Python HTTP library at 400 connections would take the cores the service needs)."""
     import asyncio
 
-    host, port = url.removeprefix("http://").split(":")
-    request = (
-        f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    host, port, request = embed_request(url, body)
     out: list[tuple[int, float]] = []
 
     async def run() -> None:
@@ -274,11 +279,7 @@ def probe(url: str, body: bytes, seconds: float, clients: int = 4, pause_s: floa
     """`clients` threads, each one keep-alive socket posting `body` to /embed, one request at a time with
     `pause_s` between: the latency a client sees (refusals above all) while wrk floods the service. Few
     and paced, so the probe's own work does not decide what it measures."""
-    host, port = url.removeprefix("http://").split(":")
-    request = (
-        f"POST /embed HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    host, port, request = embed_request(url, body)
     out: list[tuple[int, float]] = []
     stop_at = time.monotonic() + seconds
 
