@@ -35,11 +35,25 @@ class Service:
     process: subprocess.Popen
 
     def rss_mb(self) -> float:
-        """The server process's resident memory now (VmRSS), in MB."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS in /proc/<pid>/status")
+        """The resident memory (VmRSS) of the server's process tree now, in MB: with front-end processes
+        (`BRIDLE_FRONTENDS`) the supervisor, its front ends and its engine."""
+        return sum(_vm_rss_mb(pid) for pid in _tree(self.process.pid))
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc's children lists."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            found += _tree(int(child))
+    return found
+
+
+def _vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 @contextmanager
