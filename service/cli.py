@@ -34,8 +34,8 @@ from runtime.models import find_model_dirs, load_models
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from service.middleware import AdmissionState
 from service.protocol import http_protocol
-from service.settings import Settings
-from service.supervisor import serve_processes
+from service.settings import Settings, frontends_defaulted
+from service.supervisor import serve_processes, shared_memory_shortfall
 
 EXIT_BAD_START = 2
 log = logging.getLogger("bridle.service")
@@ -94,6 +94,11 @@ def serve(
         find_model_dirs(settings.model_dirs)
     except (ValidationError, ModelLoadError) as e:
         _fail(str(e))
+    if settings.frontends and (short := shared_memory_shortfall(settings)) is not None:
+        if not frontends_defaulted(settings):
+            _fail(short)
+        log.warning("%s; serving in one process (BRIDLE_FRONTENDS=0)", short)
+        settings = settings.model_copy(update={"frontends": 0})
     if settings.frontends:  # front-end processes over an engine process (service/supervisor.py)
         try:
             serve_processes(settings, DrainingServer)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bridle_model.manifest import PRECISIONS
@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     # graphs (service/supervisor.py); 0: one process, whose event loop is the front end and whose batcher
     # threads are the engine. Unset: `default_frontends` (docs/architecture.md has the measurements)
     frontends: int | None = Field(None, ge=0)
+    _frontends_defaulted: bool = PrivateAttr(False)  # unset: chosen by `default_frontends`
     access_log: bool = False  # a log line per request (/metrics counts requests either way)
     opentelemetry: bool = False  # FastAPI's OpenTelemetry spans and metrics (with a configured provider)
 
@@ -126,6 +127,7 @@ class Settings(BaseSettings):
         if self.frontends and self.workers > 1:
             raise ValueError("set BRIDLE_FRONTENDS (front ends over one engine) or BRIDLE_WORKERS, not both")
         if self.frontends is None:
+            self._frontends_defaulted = True
             gpu = (not self.providers or any(p != "CPUExecutionProvider" for p in self.providers)) and (
                 nvidia_gpu_present()
             )
@@ -187,6 +189,11 @@ class Settings(BaseSettings):
             gpu=self.gpu_options(device_id),
             tensorrt=self.tensorrt_options(),
         )
+
+
+def frontends_defaulted(settings: Settings) -> bool:
+    """Whether BRIDLE_FRONTENDS was left unset (its value is `default_frontends`'s)."""
+    return settings._frontends_defaulted
 
 
 def default_frontends(cores: int, gpu: bool) -> int:

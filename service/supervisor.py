@@ -59,6 +59,34 @@ SOON_S = 10.0  # a death this soon after the start counts as "soon"
 STOP_GRACE_S = 10.0  # after the drain: how long the engine has to stop before SIGKILL
 
 
+SHM = "/dev/shm"  # where multiprocessing.shared_memory puts the rings
+
+
+def ring_layout(settings: Settings) -> tuple[int, int]:
+    """Rows per slot and bytes per slot of the front ends' rings, from the served models' manifests."""
+    manifests = [
+        read_manifest(d, check_hashes=False)
+        for d in choose_variants(find_model_dirs(settings.model_dirs), settings.precision)
+    ]
+    return settings.max_batch_size, slot_bytes(manifests, settings.max_batch_size)
+
+
+def shared_memory_shortfall(settings: Settings) -> str | None:
+    """Why /dev/shm cannot hold the front ends' rings (a container's default is 64 MiB), or None. Pages
+    are only taken when written, so a short /dev/shm would fail under load (SIGBUS), not at the start."""
+    _, per_slot = ring_layout(settings)
+    needed = settings.frontends * settings.max_concurrent_requests * per_slot
+    free = shutil.disk_usage(SHM).free if os.path.isdir(SHM) else needed
+    if needed <= free:
+        return None
+    return (
+        f"{settings.frontends} front ends need {needed / 2**20:.0f} MiB of shared memory for their rings"
+        f" ({settings.max_concurrent_requests} slots of {per_slot / 2**20:.1f} MiB each), and {SHM} has"
+        f" {free / 2**20:.0f} MiB free: give it more (docker run --shm-size, compose shm_size), or lower"
+        " BRIDLE_MAX_CONCURRENT_REQUESTS or BRIDLE_MAX_BATCH_SIZE"
+    )
+
+
 def engine_spec(settings: Settings, socket_path: str) -> EngineSpec:
     gpu = settings.for_device(on_gpu=True)
     return EngineSpec(
@@ -127,12 +155,7 @@ class Supervisor:
     def __init__(self, settings: Settings, server_class: Any) -> None:
         self.settings = settings
         self.server_class = server_class
-        manifests = [
-            read_manifest(d, check_hashes=False)
-            for d in choose_variants(find_model_dirs(settings.model_dirs), settings.precision)
-        ]
-        self.slot_rows = settings.max_batch_size
-        self.slot_bytes = slot_bytes(manifests, self.slot_rows)
+        self.slot_rows, self.slot_bytes = ring_layout(settings)
         self.folder = tempfile.mkdtemp(prefix="bridle-engine-")  # its socket (uvloop takes no abstract one)
         self.spec = engine_spec(settings, str(Path(self.folder) / "engine.sock"))
         # every child records its metrics into files here, and each front end's /metrics adds them up

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+import service.cli
 from runtime.models import DEFAULT_MODELS_ROOT
 from runtime.sessions import CpuThreads
 from service.settings import Settings, default_frontends, usable_cores
+from service.supervisor import shared_memory_shortfall
 
 
 def test_defaults_point_at_the_bundled_models(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,3 +117,64 @@ def test_front_end_processes_and_workers_do_not_mix(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("BRIDLE_WORKERS", "2")
     with pytest.raises(ValidationError, match="BRIDLE_FRONTENDS"):
         Settings()
+
+
+BUNDLED_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+class _Usage(NamedTuple):
+    total: int
+    used: int
+    free: int
+
+
+def _shm_free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
+    monkeypatch.setattr("service.supervisor.shutil.disk_usage", lambda path: _Usage(free, 0, free))
+
+
+def test_rings_that_do_not_fit_in_shared_memory_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(model_dirs=[BUNDLED_MODELS], frontends=2)
+    _shm_free(monkeypatch, 64 * 2**20)  # a container's default /dev/shm
+    short = shared_memory_shortfall(settings)
+    assert short is not None and "2 front ends need" in short and "--shm-size" in short
+    _shm_free(monkeypatch, 2**40)
+    assert shared_memory_shortfall(settings) is None
+    assert shared_memory_shortfall(settings.model_copy(update={"frontends": 0})) is None
+
+
+def test_bridle_serve_refuses_front_ends_it_was_asked_for_that_do_not_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _shm_free(monkeypatch, 2**20)
+    monkeypatch.setenv("BRIDLE_FRONTENDS", "2")
+    result = CliRunner().invoke(service.cli.cli, ["--model-dir", str(BUNDLED_MODELS)])
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot start: 2 front ends need"), result.stderr
+
+
+def test_bridle_serve_serves_in_one_process_when_its_default_front_ends_do_not_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _shm_free(monkeypatch, 2**20)
+    monkeypatch.delenv("BRIDLE_FRONTENDS", raising=False)
+    monkeypatch.setattr("service.settings.usable_cores", lambda: 2)  # a default of 2 front ends
+    served: list[int] = []
+
+    class Server:  # stands in for uvicorn: records the layout it was given
+        started = True
+
+        def __init__(self, config: object, admission: object, drain_timeout_s: float) -> None:
+            served.append(0)
+
+        def run(self) -> None:
+            pass
+
+    def no_processes(*args: object) -> None:
+        raise AssertionError("front-end processes were started")
+
+    monkeypatch.setattr(service.cli, "DrainingServer", Server)
+    monkeypatch.setattr(service.cli, "serve_processes", no_processes)
+    result = CliRunner().invoke(service.cli.cli, ["--model-dir", str(BUNDLED_MODELS)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert served == [0]
