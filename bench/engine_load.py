@@ -45,8 +45,7 @@ from bench.service_load import (
 )
 from bench.timing import load_average
 from bridle_model.manifest import read_manifest
-from runtime.sessions import CpuThreads
-from service.settings import usable_cores
+from service.settings import Settings
 
 
 def window_wav(model_dir: Path, folder: Path) -> Path:
@@ -200,7 +199,7 @@ def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: Load) -> 
     """The real-size model's windows/s through the service at saturation / in process."""
     real = base_audio_dir()
     body = window_wav(real, folder)
-    threads = CpuThreads(intra_op=max(1, usable_cores() // args.runs))
+    threads = Settings(concurrent_runs=args.runs).cpu_threads  # the service's: threads per run, arena
     in_process = ort_throughput(real, args.real_batch, args.runs, threads, args.real_size_seconds / 2)
     # a 10 s window takes seconds of CPU: the queue's time-out must outlast a full queue
     real_env = {**env, "BRIDLE_MAX_BATCH_SIZE": str(args.real_batch), "BRIDLE_REQUEST_TIMEOUT_S": "900"}
@@ -210,7 +209,8 @@ def real_size_model(wrk: str, folder: Path, env: dict[str, str], args: Load) -> 
         )
     return [
         f"real-size model {real.name} (10.24 s windows), batch <= {args.real_batch}, "
-        f"{args.runs} runs at once, {threads.intra_op} ORT thread(s) each, {args.real_size_seconds:g} s",
+        f"{args.runs} runs at once, {threads.intra_op} ORT thread(s) each, memory arena"
+        f" {'on' if threads.arena else 'off'} (as the service), {args.real_size_seconds:g} s",
         f"  in-process ORT (encoder): {in_process:.2f} windows/s",
         f"  service, {args.real_clients} closed-loop clients: {served:.2f} windows/s",
         f"  service / in-process: {served / in_process:.2f}  (goal >= 0.95)",

@@ -185,7 +185,8 @@ class CpuThreads:
     intra_op: int = 0  # threads per run; 0: ORT's default, one per core
     spin: bool = False  # idle threads busy-wait for work: faster alone, slower beside the event loop
     # ORT's CPU memory arena keeps the largest activations any run needed (per concurrent run) for the
-    # life of the session; off, each run's tensors are freed after it (bench/engine_memory.py)
+    # life of the session; off, each run's tensors are freed after it (bench/engine_memory.py). On here
+    # (a batch job runs one batch size); the service turns it off unless BRIDLE_CPU_MEM_ARENA is set
     arena: bool = True
 
 

@@ -94,7 +94,11 @@ def serve(
         find_model_dirs(settings.model_dirs)
     except (ValidationError, ModelLoadError) as e:
         _fail(str(e))
-    if settings.frontends and (short := shared_memory_shortfall(settings)) is not None:
+    try:
+        short = shared_memory_shortfall(settings) if settings.frontends else None
+    except ModelLoadError as e:  # a manifest the rings are sized from cannot be read
+        _fail(str(e))
+    if short is not None:
         if not frontends_defaulted(settings):
             _fail(short)
         log.warning("%s; serving in one process (BRIDLE_FRONTENDS=0)", short)

@@ -45,7 +45,7 @@ def test_environment_variables_set_every_field(monkeypatch: pytest.MonkeyPatch) 
     assert (s.max_batch_size, s.max_wait_ms, s.queue_size, s.request_timeout_s) == (4, 2.5, 9, 1.5)
     assert (s.max_upload_bytes, s.api_key, s.workers) == (1000, "k", 2)
     assert (s.concurrent_runs, s.decode_threads, s.access_log) == (3, 5, True)
-    assert s.cpu_threads == CpuThreads(intra_op=1, spin=True)
+    assert s.cpu_threads == CpuThreads(intra_op=1, spin=True, arena=False)  # the arena is off unless asked
 
 
 def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
