@@ -380,7 +380,7 @@ def main(
         )
 
         candidates = [
-            (batch, r, CpuThreads(intra_op=t, spin=spin))
+            (batch, r, CpuThreads(intra_op=t, spin=spin, arena=served.arena))  # the service's arena
             for r in sorted({1, runs})
             for t in sorted({0, 1, served.intra_op})
             for spin in (False, True)
