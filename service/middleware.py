@@ -102,6 +102,14 @@ class AdmissionState:
         return error
 
 
+def closes_after_refusal(content_length: str | None) -> bool:
+    """Whether a refusal closes the connection: when the unread body is unsized or larger than
+    `KEEP_ALIVE_BODY_BYTES` (skipping a small one costs less than the client's reconnect)."""
+    return (
+        content_length is None or not content_length.isdigit() or int(content_length) > KEEP_ALIVE_BODY_BYTES
+    )
+
+
 def _refusal(
     code: str, message: str, retry_after_s: int, close: bool
 ) -> tuple[list[tuple[bytes, bytes]], bytes]:
@@ -163,8 +171,7 @@ class Admission:
                 await send(message)
             return
         s.on_refuse("overloaded")
-        length = _header(scope, "content-length")
-        close = length is None or not length.isdigit() or int(length) > KEEP_ALIVE_BODY_BYTES
+        close = closes_after_refusal(_header(scope, "content-length"))
         for message in self._overloaded[close]:
             await send(message)
 

@@ -21,12 +21,7 @@ try:
 except ImportError:  # no httptools: uvicorn parses with h11, and the middleware refuses alone
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
-from service.middleware import (
-    ADMITTED_PATHS,
-    KEEP_ALIVE_BODY_BYTES,
-    AdmissionState,
-    refusal_bytes,
-)
+from service.middleware import ADMITTED_PATHS, AdmissionState, closes_after_refusal, refusal_bytes
 
 
 def http_protocol(admission: AdmissionState) -> type | str:
@@ -51,7 +46,7 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
             admission.on_refuse("overloaded")
             admission.on_answered_early(scope["path"], 503)
             length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            close = length is None or not length.isdigit() or int(length) > KEEP_ALIVE_BODY_BYTES
+            close = closes_after_refusal(None if length is None else length.decode("latin-1"))
             head, body = overloaded[close]
             server = [k + b": " + v + b"\r\n" for k, v in self.server_state.default_headers]
             self.transport.write(b"".join([head, uuid.uuid4().hex.encode(), b"\r\n", *server, body]))
