@@ -33,8 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +59,55 @@ PARITY_BATCHES = (1, 8, 16)
 TIMED_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "Softmax", "LayerNormalization", "Einsum"}
 SERVICE_ENV = {"BRIDLE_REQUIRE_GPU": "true"}  # a service that would fall back to the CPU stops instead
+
+
+@dataclass
+class GpuWatch:
+    """nvidia-smi's utilisation samples and the pids seen holding GPU memory, while a load runs."""
+
+    utilisation: list[int] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+
+    def summary(self) -> dict[str, Any]:
+        used = self.utilisation or [0]
+        return {
+            "util_median_pct": statistics.median(used),
+            "util_max_pct": max(used),
+            "gpu_pids": sorted(self.pids),
+        }
+
+
+@contextmanager
+def watching_gpu() -> Iterator[GpuWatch]:
+    """Sample the GPU every 500 ms (utilisation, and the compute processes' pids) until the block ends;
+    bench.gpu_check's service step and bench.gpu_engine_check both watch with it."""
+    watch, stop = GpuWatch(), threading.Event()
+    if shutil.which("nvidia-smi") is None:  # nothing to sample: the figures say so (empty)
+        yield watch
+        return
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            util = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            apps = subprocess.run(
+                ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            watch.utilisation += [int(u) for u in util[:1] if u.isdigit()]
+            watch.pids |= {int(p) for p in apps if p.isdigit()}
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        sampler.join()
 
 
 # ---- pieces the GPU tests share (tests/service/test_gpu.py) -----------------------------------------
@@ -223,37 +276,25 @@ def check_service(models: Path, seconds: float) -> dict[str, Any]:
         found["bench_service"] = "skipped: wrk is not installed (apt-get install wrk)"
         print(f"  {found['bench_service']}")
         return found
-    smi = None
-    with tempfile.NamedTemporaryFile("w+", suffix=".csv") as samples:
-        if shutil.which("nvidia-smi"):
-            query = "--query-gpu=timestamp,utilization.gpu,memory.used"
-            smi = subprocess.Popen(
-                ["nvidia-smi", query, "--format=csv,noheader", "-lms", "500"], stdout=samples
-            )
-        try:
-            bench = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.service_load",
-                    "--seconds",
-                    str(seconds),
-                    "--runs",
-                    "1",
-                    "--batch",
-                    "64",
-                ],
-                cwd=REPO,
-                env={**os.environ, **SERVICE_ENV},
-                capture_output=True,
-                text=True,
-            )
-        finally:
-            if smi is not None:
-                smi.terminate()
-                smi.wait()
-        samples.seek(0)
-        utilisation = [int(line.split(",")[1].split()[0]) for line in samples if line.count(",") >= 2]
+    with watching_gpu() as gpu:
+        bench = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.service_load",
+                "--seconds",
+                str(seconds),
+                "--runs",
+                "1",
+                "--batch",
+                "64",
+            ],
+            cwd=REPO,
+            env={**os.environ, **SERVICE_ENV},
+            capture_output=True,
+            text=True,
+        )
+    utilisation = gpu.utilisation
     found["bench_service"] = bench.stdout + bench.stderr[-2000:]
     if utilisation:
         found["gpu_utilisation_pct"] = {"median": statistics.median(utilisation), "max": max(utilisation)}

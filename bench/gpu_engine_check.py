@@ -21,71 +21,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from bench.base_model import base_audio_dir
 from bench.engine_load import window_wav
-from bench.gpu_check import why_no_cuda
+from bench.gpu_check import watching_gpu, why_no_cuda
 from bench.serve import closed_loop_rate
 from bench.service_load import BUNDLED_AUDIO, drive, ort_throughput, serve
 from runtime.sessions import CpuThreads
 from service.settings import usable_cores
-
-
-@dataclass
-class GpuWatch:
-    """nvidia-smi's utilisation samples and the pids seen holding GPU memory, while a load runs."""
-
-    utilisation: list[int] = field(default_factory=list)
-    pids: set[int] = field(default_factory=set)
-
-    def summary(self) -> dict[str, Any]:
-        used = self.utilisation or [0]
-        return {
-            "util_median_pct": statistics.median(used),
-            "util_max_pct": max(used),
-            "gpu_pids": sorted(self.pids),
-        }
-
-
-@contextmanager
-def watching_gpu() -> Iterator[GpuWatch]:
-    """Sample the GPU every 500 ms (utilisation, and the compute processes' pids) until the block ends."""
-    watch, stop = GpuWatch(), threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.5):
-            util = subprocess.run(
-                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            apps = subprocess.run(
-                ["nvidia-smi", "--query-compute-apps=pid", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            watch.utilisation += [int(u) for u in util[:1] if u.isdigit()]
-            watch.pids |= {int(p) for p in apps if p.isdigit()}
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield watch
-    finally:
-        stop.set()
-        sampler.join()
 
 
 def micro(wrk: str, folder: Path, frontends: list[int], clients: int, seconds: float) -> list[dict]:
