@@ -170,7 +170,8 @@ def drive(
                 raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip()}")
             return done.stdout
 
-        run(warmup)
+        if warmup > 0:
+            run(warmup)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = parse_wrk(run(seconds))
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from starlette.requests import ClientDisconnect
 
 from service.errors import ServiceError, error_response, retry_later
 
@@ -35,6 +37,13 @@ ADMITTED_PATHS = frozenset({"/embed", "/tokenize", "/classify"})
 KEEP_ALIVE_BODY_BYTES = 256 * 1024
 
 Scope = dict[str, Any]
+
+
+def new_request_id() -> str:
+    """A fresh request id: 128 random bits as 32 hex digits (ids, not secrets: Python's generator,
+    reseeded in every forked process, at a tenth of `uuid4`'s cost, which a refusal flood pays per
+    answer)."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def _header(scope: Scope, name: str) -> str | None:
@@ -54,7 +63,7 @@ class RequestIds:
             await self.app(scope, receive, send)
             return
         given = _header(scope, REQUEST_ID_HEADER)
-        request_id = given if given is not None and CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if given is not None and CLIENT_ID.fullmatch(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
 
@@ -198,23 +207,29 @@ class Admission:
                 s.in_flight -= 1
                 s.on_count(s.in_flight)
 
-        def on_message(done: asyncio.Task[dict[str, Any]]) -> None:
+        def drop() -> None:
+            """The client is gone: count it (499 in MetricsMiddleware) and free its slot."""
             nonlocal dropped
+            dropped = True
+            scope.setdefault("state", {})["dropped"] = True
+            s.on_refuse("disconnected")
+            release()
+
+        def on_message(done: asyncio.Task[dict[str, Any]]) -> None:
             if done.cancelled() or answered or done.exception() is not None:
                 return
             if done.result()["type"] == "http.disconnect" and work is not None and not work.done():
-                dropped = True  # the client is gone: stop the work, wherever it is
-                scope.setdefault("state", {})["dropped"] = True  # counted as 499 by MetricsMiddleware
-                s.on_refuse("disconnected")
-                release()
-                work.cancel()
+                drop()
+                work.cancel()  # stop the work, wherever it is
 
         async def receive_and_watch() -> dict[str, Any]:
             nonlocal watcher
             if watcher is not None:  # the body is read: the next message is the disconnect
                 return await asyncio.shield(watcher)
             message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
+            if message["type"] == "http.disconnect":  # gone before its body was all here
+                drop()  # the route's body read raises ClientDisconnect, which ends the work
+            elif not message.get("more_body", False):
                 watcher = asyncio.ensure_future(receive())
                 watcher.add_done_callback(on_message)
             return message
@@ -234,6 +249,9 @@ class Admission:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not dropped or (current is not None and current.cancelling()):
+                raise
+        except ClientDisconnect:
+            if not dropped:
                 raise
         finally:
             release()

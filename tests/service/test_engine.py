@@ -134,6 +134,54 @@ def test_a_refused_body_is_skipped_on_a_kept_connection(slow_server: Server, med
         assert held.result().status_code == 200
 
 
+def test_refusals_keep_the_connection_in_step_however_the_bytes_arrive(
+    slow_server: Server, media_files
+) -> None:
+    """At the bound, requests arriving in pieces (a head cut in two, a body cut in two, a query string,
+    a chunked body) are all refused, each exactly once, and the connection stays in step: after them,
+    the same connection is served."""
+    data, ctype = media_files["wav"]
+    s = slow_server
+    host, port = s.url.removeprefix("http://").split(":")
+    head = f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n"
+    request = head.encode() + data
+    chunked = (
+        f"POST /embed?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{len(data):x}\r\n".encode()
+        + data
+        + b"\r\n0\r\n\r\n"
+    )
+    pieces = [
+        [request[:20], request[20:]],  # the head in two
+        [request[: len(head) + 100], request[len(head) + 100 :]],  # the body in two
+        [request[: len(head)], request[len(head) :] + request],  # the head alone, then a body and the next
+    ]
+    decoded = metric(s, "bridle_decodes_total")
+    with ThreadPoolExecutor(1) as pool, socket.create_connection((host, int(port))) as sock:
+        held = pool.submit(s.client.post, "/embed", content=data, headers={"content-type": ctype})
+        wait_for(lambda: metric(s, "bridle_decodes_total") == decoded + 1, "the held request's decode")
+        answers = sock.makefile("rb")
+        for parts in pieces:
+            for part in parts:
+                sock.sendall(part)
+                time.sleep(0.05)  # its own packet
+        for _ in range(4):
+            status, headers, body = read_response(answers)
+            assert (status, json.loads(body)["error"]["code"]) == (503, "overloaded")
+            assert "connection" not in headers
+        assert held.result().status_code == 200
+        sock.sendall(request)
+        status, _, body = read_response(answers)
+        assert status == 200, body
+    with ThreadPoolExecutor(1) as pool, socket.create_connection((host, int(port))) as sock:
+        held = pool.submit(s.client.post, "/embed", content=data, headers={"content-type": ctype})
+        wait_for(lambda: metric(s, "bridle_decodes_total") == decoded + 3, "the second held decode")
+        sock.sendall(chunked)  # an unsized body: refused, and the connection closed
+        answers = sock.makefile("rb")
+        status, headers, _ = read_response(answers)
+        assert (status, headers["connection"]) == (503, "close")
+        assert held.result().status_code == 200
+
+
 def test_a_client_that_leaves_is_dropped_before_the_engine(slow_server: Server, media_files) -> None:
     data, ctype = media_files["wav"]
     s = slow_server
@@ -155,6 +203,27 @@ def test_a_client_that_leaves_is_dropped_before_the_engine(slow_server: Server, 
     ok = s.client.post("/embed", content=data, headers={"content-type": ctype})
     assert ok.status_code == 200 and runs() == before + 1
     assert metric(s, "bridle_requests_total", route="/embed", status="499") >= 1
+
+
+def test_a_client_that_leaves_mid_upload_is_a_disconnect_not_an_error(server: Server, media_files) -> None:
+    """A client gone before its body is all here frees its slot and is counted as gone (499), not as a
+    500 with a traceback."""
+    data, ctype = media_files["wav"]
+    s = server
+    errors = metric(s, "bridle_requests_total", route="/embed", status="500")
+    gone = metric(s, "bridle_requests_total", route="/embed", status="499")
+    dropped = metric(s, "bridle_refused_total", cause="disconnected")
+    host, port = s.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + data[: len(data) // 2])
+        wait_for(lambda: metric(s, "bridle_in_flight") == 1, "admitted")
+    wait_for(lambda: metric(s, "bridle_in_flight") == 0, "the slot freed")
+    wait_for(lambda: metric(s, "bridle_requests_total", route="/embed", status="499") == gone + 1, "a 499")
+    assert metric(s, "bridle_refused_total", cause="disconnected") == dropped + 1
+    assert metric(s, "bridle_requests_total", route="/embed", status="500") == errors
 
 
 def decode_array(x: dict) -> np.ndarray:

@@ -137,7 +137,15 @@ def test_bridle_serve_with_cuda_on_a_cpu_machine_stops_with_a_clear_message(
 ) -> None:
     env = os.environ | {"BRIDLE_PROVIDERS": "CUDAExecutionProvider"}
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "--port", "1", "--model-dir", str(model_root / "audio")],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--port",
+            "0",
+            "--model-dir",
+            str(model_root / "audio"),
+        ],  # any free port
         cwd=REPO,
         env=env,
         capture_output=True,

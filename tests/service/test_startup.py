@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "service.cli", "--port", "1", *args]
+    # port 0: the kernel picks a free one, so tests that run at once never meet on a fixed port (the
+    # service binds its socket before the engine finds a model it cannot load)
+    cmd = [sys.executable, "-m", "service.cli", "--port", "0", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
