@@ -186,6 +186,19 @@ def _flush(resampler: av.AudioResampler) -> list[np.ndarray]:
     return [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
 
 
+def looks_like_plain_wav(data: bytes, sample_rate: int) -> bool:
+    """Whether `data` opens like the canonical 16-bit mono PCM wav at `sample_rate` that `_plain_wav`
+    reads without FFmpeg or resampling: RIFF, WAVE, then the `fmt ` chunk's fields at their usual
+    offsets. A cheap look at 36 bytes to predict the cost of decoding, not a check of the file."""
+    return (
+        data[:4] == b"RIFF"
+        and data[8:16] == b"WAVEfmt "
+        and data[20:24] == b"\x01\x00\x01\x00"  # PCM, one channel
+        and int.from_bytes(data[24:28], "little") == sample_rate
+        and data[34:36] == b"\x10\x00"  # 16 bits a sample
+    )
+
+
 def _plain_wav(src: Source, sample_rate: int, max_seconds: float | None) -> np.ndarray | None:
     """A complete 16-bit mono PCM wav at `sample_rate`, read with the stdlib; None for anything else.
 

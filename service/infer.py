@@ -32,7 +32,7 @@ from runtime.engine import warm_up as warm_up_batchers
 from runtime.models import LoadedModel, load_models
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from runtime.slots import ENGINE_GRAPHS
-from runtime.windows import Limits, Windows, to_windows
+from runtime.windows import Limits, Windows, decodes_quickly, to_windows
 from service.errors import ServiceError, from_media_error
 from service.media import Upload
 from service.metrics import Metrics
@@ -346,7 +346,7 @@ class Inference:
         aggregate: Aggregate | None = None,
     ) -> _Prepared:
         """Sniff, pick and check the model (its head, and that it can pool scores by `aggregate`),
-        then decode and window the upload in a worker thread."""
+        then decode and window the upload: in a worker thread, unless it is sure to be quick."""
         try:
             model = self.model_for(model_name, sniff_modality(upload.data, upload.content_type))
         except MediaError as e:
@@ -360,7 +360,10 @@ class Inference:
                 raise ServiceError(422, "bad_aggregate", f"model {model.name!r}: {e}") from None
         loop = asyncio.get_running_loop()
         try:
-            windows = await loop.run_in_executor(self._decoders, self._decode, model, upload.data)
+            if decodes_quickly(model.manifest, upload.data):  # in place: cheaper than a thread's round trip
+                windows = self._decode(model, upload.data)
+            else:
+                windows = await loop.run_in_executor(self._decoders, self._decode, model, upload.data)
         except MediaError as e:
             raise from_media_error(e, upload.filename) from None
         return _Prepared(upload, model, windows)

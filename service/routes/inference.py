@@ -20,8 +20,9 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from service.infer import Codes, Embedding, Features, Label, Labels, Source
@@ -80,7 +81,7 @@ def _post(path: str, answer: type[BaseModel], summary: str) -> Callable[[Route],
     EmbedResponse,
     "pooled embedding per upload (and per window); pooling=tokens adds the patch embeddings",
 )
-async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()]) -> JSONResponse:
+async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.embed(uploads, q.model, q.pooling == "tokens", q.normalize)
     return _results(state, EmbedResponse, lambda: [_embedding(e, q.encoding) for e in found])
@@ -91,7 +92,7 @@ async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()
     TokenizeResponse,
     "multi-level discrete codes (N, L) per window, with the patch grid to place them",
 )
-async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Query()]) -> JSONResponse:
+async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.tokenize(uploads, q.model)
     return _results(state, TokenizeResponse, lambda: [_codes(c, q.encoding) for c in found])
@@ -103,7 +104,7 @@ async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Q
     "top-k labels with scores, per window and for the whole clip (aggregate of the window "
     "scores): a softmax, or independent sigmoid probabilities (multi-label: classifier.activation)",
 )
-async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Query()]) -> JSONResponse:
+async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.classify(uploads, q.model, q.top_k, q.threshold, q.aggregate)
     return _results(state, ClassifyResponse, lambda: [_classes(x) for x in found])
@@ -114,7 +115,7 @@ async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Q
     FeaturesResponse,
     "the encoder's input as the model saw it (log-mel fbank, resized pixels), base64 float32",
 )
-async def features(request: Request, state: State, q: Annotated[ModelQuery, Query()]) -> JSONResponse:
+async def features(request: Request, state: State, q: Annotated[ModelQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.features(uploads, q.model)
     return _results(state, FeaturesResponse, lambda: [_features(f) for f in found])
@@ -125,14 +126,14 @@ async def features(request: Request, state: State, q: Annotated[ModelQuery, Quer
 
 def _results(
     state: ServiceState, answer: type[BaseModel], build: Callable[[], list[dict[str, Any]]]
-) -> JSONResponse:
+) -> Response:
     """`{"results": [...]}` built, checked against its model `answer` (a mismatch is a bug: 500) and
     rendered from the dict, timed together as the `serialise` stage; a Response, so FastAPI does not
     serialise it again."""
     started = time.perf_counter()
     body = {"results": build()}
     answer.model_validate(body)
-    response = JSONResponse(body)
+    response = Response(orjson.dumps(body), media_type="application/json")  # a 20th of json.dumps' time
     state.inference.metrics.stage_seconds.labels("serialise").observe(time.perf_counter() - started)
     return response
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import shutil
+import wave
 from pathlib import Path
 
 import onnxruntime as ort
 import pytest
 
+from bridle_model.manifest import read_manifest
 from runtime.errors import ModelLoadError
 from runtime.models import find_model_dirs, load_model, load_models
 from runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
+from runtime.windows import QUICK_DECODE_BYTES, Limits, decodes_quickly, to_windows
 
 
 def test_the_provider_probe_is_quiet_and_matches_the_session(model_root: Path, capfd) -> None:
@@ -58,3 +62,30 @@ def test_session_options_follow_the_thread_settings(threads: CpuThreads) -> None
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == (
         "1" if threads.spin else "0"
     )
+
+
+def wav(rate: int, seconds: float, channels: int = 1, width: int = 2) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(b"\0" * int(rate * seconds) * channels * width)
+    return buf.getvalue()
+
+
+def test_only_small_plain_wavs_at_the_models_rate_are_decoded_in_place(model_root: Path) -> None:
+    """`decodes_quickly` predicts which uploads the front end decodes on its event loop: those must be
+    quick (no FFmpeg, no resampling, small); the rest go to a thread."""
+    manifest = read_manifest(model_root / "audio")
+    rate = int(manifest.input.sample_rate)
+    assert decodes_quickly(manifest, wav(rate, 1.0))
+    assert not decodes_quickly(manifest, wav(rate * 2, 1.0))  # resampled
+    assert not decodes_quickly(manifest, wav(rate, 1.0, channels=2))  # mixed down
+    assert not decodes_quickly(manifest, wav(rate, 1.0, width=4))
+    assert not decodes_quickly(manifest, wav(rate, QUICK_DECODE_BYTES / 2 / rate + 1))  # too big
+    assert not decodes_quickly(manifest, b"RIFF" + b"\0" * 40)
+    assert not decodes_quickly(read_manifest(model_root / "image"), wav(rate, 1.0))
+    # and it is the wav the model sees: silence, in windows of the model's length
+    windows = to_windows(manifest, wav(rate, 0.5), Limits(60, 10**7, 60)).signal
+    assert windows.shape[1:] == (manifest.input.shape[1],) and not windows.any()
