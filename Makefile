@@ -100,13 +100,15 @@ bench-service: $(DEV_STAMP)
 ## bench-engine: served req/s at 400 / 16 clients, refusal latency p99, and the real-size model (built
 ## into runs/bench-models on demand): service / in-process windows/s, one process / 2 front-end processes
 ## + engine process on both models (BRIDLE_FRONTENDS), then its RSS and ready time, then bridle-serve against
-## a hand-written FastAPI + ONNX Runtime server and LitServe on the same model
+## a hand-written FastAPI + ONNX Runtime server and LitServe on the same model, then the CPU one refusal
+## costs the service against a bare asyncio protocol's
 bench-engine: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
 	$(BIN)/pip install -q -e '.[peers]'
 	$(PY) -m bench.engine_load
 	$(PY) -m bench.engine_memory
 	$(PY) -m bench.peers
+	$(PY) -m bench.refusal_cost
 
 ## bench-batch: windows/s of bridle-batch (1 and 2 Ray actors) against the HTTP service at saturation
 bench-batch: $(DEV_STAMP)

@@ -14,8 +14,11 @@ wrk's 400 clients post a one-window wav to `/embed` of the small audio model for
    same prepared bytes (`service.middleware.refusal_bytes`) with a new request id, and nothing else:
    no HTTP parser, no uvicorn, no metrics.
 
-For each: refusals/s, and the CPU per refusal of the server's process tree and of wrk (from /proc and
-getrusage over the measured run), then the server's cost over the floor's.
+For each: refusals/s, the CPU per refusal of the server's process tree and of wrk (from /proc and
+getrusage over the measured run; the probe's own requests are a rounding error), the refusals' latency
+as 4 paced probe clients see it meanwhile (`bench.service_load.probe`), then the server's cost over the
+floor's. Nothing is served here, so these are what refusing alone costs; `bench.engine_load` measures
+refusals beside served work.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -37,7 +41,7 @@ import typer
 
 from bench.engine_load import window_wav
 from bench.serve import cpu_seconds, free_port, running_service
-from bench.service_load import BUNDLED_AUDIO, drive, export_tiny_audio
+from bench.service_load import BUNDLED_AUDIO, ProbeResult, drive, export_tiny_audio, probe
 from service.middleware import AdmissionState, new_request_id, refusal_bytes
 from service.protocol import plain_request
 
@@ -50,11 +54,13 @@ class Cost:
     refusals_per_s: float
     server_us: float  # server CPU per refusal
     wrk_us: float  # wrk's CPU per refusal
+    probe: ProbeResult  # the refusals' latency as 4 paced clients see it meanwhile
 
     def line(self, label: str) -> str:
         return (
             f"  {label:<52} {self.refusals_per_s:8.0f} refusals/s   server {self.server_us:5.1f} µs CPU each"
-            f"   wrk {self.wrk_us:5.1f} µs each"
+            f"   wrk {self.wrk_us:5.1f} µs each   latency p50 {self.probe.refused_p50_ms:5.1f} ms"
+            f" p99 {self.probe.refused_p99_ms:5.1f} ms"
         )
 
 
@@ -81,12 +87,17 @@ def main(seconds: Annotated[float, typer.Option(help="measured seconds per serve
 def measure(wrk: str, url: str, body: Path, seconds: float, pid: int) -> Cost:
     drive(wrk, url, body, CLIENTS, WARMUP_S, warmup=0)
     before = cpu_seconds(pid)
-    result = drive(wrk, url, body, CLIENTS, seconds, warmup=0)
+    with ThreadPoolExecutor(1) as pool:
+        flood = pool.submit(drive, wrk, url, body, CLIENTS, seconds, warmup=0)
+        time.sleep(0.5)
+        probed = probe(url, body.read_bytes(), seconds - 1)
+        result = flood.result()
     used = cpu_seconds(pid) - before
     if result.throughput > 0:
         raise RuntimeError(f"{result.throughput:.1f} req/s were served: the slot was not held")
     refusals = result.requests
-    return Cost(refusals / seconds, 1e6 * used / refusals, 1e6 * result.client_cores * seconds / refusals)
+    cores = result.client_cores * seconds
+    return Cost(refusals / seconds, 1e6 * used / refusals, 1e6 * cores / refusals, probed)
 
 
 @contextlib.contextmanager

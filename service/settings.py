@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # graphs (service/supervisor.py); 0: one process, whose event loop is the front end and whose batcher
     # threads are the engine. Unset: `default_frontends` (docs/architecture.md has the measurements)
     frontends: int | None = Field(None, ge=0)
+    # the front ends' niceness over the engine's (os.nice): under CPU contention the engine's batches, the
+    # work the service is for, run first; parsing, decoding and refusing wait. 0: equal shares
+    frontend_nice: int = Field(10, ge=0, le=19)
     _frontends_defaulted: bool = PrivateAttr(False)  # unset: chosen by `default_frontends`
     access_log: bool = False  # a log line per request (/metrics counts requests either way)
     opentelemetry: bool = False  # FastAPI's OpenTelemetry spans and metrics (with a configured provider)

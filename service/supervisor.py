@@ -104,6 +104,7 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
     """A front-end process: the app over the engine, served by `server_class` (service/cli.py's
     DrainingServer) on the shared socket. It drains and stops when the supervisor dies."""
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only; it stops the children in order
+    os.nice(settings.frontend_nice)  # the engine's batches before parsing and refusing (settings.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.app import create_app  # here: the supervisor process never builds the app
 

@@ -184,6 +184,20 @@ def test_metrics_add_up_every_process(served: Served, media_files) -> None:
     assert {sample(t, "bridle_in_flight") for t in scrapes} == {0.0}
 
 
+def test_the_front_ends_yield_the_cpu_to_the_engine(served: Served) -> None:
+    """Front ends run BRIDLE_FRONTEND_NICE (10) nicer than the engine: under contention the engine's
+    batches run first (bench: the served rate under a refusal flood)."""
+    wait_ready(served)
+
+    def nice(pid: int) -> int:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19
+
+    engine = nice(served.pids("engine")[-1])
+    assert (
+        nice(served.pids("front end 0")[-1]) == nice(served.pids("front end 1")[-1]) == min(19, engine + 10)
+    )
+
+
 def test_a_killed_engine_fails_its_work_at_once_and_comes_back(served: Served, media_files) -> None:
     wav = media_files["wav"]  # one window of the micro audio model
     wait_ready(served)

@@ -36,6 +36,7 @@ def test_environment_variables_set_every_field(monkeypatch: pytest.MonkeyPatch) 
         "BRIDLE_SPIN_THREADS": "true",
         "BRIDLE_DECODE_THREADS": "5",
         "BRIDLE_ACCESS_LOG": "1",
+        "BRIDLE_FRONTEND_NICE": "0",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -44,7 +45,7 @@ def test_environment_variables_set_every_field(monkeypatch: pytest.MonkeyPatch) 
     assert s.providers == ["CPUExecutionProvider"]
     assert (s.max_batch_size, s.max_wait_ms, s.queue_size, s.request_timeout_s) == (4, 2.5, 9, 1.5)
     assert (s.max_upload_bytes, s.api_key, s.workers) == (1000, "k", 2)
-    assert (s.concurrent_runs, s.decode_threads, s.access_log) == (3, 5, True)
+    assert (s.concurrent_runs, s.decode_threads, s.access_log, s.frontend_nice) == (3, 5, True, 0)
     assert s.cpu_threads == CpuThreads(intra_op=1, spin=True, arena=False)  # the arena is off unless asked
 
 
