@@ -12,7 +12,10 @@ Ratios measured in one run, on this machine (`make bench-engine`; wrk from Debia
    ONNX Runtime windows/s (goal >= 0.95), both at batch `--real-batch` with the service's
    concurrent runs, one 10.24 s window per request (closed-loop Python clients counting whole
    requests: a window takes seconds, so a fixed wrk window would cut many in two);
-4. the process layouts (`--frontends N`, 0 skips it; `--layouts-only` runs only this): one process whose
+4. the front ends' niceness (`--nice N`, 0 skips it; `--nice-only` runs only this): served req/s at 400
+   clients / at 16 with the front ends at BRIDLE_FRONTEND_NICE=0 (equal CPU shares with the engine) and
+   at N (the default 10), alternated A B A B;
+5. the process layouts (`--frontends N`, 0 skips it; `--layouts-only` runs only this): one process whose
    batcher threads are the engine (BRIDLE_FRONTENDS=0) against N front-end processes over an engine
    process (BRIDLE_FRONTENDS=N), alternated A B A B in one run, on the small model (wrk, `--clients`
    clients, `--seconds`) and on the real-size model (closed-loop clients, `--real-size-seconds`): each
@@ -70,6 +73,8 @@ class Load:
     runs: int = 2  # concurrent runs per graph (the service's default)
     frontends: int = 2  # front-end processes to compare with one process; 0: skip
     layouts_only: bool = False  # only the process layouts' comparison
+    nice: int = Settings().frontend_nice  # the front ends' niceness to compare with 0; 0: skip
+    nice_only: bool = False  # only the niceness comparison
 
 
 D = Load()
@@ -91,6 +96,8 @@ def main(
     runs: Annotated[int, typer.Option(help="concurrent runs per graph (the service's default)")] = D.runs,
     frontends: Annotated[int, typer.Option(help="front-end processes to compare; 0: skip")] = D.frontends,
     layouts_only: Annotated[bool, typer.Option(help="only the process layouts' comparison")] = D.layouts_only,
+    nice: Annotated[int, typer.Option(help="front ends' niceness to compare with 0; 0: skip")] = D.nice,
+    nice_only: Annotated[bool, typer.Option(help="only the niceness comparison")] = D.nice_only,
 ) -> None:
     """Served req/s under overload, refusal latency, and a real-size model through the service."""
     args = Load(
@@ -104,6 +111,8 @@ def main(
         runs,
         frontends,
         layouts_only,
+        nice,
+        nice_only,
     )
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -112,13 +121,45 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         env = {"BRIDLE_CONCURRENT_RUNS": str(args.runs)}
-        if args.seconds > 0 and not args.layouts_only:
+        only = args.layouts_only or args.nice_only
+        if args.seconds > 0 and not only:
             lines += small_model(wrk, folder, env, args)
-        if args.real_size_seconds > 0 and not args.layouts_only:
+        if args.real_size_seconds > 0 and not only:
             lines += real_size_model(wrk, folder, env, args)
-        if args.frontends > 0:
+        if args.nice > 0 and args.seconds > 0 and not args.layouts_only:
+            lines += niceness(wrk, folder, env, args)
+        if args.frontends > 0 and not args.nice_only:
             lines += layouts(wrk, folder, env, args)
     print("\n".join(lines))
+
+
+def niceness(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
+    """Served req/s at `--overload-clients` / at `--clients` with the front ends as nice as the engine
+    (0) and at `--nice`, alternated twice, on the small model."""
+    small = BUNDLED_AUDIO if BUNDLED_AUDIO.is_dir() else export_tiny_audio(folder)
+    body = window_wav(small, folder)
+    ratios: dict[int, list[tuple[float, float]]] = {0: [], args.nice: []}
+    lines = [
+        f"front ends' niceness over the engine's (BRIDLE_FRONTEND_NICE), {small.name}, {args.seconds:g} s"
+    ]
+    for nice in [0, args.nice, 0, args.nice]:
+        with serve(small, {**env, "BRIDLE_FRONTEND_NICE": str(nice)}) as url:
+            base = drive(wrk, url, body, args.clients, args.seconds)
+            loaded = drive(wrk, url, body, args.overload_clients, args.seconds)
+        ratios[nice].append((base.throughput, loaded.throughput))
+        lines.append(
+            f"    nice {nice:2d}: {args.clients} clients {base.throughput:6.1f} req/s,"
+            f" {args.overload_clients} clients {loaded.throughput:6.1f} req/s served"
+            f" ({loaded.timeouts} time-outs): "
+            f"{loaded.throughput / base.throughput:.2f}  ({load_average()})"
+        )
+    for nice, runs in ratios.items():
+        ratio = sum(b for _, b in runs) / sum(a for a, _ in runs)
+        lines.append(
+            f"    served req/s at {args.overload_clients} / at {args.clients} clients,"
+            f" nice {nice}: {ratio:.2f}"
+        )
+    return lines
 
 
 def layouts(wrk: str, folder: Path, env: dict[str, str], args: Load) -> list[str]:
