@@ -157,14 +157,15 @@ class Supervisor:
         self.settings = settings
         self.server_class = server_class
         self.slot_rows, self.slot_bytes = ring_layout(settings)
+        # the port first: a port in use stops the start before anything is made that would need removing
+        config = uvicorn.Config("service.app:app_from_env", host=settings.host, port=settings.port)
+        self.sock = config.bind_socket()
         self.folder = tempfile.mkdtemp(prefix="bridle-engine-")  # its socket (uvloop takes no abstract one)
         self.spec = engine_spec(settings, str(Path(self.folder) / "engine.sock"))
         # every child records its metrics into files here, and each front end's /metrics adds them up
         metrics_folder = Path(self.folder) / "metrics"
         metrics_folder.mkdir()
         os.environ.setdefault(MULTIPROCESS_ENV, str(metrics_folder))
-        config = uvicorn.Config("service.app:app_from_env", host=settings.host, port=settings.port)
-        self.sock = config.bind_socket()
         self.engine: BaseProcess | None = None
         self.front_ends: list[_FrontEnd] = []
         self.rings_made = 0

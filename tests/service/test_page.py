@@ -324,9 +324,9 @@ def test_the_keyboard_reaches_the_file_chooser(page, tmp_path: Path) -> None:
     assert page.evaluate("document.activeElement.id") == "choose"
     path = tmp_path / "digit.png"
     path.write_bytes(digit_png(IMAGE))
-    page.keyboard.press("Enter")
-    page.wait_for_function("true")  # a round trip: the chooser's event has arrived
-    assert len(choosers) == 1
-    choosers[0].set_files(str(path))
+    with page.expect_file_chooser() as opened:  # waits for the event (a round trip was too short under load)
+        page.keyboard.press("Enter")
+    assert len(choosers) == 1  # the Enter opened it, and no Tab before did
+    opened.value.set_files(str(path))
     page.wait_for_function("document.body.dataset.done !== undefined", timeout=60_000)
     assert "model image-digits (image)" in card_text(page)

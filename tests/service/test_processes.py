@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -289,3 +290,26 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_port_in_use_stops_the_start_and_leaves_nothing_behind(model_root: Path, tmp_path: Path) -> None:
+    """The supervisor binds its port before it makes its folder: a port in use ends the start with an
+    error and no /tmp/bridle-engine-* folder (the temporary folder here is the test's own)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--model-dir",
+            str(model_root / "audio"),
+            "--port",
+            str(port),
+        ]
+        env = {**os.environ, "BRIDLE_FRONTENDS": "2", "TMPDIR": str(tmp_path)}
+        done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "address already in use" in done.stderr.lower(), done.stderr
+    assert list(tmp_path.glob("bridle-engine-*")) == []
