@@ -37,7 +37,7 @@ import typer
 from batch.job import run_job
 from batch.settings import JobSettings
 from batch.store import DONE
-from bench.serve import running_service
+from bench.serve import cpu_seconds, process_cpu_seconds, running_service
 from bench.service_load import BUNDLED_AUDIO, drive, wav_bytes
 from bridle_model.manifest import read_manifest
 from service.settings import usable_cores
@@ -110,12 +110,6 @@ def job_cpu(before: dict[int, float], markers: list[tuple[float, dict]]) -> floa
     return sum(cpu - before.get(pid, 0.0) for pid, cpu in (after | actors).items())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid`, all its threads (/proc/<pid>/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def tree_cpu() -> dict[int, float]:
     """CPU seconds of this process and every process below it, by pid."""
     children: dict[int, list[int]] = {}
@@ -127,7 +121,7 @@ def tree_cpu() -> dict[int, float]:
     while todo:
         pid = todo.pop()
         with contextlib.suppress(OSError):
-            found[pid] = cpu_seconds(pid)
+            found[pid] = process_cpu_seconds(pid)
         todo += children.get(pid, [])
     return found
 

@@ -42,6 +42,7 @@ import typer
 from bench.engine_load import window_wav
 from bench.serve import cpu_seconds, free_port, running_service
 from bench.service_load import BUNDLED_AUDIO, ProbeResult, drive, export_tiny_audio, probe
+from runtime.engine import event_loop_factory
 from service.middleware import AdmissionState, new_request_id, refusal_bytes
 from service.protocol import plain_request
 
@@ -114,11 +115,7 @@ def holding_the_slot(url: str, length: int) -> Iterator[None]:
 
 
 def loop_name() -> str:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"
+    return "asyncio" if event_loop_factory() is None else "uvloop"
 
 
 @contextlib.contextmanager
@@ -169,11 +166,8 @@ def run_bare(port: int) -> None:
         server = await asyncio.get_running_loop().create_server(BareRefusals, "127.0.0.1", port, backlog=4096)
         await server.serve_forever()
 
-    if loop_name() == "uvloop":
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(serve_forever())
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # the engine's choice of loop
+        runner.run(serve_forever())
 
 
 if __name__ == "__main__":

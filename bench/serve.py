@@ -49,13 +49,16 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid`, all its threads (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
-    """The CPU time (user + system) `pid` and its descendants have used so far, every thread counted."""
-    ticks = 0
-    for each in _tree(pid):
-        fields = Path(f"/proc/{each}/stat").read_text().rpartition(")")[2].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """The CPU time `pid` and its descendants have used so far (with `BRIDLE_FRONTENDS`, the supervisor,
+    its front ends and its engine)."""
+    return sum(process_cpu_seconds(each) for each in _tree(pid))
 
 
 def _vm_rss_mb(pid: int) -> float:
