@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,12 +30,18 @@ def test_train_service_trains_and_exports_as_the_project_owner(engine: Engine, t
             os.chown(path, HOST_UID, HOST_UID)
     env = {"BRIDLE_PROJECT": str(project)}
 
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return engine.compose("--profile", "train", "run", "--rm", "-T", "train", *command, env=env)
+
     def train(*command: str) -> str:
-        return engine.compose("--profile", "train", "run", "--rm", "-T", "train", *command, env=env).stdout
+        return run(*command).stdout
 
     engine.build(["bridle:train"], "--profile", "train")
-    train("python", "-m", "bridle_data.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
-    assert (project / "data" / "audio-digits" / ".complete").is_file()
+    built = run("python", "-m", "bridle_data.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
+    # once, under a parallel suite, the run exited 0 and the marker was missing: say what it printed
+    found = sorted(str(p.relative_to(project)) for p in project.rglob("*"))[:50]
+    said = f"{built.stdout[-2000:]}\n{built.stderr[-2000:]}\n{found}"
+    assert (project / "data" / "audio-digits" / ".complete").is_file(), said
 
     log = train("bridle-train", "run", "micro.yaml")
     summaries = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
