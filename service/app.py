@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
         settings.max_concurrent_requests,
         settings.retry_after_s,
         on_refuse=lambda cause: metrics.refused.labels(cause).inc(),
-        on_answered_early=lambda route, status: metrics.requests.labels(route, str(status)).inc(),
+        on_refused_early=metrics.count_early_refusals,
         on_count=metrics.in_flight.set,
     )
     app.state.bridle = ServiceState(settings, Inference(settings, {}, metrics), admission)

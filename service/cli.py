@@ -62,7 +62,8 @@ class DrainingServer(uvicorn.Server):
             return
         super().handle_exit(sig, frame)
 
-    async def on_tick(self, counter: int) -> bool:
+    async def on_tick(self, counter: int) -> bool:  # every 0.1 s
+        self.admission.publish_early_refusals()
         if self.drain_started is not None:
             waited = time.monotonic() - self.drain_started
             if self.admission.in_flight == 0 or waited > self.drain_timeout_s:

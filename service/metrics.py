@@ -110,6 +110,11 @@ class Metrics:
             decodes=Counter("bridle_decodes", "uploads decoded into model windows", registry=r),
         )
 
+    def count_early_refusals(self, route: str, count: int) -> None:
+        """`count` overload refusals of `route` answered before the app (service/protocol.py)."""
+        self.refused.labels("overloaded").inc(count)
+        self.requests.labels(route, "503").inc(count)
+
     def render(self) -> bytes:
         """The text exposition: this app's registry, or every process's files in multiprocess mode."""
         if os.environ.get(MULTIPROCESS_ENV):

@@ -91,6 +91,7 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
     class RefusingProtocol(HttpToolsProtocol):
         _between = True  # the parser is between two requests
         _skip = 0  # bytes of a refused request's body still to come
+        _active_at = 0.0  # the loop's time when a refused request's bytes last came
 
         def on_message_begin(self) -> None:
             self._between = False
@@ -112,7 +113,7 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
 
         def data_received(self, data: bytes) -> None:
             if self._skip:  # the body of a request refused already
-                self._unset_keepalive_if_required()
+                self._active_at = self.loop.time()
                 if len(data) <= self._skip:
                     self._skip -= len(data)
                     return
@@ -121,14 +122,35 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
                 request = plain_request(data)
                 if request is None:
                     break
-                self._unset_keepalive_if_required()
+                self._active_at = self.loop.time()
                 self._skip = max(0, request.size - len(data))
                 data = data[request.size :]
                 close = request.asks_close or closes_after_refusal(str(request.content_length))
                 self._refuse(request.path, close)
-                if close or not data:
+                if close:
+                    return
+                # what uvicorn's on_response_complete does here (nothing is pipelined and reading is
+                # not paused between two requests), with the keep-alive timer left as it is
+                self.server_state.total_requests += 1
+                if self.timeout_keep_alive_task is None:
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler
+                    )
+                if not data:
                     return
             super().data_received(data)
+
+        def timeout_keep_alive_handler(self) -> None:
+            """uvicorn closes a connection idle for `timeout_keep_alive`. The refusals above keep a
+            connection busy without cancelling and re-arming that timer for each one (~7 % of a
+            refusal's CPU): the timer checks when it fires, and waits on if a refusal came since."""
+            idle = self.loop.time() - self._active_at
+            if idle < self.timeout_keep_alive and not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive - idle, self.timeout_keep_alive_handler
+                )
+                return
+            super().timeout_keep_alive_handler()
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
             scope = cycle.scope
@@ -142,13 +164,15 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
             length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
             close = closes_after_refusal(None if length is None else length.decode("latin-1"))
             cycle.response_complete = True  # the parser's body callbacks now skip this request's body
-            self._refuse(scope["path"], close or not cycle.keep_alive)
+            close = close or not cycle.keep_alive
+            self._refuse(scope["path"], close)
+            if not close:
+                self.on_response_complete()  # it may start a pipelined request, or resume reading
 
         def _refuse(self, path: str, close: bool) -> None:
             """Write the prepared 503 with a new request id and the server's headers, count it, and
-            close the connection or wait for the next request on it."""
-            admission.on_refuse("overloaded")
-            admission.on_answered_early(path, 503)
+            close the connection if `close`."""
+            admission.early_refusals[path] += 1  # published to the metrics on the server's tick
             defaults = self.server_state.default_headers
             if defaults is not server_headers[0]:
                 server_headers[:] = [defaults, b"".join(k + b": " + v + b"\r\n" for k, v in defaults)]
@@ -158,7 +182,5 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
             )
             if close:
                 self.transport.close()
-            else:
-                self.on_response_complete()
 
     return RefusingProtocol

@@ -32,11 +32,13 @@ def run_server(
     ready_within: float = 20,
     timeout: float = 20,
     http: str | None = None,
+    keep_alive_s: float = 5,
     **settings_overrides,
 ) -> Iterator[Server]:
     """Start the app in a uvicorn server thread (its lifespan loads the models), wait up to `ready_within`
     seconds for /ready, yield a client whose requests time out after `timeout` s, then shut it down.
-    uvicorn parses HTTP as `bridle-serve` does (service/protocol.py), or with `http` ("h11")."""
+    uvicorn parses HTTP as `bridle-serve` does (service/protocol.py), or with `http` ("h11"); it closes a
+    connection idle for `keep_alive_s` (uvicorn's default 5 s)."""
     from service.app import create_app
     from service.protocol import http_protocol
     from service.settings import Settings
@@ -46,7 +48,15 @@ def run_server(
     app = create_app(Settings(model_dirs=model_dirs, **(defaults | settings_overrides)))
     sock = _free_socket()
     protocol = http or http_protocol(app.state.bridle.admission)
-    server = uvicorn.Server(uvicorn.Config(app, http=protocol, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            http=protocol,
+            log_level="warning",
+            lifespan="on",
+            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+        )
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -41,4 +41,5 @@ async def ready(state: State) -> Ready | JSONResponse:
     },
 )
 async def metrics(state: State) -> Response:
+    state.admission.publish_early_refusals()  # this process's own count is exact
     return Response(state.inference.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -182,6 +182,52 @@ def test_refusals_keep_the_connection_in_step_however_the_bytes_arrive(
         assert held.result().status_code == 200
 
 
+KEEP_ALIVE_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def brief_keep_alive_server(model_root: Path) -> Iterator[Server]:
+    """As `slow_server` (the refusals answered in the protocol), closing a connection idle for
+    KEEP_ALIVE_S."""
+    yield from run_server(
+        [model_root],
+        keep_alive_s=KEEP_ALIVE_S,
+        max_concurrent_requests=1,
+        max_batch_size=16,
+        max_wait_ms=HELD_S * 1000,
+    )
+
+
+def test_refusals_keep_a_connection_alive_and_an_idle_one_is_closed(
+    brief_keep_alive_server: Server, media_files
+) -> None:
+    """The protocol's refusals leave uvicorn's keep-alive timer armed rather than re-arming it for each
+    one: a connection refused again and again for longer than the keep-alive time stays open, and one
+    left idle after its refusal is closed once that time has passed."""
+    data, ctype = media_files["wav"]
+    s = brief_keep_alive_server
+    host, port = s.url.removeprefix("http://").split(":")
+    request = (
+        f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n"
+    ).encode() + data
+    decoded = metric(s, "bridle_decodes_total")
+    with ThreadPoolExecutor(1) as pool, socket.create_connection((host, int(port))) as sock:
+        held = pool.submit(s.client.post, "/embed", content=data, headers={"content-type": ctype})
+        wait_for(lambda: metric(s, "bridle_decodes_total") == decoded + 1, "the held request's decode")
+        answers = sock.makefile("rb")
+        refused_until = time.monotonic() + 1.6 * KEEP_ALIVE_S  # within the held request's HELD_S
+        while time.monotonic() < refused_until:
+            sock.sendall(request)
+            status, headers, _ = read_response(answers)
+            assert (status, headers.get("connection")) == (503, None)
+            idle_from = time.monotonic()
+            time.sleep(0.2 * KEEP_ALIVE_S)
+        sock.settimeout(5 * KEEP_ALIVE_S)
+        assert answers.read() == b""  # closed by the server, once idle long enough
+        assert KEEP_ALIVE_S * 0.9 <= time.monotonic() - idle_from < 3 * KEEP_ALIVE_S
+        assert held.result().status_code == 200
+
+
 def test_a_client_that_leaves_is_dropped_before_the_engine(slow_server: Server, media_files) -> None:
     data, ctype = media_files["wav"]
     s = slow_server

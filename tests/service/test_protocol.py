@@ -1,11 +1,17 @@
 """The refusal's head scan (service/protocol.py): which requests it may answer without the parser, and
 where each one ends. What it declines goes to the parser, so a wrong None costs speed, a wrong answer
-costs correctness: the cases below are the ones where a scan could be fooled."""
+costs correctness: the cases below are the ones where a scan could be fooled. Last, how the refusals it
+counts reach the metrics."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
 
+import pytest
+import uvicorn
+
+from service.cli import DrainingServer
+from service.middleware import AdmissionState
 from service.protocol import PlainRequest, plain_request
 
 
@@ -61,3 +67,20 @@ def test_header_names_are_case_blind_and_values_trimmed(headers: str, asks_close
 )
 def test_what_only_the_parser_can_read_is_left_to_it(data: bytes) -> None:
     assert plain_request(data) is None
+
+
+def test_the_server_tick_publishes_the_refusals_counted_in_the_protocol() -> None:
+    """The protocol counts its refusals in plain ints (service/middleware.py's `early_refusals`); every
+    front end's server hands them to the metrics on its 0.1 s tick, each one once."""
+    published: list[tuple[str, int]] = []
+    admission = AdmissionState(1, 1, on_refused_early=lambda route, count: published.append((route, count)))
+    admission.early_refusals["/embed"] += 3
+    admission.early_refusals["/tokenize"] += 1
+    server = DrainingServer(uvicorn.Config(app=None), admission, drain_timeout_s=1)
+    asyncio.run(server.on_tick(0))
+    assert sorted(published) == [("/embed", 3), ("/tokenize", 1)]
+    asyncio.run(server.on_tick(1))  # nothing new
+    assert len(published) == 2
+    admission.early_refusals["/embed"] += 1
+    asyncio.run(server.on_tick(2))
+    assert published[-1] == ("/embed", 1)
