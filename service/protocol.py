@@ -6,7 +6,9 @@ HTTP parser sees it. When a chunk of bytes arrives between two requests and the 
 admitted route, a `Content-Length`, nothing that needs the parser (chunked bodies, `Expect`, upgrades).
 It then writes the prepared 503 bytes and skips the body as it arrives. No parser callback, no ASGI
 task, no scope, no middleware: a refusal costs the event loop a few byte searches and one write, so a
-flood of refusals leaves the loop to the admitted requests.
+flood of refusals leaves the loop to the admitted requests. It is counted in a plain int (published to the
+metrics on the server's tick), and uvicorn's keep-alive timer is left armed rather than re-armed for each
+refusal (`timeout_keep_alive_handler` checks, when it fires, whether a refusal came since).
 
 Any request the scan does not recognise (a head split across chunks, a chunked body, a malformed line)
 goes to the parser as usual and is refused a step later, when its headers are parsed (`_start_asgi_task`,
