@@ -30,20 +30,12 @@ import numpy as np
 import typer
 
 from bench.base_model import base_audio_dir
-from bench.serve import running_service
+from bench.serve import memory_mb, running_service
 from bench.service_load import ort_throughput
 from bench.timing import run_worker
 from runtime.sessions import CpuThreads
 
 MODES = ("one-run", "shared", "per-run", "shared-no-arena")
-
-
-def memory_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
-    """`field` of /proc/<pid>/status in MB: VmRSS (resident now) or VmHWM (the peak)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field}")
 
 
 def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, float]:

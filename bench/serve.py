@@ -37,7 +37,7 @@ class Service:
     def rss_mb(self) -> float:
         """The resident memory (VmRSS) of the server's process tree now, in MB: with front-end processes
         (`BRIDLE_FRONTENDS`) the supervisor, its front ends and its engine."""
-        return sum(_vm_rss_mb(pid) for pid in _tree(self.process.pid))
+        return sum(memory_mb(pid=pid) for pid in _tree(self.process.pid))
 
 
 def _tree(pid: int) -> list[int]:
@@ -61,11 +61,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(process_cpu_seconds(each) for each in _tree(pid))
 
 
-def _vm_rss_mb(pid: int) -> float:
+def memory_mb(field: str = "VmRSS", pid: int | str = "self") -> float:
+    """`field` of /proc/<pid>/status in MB: VmRSS (resident now) or VmHWM (the peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 @contextmanager

@@ -191,7 +191,7 @@ def test_the_front_ends_yield_the_cpu_to_the_engine(served: Served) -> None:
     wait_ready(served)
 
     def nice(pid: int) -> int:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])  # field 19
+        return int(_stat_after_name(pid)[16])  # field 19 of proc(5)
 
     engine = nice(served.pids("engine")[-1])
     assert (
@@ -284,10 +284,15 @@ def test_a_killed_supervisor_leaves_nothing_behind(model_root: Path) -> None:
         stop(s)
 
 
+def _stat_after_name(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the process name (field 3, the state, first)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, dead but not yet reaped by init, counts as gone)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return _stat_after_name(pid)[0] != "Z"
     except FileNotFoundError:
         return False
 
