@@ -347,27 +347,24 @@ def labels_of(label_dict: Any, num_classes: int, what: str) -> list[str]:
 def class_names(
     labels_csv: str | os.PathLike[str], label_dict_labels: list[str], what: str
 ) -> tuple[list[str], list[str]]:
-    """(display names, ids) of the head's classes from an `index,mid,display_name` CSV, whose mids must
-    be the checkpoint's own labels in its class order (so a CSV of another class list cannot relabel
-    the head)."""
+    """(display names, ids) of the head's classes: each row's mid (`label_dict[row]`) looked up in an
+    `index,mid,display_name` CSV, whatever the CSV's row or index order (a released AudioSet head's
+    label_dict is in an order of its own). A mid the CSV lacks is refused, named."""
     try:
         classes = read_class_labels(labels_csv)
     except ClassLabelsError as e:
         raise BeatsImportError(str(e)) from None
     name = Path(labels_csv).name
-    if len(classes.ids) != len(label_dict_labels):
+    by_mid = dict(zip(classes.ids, classes.names, strict=True))
+    lacking = [(row, mid) for row, mid in enumerate(label_dict_labels) if mid not in by_mid]
+    if lacking:
+        row = lacking[0][0]
+        listed = ", ".join(repr(m) for _, m in lacking[:5]) + (" ..." if len(lacking) > 5 else "")
         raise BeatsImportError(
-            f"{name} lists {len(classes.ids)} classes, the head of {what} has {len(label_dict_labels)}"
+            f"{name} lacks {len(lacking)} class id(s) of the label_dict of {what}: {listed} "
+            f"(first at head row {row}); the CSV must name every mid of the head"
         )
-    differ = [i for i, (a, b) in enumerate(zip(classes.ids, label_dict_labels, strict=True)) if a != b]
-    if differ:
-        i = differ[0]
-        raise BeatsImportError(
-            f"{name} and the label_dict of {what} disagree on {len(differ)} class id(s), first class {i}: "
-            f"{classes.ids[i]!r} in the CSV, {label_dict_labels[i]!r} in the checkpoint; the CSV must list "
-            "this head's classes by their ids in its class-index order"
-        )
-    return classes.names, classes.ids
+    return [by_mid[mid] for mid in label_dict_labels], list(label_dict_labels)
 
 
 def import_beats(
