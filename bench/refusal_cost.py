@@ -141,6 +141,7 @@ class BareRefusals(asyncio.Protocol):
     """Answers every request with the service's prepared 503, found by the service's head scan."""
 
     head, tail = refusal_bytes(AdmissionState(max_in_flight=1, retry_after_s=1), close=False)
+    routes = frozenset({b"/embed"})  # the path wrk posts to
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -152,7 +153,7 @@ class BareRefusals(asyncio.Protocol):
             self.skip -= taken
             data = data[taken:]
         while data:
-            request = plain_request(data)
+            request = plain_request(data, self.routes)
             if request is None:  # wrk's heads arrive whole; anything else is not this benchmark's
                 self.transport.close()
                 return

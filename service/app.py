@@ -36,6 +36,7 @@ from service.infer import Inference
 from service.metrics import Metrics, MetricsMiddleware
 from service.middleware import Admission, AdmissionState, RequestIds
 from service.routes import ROUTERS
+from service.routes.admission import admitted_routes
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -103,6 +104,8 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
     app.add_middleware(RequestIds)
     for router in ROUTERS:
         app.include_router(router)
+    # the bound covers the routes that declare `@admitted`; a route that declares nothing stops here
+    admission.routes = admitted_routes(app)
     return app
 
 

@@ -4,12 +4,16 @@
 one), returns it in the `X-Request-ID` response header, and turns any exception that reaches it into a
 JSON 500 naming the id, logged with its traceback under the same id.
 
-`Admission` bounds the inference requests in flight across every stage (reading the body, decoding,
-waiting for and running a batch): past `max_in_flight` a request is refused at once with 503
+`Admission` bounds the requests to the admitted routes in flight across every stage (reading the body,
+decoding, waiting for and running a batch): past `max_in_flight` a request is refused at once with 503
 `overloaded` and Retry-After, from prepared bytes, before its body is read, so the accepted requests
 keep a bounded latency. An admitted request whose client disconnects is cancelled (it leaves the
 batching queue before reaching the engine) and frees its slot at once. While the service drains
 (SIGTERM) new inference requests get 503 `shutting_down` and `/ready` says so.
+
+Which routes are admitted is declared on each route (`service/routes/admission.py`: `@admitted` or
+`@not_admitted(reason)`); `create_app` collects them into `AdmissionState.routes` (`AdmittedRoutes`),
+which this middleware and the protocol's early refusal (`service/protocol.py`) both read.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ log = logging.getLogger("bridle.service")
 
 REQUEST_ID_HEADER = "x-request-id"
 CLIENT_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # ids a client may choose; others are replaced
-ADMITTED_PATHS = frozenset({"/embed", "/tokenize", "/classify"})
 # a refused request's body up to this size is skipped and the connection kept (a reconnect costs the
 # event loop more than skipping a small body); a larger or unknown one gets `Connection: close`
 KEEP_ALIVE_BODY_BYTES = 256 * 1024
+ADMITTED = "bridle_admitted"  # the request scope's state key of a request this middleware admitted
 
 Scope = dict[str, Any]
 
@@ -93,12 +97,30 @@ class RequestIds:
             await response(scope, receive, send)
 
 
+@dataclass(frozen=True)
+class AdmittedRoutes:
+    """The paths of the routes declared `@admitted` (service/routes/admission.py): plain paths, matched
+    exactly (also as bytes, for the protocol's head scan), and paths with parameters, as their regexes."""
+
+    paths: frozenset[str] = frozenset()
+    patterns: tuple[re.Pattern[str], ...] = ()
+    raw: frozenset[bytes] = field(init=False)  # `paths` as bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "raw", frozenset(p.encode() for p in self.paths))
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.paths or (isinstance(path, str) and any(p.fullmatch(path) for p in self.patterns))
+
+
 @dataclass
 class AdmissionState:
     """What the admission middleware counts, shared with the routes and the server's signal handling."""
 
     max_in_flight: int
     retry_after_s: int
+    # the routes it bounds: set by `create_app` from the routes' own declarations
+    routes: AdmittedRoutes = field(default_factory=AdmittedRoutes)
     in_flight: int = 0
     draining: bool = False
     on_refuse: Callable[[str], None] = lambda cause: None  # "overloaded", "shutting_down", "disconnected"
@@ -197,15 +219,16 @@ class Admission:
             await send(message)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] not in ADMITTED_PATHS:
+        s = self.state
+        if scope["type"] != "http" or scope["path"] not in s.routes:
             await self.app(scope, receive, send)
             return
-        s = self.state
         if s.draining or s.in_flight >= s.max_in_flight:
             await self._refuse(scope, send)
             return
         s.in_flight += 1
         s.on_count(s.in_flight)
+        scope.setdefault("state", {})[ADMITTED] = True  # what `uploads_of` checks (routes/deps.py)
         released = False
         answered = False  # the response's last byte went out (or is going)
         watcher: asyncio.Task[dict[str, Any]] | None = None

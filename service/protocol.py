@@ -29,14 +29,12 @@ except ImportError:  # no httptools: uvicorn parses with h11, and the middleware
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 from service.middleware import (
-    ADMITTED_PATHS,
     AdmissionState,
     closes_after_refusal,
     new_request_id,
     refusal_bytes,
 )
 
-ROUTES = frozenset(path.encode() for path in ADMITTED_PATHS)
 # header names after which only the parser knows where the request ends, or what the client expects
 NEEDS_PARSER = (b"\r\ntransfer-encoding:", b"\r\nexpect:", b"\r\nupgrade:")
 CONTENT_LENGTH = b"\r\ncontent-length:"
@@ -57,9 +55,10 @@ class PlainRequest(NamedTuple):
     content_length: int
 
 
-def plain_request(chunk: bytes) -> PlainRequest | None:
-    """The plain HTTP/1.1 request to an admitted route at the start of `chunk`, if its whole head is
-    there; None when only the parser can tell where the request ends or what it asks."""
+def plain_request(chunk: bytes, routes: frozenset[bytes]) -> PlainRequest | None:
+    """The plain HTTP/1.1 request to one of `routes` (the admitted paths, as bytes) at the start of
+    `chunk`, if its whole head is there; None when only the parser can tell where the request ends or
+    what it asks (or the path has parameters: `_start_asgi_task` refuses those)."""
     end = chunk.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -68,7 +67,7 @@ def plain_request(chunk: bytes) -> PlainRequest | None:
     if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
         return None
     path = request_line[1].partition(b"?")[0]
-    if path not in ROUTES:
+    if path not in routes:
         return None
     fields = chunk[line_end:end].lower()
     if any(name in fields for name in NEEDS_PARSER) or fields.count(CONTENT_LENGTH) > 1:
@@ -121,7 +120,7 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
                     return
                 data, self._skip = data[self._skip :], 0
             while self._between and self._at_bound():
-                request = plain_request(data)
+                request = plain_request(data, admission.routes.raw)
                 if request is None:
                     break
                 self._active_at = self.loop.time()
@@ -159,7 +158,7 @@ def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
             if (
                 admission.draining
                 or admission.in_flight < admission.max_in_flight
-                or scope["path"] not in ADMITTED_PATHS
+                or scope["path"] not in admission.routes
             ):
                 super()._start_asgi_task(cycle, app)
                 return

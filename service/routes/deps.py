@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from service.errors import ServiceError
 from service.media import Upload, read_uploads
+from service.middleware import ADMITTED
 from service.state import ServiceState
 
 
@@ -44,6 +45,10 @@ async def uploads_of(request: Request) -> list[Upload]:
     dependencies before it checks the query, and a bad parameter should not cost a body read."""
     state: ServiceState = request.app.state.bridle
     metrics = state.inference.metrics
+    if not request.scope.get("state", {}).get(ADMITTED):
+        # a route that reads uploads outside the in-flight bound: declare it @admitted
+        # (service/routes/admission.py). A bug, so a 500, not a silent unbounded read.
+        raise RuntimeError(f"{request.url.path} reads uploads but is not @admitted")
     if (error := state.unavailable()) is not None:
         metrics.refused.labels(error.code).inc()
         raise error

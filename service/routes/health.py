@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.errors import error_response
+from service.routes.admission import not_admitted
 from service.routes.deps import State, require_key
 from service.schemas import Health, Ready, error_responses
 
@@ -14,6 +15,7 @@ router = APIRouter()
 
 
 @router.get("/health", summary="the process is alive")
+@not_admitted("answers a constant: a probe must answer under any load")
 async def health() -> Health:
     return Health(status="ok")
 
@@ -24,6 +26,7 @@ async def health() -> Health:
     response_model=Ready,
     responses=error_responses(503),
 )
+@not_admitted("reads the service's state: a probe must answer under any load")
 async def ready(state: State) -> Ready | JSONResponse:
     if (e := state.unavailable()) is not None:
         return error_response(e.status, e.code, e.message, e.headers)
@@ -40,6 +43,7 @@ async def ready(state: State) -> Ready | JSONResponse:
         **error_responses(401),
     },
 )
+@not_admitted("renders the counters: scraped under any load")
 async def metrics(state: State) -> Response:
     state.admission.publish_early_refusals()  # this process's own count is exact
     return Response(state.inference.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from service.infer import Codes, Embedding, Features, Label, Labels, Source
 from service.modalities import SERVED
+from service.routes.admission import admitted
 from service.routes.deps import State, require_key, uploads_of
 from service.schemas import (
     ClassifyQuery,
@@ -81,6 +82,7 @@ def _post(path: str, answer: type[BaseModel], summary: str) -> Callable[[Route],
     EmbedResponse,
     "pooled embedding per upload (and per window); pooling=tokens adds the patch embeddings",
 )
+@admitted
 async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.embed(uploads, q.model, q.pooling == "tokens", q.normalize)
@@ -92,6 +94,7 @@ async def embed(request: Request, state: State, q: Annotated[EmbedQuery, Query()
     TokenizeResponse,
     "multi-level discrete codes (N, L) per window, with the patch grid to place them",
 )
+@admitted
 async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.tokenize(uploads, q.model)
@@ -104,6 +107,7 @@ async def tokenize(request: Request, state: State, q: Annotated[TokenizeQuery, Q
     "top-k labels with scores, per window and for the whole clip (aggregate of the window "
     "scores): a softmax, or independent sigmoid probabilities (multi-label: classifier.activation)",
 )
+@admitted
 async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.classify(uploads, q.model, q.top_k, q.threshold, q.aggregate)
@@ -115,6 +119,7 @@ async def classify(request: Request, state: State, q: Annotated[ClassifyQuery, Q
     FeaturesResponse,
     "the encoder's input as the model saw it (log-mel fbank, resized pixels), base64 float32",
 )
+@admitted
 async def features(request: Request, state: State, q: Annotated[ModelQuery, Query()]) -> Response:
     uploads = await uploads_of(request)
     found = await state.inference.features(uploads, q.model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from service.routes.admission import not_admitted
 from service.routes.deps import State, require_key
 from service.schemas import ModelInfo, Models, error_responses
 
@@ -12,6 +13,7 @@ router = APIRouter(dependencies=[Depends(require_key)], responses=error_response
 
 
 @router.get("/models", summary="the loaded models: manifests and execution providers", response_model=Models)
+@not_admitted("lists the loaded manifests: no upload, no model run")
 async def models(state: State) -> JSONResponse:
     """Validated by `Models`, rendered by Python's json (a manifest's 1e-05 stays 1e-05, as before the
     model: pydantic would write 0.00001)."""

@@ -7,11 +7,14 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from service.routes.admission import not_admitted
+
 STATIC = Path(__file__).parent.parent / "static"
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
+@not_admitted("a static file")
 async def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html")
