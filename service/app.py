@@ -9,10 +9,12 @@ Their query parameters and answers are pydantic models (service/schemas.py), whi
 
 - `POST /embed`, `POST /tokenize`, `POST /classify`, `POST /features` (routes/inference.py);
 - `GET /health`, `GET /ready`, `GET /metrics` (routes/health.py), `GET /models` (routes/models.py),
-  `GET /` (the page: routes/page.py, service/static/).
+  `GET /` (the page: routes/page.py, service/static/);
+- the OpenAI embeddings API, `POST /v1/embeddings`, `GET /v1/models` and `GET /v1/models/{model}`
+  (routes/openai_api.py, with its own request and answer models).
 
-Errors are JSON `{"error": {"code", "message"}}` (service/errors.py lists the status codes); every
-response carries `X-Request-ID` (service/middleware.py).
+Errors are JSON `{"error": {"code", "message"}}` (service/errors.py lists the status codes; the `/v1`
+routes add OpenAI's `type` and `param`); every response carries `X-Request-ID` (service/middleware.py).
 """
 
 from __future__ import annotations

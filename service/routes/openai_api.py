@@ -1,0 +1,372 @@
+"""The OpenAI embeddings API: `POST /v1/embeddings`, `GET /v1/models`, `GET /v1/models/{model}`.
+
+What the official `openai` client, LangChain, LlamaIndex and vector databases' built-in embedders call,
+on the media this service reads:
+
+- `model`: a served model's name (404 `unknown_model`, `param: "model"`).
+- `input`: a string or a non-empty list of strings, each a data URL (`data:audio/wav;base64,...`; the
+  media type is a hint, as a raw upload's Content-Type) or plain standard base64, read as the model's
+  modality when its bytes do not say what they are. URLs are not fetched.
+- `encoding_format`: `float` (a list of numbers) or `base64` (the little-endian float32 bytes, what the
+  official client asks for by default and decodes).
+- `dimensions`: refused (400) unless it is the model's embedding size.
+- one `data` item per input, in order: the clip's embedding as `/embed` gives it (the windows' mean,
+  weighted by their seconds of signal; not normalised); `usage.prompt_tokens` and `total_tokens` are
+  the patches the model read (windows x patches per window, summed over the inputs).
+
+The inputs run through the same inference as `/embed` (`Inference.embed`), behind the same API key
+(`Authorization: Bearer`), body limit (`BRIDLE_MAX_UPLOAD_BYTES`, here the whole JSON body) and window
+limit. Errors are in the OpenAI shape, `{"error": {"message", "type", "param", "code"}}`, with the
+service's codes; an error about one input names it, `param: "input[3]"` and the message starting
+`input[3]: `. Refusals answered before the route runs (503 `overloaded` at the in-flight bound) keep the
+service's `{"error": {"code", "message"}}`, which the OpenAI client reads the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from python_multipart.multipart import parse_options_header
+from starlette.exceptions import HTTPException
+
+from bridle_model.decoding import MediaError, sniff_modality
+from runtime.errors import EngineError
+from runtime.models import LoadedModel
+from service.errors import STATUSES, ServiceError, from_engine_error, from_media_error
+from service.infer import Embedding
+from service.media import Upload
+from service.routes.admission import admitted, not_admitted
+from service.routes.deps import State, require_key, uploads_of
+
+# ---- the vocabulary ---------------------------------------------------------------------------------
+
+
+class EmbeddingsRequest(BaseModel):
+    """The body of `POST /v1/embeddings` (other fields the OpenAI API defines, such as `user`, are
+    accepted and ignored)."""
+
+    model: str = Field(description="a served model's name (GET /v1/models)")
+    input: str | list[str] = Field(
+        description="a data URL (data:audio/wav;base64,...) or plain base64 media, or a list of them"
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each embedding as its little-endian float32 bytes, base64"
+    )
+    dimensions: int | None = Field(None, description="refused unless it is the model's embedding size")
+
+
+class OpenAIAnswer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddingItem(OpenAIAnswer):
+    object: Literal["embedding"]
+    index: int = Field(description="the input's index")
+    embedding: list[float] | str = Field(description="(D,) numbers, or base64 little-endian float32")
+
+
+class Usage(OpenAIAnswer):
+    prompt_tokens: int = Field(description="the patches the model read: windows x patches per window")
+    total_tokens: int
+
+
+class EmbeddingsResponse(OpenAIAnswer):
+    object: Literal["list"]
+    data: list[EmbeddingItem] = Field(description="one per input, in order")
+    model: str
+    usage: Usage
+
+
+class ModelCard(OpenAIAnswer):
+    id: str
+    object: Literal["model"]
+    created: int = Field(description="Unix time of the model directory's manifest")
+    owned_by: str
+
+
+class ModelList(OpenAIAnswer):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(OpenAIAnswer):
+    message: str
+    type: str = Field(description="invalid_request_error (4xx) or server_error (5xx)")
+    param: str | None = Field(description="the request field at fault: model, input[3], dimensions...")
+    code: str = Field(description="the service's code: unknown_model, bad_data_url, corrupt, too_large...")
+
+
+class OpenAIErrorBody(OpenAIAnswer):
+    error: OpenAIErrorDetail
+
+
+# ---- errors in the OpenAI shape ---------------------------------------------------------------------
+
+
+class OpenAIError(ServiceError):
+    """A ServiceError that names the request field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+        super().__init__(status, code, message)
+        self.param = param
+
+
+INPUT_PREFIX = re.compile(r"(input\[\d+\]): ")  # how a message about one input begins
+
+
+def openai_error(err: ServiceError) -> JSONResponse:
+    param = getattr(err, "param", None)
+    if param is None and (m := INPUT_PREFIX.match(err.message)):
+        param = m.group(1)  # an error from decoding, where the upload's filename is its input's index
+    body = {
+        "error": {
+            "message": err.message,
+            "type": "invalid_request_error" if err.status < 500 else "server_error",
+            "param": param,
+            "code": err.code,
+        }
+    }
+    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
+
+
+def _as_service_error(exc: Exception) -> ServiceError | None:
+    """The service's view of what a route or its dependencies raised (as service/errors.py's handlers
+    see it); None for an unexpected failure, left to the request-id middleware's 500."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, MediaError):
+        return from_media_error(exc)
+    if isinstance(exc, EngineError):
+        return from_engine_error(exc)
+    if isinstance(exc, RequestValidationError):
+        parts = [".".join(str(x) for x in e.get("loc", ()) if x != "path") for e in exc.errors()]
+        message = "; ".join(
+            f"{p}: {e.get('msg', 'invalid')}" for p, e in zip(parts, exc.errors(), strict=True)
+        )
+        return OpenAIError(
+            422, "invalid_parameter", message or "invalid request", parts[0] if parts else None
+        )
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ServiceError(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+    return None
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors, its dependencies' (the API key) included, answer in the OpenAI shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                err = _as_service_error(exc)
+                if err is None:
+                    raise
+                return openai_error(err)
+
+        return handle
+
+
+router = APIRouter(
+    prefix="/v1",
+    route_class=OpenAIRoute,
+    dependencies=[Depends(require_key)],
+    responses={s: {"model": OpenAIErrorBody, "description": STATUSES[s]} for s in (400, 401, 404, 503)},
+)
+
+# the body is read under the upload limit by the route (service/media.py), not parsed by FastAPI, so
+# its schema is written out here
+REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": EmbeddingsRequest.model_json_schema()}},
+    }
+}
+
+
+# ---- the inputs -------------------------------------------------------------------------------------
+
+DATA_URL = re.compile(r"data:([^,]*),", re.ASCII)  # data:[<media type>][;<parameter>]*[;base64],
+
+
+def parse_request(body: bytes) -> EmbeddingsRequest:
+    """The JSON body as an EmbeddingsRequest; 400 naming the field at fault (`input[2]` for the third
+    input) otherwise."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise OpenAIError(400, "bad_request", f"the body is not JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise OpenAIError(400, "bad_request", "the body must be a JSON object with model and input")
+    try:
+        request = EmbeddingsRequest.model_validate(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        # of a union's branches, the one that says which list item is wrong
+        error = next((x for x in errors if any(isinstance(p, int) for p in x["loc"])), errors[0])
+        param = _param(error["loc"])
+        message = error["msg"]
+        if param.startswith("input") and error["type"] == "string_type":
+            message = "must be a string: a data URL or base64 media (token arrays are not read)"
+        raise OpenAIError(400, "invalid_parameter", f"{param}: {message}", param) from None
+    if isinstance(request.input, list) and not request.input:
+        raise OpenAIError(400, "invalid_parameter", "input: the list of inputs is empty", "input")
+    return request
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """('input', 'list[str]', 2) -> 'input[2]': a validation error's place as the request spells it."""
+    name = str(loc[0]) if loc else "body"
+    return name + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int))
+
+
+def decode_input(text: str, index: int) -> Upload:
+    """One input -> an upload named `input[index]` (its errors say so): a data URL's base64 with its
+    media type as the content type, or plain base64 without one (the bytes, else the model, say what
+    it is)."""
+    where = f"input[{index}]"
+    content_type: str | None = None
+    payload = text
+    if text.startswith("data:"):
+        m = DATA_URL.match(text)
+        if m is None:
+            raise OpenAIError(400, "bad_data_url", f"{where}: a data URL without a comma", where)
+        media_type, *params = m.group(1).split(";")
+        if "base64" not in (p.strip().lower() for p in params):
+            raise OpenAIError(
+                400,
+                "bad_data_url",
+                f"{where}: only base64 data URLs are read (data:<type>;base64,...)",
+                where,
+            )
+        content_type = media_type.strip() or None
+        payload = text[m.end() :]
+    if not payload:
+        raise OpenAIError(400, "empty", f"{where}: the input is empty", where)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise OpenAIError(
+            400, "bad_base64", f"{where}: neither a base64 data URL nor standard base64", where
+        ) from None
+    return Upload(where, content_type, data)
+
+
+def served_model(state: State, name: str) -> LoadedModel:
+    """The named model, or 404 `unknown_model` naming the `model` field."""
+    loaded = state.inference.models.get(name)
+    if loaded is None:
+        served = sorted(state.inference.models)
+        raise OpenAIError(404, "unknown_model", f"no model named {name!r}; served: {served}", "model")
+    return loaded
+
+
+def check_input(state: State, model: LoadedModel, upload: Upload) -> Upload:
+    """The upload, once the model is known to read it (415 for another modality), before any decoding.
+    Plain base64 whose bytes do not say what they are is taken as the model's modality."""
+    try:
+        modality = sniff_modality(upload.data, upload.content_type)
+    except MediaError as e:
+        if upload.content_type is not None or e.code != "unsupported":
+            raise from_media_error(e, upload.filename) from None
+        # plain base64 of a format the magic bytes do not tell: the model's modality, which the decoder
+        # then confirms or refuses (422 corrupt)
+        modality = model.manifest.modality
+        upload = dataclasses.replace(upload, content_type=modality)
+    try:
+        state.inference.model_for(model.name, modality)
+    except ServiceError as e:
+        raise OpenAIError(e.status, e.code, f"{upload.filename}: {e.message}", upload.filename) from None
+    return upload
+
+
+def _patches(model: LoadedModel) -> int:
+    return math.prod(model.manifest.patch_grid)
+
+
+def _item(index: int, e: Embedding, encoding: str) -> dict[str, Any]:
+    clip = e.clip  # (D,)
+    if encoding == "base64":
+        vector: Any = base64.b64encode(np.ascontiguousarray(clip, "<f4").tobytes()).decode("ascii")
+    else:
+        vector = clip.tolist()
+    return {"object": "embedding", "index": index, "embedding": vector}
+
+
+# ---- routes -----------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/embeddings",
+    summary="OpenAI embeddings: the clip embedding of each input (data URLs or base64 media)",
+    response_model=EmbeddingsResponse,
+    openapi_extra=REQUEST_BODY,
+)
+@admitted  # reads media and runs the encoder: inside the in-flight bound, as /embed
+async def embeddings(request: Request, state: State) -> Response:
+    media_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    if media_type not in (b"", b"application/json"):
+        raise OpenAIError(415, "unsupported", "send the request as application/json")
+    (body,) = await uploads_of(request)  # 503 before the read when not ready; 413 over the upload limit
+    q = parse_request(body.data)
+    model = served_model(state, q.model)
+    dim = model.manifest.embedding_dim
+    if q.dimensions is not None and q.dimensions != dim:
+        raise OpenAIError(
+            400,
+            "bad_dimensions",
+            f"model {q.model!r} gives {dim} dimensions, not {q.dimensions}",
+            "dimensions",
+        )
+    texts = [q.input] if isinstance(q.input, str) else q.input
+    uploads = [decode_input(t, i) for i, t in enumerate(texts)]
+    uploads = [check_input(state, model, u) for u in uploads]
+    found = await state.inference.embed(uploads, q.model)
+    started = time.perf_counter()
+    tokens = sum(len(e.source.spans) for e in found) * _patches(model)
+    answer = {
+        "object": "list",
+        "data": [_item(i, e, q.encoding_format) for i, e in enumerate(found)],
+        "model": q.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    EmbeddingsResponse.model_validate(answer)  # a mismatch is a bug: 500
+    response = Response(orjson.dumps(answer), media_type="application/json")
+    state.inference.metrics.stage_seconds.labels("serialise").observe(time.perf_counter() - started)
+    return response
+
+
+def _card(name: str, model: LoadedModel) -> dict[str, Any]:
+    manifest = model.directory / "manifest.json"
+    created = int(manifest.stat().st_mtime) if manifest.exists() else 0
+    return {"id": name, "object": "model", "created": created, "owned_by": "bridle"}
+
+
+@router.get("/models", summary="OpenAI model list: the served models", response_model=ModelList)
+@not_admitted("lists the loaded models: no upload, no model run")
+async def list_models(state: State) -> ModelList:
+    cards = [ModelCard(**_card(n, m)) for n, m in state.inference.models.items()]
+    return ModelList(object="list", data=cards)
+
+
+@router.get("/models/{model}", summary="OpenAI model: one served model", response_model=ModelCard)
+@not_admitted("one loaded model's card: no upload, no model run")
+async def get_model(model: str, state: State) -> ModelCard:
+    return ModelCard(**_card(model, served_model(state, model)))
