@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from runtime.engine import EXIT_BAD_MODELS, EngineSpec, run_engine
 from runtime.errors import ModelLoadError
 from runtime.models import choose_variants, find_model_dirs
 from runtime.slots import RingSpec, SlotRing, slot_bytes
+from service import engine_folders
 from service.infer import batch_spec
 from service.metrics import MULTIPROCESS_ENV, Metrics
 from service.protocol import http_protocol
@@ -160,7 +160,9 @@ class Supervisor:
         # the port first: a port in use stops the start before anything is made that would need removing
         config = uvicorn.Config("service.app:app_from_env", host=settings.host, port=settings.port)
         self.sock = config.bind_socket()
-        self.folder = tempfile.mkdtemp(prefix="bridle-engine-")  # its socket (uvloop takes no abstract one)
+        # what a supervisor killed with SIGKILL (and its engine) left, then a folder named after this one
+        engine_folders.remove_stale()
+        self.folder = str(engine_folders.make_folder())  # its socket (uvloop takes no abstract one)
         self.spec = engine_spec(settings, str(Path(self.folder) / "engine.sock"))
         # every child records its metrics into files here, and each front end's /metrics adds them up
         metrics_folder = Path(self.folder) / "metrics"

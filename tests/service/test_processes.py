@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -282,6 +283,50 @@ def test_a_killed_supervisor_leaves_nothing_behind(model_root: Path) -> None:
             time.sleep(0.2)
     finally:
         stop(s)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path: the engine's Unix socket path must fit in 107 bytes."""
+    folder = Path(tempfile.mkdtemp(prefix="bt-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_tree_killed_whole_leaves_a_folder_that_the_next_start_removes(
+    model_root: Path, short_tmp: Path
+) -> None:
+    """SIGKILL to the supervisor, the engine and the front ends at once (a container's kill, the OOM
+    killer): nothing is left to remove the folder, so the next bridle-serve, with the same temporary
+    folder, removes it at its start because no live process owns it, and keeps its own."""
+    tmp_path = short_tmp
+    first = start(model_root / "audio", TMPDIR=str(tmp_path))
+    try:
+        wait_ready(first)
+        (left,) = tmp_path.glob("bridle-engine-*")
+        tree = [first.proc.pid, *first.pids("engine"), *first.pids("front end 0"), *first.pids("front end 1")]
+        for pid in tree:
+            os.kill(pid, signal.SIGKILL)
+        first.proc.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in tree):
+            assert time.monotonic() < deadline, [_alive(p) for p in tree]
+            time.sleep(0.1)
+        assert left.is_dir() and (left / "engine.sock").exists()
+    finally:
+        stop(first)
+    second = start(model_root / "audio", TMPDIR=str(tmp_path))
+    try:
+        wait_ready(second)
+        assert not left.exists(), "".join(second.log)
+        (own,) = tmp_path.glob("bridle-engine-*")
+        assert own.name.startswith(f"bridle-engine-{second.proc.pid}.")
+        assert any("removed 1 stale engine folder" in line for line in second.log), "".join(second.log)
+    finally:
+        stop(second)
+    assert list(tmp_path.glob("bridle-engine-*")) == []
 
 
 def _stat_after_name(pid: int) -> list[str]:
