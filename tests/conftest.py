@@ -1,6 +1,6 @@
 """Shared by every test folder: the quick demo build, made once per test session (espeak-ng installed first
-when missing); the folders whose tests share session state (exported models, running servers, a Docker
-engine and its port 8000, Ray) each kept on one pytest-xdist worker (`make test` runs
+when missing); the folders whose tests share session state (exported models, running servers,
+Ray) each kept on one pytest-xdist worker (`make test` runs
 `pytest -n 2 --dist loadgroup`); and a check that makes a run in which no test passed a failure (so CI
 cannot go green on an empty or all-skipped suite). Helpers shared across folders are modules of the
 `tests` package."""
@@ -15,7 +15,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
-SHARED_STATE = {"packaging", "service", "batch", "importers", "export"}  # folders run whole on one worker
+# folders run whole on one worker; the Docker tests are not among them: each compose test has a project
+# of its own, and the steps that write what others read take a file lock (tests/packaging/docker_engine.py)
+SHARED_STATE = {"service", "batch", "importers", "export"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,5 @@
-"""The Docker engine the image tests share: found or started once per session, stopped if started here."""
+"""The Docker engine the image tests share: found or started once per test process, stopped by the last
+test process that used it if a test process started it (tests/packaging/docker_engine.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.packaging.docker_engine import Engine, EngineUnavailable, ensure_base_image, hand_in_wheels
+from tests.packaging.docker_engine import (
+    Engine,
+    EngineUnavailable,
+    ensure_base_image,
+    exclusive,
+    hand_in_wheels,
+)
 
 
 @pytest.fixture(scope="session")
@@ -17,8 +24,10 @@ def engine() -> Iterator[Engine]:
     except EngineUnavailable as e:
         pytest.skip(f"no Docker engine can be started here: {e}")
     try:
-        ensure_base_image(engine)
-        hand_in_wheels(engine)
+        with exclusive():  # what another test process may be making at the same time
+            engine.sweep_projects()
+            ensure_base_image(engine)
+            hand_in_wheels(engine)
         yield engine
     finally:
         engine.stop()

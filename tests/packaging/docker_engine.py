@@ -5,27 +5,73 @@
 beside this Python, linked into a private Docker CLI plugin folder. `ensure_base_image()` makes the
 `python:3.11-slim` stand-in (docker/stand-in-base.sh) when the image is neither present nor pullable, and
 `hand_in_wheels()` fills docker/wheels/ from the host's pip (docker/wheels.sh).
+
+Several pytest processes (xdist workers, or two test runs on one machine) share the engine:
+- every compose command runs under a project of its own (`project_name()`, passed as
+  `COMPOSE_PROJECT_NAME`; `Engine.compose` refuses to run without one), so each test has its own
+  containers, networks and volumes, and removes them with `down --volumes`;
+- starting the engine, making the base image, handing in the wheels and building the images happen one
+  process at a time (`exclusive()`, a file lock), since they write what the others read;
+- an engine started here is stopped by the last process that uses it (`USERS`), not by its starter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "python:3.11-slim"
 ENGINE_START_TIMEOUT_S = 60.0
+# shared by every test process on this machine: the lock, the users of the engine, a started engine's pid
+SHARED = Path(tempfile.gettempdir()) / "bridle-tests-docker"
+USERS = SHARED / "users"
+STARTED_PID = SHARED / "dockerd.pid"
+PROJECT = "COMPOSE_PROJECT_NAME"
+PROJECT_PREFIX = "bridle-test-"
 
 
 class EngineUnavailable(RuntimeError):
     """No Docker engine runs and none can be started here (the reason is the message)."""
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """One test process at a time on this machine (a file lock, released if the process dies)."""
+    SHARED.mkdir(exist_ok=True)
+    with (SHARED / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def project_name() -> str:
+    """A compose project of its own for one test: its containers, networks and volumes are named after it.
+    The pid says which test process made it (`sweep_projects` removes those of dead processes)."""
+    return f"{PROJECT_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, IndexError):
+        return False
+    return fields[0] != "Z"
 
 
 def compose_binary() -> Path:
@@ -54,9 +100,16 @@ class Engine:
         plugins.mkdir()
         (plugins / "docker-compose").symlink_to(compose_binary())
         engine.env["DOCKER_CONFIG"] = engine._config_dir.name
-        if engine._answers():
-            return engine
-        engine._start()
+        engine.env.pop(PROJECT, None)  # each compose call names its own
+        with exclusive():
+            USERS.mkdir(exist_ok=True)
+            (USERS / str(os.getpid())).touch()
+            if not engine._answers():
+                try:
+                    engine._start()
+                except BaseException:
+                    (USERS / str(os.getpid())).unlink(missing_ok=True)
+                    raise
         return engine
 
     def _answers(self) -> bool:
@@ -75,8 +128,12 @@ class Engine:
         self.log_path = Path(tempfile.mkstemp(prefix="dockerd-", suffix=".log")[1])
         with self.log_path.open("w") as log:
             self.started = subprocess.Popen(
-                [dockerd, "--iptables=false", "--bridge=none"], stdout=log, stderr=subprocess.STDOUT
+                [dockerd, "--iptables=false", "--bridge=none"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # it outlives this process while another test process uses it
             )
+        STARTED_PID.write_text(str(self.started.pid))
         deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.started.poll() is not None:
@@ -93,10 +150,21 @@ class Engine:
         return self.log_path.read_text()[-2000:] if self.log_path else ""
 
     def stop(self) -> None:
-        """Stops the engine if this object started it."""
-        if self.started is not None and self.started.poll() is None:
-            self.started.terminate()
-            self.started.wait(timeout=60)
+        """This process stops using the engine; the last user stops an engine that a test process
+        started (never one that was running before)."""
+        with exclusive():
+            (USERS / str(os.getpid())).unlink(missing_ok=True)
+            others = [p for p in USERS.iterdir() if p.name.isdigit() and _alive(int(p.name))]
+            if not others and STARTED_PID.exists():
+                pid = int(STARTED_PID.read_text())
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                deadline = time.monotonic() + 60
+                while _alive(pid) and time.monotonic() < deadline:
+                    if self.started is not None and self.started.pid == pid:
+                        self.started.poll()  # reaps it
+                    time.sleep(0.2)
+                STARTED_PID.unlink()
         self._config_dir.cleanup()
 
     def run(
@@ -113,17 +181,43 @@ class Engine:
         return out
 
     def compose(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        """`docker compose ARGS` from the repository root, as a user types it."""
+        """`docker compose ARGS` from the repository root, as a user types it, under the project that
+        `env` names (`COMPOSE_PROJECT_NAME`, from `project_name()`): never under compose.yaml's shared
+        `bridle`, whose network another test process may be creating or removing meanwhile."""
+        project = kwargs.get("env", {}).get(PROJECT, "")
+        if not project.startswith(PROJECT_PREFIX):
+            raise AssertionError(f"a test's compose command needs its own {PROJECT} (project_name())")
         return self.run(["docker", "compose", *args], **kwargs)
+
+    def down(self, *compose_args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        """Removes the project's containers, networks and volumes."""
+        return self.compose(*compose_args, "down", "--remove-orphans", "--volumes", check=False, env=env)
+
+    def sweep_projects(self) -> list[str]:
+        """Removes what the compose projects of dead test processes left (a killed run)."""
+        labels = self.run(
+            ["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project"}}'], check=False
+        ).stdout.split()
+        labels += self.run(
+            ["docker", "network", "ls", "--format", '{{.Label "com.docker.compose.project"}}'], check=False
+        ).stdout.split()
+        swept = []
+        for project in sorted(set(labels)):
+            m = re.fullmatch(rf"{PROJECT_PREFIX}(\d+)-[0-9a-f]+", project)
+            if m and not _alive(int(m.group(1))):
+                self.down("--profile", "*", env={PROJECT: project})
+                swept.append(project)
+        return swept
 
     def build(self, images: list[str], *compose_args: str, env: dict[str, str] | None = None) -> None:
         """`docker compose ARGS build` (with `env` added to the environment), then removes the images it
         replaced under `images`' tags, so that rebuilds after code changes leave no untagged images behind."""
-        before = {self._image_id(image) for image in images} - {""}
-        self.compose(*compose_args, "build", env=env or {})
-        replaced = before - {self._image_id(image) for image in images}
-        if replaced:
-            self.run(["docker", "image", "rm", *replaced], check=False)
+        with exclusive():  # one build at a time: parallel builds of one tag race for it
+            before = {self._image_id(image) for image in images} - {""}
+            self.compose(*compose_args, "build", env=env or {PROJECT: project_name()})
+            replaced = before - {self._image_id(image) for image in images}
+            if replaced:
+                self.run(["docker", "image", "rm", *replaced], check=False)
 
     def _image_id(self, image: str) -> str:
         out = self.run(["docker", "image", "inspect", "-f", "{{.Id}}", image], check=False)

@@ -2,7 +2,8 @@
 `make serve` holds (8000), so that a test that talks to the wrong listener is caught, not fooled.
 
 `ComposeTarget` is where one compose test's service answers: a free host port passed to Compose as
-`BRIDLE_PORT`, and a per-run API key passed as `BRIDLE_API_KEY`. Only the containers started with that
+`BRIDLE_PORT`, a per-run API key passed as `BRIDLE_API_KEY`, and a compose project of its own
+(`COMPOSE_PROJECT_NAME`: its own containers, networks and volumes). Only the containers started with that
 environment accept the key, so an answer with status 200 comes from them and not from a process outside
 the test that happens to listen on some port.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bench.serve import free_port
+from tests.packaging.docker_engine import PROJECT, project_name
 
 SERVE_PORT = 8000  # `make serve`'s default: a port the tests must never assume free, nor talk to
 
@@ -25,6 +27,7 @@ SERVE_PORT = 8000  # `make serve`'s default: a port the tests must never assume 
 class ComposeTarget:
     port: int
     api_key: str = field(default_factory=lambda: secrets.token_hex(16))
+    project: str = field(default_factory=project_name)
 
     @classmethod
     def new(cls) -> ComposeTarget:
@@ -36,8 +39,9 @@ class ComposeTarget:
 
     @property
     def env(self) -> dict[str, str]:
-        """The environment `docker compose` runs with: the published port and the per-run key."""
-        return {"BRIDLE_PORT": str(self.port), "BRIDLE_API_KEY": self.api_key}
+        """The environment `docker compose` runs with: the published port, the per-run key and the
+        project."""
+        return {"BRIDLE_PORT": str(self.port), "BRIDLE_API_KEY": self.api_key, PROJECT: self.project}
 
     @property
     def headers(self) -> dict[str, str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.docker_engine import REPO, Engine
+from tests.packaging.docker_engine import PROJECT, REPO, Engine, project_name
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,24 @@ def test_train_service_trains_and_exports_as_the_project_owner(engine: Engine, t
         owner = HOST_UID
         for path in (project, project / "micro.yaml"):
             os.chown(path, HOST_UID, HOST_UID)
-    env = {"BRIDLE_PROJECT": str(project)}
+    # a compose project of its own: another test process may run compose meanwhile
+    env = {"BRIDLE_PROJECT": str(project), PROJECT: project_name()}
 
     def run(*command: str) -> subprocess.CompletedProcess:
         return engine.compose("--profile", "train", "run", "--rm", "-T", "train", *command, env=env)
 
+    engine.build(["bridle:train"], "--profile", "train", env=env)
+    try:
+        _train_and_export(run, project, owner)
+    finally:
+        down = engine.down("--profile", "train", env=env)
+    assert down.returncode == 0, down.stderr
+
+
+def _train_and_export(run, project: Path, owner: int) -> None:
     def train(*command: str) -> str:
         return run(*command).stdout
 
-    engine.build(["bridle:train"], "--profile", "train")
     built = run("python", "-m", "bridle_data.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
     # once, under a parallel suite, the run exited 0 and the marker was missing: say what it printed
     found = sorted(str(p.relative_to(project)) for p in project.rglob("*"))[:50]

@@ -78,14 +78,20 @@ def _container(engine: Engine, target: ComposeTarget, service: str) -> str:
     return ids[0]
 
 
+def _project_networks(engine: Engine, target: ComposeTarget) -> list[str]:
+    """The networks of the target's own project (its default network is `<project>_default`)."""
+    label = f"label=com.docker.compose.project={target.project}"
+    return engine.run(["docker", "network", "ls", "-q", "--filter", label]).stdout.split()
+
+
 def test_compose_up_serves_the_bundled_models_and_stops_cleanly(
     engine: Engine, target: ComposeTarget
 ) -> None:
     env = target.env
-    engine.compose("down", "--remove-orphans", env=env)  # a clean slate if an earlier run was killed
     engine.build(["bridle:cpu"], env=env)
     try:
         engine.compose("up", "-d", env=env)
+        assert _project_networks(engine, target), "the project has no network of its own"
         ready_s = _wait_until(lambda: _ready(target), READY_TIMEOUT_S, "/ready answering 200")
         _check_own_service(target)
         container = _container(engine, target, "bridle")
@@ -115,16 +121,16 @@ def test_compose_up_serves_the_bundled_models_and_stops_cleanly(
         state = engine.inspect(container)["State"]
         assert (state["Status"], state["ExitCode"]) == ("exited", 0), state
     finally:
-        down = engine.compose("down", check=False, env=env)
+        down = engine.down(env=env)
     assert down.returncode == 0, down.stderr
     assert engine.compose("ps", "-a", "-q", env=env).stdout.strip() == ""
+    assert _project_networks(engine, target) == []
 
 
 def test_scale_profile_spreads_requests_over_the_replicas(engine: Engine, target: ComposeTarget) -> None:
     """`docker compose --profile scale up --scale replica=2`: nginx on the published port answers from both
     replicas."""
     scale, env = ("--profile", "scale"), target.env
-    engine.compose(*scale, "down", "--remove-orphans", env=env)
     engine.build(["bridle:cpu", "bridle:lb"], *scale, env=env)
     try:
         # returns once the replicas are healthy
@@ -145,5 +151,6 @@ def test_scale_profile_spreads_requests_over_the_replicas(engine: Engine, target
             replicas.add(r.headers["X-Bridle-Replica"])
         assert len(replicas) == 2, replicas
     finally:
-        down = engine.compose(*scale, "down", check=False, env=env)
+        down = engine.down(*scale, env=env)
     assert down.returncode == 0, down.stderr
+    assert _project_networks(engine, target) == []

@@ -56,7 +56,11 @@ def test_compose_publishes_the_tests_own_port(decoy: Decoy | None, profile: str,
         args, capture_output=True, text=True, cwd=REPO, env={**_clean_env(), **target.env}, check=False
     )
     assert out.returncode == 0, out.stderr
-    ports = json.loads(out.stdout)["services"][service]["ports"]
+    resolved = json.loads(out.stdout)
+    # its own project: its containers, networks and volumes are named after it, not compose.yaml's `bridle`
+    assert resolved["name"] == target.project
+    assert all(n["name"].startswith(f"{target.project}_") for n in resolved["networks"].values())
+    ports = resolved["services"][service]["ports"]
     assert [(p["published"], p["target"]) for p in ports] == [(str(target.port), 8000)]
     assert target.port != SERVE_PORT
 
