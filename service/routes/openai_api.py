@@ -261,7 +261,8 @@ def decode_input(text: str, index: int) -> Upload:
     if not payload:
         raise OpenAIError(400, "empty", f"{where}: the input is empty", where)
     try:
-        data = base64.b64decode(payload, validate=True)
+        # strict, in C: b64decode(validate=True) checks with a regex, 10x slower (~200 µs for 20 KB)
+        data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):
         raise OpenAIError(
             400, "bad_base64", f"{where}: neither a base64 data URL nor standard base64", where
