@@ -10,26 +10,34 @@ ORT    ?= gpu
 
 BIN := $(VENV)/bin
 PY  := $(BIN)/python
-# A stamp per dependency set, named by the hash of pyproject.toml, makes a re-run a no-op.
-HASH := $(shell sha256sum pyproject.toml | cut -c1-12)
-SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(HASH)
-DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(HASH)
+# Every install takes its versions from the lock of its extras and ONNX Runtime flavour (requirements/,
+# `make lock`); a stamp per dependency set, named by the hash of pyproject.toml and that lock, makes a
+# re-run a no-op.
+SERVE_LOCK := requirements/serve-$(ORT).txt
+DEV_LOCK   := requirements/dev-$(ORT).txt
+SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(shell cat pyproject.toml $(SERVE_LOCK) | sha256sum | cut -c1-12)
+DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(shell cat pyproject.toml $(DEV_LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: serve test lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak page-screenshots
+.PHONY: serve test lock lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak page-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[serve,$(ORT)]"
+$(SERVE_STAMP): pyproject.toml $(SERVE_LOCK) | $(BIN)/python
+	$(BIN)/pip install -q -c $(SERVE_LOCK) -e ".[serve,$(ORT)]"
 	touch $@
 
-# torch first, pinned: an unpinned resolve pulls a CUDA build of several GB.
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[serve,$(ORT),train,batch,import,dev]"
+# the lock pins the CPU torch (torch==2.13.0+cpu, from this machine's disk): never the multi-GB CUDA build
+$(DEV_STAMP): pyproject.toml $(DEV_LOCK) | $(BIN)/python
+	$(BIN)/pip install -q -c $(DEV_LOCK) -e ".[serve,$(ORT),train,batch,import,dev]"
 	touch $@
+
+## lock: re-resolve the locks in requirements/ from pyproject.toml (scripts/lock.sh, with uv): after a
+## change to the dependencies in pyproject.toml; `make lock UPGRADE=1` takes the newest allowed releases
+UPGRADE ?= 0
+lock: $(DEV_STAMP)
+	UPGRADE=$(UPGRADE) PY=$(PY) bash scripts/lock.sh $(BIN)/uv
 
 ## serve: start the service on the bundled default models at http://$(HOST):$(PORT)
 serve: $(SERVE_STAMP)
@@ -104,7 +112,7 @@ bench-service: $(DEV_STAMP)
 ## costs the service against a bare asyncio protocol's
 bench-engine: $(DEV_STAMP)
 	@bash scripts/system-deps.sh wrk
-	$(BIN)/pip install -q -e '.[peers]'
+	$(BIN)/pip install -q -c $(DEV_LOCK) -e '.[peers]'
 	$(PY) -m bench.engine_load
 	$(PY) -m bench.engine_memory
 	$(PY) -m bench.peers

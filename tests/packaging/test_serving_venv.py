@@ -1,4 +1,5 @@
-"""The serving requirements install into a clean venv without torch, and that venv serves /embed."""
+"""The serving requirements install into a clean venv from their lock (requirements/serve-cpu.txt: every
+version as pinned), without torch, and that venv serves /embed."""
 
 from __future__ import annotations
 
@@ -45,8 +46,25 @@ def test_serving_extras_install_without_torch_and_serve(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", f"{REPO}[serve,cpu]"], check=True, timeout=300)
+    lock = REPO / "requirements" / "serve-cpu.txt"  # as `make serve ORT=cpu` and the CPU image install
+    subprocess.run(
+        [py, "-m", "pip", "install", "-q", "-c", lock, f"{REPO}[serve,cpu]"], check=True, timeout=300
+    )
     assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
+    freeze = subprocess.run([py, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
+    installed = {
+        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+        for line in freeze.split()
+        if "==" in line
+    }
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.startswith(("#", " ")):
+            name, version = line.split("==")
+            assert installed.get(name.lower().replace("_", "-")) == version, (
+                name,
+                version,
+                installed.get(name),
+            )
 
     port = free_port()
     server = subprocess.Popen(
