@@ -236,7 +236,9 @@ class Classification(Objective):
         return F.cross_entropy(logits.float(), y)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Scalars]:
+        """y: (B,) class indices, or (B, C) class probabilities (mixed targets; accuracy on their top)."""
         logits = self.logits(x)
         loss = self.forward_loss(logits, y)
-        accuracy = (logits.argmax(-1) == y).float().mean()
+        top = y.argmax(-1) if y.ndim == 2 else y
+        accuracy = (logits.argmax(-1) == top).float().mean()
         return loss, {"loss": loss.item(), "train_accuracy": accuracy.item()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,17 @@ MEDIA_SUFFIXES = {
 
 @dataclass(frozen=True)
 class Entry:
-    """One file of a data set and its label name (None when unlabelled)."""
+    """One file of a data set and its label name (None when unlabelled). `data` holds the file's bytes when
+    it is not a file of its own (a zip member, an image of CIFAR-10's python batches); `path` names it."""
 
     path: Path
     label: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def source(self) -> Path | bytes:
+        """What `decode_example` reads: the bytes when held, else the file."""
+        return self.data if self.data is not None else self.path
 
 
 # ---- where the files are --------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def load_held_out(source: str | os.PathLike[str], manifest: Manifest) -> HeldOut
     signals, kept = [], []
     for entry, target in zip(entries, targets, strict=True):
         try:
-            array = decode_example(entry.path, cfg)
+            array = decode_example(entry.source, cfg)
         except (MediaError, OSError) as e:
             log.warning("skipping %s: %s", entry.path, e)
             continue

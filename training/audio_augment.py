@@ -18,6 +18,8 @@ The chain, each step applied with its own probability `<step>_p` (0 = off), in r
     band_mask  one frequency band up to `band_mask_hz` wide removed (SpecAugment's frequency mask, done on
                the waveform so that it lives in this one chain)
     time_mask  one stretch up to `time_mask_seconds` long silenced (SpecAugment's time mask)
+    shift      a circular time shift of up to `shift_seconds` either way (drawn last, so the steps above
+               draw the same with or without it)
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class AudioAugmentSettings(AugmentSettings):
     band_mask_hz: float = 600.0  # widest band removed
     time_mask_p: float = 0.0
     time_mask_seconds: float = 0.1  # longest stretch silenced
+    shift_p: float = 0.0  # drawn after the steps above
+    shift_seconds: float = 0.5  # most circular time shift either way
 
     kind = "audio"
 
@@ -68,8 +72,8 @@ class AudioAugmentSettings(AugmentSettings):
         super().check()
         if self.speed[0] <= 0 or self.reverb_rt60[0] <= 0 or self.silence_seconds < 0:
             raise ValueError("speed and reverb_rt60 must be positive, silence_seconds >= 0")
-        if min(self.eq_db, self.band_mask_hz, self.time_mask_seconds) < 0:
-            raise ValueError("eq_db, band_mask_hz and time_mask_seconds must be >= 0")
+        if min(self.eq_db, self.band_mask_hz, self.time_mask_seconds, self.shift_seconds) < 0:
+            raise ValueError("eq_db, band_mask_hz, time_mask_seconds and shift_seconds must be >= 0")
         if not 0.0 <= self.reverb_wet[0] <= self.reverb_wet[1] <= 1.0:
             raise ValueError(f"reverb_wet must lie in [0, 1], got {list(self.reverb_wet)}")
 
@@ -128,6 +132,8 @@ class AudioAugment:
             start = int(rng.integers(0, max(1, len(x) - length)))
             x = x.copy()
             x[start : start + length] = 0.0
+        if rng.random() < s.shift_p:
+            x = np.roll(x, int(rng.uniform(-s.shift_seconds, s.shift_seconds) * self.rate))
         return np.clip(x, -1.0, 1.0).astype(np.float32)  # (samples',)
 
 

@@ -16,6 +16,7 @@ A file that cannot be decoded is skipped with one warning and recorded in `datas
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +28,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bridle_model.config import ModelConfig
+from bridle_model.datasets import check_disjoint, cifar10_entries, label_subset, urbansound8k_entries
 from bridle_model.decoding import MediaError
 from bridle_model.media_sets import Entry, decode_example, entries_from, label_targets
 from bridle_model.windowing import training_window
 from training.augment_settings import Augment
+from training.recipe import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ class MediaDataset(Dataset):
         arrays, entries, targets = [], [], []
         bar = tqdm(self.entries, desc="decoding", unit="file", leave=False)
         for entry, target in zip(bar, self.targets, strict=True):
-            array = self._try_decode(entry.path)
+            array = self._try_decode(entry)
             if array is not None:
                 arrays.append(array)
                 entries.append(entry)
@@ -129,16 +132,26 @@ class MediaDataset(Dataset):
             raise ValueError(f"none of the {len(self.entries)} files could be decoded")
         self._cache, self.entries, self.targets = arrays, entries, targets
 
-    def _try_decode(self, path: Path) -> np.ndarray | None:
+    def _try_decode(self, entry: Entry) -> np.ndarray | None:
         try:
-            return decode_example(path, self.cfg)
+            return decode_example(entry.source, self.cfg)
         except (MediaError, OSError) as e:
-            log.warning("skipping %s: %s", path, e)
-            self.skipped.append(Skipped(path, str(e)))
+            log.warning("skipping %s: %s", entry.path, e)
+            self.skipped.append(Skipped(entry.path, str(e)))
             return None
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def cached(self) -> bool:
+        return self._cache is not None
+
+    def arrays(self) -> list[np.ndarray]:
+        """The decoded examples, as cached (a cached data set only)."""
+        if self._cache is None:
+            raise RuntimeError("the data set was not decoded into memory (cache=False)")
+        return self._cache
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         i, epoch = key if isinstance(key, tuple) else (key, None)
@@ -147,7 +160,7 @@ class MediaDataset(Dataset):
         for j in _ring(i, len(self)):  # a bad file is replaced by the next good one
             if j in self._bad:
                 continue
-            array = self._try_decode(self.entries[j].path)
+            array = self._try_decode(self.entries[j])
             if array is not None:
                 return self.make_item(array, j, epoch), self.targets[j]
             self._bad.add(j)
@@ -155,6 +168,40 @@ class MediaDataset(Dataset):
 
     def make_item(self, array: np.ndarray, index: int, epoch: int | None) -> torch.Tensor:
         return self.item_maker(array, index, epoch)
+
+    def subset(self, indices: Sequence[int]) -> MediaDataset:
+        """The same data set restricted to `indices` (in that order), sharing the decoded arrays."""
+        part = copy.copy(self)
+        part.entries = [self.entries[i] for i in indices]
+        part.targets = [self.targets[i] for i in indices]
+        part._cache = None if self._cache is None else [self._cache[i] for i in indices]
+        part._bad, part.skipped = set(), []
+        return part
+
+
+# ---- public benchmark sets ------------------------------------------------------------------------------
+
+
+def dataset_entries(spec: DatasetSpec) -> tuple[list[Entry], list[Entry] | None]:
+    """The training and test entries of a recipe's `data.dataset` (bridle_model/datasets.py); the test
+    part is None when the recipe names none. UrbanSound8K's recordings never straddle the two."""
+    if spec.name == "urbansound8k":
+        train, train_ids = urbansound8k_entries(spec.root, spec.train_folds)
+        if not spec.test_folds:
+            return train, None
+        test, test_ids = urbansound8k_entries(spec.root, spec.test_folds)
+        check_disjoint(train_ids, test_ids)
+        return train, test
+    train = cifar10_entries(spec.root, spec.train_split)
+    return train, None if spec.test_split is None else cifar10_entries(spec.root, spec.test_split)
+
+
+def label_share(data: MediaDataset, fraction: float, seed: int) -> MediaDataset:
+    """`data` with a class-stratified `fraction` of its labelled examples (all of them at 1.0)."""
+    if fraction >= 1.0:
+        return data
+    names = [data.labels[t] if t >= 0 else None for t in data.targets]
+    return data.subset(label_subset(names, fraction, seed))
 
 
 def _ring(start: int, n: int) -> list[int]:

@@ -13,6 +13,11 @@ The chain, each step applied with its own probability `<step>_p` (0 = off), in t
     blur      out of focus or a soft scan: a Gaussian blur of a radius in pixels of the S-px image
     noise     sensor noise: Gaussian, per pixel and channel
     jpeg      JPEG compression at a random quality
+and then the natural-image chain of CIFAR-style training (its draws come after, so the steps above draw
+the same with or without it):
+    crop      reflect-pad by `crop_padding` px, crop back to S x S at a random place
+    flip      mirror left-right
+    jitter    brightness, contrast and saturation each scaled by a factor in [1 - jitter, 1 + jitter]
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ class ImageAugmentSettings(AugmentSettings):
     noise_std: Range = (2.0, 12.0)  # grey levels
     jpeg_p: float = 0.0
     jpeg_quality: Range = (30.0, 95.0)
+    # the usual natural-image chain (CIFAR-style), drawn after the steps above
+    crop_p: float = 0.0
+    crop_padding: int = 4  # px of reflected border added before a random crop back to S x S
+    flip_p: float = 0.0  # left-right mirror
+    jitter_p: float = 0.0
+    jitter: float = 0.4  # brightness, contrast and saturation factors in [1 - jitter, 1 + jitter]
 
     kind = "image"
 
@@ -59,6 +70,8 @@ class ImageAugmentSettings(AugmentSettings):
             raise ValueError("shift must lie in [0, 0.5] and rotate_degrees in [0, 180]")
         if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
             raise ValueError(f"jpeg_quality must lie in [1, 100], got {list(self.jpeg_quality)}")
+        if not 0 <= self.crop_padding <= 16 or not 0 <= self.jitter < 1:
+            raise ValueError("crop_padding must lie in [0, 16] px and jitter in [0, 1)")
 
 
 class ImageAugment:
@@ -98,6 +111,13 @@ class ImageAugment:
         out = np.clip(x, 0, 255).round().astype(np.uint8)
         if apply[5]:
             out = jpeg(out, round(rng.uniform(*s.jpeg_quality)))
+        natural = rng.random(3) < [s.crop_p, s.flip_p, s.jitter_p]
+        if natural[0]:
+            out = padded_crop(out, s.crop_padding, rng)
+        if natural[1]:
+            out = out[:, ::-1]
+        if natural[2]:
+            out = colour_jitter(out, rng.uniform(1 - s.jitter, 1 + s.jitter, size=3))
         return np.ascontiguousarray(out.transpose(2, 0, 1))  # (3, S, S)
 
 
@@ -130,6 +150,24 @@ def blur(x: np.ndarray, radius: float) -> np.ndarray:
     """Gaussian blur of an (H, W, 3) float image, radius in px."""
     picture = Image.fromarray(np.clip(x, 0, 255).round().astype(np.uint8))
     return np.asarray(picture.filter(ImageFilter.GaussianBlur(radius)), np.float32)
+
+
+def padded_crop(x: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 with `padding` px of reflected border, then cropped back to H x W at random."""
+    h, w = x.shape[:2]
+    padded = np.pad(x, ((padding, padding), (padding, padding), (0, 0)), mode="reflect")
+    top, left = (int(v) for v in rng.integers(0, 2 * padding + 1, size=2))
+    return padded[top : top + h, left : left + w]
+
+
+def colour_jitter(x: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 with brightness, contrast and saturation scaled by `factors` (1 = unchanged)."""
+    y = x.astype(np.float32) * factors[0]
+    grey = y @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W)
+    y = grey.mean() + factors[1] * (y - grey.mean())
+    grey = y @ np.array([0.299, 0.587, 0.114], np.float32)
+    y = grey[..., None] + factors[2] * (y - grey[..., None])
+    return np.clip(y, 0, 255).round().astype(np.uint8)
 
 
 def jpeg(x: np.ndarray, quality: int) -> np.ndarray:

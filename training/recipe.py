@@ -46,11 +46,45 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+DATASETS: tuple[str, ...] = ("urbansound8k", "cifar10")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A public benchmark set read in the layout its users download (bridle_model/datasets.py), instead of
+    `data.train` / `data.test` paths. UrbanSound8K parts are folds, CIFAR-10 parts named splits."""
+
+    name: str  # one of DATASETS
+    root: str
+    train_folds: tuple[int, ...] = ()  # urbansound8k
+    test_folds: tuple[int, ...] = ()  # urbansound8k; () = no test set
+    train_split: str = "train"  # cifar10: train | val | train-all | test
+    test_split: str | None = "val"  # cifar10; None = no test set
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """Batch mixing for classifier stages (training/mixing.py): each batch is mixed with a shuffled copy of
+    itself with probability `p`, by mixup (a blend of the inputs) or CutMix (a box of one pasted into the
+    other; `cutmix_p` of the mixed batches), and the targets blended in the same proportion."""
+
+    p: float = 0.0  # 0 = off
+    mixup_alpha: float = 0.8  # Beta(alpha, alpha) blend weight
+    cutmix_alpha: float = 1.0  # Beta(alpha, alpha) area kept
+    cutmix_p: float = 0.5
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    train: str
     modality: Modality
+    train: str | None = None  # a folder, manifest or shards (training/data.py); or `dataset` below
     test: str | None = None
+    dataset: DatasetSpec | None = None
+    # classifier stages train on a class-stratified share of the labelled training data (drawn with
+    # `label_seed`); pretraining stages always see all of it, unlabelled
+    label_fraction: float = 1.0
+    label_seed: int = 0
+    mix: MixSpec = field(default_factory=MixSpec)
     batch_size: int = 32
     workers: int = 0  # DataLoader worker processes that decode (0: in the training process)
     fbank_stats_clips: int = 512  # audio: training clips the fbank mean/std are measured on
@@ -186,7 +220,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         raise RecipeError("recipe.stages must be a non-empty list")
     stages = tuple(_build(StageSpec, s, f"stages.{i}") for i, s in enumerate(stages_raw))
     raw["model"] = _build(ModelSpec, raw.get("model"), "model")
-    raw["data"] = _build(DataSpec, raw.get("data"), "data")
+    raw["data"] = _build_data(raw.get("data"))
     raw["train"] = _build(TrainSpec, raw.get("train", {}), "train")
     recipe = _build(Recipe, {**raw, "stages": stages}, "recipe")
     _check(recipe)
@@ -209,6 +243,19 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     if missing:
         raise RecipeError(f"{where}: missing keys {missing}")
     return cls(**raw)
+
+
+def _build_data(raw: Any) -> DataSpec:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"data must be a mapping, got {raw!r}")
+    raw = dict(raw)
+    if raw.get("dataset") is not None:
+        dataset = dict(_build(DatasetSpec, raw["dataset"], "data.dataset").__dict__)
+        for key in ("train_folds", "test_folds"):
+            dataset[key] = tuple(dataset[key])
+        raw["dataset"] = DatasetSpec(**dataset)
+    raw["mix"] = _build(MixSpec, raw.get("mix", {}), "data.mix")
+    return _build(DataSpec, raw, "data")
 
 
 def _check(recipe: Recipe) -> None:
@@ -267,6 +314,17 @@ def _number(value: Any) -> bool:
 
 
 def _check_data(data: DataSpec) -> None:
+    if (data.train is None) == (data.dataset is None):
+        raise RecipeError("data: give either train (a folder, manifest or shards) or dataset, not both")
+    if data.dataset is not None:
+        _check_dataset(data.dataset, data.modality)
+    if not (_number(data.label_fraction) and 0 < data.label_fraction <= 1):
+        raise RecipeError(f"data.label_fraction must lie in (0, 1], got {data.label_fraction!r}")
+    mix = data.mix
+    if not all(_number(v) for v in (mix.p, mix.mixup_alpha, mix.cutmix_alpha, mix.cutmix_p)):
+        raise RecipeError("data.mix: p, mixup_alpha, cutmix_alpha and cutmix_p must be numbers")
+    if not (0 <= mix.p <= 1 and 0 <= mix.cutmix_p <= 1 and mix.mixup_alpha > 0 and mix.cutmix_alpha > 0):
+        raise RecipeError("data.mix: p and cutmix_p must lie in [0, 1], the alphas be > 0")
     if not isinstance(data.workers, int) or isinstance(data.workers, bool) or data.workers < 0:
         raise RecipeError(f"data.workers must be an integer >= 0, got {data.workers!r}")
     if not _positive_int(data.prefetch_factor):
@@ -276,6 +334,27 @@ def _check_data(data: DataSpec) -> None:
             raise RecipeError(f"data.{key} must be true, false or null, got {getattr(data, key)!r}")
     if not isinstance(data.record_seen, bool):
         raise RecipeError(f"data.record_seen must be true or false, got {data.record_seen!r}")
+
+
+def _check_dataset(d: DatasetSpec, modality: str) -> None:
+    expected = {"urbansound8k": "audio", "cifar10": "image"}
+    if d.name not in DATASETS:
+        raise RecipeError(f"data.dataset.name must be one of {DATASETS}, got {d.name!r}")
+    if modality != expected[d.name]:
+        raise RecipeError(f"data.dataset {d.name} is {expected[d.name]}, data.modality says {modality!r}")
+    if d.name == "urbansound8k":
+        folds = (*d.train_folds, *d.test_folds)
+        if not d.train_folds or not all(_positive_int(f) and f <= 10 for f in folds):
+            raise RecipeError("data.dataset: urbansound8k takes train_folds (and test_folds) among 1-10")
+        if set(d.train_folds) & set(d.test_folds):
+            raise RecipeError(
+                f"data.dataset: folds {sorted(set(d.train_folds) & set(d.test_folds))} "
+                "are in both train_folds and test_folds"
+            )
+    elif d.train_split == d.test_split or (d.train_split, d.test_split) in {("train-all", "val")}:
+        raise RecipeError(
+            f"data.dataset: the test split {d.test_split!r} overlaps train_split {d.train_split!r}"
+        )
 
 
 def _check_train(train: TrainSpec) -> None:

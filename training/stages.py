@@ -37,14 +37,16 @@ from bridle_model.checkpoint import Servable, save_servable
 from bridle_model.config import AudioInput, ModelConfig
 from bridle_model.encoder import Encoder
 from bridle_model.errors import BridleError
-from bridle_model.media_sets import UNLABELLED, decode_example
+from bridle_model.media_sets import UNLABELLED, Entry, decode_example
 from bridle_model.preprocessing import build_preprocessor, fbank_stats
 from bridle_model.quantizer import LevelUsage
 from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer
+from bridle_model.windowing import audio_windows, clip_mean
 from training.augment import build_augment
-from training.data import ItemMaker, MediaDataset
+from training.data import ItemMaker, MediaDataset, dataset_entries, label_share
 from training.distributed import DistInfo, barrier, wrap
 from training.loader import loader_options, train_batches
+from training.mixing import BatchMixer
 from training.monitor import SeenLog, StageMonitor, Throughput
 from training.optim import build_optimizer
 from training.precision import PrecisionError, autocast, check_supported, compile_transformers
@@ -83,7 +85,8 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
         raise StageError(f"model modality {config.modality!r} != data.modality {recipe.data.modality!r}")
     augment = build_augment(recipe.data.modality, recipe.data.augment, config)  # None when off
     item_maker = ItemMaker(config, config.modality == "audio", augment, recipe.seed)
-    sharded = is_sharded(recipe.data.train)
+    train_source, test_source = data_sources(recipe.data)
+    sharded = isinstance(train_source, str) and is_sharded(train_source)
     if sharded and recipe.data.cache:
         raise StageError(f"data.cache: {recipe.data.train} is sharded, and shards are streamed, not cached")
     cache = recipe.data.cache if recipe.data.cache is not None else not sharded
@@ -96,7 +99,7 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
             )
     else:
         train_set = MediaDataset(
-            recipe.data.train,
+            train_source,
             config,
             cache=cache,
             random_crop=config.modality == "audio",
@@ -104,9 +107,9 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
             augment_seed=recipe.seed,
         )
     test_set = None
-    if recipe.data.test:
+    if test_source is not None:
         labels = train_set.labels or None
-        test_set = MediaDataset(recipe.data.test, config, labels=labels, cache=cache)
+        test_set = MediaDataset(test_source, config, labels=labels, cache=cache)
     stored = out_dir / MODEL_CONFIG_FILE
     if reuse_config and stored.is_file():
         config = ModelConfig.from_dict(json.loads(stored.read_text(encoding="utf-8")))
@@ -117,6 +120,24 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
         (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     barrier(info)
     return RunContext(recipe, config, info, out_dir, train_set, test_set, item_maker)
+
+
+def data_sources(data: DataSpec) -> tuple[str | list[Entry], str | list[Entry] | None]:
+    """The training and test sources of a recipe: its paths, or the entries of its benchmark set."""
+    if data.dataset is None:
+        assert data.train is not None  # the recipe's check: one of the two is set
+        return data.train, data.test
+    return dataset_entries(data.dataset)
+
+
+def labelled_part(ctx: RunContext) -> MediaDataset | ShardSet:
+    """What a classifier stage trains on: the recipe's `label_fraction` of the labelled training data."""
+    fraction = ctx.recipe.data.label_fraction
+    if fraction >= 1.0:
+        return ctx.train_set
+    if not isinstance(ctx.train_set, MediaDataset):
+        raise StageError("data.label_fraction below 1 needs a file data set, not shards")
+    return label_share(ctx.train_set, fraction, ctx.recipe.data.label_seed)
 
 
 def _with_fbank_stats(config: ModelConfig, data: MediaDataset | ShardSet, clips: int) -> ModelConfig:
@@ -184,7 +205,7 @@ def build_objective(ctx: RunContext, index: int, resume: StageState | None) -> O
     else:
         if not ctx.train_set.labels or _has_unlabelled(ctx.train_set):
             raise StageError(
-                f"the classifier stage needs labelled training data; {ctx.recipe.data.train} has "
+                f"the classifier stage needs labelled training data; {ctx.recipe.name}'s training data has "
                 "unlabelled files"
             )
         tok, kind = tokenizer()  # built before the encoder: the seeded order of the initial weights
@@ -293,8 +314,11 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
         _seed_everything(recipe.seed + 1000 * index + info.rank)
 
     batch_size = spec.batch_size or recipe.data.batch_size
+    classifying = isinstance(objective, Classification)
+    stage_data = labelled_part(ctx) if classifying else ctx.train_set
+    mixer = BatchMixer(recipe.data.mix, len(ctx.train_set.labels), recipe.seed + 1000 * index + start)
     data = train_batches(
-        ctx.train_set,
+        stage_data,
         batch_size,
         recipe.seed + 1000 * index,
         info,
@@ -329,7 +353,10 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
             meter.count(len(batch.ids))
             with torch.no_grad():
                 x = preprocess(batch.signal.to(info.device, non_blocking=True))
-            yield x, batch.label.to(info.device, non_blocking=True)
+            y = batch.label.to(info.device, non_blocking=True)
+            if classifying and recipe.data.mix.p > 0:
+                x, y = mixer(x, y)  # y: (B, C) blended one-hot targets
+            yield x, y
 
     model.train()
     tic = time.perf_counter()
@@ -366,7 +393,7 @@ def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
     summary: dict[str, Any] = {"stage": name, "step": step, "seconds": time.perf_counter() - tic}
     if stopped:
         summary["stopped"] = stopped
-    if isinstance(objective, Classification) and ctx.test_set is not None:
+    if classifying and ctx.test_set is not None:
         summary["accuracy"] = evaluate(objective, preprocess, ctx.test_set, batch_size, info, recipe.data)
         if info.is_main:
             metrics = {
@@ -391,13 +418,37 @@ def evaluate(
     info: DistInfo,
     spec: DataSpec | None = None,
 ) -> float:
-    """Top-1 accuracy of the classifier on `data` (decoded in `spec`'s workers when given)."""
+    """Top-1 accuracy of the classifier on `data` (decoded in `spec`'s workers when given). Audio is scored
+    per clip as the service scores it: every window of the clip (bridle_model/windowing.py), the windows'
+    class probabilities averaged by the seconds of signal each covers."""
     objective.eval()
+    if isinstance(data.cfg.input, AudioInput) and data.cached:
+        return _clip_accuracy(objective, preprocess, data, batch, info)
     correct = 0
     options = loader_options(spec, info) if spec is not None else {}
     for signal, label in DataLoader(data, batch, **options):
         logits = objective.logits(preprocess(signal.to(info.device)))
         correct += int((logits.argmax(-1).cpu() == label).sum())
+    return correct / len(data)
+
+
+def _clip_accuracy(
+    objective: Classification, preprocess: nn.Module, data: MediaDataset, batch: int, info: DistInfo
+) -> float:
+    cfg = data.cfg.input
+    assert isinstance(cfg, AudioInput)
+    clips = [audio_windows(wave, cfg.window_samples, cfg.sample_rate) for wave in data.arrays()]
+    windows = torch.from_numpy(np.concatenate([w for w, _ in clips]))  # (all windows, window_samples)
+    probs = torch.cat(
+        [
+            objective.logits(preprocess(part.to(info.device))).softmax(-1).cpu()
+            for part in windows.split(batch)
+        ]
+    ).numpy()  # (all windows, C)
+    correct, first = 0, 0
+    for (w, spans), target in zip(clips, data.targets, strict=True):
+        correct += int(clip_mean(probs[first : first + len(w)], spans).argmax() == target)
+        first += len(w)
     return correct / len(data)
 
 
