@@ -42,6 +42,11 @@ def _specs(size: str) -> dict[str, Spec]:
     s = image["image_size"]
     square = {"height": s, "width": s}
     imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    # each family's processor as its Hub reference model ships it (google/vit-base-patch16-224: squash,
+    # bilinear; facebook/deit-base-distilled-patch16-224: 256 x 256 bicubic, 224 crop; microsoft/beit-
+    # base-patch16-224: squash, bilinear; facebook/dinov2-small: shorter side 256 bicubic, 224 crop, RGB;
+    # MCG-NJU/videomae-base-finetuned-kinetics: shorter side 224 bilinear, 224 crop), at this size
+    deit_resize = {"height": s * 256 // 224, "width": s * 256 // 224}
     return {
         "vit": Spec(
             "ViTConfig", "ViTForImageClassification", {**common, **image},
@@ -49,18 +54,18 @@ def _specs(size: str) -> dict[str, Spec]:
         ),
         "deit": Spec(
             "DeiTConfig", "DeiTForImageClassification", {**common, **image},
-            lambda: T.DeiTImageProcessor(size=square, crop_size=square),
+            lambda: T.DeiTImageProcessor(size=deit_resize, crop_size=square, **imagenet),
         ),
         "deit-teacher": Spec(
             "DeiTConfig", "DeiTForImageClassificationWithTeacher", {**common, **image},
-            lambda: T.DeiTImageProcessor(size=square, crop_size=square),
+            lambda: T.DeiTImageProcessor(size=deit_resize, crop_size=square, **imagenet),
         ),
         # trained at a larger size than it serves: the position table is resized, as DINOv2 does
         "dinov2": Spec(
             "Dinov2Config", "Dinov2ForImageClassification",
             {**common, "image_size": 48 if small else 518, "patch_size": 8 if small else 14},
             lambda: T.BitImageProcessor(
-                size={"shortest_edge": s + 4}, crop_size={"height": 32 if small else 224,
+                size={"shortest_edge": s * 256 // 224}, crop_size={"height": 32 if small else 224,
                                                           "width": 32 if small else 224},
                 do_center_crop=True, do_convert_rgb=True, **imagenet,
             ),
@@ -68,7 +73,9 @@ def _specs(size: str) -> dict[str, Spec]:
         "beit": Spec(
             "BeitConfig", "BeitForImageClassification",
             {**common, **image, "use_relative_position_bias": True, "layer_scale_init_value": 0.1},
-            lambda: T.BeitImageProcessor(size=square, do_center_crop=False),
+            lambda: T.BeitImageProcessor(
+                size=square, do_center_crop=False, resample=T.image_utils.PILImageResampling.BILINEAR
+            ),
         ),
         "videomae": Spec(
             "VideoMAEConfig", "VideoMAEForVideoClassification",

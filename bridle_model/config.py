@@ -25,6 +25,58 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# PIL's resampling filters by their codes (0..5), the numbers a preprocessor_config.json's `resample` holds
+RESAMPLE_FILTERS = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class ImageProcessing:
+    """An imported model's image processor, as its `preprocessor_config.json` says (importers/hf.py), for
+    the decoding of images and video frames (bridle_model/decoding.py). Without it (None) an image is the
+    project's own: shorter side resized to the input size (bicubic), centre crop.
+
+    `resize` "squash" resizes to `size` (height, width) whatever the aspect ratio; "shortest_edge" resizes
+    the shorter side to `size[0]` and the longer to int(size[0] * long / short), as transformers does.
+    `crop` (height, width) is then a centre crop, or None. `convert_rgb`: transparency is composited onto
+    white (transformers' `convert_to_rgb`); otherwise alpha is dropped (`PIL.Image.convert("RGB")`, as
+    transformers' `load_image`). `rescale_factor`, `mean` and `std` are the processor's own (None: not
+    applied); the exported graph applies them, folded into `ImageInput.mean` / `std`. `source` says where
+    the values came from (the file, or the family default the import chose)."""
+
+    resize: Literal["squash", "shortest_edge"]
+    size: tuple[int, ...]
+    resample: str = "bicubic"
+    crop: tuple[int, int] | None = None
+    convert_rgb: bool = False
+    rescale_factor: float | None = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.resize not in ("squash", "shortest_edge"):
+            raise ValueError(
+                f"ImageProcessing resize must be 'squash' or 'shortest_edge', got {self.resize!r}"
+            )
+        if len(self.size) != (2 if self.resize == "squash" else 1) or min(self.size) < 1:
+            raise ValueError(f"ImageProcessing size {self.size} does not fit resize {self.resize!r}")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"ImageProcessing resample {self.resample!r} must be one of {RESAMPLE_FILTERS}")
+        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
+            raise ValueError(f"ImageProcessing crop {self.crop} must be (height, width)")
+
+    @property
+    def output_size(self) -> tuple[int, int] | None:
+        """(height, width) of every processed image, or None when it follows the image's aspect ratio."""
+        if self.crop is not None:
+            return (int(self.crop[0]), int(self.crop[1]))
+        return (int(self.size[0]), int(self.size[1])) if self.resize == "squash" else None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageProcessing:
+        return _build(cls, d)
+
+
 @dataclass(frozen=True)
 class AudioInput:
     """16 kHz mono waveform -> Kaldi log-mel fbank -> (x - mean) / (2 std) -> fixed frame count."""
@@ -48,6 +100,10 @@ class AudioInput:
     # The waveform in [-1, 1] is multiplied by this before the fbank: 2**15 (16-bit range) as BEATs and
     # torchaudio.load(normalize=False) users do; 1.0 for Hugging Face's AST feature extractor.
     waveform_scale: float = 2.0**15
+    # how a clip shorter than a window is filled: "waveform" with silence; "fbank" with zero fbank frames
+    # (before the normalisation), as Hugging Face's ASTFeatureExtractor pads (the graph is told which
+    # samples are padding by their being NaN: bridle_model/preprocessing.py)
+    pad: Literal["waveform", "fbank"] = "waveform"
 
     @property
     def window_samples(self) -> int:
@@ -64,6 +120,7 @@ class ImageInput:
     image_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    processing: ImageProcessing | None = None  # an imported processor's geometry; None: the above
 
 
 @dataclass(frozen=True)
@@ -76,6 +133,11 @@ class VideoInput:
     image_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    processing: ImageProcessing | None = None  # each frame as an imported processor does; None: as images
+    # which frames a clip's T come from: "nearest" the frame nearest each of T evenly spaced times;
+    # "floor" the last frame at or before it, i.e. frame i * n // T of the clip's n (transformers' video
+    # processors' default_sample_indices_fn)
+    frame_sampling: Literal["nearest", "floor"] = "nearest"
 
 
 @dataclass(frozen=True)
@@ -231,7 +293,10 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
         input_cls = {"audio": AudioInput, "image": ImageInput, "video": VideoInput}[d["modality"]]
-        d["input"] = _build(input_cls, d["input"])
+        inp = dict(d["input"])
+        if inp.get("processing") is not None:
+            inp["processing"] = ImageProcessing.from_dict(inp["processing"])
+        d["input"] = _build(input_cls, inp)
         for name in ("encoder", "predictor", "tokenizer", "estimator"):
             if name in d:
                 d[name] = _build(ViTConfig, d[name])

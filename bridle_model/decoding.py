@@ -26,7 +26,7 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bridle_model.config import MODALITIES, Modality
+from bridle_model.config import MODALITIES, RESAMPLE_FILTERS, ImageProcessing, Modality
 from bridle_model.errors import BridleError
 
 MediaCode = Literal["empty", "corrupt", "unsupported", "too_long", "too_large", "no_frames"]
@@ -245,9 +245,59 @@ def _square(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()  # (H, W, 3) -> (3, S, S)
 
 
-def decode_image(src: Source, image_size: int, max_pixels: int | None = None) -> np.ndarray:
+def _rgb(image: Image.Image, composite: bool) -> Image.Image:
+    """RGB; with `composite`, transparency over white as transformers' `convert_to_rgb` does, else
+    alpha dropped (`convert("RGB")`, as its `load_image`)."""
+    if composite and ("A" in image.getbands() or image.info.get("transparency") is not None):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def processed_size(width: int, height: int, processing: ImageProcessing) -> tuple[int, int]:
+    """(width, height) after the processor's resize: transformers' get_resize_output_image_size."""
+    if processing.resize == "squash":
+        return int(processing.size[1]), int(processing.size[0])
+    edge = int(processing.size[0])
+    if width <= height:
+        return edge, int(edge * height / width)
+    return int(edge * width / height), edge
+
+
+def process(image: Image.Image, processing: ImageProcessing) -> np.ndarray:
+    """An RGB image resized and centre-cropped as the processor does: (3, H, W) uint8.
+
+    transformers' PIL backend: `Image.resize` to `processed_size` with the processor's filter (no
+    reducing gap), then a crop at ((h - ch) // 2, (w - cw) // 2), zero-padded where the image is smaller.
+    """
+    size = processed_size(*image.size, processing)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling(RESAMPLE_FILTERS.index(processing.resample)))
+    pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    if processing.crop is not None:
+        ch, cw = int(processing.crop[0]), int(processing.crop[1])
+        h, w = pixels.shape[:2]
+        if h < ch or w < cw:
+            padded = np.zeros((max(h, ch), max(w, cw), 3), dtype=np.uint8)
+            top, left = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
+            padded[top : top + h, left : left + w] = pixels
+            pixels, h, w = padded, padded.shape[0], padded.shape[1]
+        top, left = (h - ch) // 2, (w - cw) // 2
+        pixels = pixels[top : top + ch, left : left + cw]
+    return pixels.transpose(2, 0, 1).copy()  # (3, H, W)
+
+
+def decode_image(
+    src: Source,
+    image_size: int,
+    max_pixels: int | None = None,
+    processing: ImageProcessing | None = None,
+) -> np.ndarray:
     """Decode an image, apply its EXIF orientation, make it RGB and square: (3, S, S) uint8.
 
+    With `processing` (an imported model's processor) it is resized and cropped as that processor does
+    (`process`), from the full-resolution pixels; without, shorter side to `image_size`, centre crop.
     `Image.open` reads only the header, so the pixel limit is checked before any pixel is decoded.
     Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) also reports "too_large".
     """
@@ -259,6 +309,9 @@ def decode_image(src: Source, image_size: int, max_pixels: int | None = None) ->
                 raise MediaError(
                     "too_large", f"the image has {w}x{h} = {w * h} pixels, over the limit of {max_pixels}"
                 )
+            if processing is not None:
+                upright = ImageOps.exif_transpose(image)
+                return process(_rgb(upright, processing.convert_rgb), processing)
             if image.format == "JPEG":  # let libjpeg decode at a reduced scale that is still >= size
                 image.draft("RGB", (image_size, image_size))
             upright = ImageOps.exif_transpose(image)  # loads the pixels
@@ -277,9 +330,14 @@ def decode_image(src: Source, image_size: int, max_pixels: int | None = None) ->
 
 
 def decode_video(
-    src: Source, image_size: int, max_seconds: float | None = None, max_pixels: int | None = None
+    src: Source,
+    image_size: int,
+    max_seconds: float | None = None,
+    max_pixels: int | None = None,
+    processing: ImageProcessing | None = None,
 ) -> DecodedVideo:
-    """Decode every frame of the first video stream, each made RGB and square like an image.
+    """Decode every frame of the first video stream, each made RGB and square like an image (with
+    `processing`, as that processor does each frame).
 
     Times count from the first frame. A duration over `max_seconds` is "too_long": checked against the
     headers before decoding when they state one, and against frame times while decoding. A frame of more
@@ -310,7 +368,10 @@ def decode_video(
             if max_seconds is not None and times and t - times[0] > max_seconds:
                 raise MediaError("too_long", f"the video is longer than the limit of {max_seconds:g} s")
             rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-            frames.append(_square(Image.fromarray(rgb), image_size))
+            picture = Image.fromarray(rgb)
+            frames.append(
+                _square(picture, image_size) if processing is None else process(picture, processing)
+            )
             times.append(t)
     if not frames:
         raise MediaError("no_frames", "the video stream holds no decodable frames")
@@ -337,13 +398,23 @@ def _check_frame_size(width: int, height: int, max_pixels: int | None) -> None:
         )
 
 
+FrameSampling = Literal["nearest", "floor"]
+TIME_EPS = 1e-6  # seconds: frame times and targets computed two ways agree within this
+
+
 def sample_frames(
-    video: DecodedVideo, num_frames: int, start: float = 0.0, end: float | None = None
+    video: DecodedVideo,
+    num_frames: int,
+    start: float = 0.0,
+    end: float | None = None,
+    rule: FrameSampling = "nearest",
 ) -> np.ndarray:
-    """`num_frames` frames nearest to evenly spaced times in [start, end): (num_frames, 3, S, S).
+    """`num_frames` frames for evenly spaced times in [start, end): (num_frames, 3, S, S).
 
     The times are start + i * (end - start) / num_frames, so a clip of exactly `num_frames` frames at a
-    steady rate comes back whole and in order; a shorter clip repeats frames.
+    steady rate comes back whole and in order; a shorter clip repeats frames. "nearest" takes the frame
+    nearest each time; "floor" the last frame at or before it: on a steady clip of n frames, frame
+    i * n // num_frames, transformers' video processors' default sampling.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -351,6 +422,9 @@ def sample_frames(
     span = max(end - start, 0.0)
     targets = start + np.arange(num_frames) * (span / num_frames)  # (num_frames,)
     times = video.times  # (F,) increasing
+    if rule == "floor":
+        at_or_before = np.searchsorted(times, targets + TIME_EPS, side="right") - 1
+        return video.frames[np.clip(at_or_before, 0, len(times) - 1)]
     right = np.clip(np.searchsorted(times, targets), 0, len(times) - 1)
     left = np.clip(right - 1, 0, len(times) - 1)
     nearest = np.where(np.abs(times[left] - targets) <= np.abs(times[right] - targets), left, right)

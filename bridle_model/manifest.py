@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bridle_model.atomic import atomic_write_bytes
-from bridle_model.config import MODALITIES, ModelConfig, Precision
+from bridle_model.config import MODALITIES, ImageProcessing, ModelConfig, Precision
 from bridle_model.errors import BridleError
 
 FORMAT_VERSION = 1
@@ -76,6 +76,11 @@ class InputSpec:
     image_size: int | None = None  # image, video
     clip_frames: int | None = None  # video: frames per clip (T)
     window_seconds: float | None = None  # audio: window length; video: clip length; image: None
+    # an imported model's own preprocessing (importers/hf.py), each written only when present, so older
+    # manifests (without them) read and write back unchanged and decode as before:
+    processing: ImageProcessing | None = None  # image, video: the processor's resize and crop
+    frame_sampling: str | None = None  # video: "nearest" (None) or "floor" (bridle_model/decoding.py)
+    pad: str | None = None  # audio: "waveform" (None) or "fbank" (bridle_model/windowing.py)
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,9 @@ class Manifest:
         first = {"format_version": d.pop("format_version"), "name": d.pop("name")}
         if d["label_ids"] is None:
             del d["label_ids"]
+        for key in OPTIONAL_INPUT:
+            if d["input"][key] is None:
+                del d["input"][key]
         return {**first, **d}
 
     @classmethod
@@ -330,6 +338,27 @@ def _tensor(d: Any, where: str) -> TensorSpec:
     )
 
 
+OPTIONAL_INPUT = ("processing", "frame_sampling", "pad")  # InputSpec fields left out when None
+INPUT_CHOICES = {"frame_sampling": ("nearest", "floor"), "pad": ("waveform", "fbank")}
+
+
+def _processing(d: dict[str, Any], where: str) -> ImageProcessing | None:
+    value = _optional(d, "processing", dict, where)
+    if value is None:
+        return None
+    try:
+        return ImageProcessing.from_dict(value)
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{where} field 'processing' is invalid: {e}") from e
+
+
+def _choice(d: dict[str, Any], key: str, where: str) -> str | None:
+    value = d.get(key)
+    if value is not None and value not in INPUT_CHOICES[key]:
+        raise ManifestError(f"{where} field {key!r} must be one of {list(INPUT_CHOICES[key])}, got {value!r}")
+    return value
+
+
 # the input fields a modality's windowing needs: older manifests without them are refused, not guessed
 REQUIRED_INPUT = {"audio": ("sample_rate", "window_seconds"), "image": (), "video": ("window_seconds",)}
 
@@ -352,6 +381,9 @@ def _input_spec(d: dict[str, Any], modality: str) -> InputSpec:
         image_size=_optional(d, "image_size", int, where),
         clip_frames=_optional(d, "clip_frames", int, where),
         window_seconds=None if window is None else float(window),
+        processing=_processing(d, where),
+        frame_sampling=_choice(d, "frame_sampling", where),
+        pad=_choice(d, "pad", where),
     )
 
 

@@ -46,10 +46,21 @@ class AudioPreprocessor(nn.Module):
         frames = self.fbank.num_frames(signal.shape[1])
         if frames == 0:  # shorter than one frame: Kaldi gives no frames, so all padding
             return signal.new_zeros(signal.shape[0], 1, self.num_frames, self.audio.num_mel_bins)
-        feats = (self.fbank(signal) - self.mean) * self.scale  # (B, F, mel), F <= num_frames
+        # with pad "fbank", NaN samples are padding: their frames are zero fbank frames
+        nan_padded = self.audio.pad == "fbank"
+        raw = self._fbank_nan_padded(signal) if nan_padded else self.fbank(signal)  # (B, F, mel)
+        feats = (raw - self.mean) * self.scale  # (B, F, mel), F <= num_frames
         if frames < self.num_frames:
             feats = nn.functional.pad(feats, (0, 0, 0, self.num_frames - frames))  # zeros = the mean
         return feats.unsqueeze(1)  # (B, 1, num_frames, mel)
+
+    def _fbank_nan_padded(self, signal: torch.Tensor) -> torch.Tensor:
+        """The fbank with every frame that touches a NaN sample set to 0 before the normalisation: a
+        clip padded with NaN (`AudioInput.pad` "fbank", bridle_model/windowing.py) gives Kaldi's frames
+        of the clip followed by zero frames, as ASTFeatureExtractor pads its fbank."""
+        padding = torch.isnan(self.fbank.frames(signal.float()).sum(dim=-1, keepdim=True))  # (B, F, 1)
+        clean = torch.where(torch.isnan(signal), torch.zeros_like(signal), signal)
+        return torch.where(padding, torch.zeros_like(padding, dtype=torch.float32), self.fbank(clean))
 
 
 def _channel_affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from bridle_model.decoding import DecodedVideo, sample_frames
+from bridle_model.decoding import DecodedVideo, FrameSampling, sample_frames
 
 Span = tuple[float, float]  # (start, end) in seconds
 Aggregate = Literal["mean", "max"]
@@ -100,11 +100,22 @@ def training_window(wave: np.ndarray, window: int, start: int = 0) -> np.ndarray
 
 
 def audio_windows(
-    wave: np.ndarray, window: int, sample_rate: int, policy: WindowPolicy = DEFAULT_POLICY
+    wave: np.ndarray,
+    window: int,
+    sample_rate: int,
+    policy: WindowPolicy = DEFAULT_POLICY,
+    pad: Literal["waveform", "fbank"] = "waveform",
 ) -> tuple[np.ndarray, list[Span]]:
     """The windows of `wave` (samples,) under `policy` -> (W, window) float32 and their spans in
-    seconds: a wave shorter than one window centred in it, a longer one cut into full windows."""
+    seconds: a wave shorter than one window centred in it, a longer one cut into full windows.
+
+    With `pad` "fbank" (`AudioInput.pad`: Hugging Face's AST) a short wave starts the window and the
+    rest is NaN, which the graph's fbank turns into zero frames, as ASTFeatureExtractor pads its fbank."""
     if len(wave) <= window:
+        if pad == "fbank":
+            out = np.full(window, np.nan, np.float32)  # (window,)
+            out[: len(wave)] = wave
+            return out[None], [(0.0, len(wave) / sample_rate)]
         return centre_window(wave, window)[None], [(0.0, len(wave) / sample_rate)]  # (1, window)
     hop = max(1, round(policy.hop * window))  # samples
     starts = [int(s) for s in window_starts(len(wave), window, hop, policy.tolerance)]
@@ -133,11 +144,16 @@ def first_clip(video: DecodedVideo, num_frames: int, clip_seconds: float) -> np.
 
 
 def video_windows(
-    video: DecodedVideo, num_frames: int, clip_seconds: float, policy: WindowPolicy = DEFAULT_POLICY
+    video: DecodedVideo,
+    num_frames: int,
+    clip_seconds: float,
+    policy: WindowPolicy = DEFAULT_POLICY,
+    rule: FrameSampling = "nearest",
 ) -> tuple[np.ndarray, list[Span]]:
-    """The clips of `video` under `policy` -> (W, T, 3, S, S) uint8 and their spans."""
+    """The clips of `video` under `policy` -> (W, T, 3, S, S) uint8 and their spans; `rule` picks each
+    clip's frames (`sample_frames`)."""
     spans = clip_spans(video.duration, clip_seconds, policy)
-    clips = [sample_frames(video, num_frames, start=s, end=e) for s, e in spans]  # each (T, 3, S, S)
+    clips = [sample_frames(video, num_frames, start=s, end=e, rule=rule) for s, e in spans]  # (T, 3, S, S)
     return np.stack(clips), spans
 
 

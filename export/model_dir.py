@@ -135,9 +135,12 @@ def build_manifest(
             sample_rate=inp.sample_rate,
             num_frames=inp.num_frames,
             window_seconds=inp.window_samples / inp.sample_rate,
+            pad=None if inp.pad == "waveform" else inp.pad,
         )
     elif isinstance(inp, ImageInput):
-        input_spec = InputSpec(signal.name, signal.dtype, signal.shape, image_size=inp.image_size)
+        input_spec = InputSpec(
+            signal.name, signal.dtype, signal.shape, image_size=inp.image_size, processing=inp.processing
+        )
     else:
         input_spec = InputSpec(
             name=signal.name,
@@ -146,6 +149,8 @@ def build_manifest(
             image_size=inp.image_size,
             clip_frames=inp.num_frames,
             window_seconds=float(inp.clip_seconds),
+            processing=inp.processing,
+            frame_sampling=None if inp.frame_sampling == "nearest" else inp.frame_sampling,
         )
 
     provenance = dict(servable.provenance)

@@ -98,6 +98,7 @@ def hf_command(
         f"wrote {out}: {cfg.hf.family} {cfg.modality} encoder {cfg.encoder.depth} x {cfg.encoder.dim}, "
         f"patch grid {list(cfg.grid)}, {head}, tokenizer {servable.tokenizer_kind}"
     )
+    typer.echo(f"preprocessing: {servable.provenance['preprocessing']}")
 
 
 def _refuse_non_empty(out: Path, force: bool) -> None:

@@ -25,13 +25,14 @@ DeiTModel and the decoder of a VideoMAE pre-training checkpoint are not part of 
 dropped (named in the provenance). Labels are `config.id2label`; a name used by more than one class
 (ImageNet has two "crane"s) gets its class index appended.
 
-Preprocessing comes from `preprocessor_config.json` (the family's processor defaults when it is absent):
-the rescale factor, mean and std run inside the exported graph; the graph's input is the processor's
-final size (the crop, else the resize). The service's shared decoding resizes the shorter side and centre
-crops (bicubic) to that size: the same geometry as a shortest-edge resize + crop processor (DeiT, DINOv2,
-VideoMAE; their 256 -> 224 crop ratio aside), while ViT's and BEiT's processors squash the whole image to
-the square. AST: Kaldi fbank of the unscaled waveform (hanning window, `num_mel_bins`), `max_length`
-frames, (x - mean) / (2 std) with the extractor's mean and std. The tokenizer is the project's random-
+Preprocessing comes from `preprocessor_config.json` (`image_processing`; the family's Hub processor
+when it is absent): the rescale factor, mean and std run inside the exported graph; the geometry (resize
+squash or shortest edge, filter, centre crop, RGB conversion) is recorded as the input's `ImageProcessing`,
+which the manifest carries and the service's and batch job's decoding follow; the graph's input is the
+processor's final size. VideoMAE's clips sample frame i * n // T as transformers' video processors do.
+AST: Kaldi fbank of the unscaled waveform (hanning window, `num_mel_bins`), `max_length` frames, a shorter
+clip padded with zero fbank frames (`AudioInput.pad` "fbank"), (x - mean) / (2 std) with the extractor's
+mean and std. The tokenizer is the project's random-
 projection tokenizer (`tokenizer_kind` "random") until `bridle-train tokenizer` distils one.
 """
 
@@ -53,9 +54,11 @@ from bridle_model.checkpoint import Servable, build_servable, save_servable
 from bridle_model.config import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RESAMPLE_FILTERS,
     AudioInput,
     HFBackboneConfig,
     ImageInput,
+    ImageProcessing,
     ModelConfig,
     VideoInput,
     ViTConfig,
@@ -75,14 +78,57 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "audio-spectrogram-transformer": ("audio", "audio_spectrogram_transformer"),
 }
 HALF = (0.5, 0.5, 0.5)
-# the image processors' own defaults, used only when a folder has no preprocessor_config.json
-PROCESSOR_MEAN_STD = {
-    "vit": (HALF, HALF),
-    "beit": (HALF, HALF),
-    "deit": (IMAGENET_MEAN, IMAGENET_STD),
-    "dinov2": (IMAGENET_MEAN, IMAGENET_STD),
-    "videomae": (IMAGENET_MEAN, IMAGENET_STD),
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # transformers' OPENAI_CLIP_MEAN / STD (BitImageProcessor)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Each image processor class transformers has for these families, and what it does with a key the file
+# leaves out: (an int `size` is a square, size, resample, do_center_crop, crop_size, mean, std,
+# do_convert_rgb): the class attributes of its PIL backend (transformers 5, e.g. ViTImageProcessorPil).
+PROCESSOR_CLASSES: dict[str, tuple[bool, dict[str, int], int, bool, int, Any, Any, bool]] = {
+    "ViTImageProcessor": (True, {"height": 224, "width": 224}, 2, False, 224, HALF, HALF, False),
+    "DeiTImageProcessor": (True, {"height": 256, "width": 256}, 3, True, 224, HALF, HALF, False),
+    "BeitImageProcessor": (True, {"height": 224, "width": 224}, 3, False, 224, HALF, HALF, False),
+    "BitImageProcessor": (False, {"shortest_edge": 224}, 3, True, 224, CLIP_MEAN, CLIP_STD, True),
+    "VideoMAEImageProcessor": (False, {"shortest_edge": 224}, 2, True, 224, HALF, HALF, False),
 }
+FAMILY_PROCESSOR = {
+    "vit": "ViTImageProcessor",
+    "deit": "DeiTImageProcessor",
+    "beit": "BeitImageProcessor",
+    "dinov2": "BitImageProcessor",
+    "videomae": "VideoMAEImageProcessor",
+}
+
+
+def family_default(family: str, image_size: int) -> tuple[str, dict[str, Any]]:
+    """(where it is from, the preprocessor_config.json) a folder without one is given: its family's
+    processor as the Hub's reference model ships it, at config.json's image size (DINOv2: 256 -> 224
+    whatever its training size)."""
+    s = image_size
+    imagenet = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+    square = {"height": s, "width": s}
+    files: dict[str, tuple[str, dict[str, Any]]] = {
+        "vit": ("google/vit-base-patch16-224", {"size": square, "resample": 2, "image_mean": list(HALF),
+                                                "image_std": list(HALF)}),
+        "deit": ("facebook/deit-base-distilled-patch16-224", {
+            "size": {"height": s * 256 // 224, "width": s * 256 // 224}, "resample": 3,
+            "do_center_crop": True, "crop_size": square, **imagenet}),
+        "beit": ("microsoft/beit-base-patch16-224", {"size": square, "resample": 2,
+                                                     "do_center_crop": False, "image_mean": list(HALF),
+                                                     "image_std": list(HALF)}),
+        "dinov2": ("facebook/dinov2-small", {"size": {"shortest_edge": 256}, "resample": 3,
+                                             "do_center_crop": True, "do_convert_rgb": True,
+                                             "crop_size": {"height": 224, "width": 224}, **imagenet}),
+        "videomae": ("MCG-NJU/videomae-base-finetuned-kinetics", {
+            "size": {"shortest_edge": s}, "resample": 2, "do_center_crop": True, "crop_size": square,
+            **imagenet}),
+    }  # fmt: skip
+    hub, pre = files[family]
+    return f"the {family} family's default (the processor of {hub}, at {s} px)", {
+        "image_processor_type": FAMILY_PROCESSOR[family],
+        **pre,
+    }
+
+
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # ASTFeatureExtractor's defaults (AudioSet statistics)
 QKV = ("query", "key", "value")
 # tensors a checkpoint may hold that the embedding never reads (base-model keys, prefix stripped)
@@ -213,13 +259,15 @@ def plan(folder: Folder, clip_seconds: float) -> Plan:
             mean=float(pre.get("mean", AST_MEAN)) if normalise else 0.0,
             std=float(pre.get("std", AST_STD)) if normalise else 0.5,
             waveform_scale=1.0,
+            pad="fbank",  # ASTFeatureExtractor pads the fbank with zero frames, not the waveform
         )
         grid: tuple[int, ...] = ((frames - p) // ts + 1, (mel - p) // fs + 1)  # (time, mel)
         hf.update(prefix_tokens=2, pooling="two_mean", head_norm=True, patch_stride=(fs, ts))
     else:
         if _get(cfg, "num_channels", int, 3) != 3:
             raise HFImportError("only 3-channel (RGB) image and video models are supported")
-        size, mean, std = _image_processing(folder.preprocessor, family, _get(cfg, "image_size", int))
+        processing, mean, std = image_processing(folder.preprocessor, family, _get(cfg, "image_size", int))
+        size = int(processing.crop[0] if processing.crop else processing.size[0])
         if size % p:
             raise HFImportError(f"the processor's image size {size} is not a multiple of patch_size {p}")
         if family != "dinov2" and size != _get(cfg, "image_size", int):
@@ -228,7 +276,7 @@ def plan(folder: Folder, clip_seconds: float) -> Plan:
                 f"{cfg['image_size']} (only DINOv2 resizes its position embeddings)"
             )
         if modality == "image":
-            inp = ImageInput(image_size=size, mean=mean, std=std)
+            inp = ImageInput(image_size=size, mean=mean, std=std, processing=processing)
             grid = (size // p, size // p)
         else:
             tubelet = _get(cfg, "tubelet_size", int, 2)
@@ -236,7 +284,13 @@ def plan(folder: Folder, clip_seconds: float) -> Plan:
             if frames % tubelet:
                 raise HFImportError(f"num_frames {frames} is not a multiple of tubelet_size {tubelet}")
             inp = VideoInput(
-                num_frames=frames, clip_seconds=clip_seconds, image_size=size, mean=mean, std=std
+                num_frames=frames,
+                clip_seconds=clip_seconds,
+                image_size=size,
+                mean=mean,
+                std=std,
+                processing=processing,
+                frame_sampling="floor",  # transformers' video processors' sampling: frame i * n // T
             )
             grid = (frames // tubelet, size // p, size // p)
         hf.update(_family_options(family, cfg, state, has_head, eps))
@@ -295,38 +349,113 @@ def _family_options(
     }
 
 
-def _image_processing(
+def image_processing(
     pre: dict[str, Any] | None, family: str, image_size: int
-) -> tuple[int, tuple[float, float, float], tuple[float, float, float]]:
-    """(graph input size, mean, std) of an image processor, with its rescale factor folded into mean and
-    std: (x r - m) / s = (x / 255 - m / (255 r)) / (s / (255 r))."""
-    mean, std = PROCESSOR_MEAN_STD[family]
+) -> tuple[ImageProcessing, tuple[float, float, float], tuple[float, float, float]]:
+    """The processor of `preprocessor_config.json` (`pre`; None: the family's default), and the graph's
+    mean and std with its rescale factor folded in: (x r - m) / s = (x / 255 - m / (255 r)) / (s / (255 r)).
+
+    Every key the processor reads is taken as transformers reads it; a key the file leaves out gets the
+    processor class's own default. `crop_pct` is read by none of these classes (ConvNeXt's is another
+    processor), so it is ignored as transformers ignores it here."""
     if pre is None:
-        return image_size, mean, std
-    if pre.get("do_center_crop", False) and isinstance(pre.get("crop_size"), dict | int):
-        size = _square(pre["crop_size"], "crop_size")
-    elif isinstance(pre.get("size"), dict | int):
-        size = _square(pre["size"], "size")
+        source, pre = family_default(family, image_size)
     else:
-        size = image_size
-    if pre.get("do_normalize", True):
-        mean = _triple(pre.get("image_mean", mean), "image_mean")
-        std = _triple(pre.get("image_std", std), "image_std")
-    else:
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
-    k = 255.0 * rescale
-    return size, tuple(m / k for m in mean), tuple(s / k for s in std)  # type: ignore[return-value]
+        source = PREPROCESSOR_FILE
+    kind = str(
+        pre.get("image_processor_type") or pre.get("feature_extractor_type") or FAMILY_PROCESSOR[family]
+    )
+    kind = kind.removesuffix("Fast").removesuffix("Pil").replace("FeatureExtractor", "ImageProcessor")
+    if kind not in PROCESSOR_CLASSES:
+        raise HFImportError(
+            f"{PREPROCESSOR_FILE} names the processor {kind!r}; supported: {sorted(PROCESSOR_CLASSES)}"
+        )
+    square, size, resample, crop, crop_size, mean, std, rgb = PROCESSOR_CLASSES[kind]
+    if not _flag(pre, "do_resize", True):
+        raise HFImportError(f"{PREPROCESSOR_FILE} do_resize false is not supported (the graph has one size)")
+    resize, dims = _size(pre.get("size", size), square)
+    crop_hw = _crop(pre.get("crop_size", crop_size)) if _flag(pre, "do_center_crop", crop) else None
+    code = pre.get("resample", resample)
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < len(RESAMPLE_FILTERS):
+        raise HFImportError(f"{PREPROCESSOR_FILE} resample {code!r} must be one of PIL's filters 0..5")
+    rescale = (
+        _number(pre.get("rescale_factor", 1 / 255), "rescale_factor")
+        if _flag(pre, "do_rescale", True)
+        else None
+    )
+    normalise = _flag(pre, "do_normalize", True)
+    m = _triple(pre.get("image_mean", mean), "image_mean") if normalise else None
+    sd = _triple(pre.get("image_std", std), "image_std") if normalise else None
+    ignored = [key for key in ("crop_pct",) if key in pre]
+    processing = ImageProcessing(
+        resize=resize,
+        size=dims,
+        resample=RESAMPLE_FILTERS[code],
+        crop=crop_hw,
+        convert_rgb=_flag(pre, "do_convert_rgb", rgb),
+        rescale_factor=rescale,
+        mean=m,
+        std=sd,
+        source=f"{source} ({kind})"
+        + (f"; {', '.join(ignored)} ignored, as {kind} ignores it" if ignored else ""),
+    )
+    out = processing.output_size
+    if out is None or out[0] != out[1]:
+        raise HFImportError(
+            f"{PREPROCESSOR_FILE}: the processor's images are {'not of one size' if out is None else out} "
+            "(size and crop_size), not a square of one size the graph can take"
+        )
+    if crop_hw is not None and resize == "squash" and (dims[0] < crop_hw[0] or dims[1] < crop_hw[1]):
+        raise HFImportError(f"{PREPROCESSOR_FILE} crop_size {crop_hw} is larger than size {dims}")
+    k = 255.0 * (rescale if rescale is not None else 1.0)
+    gm, gs = (m, sd) if m is not None and sd is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return processing, tuple(x / k for x in gm), tuple(x / k for x in gs)  # type: ignore[return-value]
 
 
-def _square(size: Any, what: str) -> int:
-    if isinstance(size, int):
-        return size
-    if "shortest_edge" in size:
-        return int(size["shortest_edge"])
-    if size.get("height") != size.get("width") or not isinstance(size.get("height"), int):
-        raise HFImportError(f"preprocessor_config.json {what} {size} is not a square (not supported)")
-    return int(size["height"])
+def _flag(pre: dict[str, Any], key: str, default: bool) -> bool:
+    value = pre.get(key, default)
+    if value is None:  # transformers reads a null flag as off
+        return False
+    if not isinstance(value, bool):
+        raise HFImportError(f"{PREPROCESSOR_FILE} {key} must be true or false, got {value!r}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise HFImportError(f"{PREPROCESSOR_FILE} {what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _size(size: Any, square: bool) -> tuple[str, tuple[int, ...]]:
+    """("squash", (h, w)) or ("shortest_edge", (s,)) of a processor's `size`, as get_size_dict reads it
+    (an int is a square for ViT, DeiT and BEiT processors, the shorter side for Bit and VideoMAE's)."""
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return ("squash", (size, size)) if square else ("shortest_edge", (size,))
+    if isinstance(size, dict):
+        if set(size) == {"height", "width"} and all(_positive(v) for v in size.values()):
+            return "squash", (int(size["height"]), int(size["width"]))
+        if set(size) == {"shortest_edge"} and _positive(size["shortest_edge"]):
+            return "shortest_edge", (int(size["shortest_edge"]),)
+    raise HFImportError(
+        f"{PREPROCESSOR_FILE} size {size!r} is not supported: an int, {{height, width}} or {{shortest_edge}}"
+    )
+
+
+def _crop(size: Any) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return (size, size)
+    if (
+        isinstance(size, dict)
+        and set(size) == {"height", "width"}
+        and all(_positive(v) for v in size.values())
+    ):
+        return (int(size["height"]), int(size["width"]))
+    raise HFImportError(f"{PREPROCESSOR_FILE} crop_size {size!r} must be an int or {{height, width}}")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _triple(value: Any, what: str) -> tuple[float, float, float]:
@@ -548,7 +677,7 @@ def import_hf(checkpoint: str | os.PathLike[str], clip_seconds: float = 2.0) -> 
         "architectures": folder.config.get("architectures"),
         "imported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model_checkpoint": {"file": WEIGHTS_FILE, "sha256": sha256_file(folder.path / WEIGHTS_FILE)},
-        "preprocessing": PREPROCESSOR_FILE if folder.preprocessor is not None else "processor defaults",
+        "preprocessing": preprocessing_of(p.config),
         "licence": "see the model card of the source (not recorded in the folder)",
     }
     servable = build_servable(p.config, labels, tokenizer_kind="random", provenance=provenance)
@@ -566,6 +695,33 @@ def import_hf(checkpoint: str | os.PathLike[str], clip_seconds: float = 2.0) -> 
         )
     servable.provenance["dropped_tensors"] = sorted({k.split(".")[0] for k in dropped})
     return servable.eval()
+
+
+def preprocessing_of(config: ModelConfig) -> str:
+    """What the model's input preprocessing follows, in words (the provenance's, and the CLI's line)."""
+    inp = config.input
+    if isinstance(inp, AudioInput):
+        return (
+            f"ASTFeatureExtractor: {inp.num_mel_bins}-bin Kaldi fbank at {inp.sample_rate} Hz, "
+            f"{inp.num_frames} frames (a shorter clip padded with zero frames), "
+            f"mean {inp.mean:g}, std {inp.std:g}"
+        )
+    processing = inp.processing
+    assert processing is not None
+    if processing.resize == "squash":
+        geometry = f"resize to {processing.size[0]} x {processing.size[1]}"
+    else:
+        geometry = f"resize the shorter side to {processing.size[0]}"
+    geometry += f" ({processing.resample})"
+    if processing.crop is not None:
+        geometry += f", centre crop {processing.crop[0]} x {processing.crop[1]}"
+    if processing.convert_rgb:
+        geometry += ", transparency over white"
+    if isinstance(inp, VideoInput):
+        geometry += (
+            f"; {inp.num_frames} frames per {inp.clip_seconds:g} s clip, frame i * n // {inp.num_frames}"
+        )
+    return f"{processing.source}: {geometry}"
 
 
 def write_import(

@@ -3,8 +3,10 @@
 Audio and video are cut into the model's windows by bridle_model/windowing.py under a `WindowPolicy`
 (the service's and the batch job's settings): a short clip is one window, a longer one full windows
 whose last ends at the clip's end; video into clips of the manifest's `window_seconds` (the model's
-`clip_seconds`), each sampled to T frames. Images are one window. Decoding
-errors are `bridle_model.decoding.MediaError`s; the front end reports them.
+`clip_seconds`), each sampled to T frames. Images are one window. An imported model's processor,
+recorded in the manifest's input (`processing`, `frame_sampling`, `pad`), decides its geometry, frame
+choice and padding; manifests without these fields decode as before. Decoding errors are
+`bridle_model.decoding.MediaError`s; the front end reports them.
 """
 
 from __future__ import annotations
@@ -57,16 +59,26 @@ def to_windows(
     shape = [int(d) for d in spec.shape[1:]]
     if manifest.modality == "audio":
         wave = decode_audio(data, spec.sample_rate, max_seconds=limits.max_audio_seconds)  # (samples,)
-        windows, spans = audio_windows(wave, shape[0], spec.sample_rate, policy)  # (W, samples)
+        windows, spans = audio_windows(
+            wave, shape[0], spec.sample_rate, policy, pad=spec.pad or "waveform"
+        )  # (W, samples)
         return Windows(windows, spans, len(wave) / spec.sample_rate)
     if manifest.modality == "image":
-        image = decode_image(data, int(spec.image_size or shape[-1]), max_pixels=limits.max_image_pixels)
+        image = decode_image(
+            data,
+            int(spec.image_size or shape[-1]),
+            max_pixels=limits.max_image_pixels,
+            processing=spec.processing,
+        )
         return Windows(image[None], [(None, None)], None)  # (1, 3, S, S)
     video = decode_video(
         data,
         int(spec.image_size or shape[-1]),
         max_seconds=limits.max_video_seconds,
         max_pixels=limits.max_image_pixels,
+        processing=spec.processing,
     )
-    clips, spans = video_windows(video, shape[0], spec.window_seconds, policy)  # (W, T, 3, S, S)
+    clips, spans = video_windows(
+        video, shape[0], spec.window_seconds, policy, rule=spec.frame_sampling or "nearest"
+    )  # (W, T, 3, S, S)
     return Windows(clips, spans, video.duration)
