@@ -212,6 +212,64 @@ class Models(Answer):
     models: list[ModelInfo]
 
 
+# ---- the OpenAI embeddings API (service/routes/openai_api.py) -------------------------------------
+
+
+class EmbeddingsRequest(BaseModel):
+    """The body of `POST /v1/embeddings` (other fields the OpenAI API defines, such as `user`, are
+    accepted and ignored)."""
+
+    model: str = Field(description="a served model's name (GET /v1/models)")
+    input: str | list[str] = Field(
+        description="a data URL (data:audio/wav;base64,...) or plain base64 media, or a list of them"
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each embedding as its little-endian float32 bytes, base64"
+    )
+    dimensions: int | None = Field(None, description="refused unless it is the model's embedding size")
+
+
+class EmbeddingItem(Answer):
+    object: Literal["embedding"]
+    index: int = Field(description="the input's index")
+    embedding: list[float] | str = Field(description="(D,) numbers, or base64 little-endian float32")
+
+
+class Usage(Answer):
+    prompt_tokens: int = Field(description="the patches the model read: windows x patches per window")
+    total_tokens: int
+
+
+class EmbeddingsResponse(Answer):
+    object: Literal["list"]
+    data: list[EmbeddingItem] = Field(description="one per input, in order")
+    model: str
+    usage: Usage
+
+
+class ModelCard(Answer):
+    id: str
+    object: Literal["model"]
+    created: int = Field(description="Unix time of the model directory's manifest")
+    owned_by: str
+
+
+class ModelList(Answer):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class OpenAIErrorDetail(Answer):
+    message: str
+    type: str = Field(description="invalid_request_error (4xx) or server_error (5xx)")
+    param: str | None = Field(description="the request field at fault: model, input[3], dimensions...")
+    code: str = Field(description="the service's code: unknown_model, bad_data_url, corrupt, too_large...")
+
+
+class OpenAIErrorBody(Answer):
+    error: OpenAIErrorDetail
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of a route's errors: each status with its meaning (service/errors.py) and
     the error body. Listing 422 here also replaces FastAPI's own validation-error schema, which the

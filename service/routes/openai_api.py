@@ -31,7 +31,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import orjson
@@ -39,7 +39,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 
@@ -51,68 +51,13 @@ from service.infer import Embedding
 from service.media import Upload
 from service.routes.admission import admitted, not_admitted
 from service.routes.deps import State, require_key, uploads_of
-
-# ---- the vocabulary ---------------------------------------------------------------------------------
-
-
-class EmbeddingsRequest(BaseModel):
-    """The body of `POST /v1/embeddings` (other fields the OpenAI API defines, such as `user`, are
-    accepted and ignored)."""
-
-    model: str = Field(description="a served model's name (GET /v1/models)")
-    input: str | list[str] = Field(
-        description="a data URL (data:audio/wav;base64,...) or plain base64 media, or a list of them"
-    )
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="base64: each embedding as its little-endian float32 bytes, base64"
-    )
-    dimensions: int | None = Field(None, description="refused unless it is the model's embedding size")
-
-
-class OpenAIAnswer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EmbeddingItem(OpenAIAnswer):
-    object: Literal["embedding"]
-    index: int = Field(description="the input's index")
-    embedding: list[float] | str = Field(description="(D,) numbers, or base64 little-endian float32")
-
-
-class Usage(OpenAIAnswer):
-    prompt_tokens: int = Field(description="the patches the model read: windows x patches per window")
-    total_tokens: int
-
-
-class EmbeddingsResponse(OpenAIAnswer):
-    object: Literal["list"]
-    data: list[EmbeddingItem] = Field(description="one per input, in order")
-    model: str
-    usage: Usage
-
-
-class ModelCard(OpenAIAnswer):
-    id: str
-    object: Literal["model"]
-    created: int = Field(description="Unix time of the model directory's manifest")
-    owned_by: str
-
-
-class ModelList(OpenAIAnswer):
-    object: Literal["list"]
-    data: list[ModelCard]
-
-
-class OpenAIErrorDetail(OpenAIAnswer):
-    message: str
-    type: str = Field(description="invalid_request_error (4xx) or server_error (5xx)")
-    param: str | None = Field(description="the request field at fault: model, input[3], dimensions...")
-    code: str = Field(description="the service's code: unknown_model, bad_data_url, corrupt, too_large...")
-
-
-class OpenAIErrorBody(OpenAIAnswer):
-    error: OpenAIErrorDetail
-
+from service.schemas import (
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    ModelCard,
+    ModelList,
+    OpenAIErrorBody,
+)
 
 # ---- errors in the OpenAI shape ---------------------------------------------------------------------
 
@@ -188,7 +133,9 @@ router = APIRouter(
     prefix="/v1",
     route_class=OpenAIRoute,
     dependencies=[Depends(require_key)],
-    responses={s: {"model": OpenAIErrorBody, "description": STATUSES[s]} for s in (400, 401, 404, 503)},
+    responses={
+        s: {"model": OpenAIErrorBody, "description": STATUSES[s]} for s in (400, 401, 404, 413, 415, 422, 503)
+    },
 )
 
 # the body is read under the upload limit by the route (service/media.py), not parsed by FastAPI, so

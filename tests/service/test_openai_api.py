@@ -21,7 +21,7 @@ from test_hardening import slow_body
 
 from bridle_data.media_files import make_audio
 from bridle_model.manifest import read_manifest
-from service.routes.openai_api import EmbeddingsResponse, ModelList, OpenAIErrorBody
+from service.schemas import EmbeddingsResponse, ModelList, OpenAIErrorBody
 
 MAX_IN_FLIGHT = 4
 MAX_UPLOAD = 2_000_000
