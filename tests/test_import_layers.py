@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = (
-    "bridle_model", "runtime", "service", "batch", "export", "importers", "training", "bridle_data",
+    "bridle", "bridle_model", "runtime", "service", "batch", "export", "importers", "training", "bridle_data",
     "experiments", "bench",
 )  # fmt: skip
 IMPORTS_TESTS = re.compile(r"^\s*(?:from|import)\s+tests(?:\.([\w.]+))?", re.M)
