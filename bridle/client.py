@@ -24,7 +24,8 @@ shows on a terminal (`progress=False` hides it, `True` shows it anywhere).
 (`bridle-batch`, batch/tables.py) from the service's answers.
 
 This module imports nothing of the project's packages: httpx, numpy and tqdm (pyarrow for `--out`,
-Pillow for image arrays), so it installs and runs apart from the server (`pip install "bridle[client]"`).
+Pillow for image arrays), so it installs and runs apart from the server (`pip install ".[client]"` in a
+checkout).
 """
 
 from __future__ import annotations
