@@ -18,7 +18,7 @@ DEV_LOCK   := requirements/dev-$(ORT).txt
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(shell cat pyproject.toml $(SERVE_LOCK) | sha256sum | cut -c1-12)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(shell cat pyproject.toml $(DEV_LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: serve test lock lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak page-screenshots
+.PHONY: serve test lock lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak flood page-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -160,9 +160,17 @@ models-int8: demo-data
 fuzz: $(DEV_STAMP)
 	$(PY) -m bench.fuzz --cases 20000
 
-## soak: 10 minutes at 32 clients, valid and damaged uploads mixed: RSS growth, 5xx count, p99
+## soak: 10 minutes at 32 clients over every media route and bundled model, valid and damaged uploads, the
+## engine SIGKILLed at 40 % and a front end at 70 %: 5xx by code, each outage, front-end RSS from minute 2,
+## what SIGTERM left behind (exit 1 on a missed goal of issue 40)
 soak: $(DEV_STAMP)
 	$(PY) -m bench.soak --seconds 600 --clients 32
+
+## flood: 400 wrk clients on /features and on /embed in turn (2 s time-out, 15 s, 3 runs each): time-outs
+## and refusals per route
+flood: $(DEV_STAMP)
+	@bash scripts/system-deps.sh wrk
+	$(PY) -m bench.flood --runs 3
 
 ## replicate: the small-scale replication of the paper's claims on real speech (FSDD) and scikit-learn's digits,
 ## with controls, 3 seeds and paired differences, into results/replication/ (REPLICATE_BUDGET=reduced: a

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,13 +78,30 @@ def running_server(
     ready_path: str = "/ready",
     ready_timeout_s: float = 120,
     name: str = "the service",
+    log: list[str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start `cmd` (an HTTP server that listens on `port`), wait until `ready_path` answers 200 (within
     `ready_timeout_s`), yield its URL and process; stop it at the end. Its log goes to the parent's
     stderr, so a traceback behind a 500 is seen. It runs in a process group of its own: what it started
     and left behind (LitServe's workers outlive their server) is killed with it, so it cannot load the
-    next measurement."""
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, start_new_session=True)
+    next measurement. With `log`, its stderr lines are also appended there as they come."""
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=None if log is None else subprocess.PIPE,
+        text=log is not None,
+        start_new_session=True,
+    )
+    if log is not None:
+
+        def tee() -> None:
+            for line in proc.stderr:  # type: ignore[union-attr]
+                sys.stderr.write(line)
+                log.append(line)
+
+        threading.Thread(target=tee, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
@@ -112,16 +130,19 @@ def running_server(
 
 @contextmanager
 def running_service(
-    model_dirs: list[str | Path], env: dict[str, str] | None = None, ready_timeout_s: float = 120
+    model_dirs: list[str | Path],
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 120,
+    log: list[str] | None = None,
 ) -> Iterator[Service]:
     """`bridle-serve` over `model_dirs` with `env` added to the environment, ready (within
-    `ready_timeout_s`); stopped at the end."""
+    `ready_timeout_s`); stopped at the end (SIGTERM). With `log`, its stderr lines are collected."""
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "--port", str(port)]
     for d in model_dirs:
         cmd += ["--model-dir", str(d)]
     env = {**os.environ, "BRIDLE_API_KEY": "", **(env or {})}
-    with running_server(cmd, port, env, "/ready", ready_timeout_s) as (url, proc):
+    with running_server(cmd, port, env, "/ready", ready_timeout_s, log=log) as (url, proc):
         yield Service(url, proc)
 
 

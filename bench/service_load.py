@@ -145,8 +145,9 @@ def drive(
     warmup: float = 2.0,
     lua: str = WRK_SCRIPT,
     timeout_s: float = 2.0,
+    path: str = "/embed",
 ) -> LoadResult:
-    """`clients` connections posting `body` to /embed (or where `lua` says) back to back for `seconds`
+    """`clients` connections posting `body` to `path` (or where `lua` says) back to back for `seconds`
     (after a warm-up run); a request unanswered after `timeout_s` counts as an error (wrk's timeout)."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "post.lua"
@@ -163,7 +164,7 @@ def drive(
                 "--latency",
                 "-s",
                 str(script),
-                f"{url}/embed",
+                f"{url}{path}",
             ]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:

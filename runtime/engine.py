@@ -8,7 +8,9 @@ connect talks to a warm engine. Each front end says hello with its shared-memory
 then sends small run and cancel messages (runtime/wire.py); the engine views the request's rows in the
 ring (no copy), submits them to the graph's batcher with everyone else's, writes the outputs back into
 the same slot and answers with their names, shapes and offsets. A front end that goes away has its
-queued work cancelled. SIGTERM, or its parent's death, stops the engine.
+queued work cancelled. SIGTERM, or its parent's death, stops the engine. A spare (`run_engine(spec,
+go=event)`) loads and warms up the same way, then waits for `go` before it listens: it takes over the
+socket the moment the engine before it dies.
 
 A model that does not load exits with `EXIT_BAD_MODELS`, which the supervisor takes as fatal.
 """
@@ -38,6 +40,7 @@ from runtime.slots import ENGINE_GRAPHS, RingSpec, SlotRing, aligned
 
 log = logging.getLogger("bridle.engine")
 EXIT_BAD_MODELS = 2
+TAKEOVER_POLL_S = 0.02  # how often a spare checks whether it must take over
 
 
 # what the caller's metrics give each model graph's batcher, from the batching in force on the device
@@ -187,9 +190,10 @@ class Engine:
             writer.write(wire.encode(answer))
 
 
-async def serve(spec: EngineSpec, hooks: HooksFor | None = None) -> None:
+async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None = None) -> None:
     """Load, warm up, listen; until SIGTERM or the parent's death. `hooks(batch spec)` gives what each
-    batcher reports to (the caller's metrics)."""
+    batcher reports to (the caller's metrics). With `go` (a multiprocessing Event), a spare: loaded and
+    warm, it listens only once `go` is set (the engine before it died)."""
     models = await asyncio.to_thread(load_models, spec.model_dirs, spec.chooser, spec.threads, spec.precision)
     on_gpu = any(m.providers[0] != CPU for m in models.values())
     batching = spec.batching[on_gpu]
@@ -202,6 +206,12 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None) -> None:
     parent = os.getppid()
     try:
         await warm_up(batchers, models, spec.warmup_sizes[on_gpu])
+        if go is not None:
+            log.info("engine spare ready (pid %d): waiting to take over", os.getpid())
+            while not go.is_set():
+                if stop.is_set() or os.getppid() != parent:
+                    return
+                await asyncio.sleep(TAKEOVER_POLL_S)
         if not spec.socket_path.startswith("\0"):  # a file path (not an abstract socket's name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spec.socket_path)  # an engine before this one died and left it
@@ -231,12 +241,13 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def run_engine(spec: EngineSpec, hooks: HooksFor | None = None) -> None:
-    """The engine process's entry point; exits `EXIT_BAD_MODELS` when a model does not load."""
+def run_engine(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None = None) -> None:
+    """The engine process's entry point (a spare's with `go`: `serve`); exits `EXIT_BAD_MODELS` when a
+    model does not load."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(serve(spec, hooks))
+            runner.run(serve(spec, hooks, go))
     except ModelLoadError as e:
         log.error("the engine cannot load the models: %s", e)
         sys.exit(EXIT_BAD_MODELS)

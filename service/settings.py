@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     # the front ends' niceness over the engine's (os.nice): under CPU contention the engine's batches, the
     # work the service is for, run first; parsing, decoding and refusing wait. 0: equal shares
     frontend_nice: int = Field(10, ge=0, le=19)
+    # with front ends: a second engine process kept loaded and warm, which takes over the moment the
+    # engine dies (a restart from scratch is an outage of seconds: spawn, imports, loading, warm-up), then
+    # a new spare starts. It holds a second copy of the models, so unset it is on without an NVIDIA GPU
+    # (the models' memory is the host's) and off with one (a second copy in GPU memory)
+    engine_spare: bool | None = None
     _frontends_defaulted: bool = PrivateAttr(False)  # unset: chosen by `default_frontends`
     access_log: bool = False  # a log line per request (/metrics counts requests either way)
     opentelemetry: bool = False  # FastAPI's OpenTelemetry spans and metrics (with a configured provider)
@@ -131,12 +136,15 @@ class Settings(BaseSettings):
     def _one_process_layout(self) -> Settings:
         if self.frontends and self.workers > 1:
             raise ValueError("set BRIDLE_FRONTENDS (front ends over one engine) or BRIDLE_WORKERS, not both")
-        if self.frontends is None:
-            self._frontends_defaulted = True
+        if self.frontends is None or self.engine_spare is None:
             gpu = (not self.providers or any(p != "CPUExecutionProvider" for p in self.providers)) and (
                 nvidia_gpu_present()
             )
-            self.frontends = 0 if self.workers > 1 else default_frontends(usable_cores(), gpu)
+            if self.frontends is None:
+                self._frontends_defaulted = True
+                self.frontends = 0 if self.workers > 1 else default_frontends(usable_cores(), gpu)
+            if self.engine_spare is None:
+                self.engine_spare = not gpu
         return self
 
     @field_validator("api_key", mode="before")

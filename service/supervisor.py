@@ -10,8 +10,10 @@ creates one shared-memory ring per front end (runtime/slots.py) and starts
   passes windows through its ring.
 
 It restarts a process that dies: the engine (its front ends answer 503 `engine_unavailable` for the work
-it held and are not ready until the new engine is warm), or a front end (on a fresh ring; the old one is
-unlinked). An engine that cannot load the models exits `EXIT_BAD_MODELS`, which stops everything. On
+it held and are not ready until the next engine listens), or a front end (on a fresh ring; the old one is
+unlinked). With `BRIDLE_ENGINE_SPARE` (on without an NVIDIA GPU) a spare engine, started once the engine
+listens, waits loaded and warm: when the engine dies the spare takes over at once, and a new spare starts.
+An engine that cannot load the models exits `EXIT_BAD_MODELS`, which stops everything. On
 SIGTERM / SIGINT the front ends drain (what they accepted finishes), then the engine stops, then the
 rings are unlinked: the supervisor owns every segment, so a killed child leaks none.
 """
@@ -51,7 +53,7 @@ from service.settings import Settings
 
 log = logging.getLogger("bridle.supervisor")
 SPAWN = multiprocessing.get_context("spawn")  # no fork: a child starts clean (no copied threads or sessions)
-RESTART_PAUSE_S = 0.5  # between a death and its restart
+RESTART_PAUSE_S = 0.5  # between a death soon after the start and the restart (a later death: none)
 MAX_PAUSE_S = (
     30.0  # a process that keeps dying soon after its start waits twice as long each time, up to this
 )
@@ -128,12 +130,12 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
     server.run(sockets=[sock])
 
 
-def _engine_main(spec: EngineSpec) -> None:
+def _engine_main(spec: EngineSpec, go: Any | None = None) -> None:
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
     parent = os.getppid()
     metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
     try:
-        run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size))
+        run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size), go)
     finally:
         if os.getppid() != parent:  # the supervisor was killed: no one else removes its folder
             shutil.rmtree(Path(spec.socket_path).parent, ignore_errors=True)
@@ -169,6 +171,8 @@ class Supervisor:
         metrics_folder.mkdir()
         os.environ.setdefault(MULTIPROCESS_ENV, str(metrics_folder))
         self.engine: BaseProcess | None = None
+        self.spare: BaseProcess | None = None  # BRIDLE_ENGINE_SPARE: loaded, warm, waiting for `spare_go`
+        self.spare_go: Any = None
         self.front_ends: list[_FrontEnd] = []
         self.rings_made = 0
         self.signals = 0
@@ -180,6 +184,45 @@ class Supervisor:
         self.engine.start()
         self.started["engine"] = time.monotonic()
         log.info("engine started (pid %d)", self.engine.pid)
+
+    def _start_spare(self) -> None:
+        self.spare_go = SPAWN.Event()
+        self.spare = SPAWN.Process(target=_engine_main, args=(self.spec, self.spare_go), name="bridle-spare")
+        self.spare.start()
+        self.started["spare"] = time.monotonic()
+        log.info("engine spare started (pid %d)", self.spare.pid)
+
+    def _engine_died(self) -> None:
+        """The spare takes over if there is one, else a new engine starts."""
+        assert self.engine is not None
+        code = self.engine.exitcode
+        if code == EXIT_BAD_MODELS:
+            raise ModelLoadError("the engine process could not load the models (its log above says why)")
+        log.warning("the engine (pid %s) exited with %s: restarting it", self.engine.pid, code)
+        _forget_metrics_of(self.engine.pid)
+        if self.spare is not None and self.spare.is_alive():
+            self.spare_go.set()
+            self.engine, self.spare = self.spare, None
+            self.started["engine"] = self.started["spare"]
+            log.info("engine started (pid %d, the spare taking over)", self.engine.pid)
+            return
+        self._pause("engine")
+        self._start_engine()
+
+    def _keep_a_spare(self) -> None:
+        """A spare once the engine listens (not beside its first start: they would share the CPU), and
+        again after the spare died or took over."""
+        if not self.settings.engine_spare or (self.spare is not None and self.spare.is_alive()):
+            return
+        if self.spare is not None:  # it died while waiting
+            if self.spare.exitcode == EXIT_BAD_MODELS:
+                raise ModelLoadError("the spare engine could not load the models (its log above says why)")
+            log.warning("the engine spare (pid %s) exited with %s", self.spare.pid, self.spare.exitcode)
+            _forget_metrics_of(self.spare.pid)
+            self.spare = None
+            self._pause("spare")
+        if os.path.exists(self.spec.socket_path) and not self.signals:
+            self._start_spare()
 
     def _start_front_end(self, index: int) -> _FrontEnd:
         self.rings_made += 1
@@ -223,19 +266,13 @@ class Supervisor:
     def _watch(self) -> None:
         while not self.signals:
             assert self.engine is not None
-            wait([self.engine.sentinel, *(f.process.sentinel for f in self.front_ends)], timeout=0.2)
+            spare = [self.spare.sentinel] if self.spare is not None else []
+            wait([self.engine.sentinel, *spare, *(f.process.sentinel for f in self.front_ends)], timeout=0.2)
             if self.signals:
                 return
             if not self.engine.is_alive():
-                code = self.engine.exitcode
-                if code == EXIT_BAD_MODELS:
-                    raise ModelLoadError(
-                        "the engine process could not load the models (its log above says why)"
-                    )
-                log.warning("the engine (pid %s) exited with %s: restarting it", self.engine.pid, code)
-                _forget_metrics_of(self.engine.pid)
-                self._pause("engine")
-                self._start_engine()
+                self._engine_died()
+            self._keep_a_spare()
             for i, f in enumerate(self.front_ends):
                 if not f.process.is_alive():
                     log.warning(
@@ -251,10 +288,14 @@ class Supervisor:
                     self.front_ends[i] = self._start_front_end(f.index)
 
     def _pause(self, role: str) -> None:
-        """Wait before restarting `role`: `RESTART_PAUSE_S`, doubled (up to `MAX_PAUSE_S`) each time it
-        died soon after its start, so a process that cannot run does not spin."""
+        """Wait before restarting `role`: not at all after a death long after its start (every moment
+        of the restart is an outage); `RESTART_PAUSE_S` after one soon after it, doubled (up to
+        `MAX_PAUSE_S`) each time it died soon again, so a process that cannot run does not spin."""
         soon = time.monotonic() - self.started[role] < SOON_S
-        pause = min(MAX_PAUSE_S, 2 * self.pauses.get(role, RESTART_PAUSE_S / 2)) if soon else RESTART_PAUSE_S
+        if not soon:
+            self.pauses.pop(role, None)
+            return
+        pause = min(MAX_PAUSE_S, 2 * self.pauses.get(role, RESTART_PAUSE_S / 2))
         self.pauses[role] = pause
         until = time.monotonic() + pause
         while not self.signals and time.monotonic() < until:  # a signal ends the pause
@@ -272,12 +313,13 @@ class Supervisor:
             if f.process.is_alive():
                 f.process.kill()
                 f.process.join()
-        if self.engine is not None and self.engine.is_alive():
-            self.engine.terminate()
-            self.engine.join(STOP_GRACE_S)
-            if self.engine.is_alive():
-                self.engine.kill()
-                self.engine.join()
+        for engine in (self.spare, self.engine):
+            if engine is not None and engine.is_alive():
+                engine.terminate()
+                engine.join(STOP_GRACE_S)
+                if engine.is_alive():
+                    engine.kill()
+                    engine.join()
         for f in self.front_ends:
             f.ring.unlink()
             f.ring.close()

@@ -101,6 +101,7 @@ def served(model_root: Path) -> Iterator[Served]:
         MAX_WAIT_MS="20000",
         REQUEST_TIMEOUT_S="60",
         CONCURRENT_RUNS="1",
+        ENGINE_SPARE="false",  # a killed engine is restarted from scratch (the spare's test is its own)
     )
     try:
         wait_ready(s)
@@ -227,6 +228,46 @@ def test_a_killed_engine_fails_its_work_at_once_and_comes_back(served: Served, m
     assert served.rings() == rings  # the rings outlive the engine; the dead engine left none
 
 
+def wait_for_log(served: Served, text: str, count: int = 1, within: float = READY_WITHIN_S) -> None:
+    deadline = time.monotonic() + within
+    while sum(text in line for line in list(served.log)) < count:
+        assert served.proc.poll() is None, "".join(served.log)
+        assert time.monotonic() < deadline, f"no {count} x {text!r} in {within} s:\n{''.join(served.log)}"
+        time.sleep(0.1)
+
+
+TAKEOVER_S = 3.0  # issue 40's goal for an engine outage
+
+
+def test_a_killed_engine_is_replaced_by_the_warm_spare_at_once(model_root: Path, media_files) -> None:
+    """BRIDLE_ENGINE_SPARE: a second engine waits loaded and warm; SIGKILL the engine and the spare takes
+    over its socket, the front ends are ready again within TAKEOVER_S, a new spare starts, and SIGTERM
+    stops all of them and leaves no shared memory."""
+    s = start(model_root / "audio", ENGINE_SPARE="true")
+    try:
+        wait_ready(s)
+        wait_for_log(s, "engine spare ready")
+        (engine,) = s.pids("engine")
+        (spare,) = s.pids("engine spare")
+        rings = s.rings()
+        gone = sum("the engine is gone" in line for line in list(s.log))
+        os.kill(engine, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for_log(s, "the engine is gone", count=gone + 2)  # both front ends saw it die
+        seen = wait_ready(s, within=READY_WITHIN_S)
+        back_in = time.monotonic() - killed
+        assert back_in < TAKEOVER_S, (back_in, seen)
+        assert s.pids("engine")[-1] == spare  # "engine started (pid N, the spare taking over)"
+        r = embed(s.url, [media_files["wav"]] * 4)
+        assert r.status_code == 200, r.text
+        wait_for_log(s, "engine spare started", count=2)
+        assert s.rings() == rings
+    finally:
+        assert stop(s) == 0, "".join(s.log)
+    assert not s.rings()
+    assert not any(_alive(pid) for pid in [*s.pids("engine"), *s.pids("engine spare")])
+
+
 def test_a_killed_front_end_leaves_the_other_serving_and_is_restarted(served: Served, media_files) -> None:
     wav = media_files["wav"]
     wait_ready(served)
@@ -272,7 +313,13 @@ def test_a_killed_supervisor_leaves_nothing_behind(model_root: Path) -> None:
         wait_ready(s)
         (folder,) = set(Path(tempfile.gettempdir()).glob("bridle-engine-*")) - before
         assert (folder / "engine.sock").exists() and any((folder / "metrics").iterdir())
-        children = [*s.pids("engine"), *s.pids("front end 0"), *s.pids("front end 1")]
+        wait_for_log(s, "engine spare ready")
+        children = [
+            *s.pids("engine"),
+            *s.pids("engine spare"),
+            *s.pids("front end 0"),
+            *s.pids("front end 1"),
+        ]
         rings = s.rings()
         assert rings
         s.proc.kill()
@@ -296,17 +343,20 @@ def short_tmp() -> Iterator[Path]:
 
 
 def test_a_tree_killed_whole_leaves_a_folder_that_the_next_start_removes(
-    model_root: Path, short_tmp: Path
+    model_root: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGKILL to the supervisor, the engine and the front ends at once (a container's kill, the OOM
     killer): nothing is left to remove the folder, so the next bridle-serve, with the same temporary
     folder, removes it at its start because no live process owns it, and keeps its own."""
     tmp_path = short_tmp
-    first = start(model_root / "audio", TMPDIR=str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the servers' temporary folder
+    first = start(model_root / "audio")
     try:
         wait_ready(first)
+        wait_for_log(first, "engine spare ready")
         (left,) = tmp_path.glob("bridle-engine-*")
-        tree = [first.proc.pid, *first.pids("engine"), *first.pids("front end 0"), *first.pids("front end 1")]
+        roles = ("engine", "engine spare", "front end 0", "front end 1")
+        tree = [first.proc.pid, *(pid for role in roles for pid in first.pids(role))]
         for pid in tree:
             os.kill(pid, signal.SIGKILL)
         first.proc.wait()
@@ -317,7 +367,7 @@ def test_a_tree_killed_whole_leaves_a_folder_that_the_next_start_removes(
         assert left.is_dir() and (left / "engine.sock").exists()
     finally:
         stop(first)
-    second = start(model_root / "audio", TMPDIR=str(tmp_path))
+    second = start(model_root / "audio")
     try:
         wait_ready(second)
         assert not left.exists(), "".join(second.log)
