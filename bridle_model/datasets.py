@@ -140,9 +140,9 @@ def cifar10_entries(root: Path | str, split: str) -> list[Entry]:
     if split == "test":
         return _cifar10_part(root, "test")
     everything = _cifar10_part(root, "train")
-    val = set(validation_indices([e.label for e in everything]))
     if split == "train-all":
         return everything
+    val = set(validation_indices([e.label for e in everything]))
     keep = (lambda i: i in val) if split == "val" else (lambda i: i not in val)
     return [e for i, e in enumerate(everything) if keep(i)]
 
