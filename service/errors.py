@@ -68,32 +68,36 @@ def error_response(
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Reshape FastAPI's own errors (validation, 404, 405) into the service's JSON form."""
-
-    @app.exception_handler(ServiceError)
-    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-    @app.exception_handler(MediaError)
-    async def _media(_: Request, exc: MediaError) -> JSONResponse:
-        err = from_media_error(exc)
-        return error_response(err.status, err.code, err.message)
-
-    @app.exception_handler(EngineError)
-    async def _engine(_: Request, exc: EngineError) -> JSONResponse:
-        err = from_engine_error(exc)
-        return error_response(err.status, err.code, err.message, err.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+def as_service_error(exc: Exception) -> ServiceError | None:
+    """What the service answers for `exc`: its ServiceError, a media or engine error's, FastAPI's own
+    errors (validation 422, 404, 405) reshaped; None for an unexpected failure (a 500, with the request
+    id: service/middleware.py). One place for the app's handlers and the OpenAI routes' (which answer
+    in OpenAI's shape: service/routes/openai_api.py)."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, MediaError):
+        return from_media_error(exc)
+    if isinstance(exc, EngineError):
+        return from_engine_error(exc)
+    if isinstance(exc, RequestValidationError):
         parts = []
         for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body"))
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "body", "path"))
             parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else str(e.get("msg", "invalid")))
-        return error_response(422, "invalid_parameter", "; ".join(parts) or "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ServiceError(422, "invalid_parameter", "; ".join(parts) or "invalid request")
+    if isinstance(exc, StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        return ServiceError(exc.status_code, code, str(exc.detail), dict(getattr(exc, "headers", None) or {}))
+    return None
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Answer the service's errors, and reshape FastAPI's own (validation, 404, 405), as JSON."""
+
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        err = as_service_error(exc)
+        assert err is not None  # registered only for the types as_service_error knows
+        return error_response(err.status, err.code, err.message, err.headers or None)
+
+    for kind in (ServiceError, MediaError, EngineError, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(kind, handle)

@@ -41,12 +41,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
-from starlette.exceptions import HTTPException
 
 from bridle_model.decoding import MediaError, sniff_modality
-from runtime.errors import EngineError
 from runtime.models import LoadedModel
-from service.errors import STATUSES, ServiceError, from_engine_error, from_media_error
+from service.errors import STATUSES, ServiceError, as_service_error, from_media_error
 from service.infer import Embedding
 from service.media import Upload
 from service.routes.admission import admitted, not_admitted
@@ -73,10 +71,12 @@ class OpenAIError(ServiceError):
 INPUT_PREFIX = re.compile(r"(input\[\d+\]): ")  # how a message about one input begins
 
 
-def openai_error(err: ServiceError) -> JSONResponse:
-    param = getattr(err, "param", None)
+def openai_error(err: ServiceError, param: str | None = None) -> JSONResponse:
+    """`err` in OpenAI's shape; `param` the request field at fault, else the OpenAIError's, else the
+    input a decoding error's message names (the upload's filename is its input's index)."""
+    param = param or getattr(err, "param", None)
     if param is None and (m := INPUT_PREFIX.match(err.message)):
-        param = m.group(1)  # an error from decoding, where the upload's filename is its input's index
+        param = m.group(1)
     body = {
         "error": {
             "message": err.message,
@@ -86,29 +86,6 @@ def openai_error(err: ServiceError) -> JSONResponse:
         }
     }
     return JSONResponse(body, status_code=err.status, headers=err.headers or None)
-
-
-def _as_service_error(exc: Exception) -> ServiceError | None:
-    """The service's view of what a route or its dependencies raised (as service/errors.py's handlers
-    see it); None for an unexpected failure, left to the request-id middleware's 500."""
-    if isinstance(exc, ServiceError):
-        return exc
-    if isinstance(exc, MediaError):
-        return from_media_error(exc)
-    if isinstance(exc, EngineError):
-        return from_engine_error(exc)
-    if isinstance(exc, RequestValidationError):
-        parts = [".".join(str(x) for x in e.get("loc", ()) if x != "path") for e in exc.errors()]
-        message = "; ".join(
-            f"{p}: {e.get('msg', 'invalid')}" for p, e in zip(parts, exc.errors(), strict=True)
-        )
-        return OpenAIError(
-            422, "invalid_parameter", message or "invalid request", parts[0] if parts else None
-        )
-    if isinstance(exc, HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ServiceError(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
-    return None
 
 
 class OpenAIRoute(APIRoute):
@@ -121,10 +98,13 @@ class OpenAIRoute(APIRoute):
             try:
                 return await handler(request)
             except Exception as exc:
-                err = _as_service_error(exc)
-                if err is None:
+                err = as_service_error(exc)
+                if err is None:  # unexpected: the request-id middleware's 500
                     raise
-                return openai_error(err)
+                param = None
+                if isinstance(exc, RequestValidationError) and exc.errors():
+                    param = _param(tuple(x for x in exc.errors()[0]["loc"] if x not in ("query", "path")))
+                return openai_error(err, param)
 
         return handle
 
