@@ -7,7 +7,8 @@ the official `openai` client sends (`{"model", "input": "data:<type>;base64,..."
 "base64"}`). Each request carries one input, so requests per second are inputs per second. The two routes
 take turns, `--rounds` times per modality (the order swapped every round), in the same server, so they
 share whatever else loads the machine; the ratio is the median of the rounds' ratios (goal >= 0.9).
-Beside it, the service's CPU time per input (its whole process tree: supervisor, front ends, engine),
+First it checks that both routes give this server's same vector (cosine >= 0.9999) for each file.
+Beside the ratio, the service's CPU time per input (its whole process tree: supervisor, front ends, engine),
 which a loaded machine disturbs less than the throughput: /v1/embeddings over /embed, lower is cheaper.
 """
 
@@ -22,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
+import httpx
+import numpy as np
 import typer
 
 from bench.serve import BUNDLED, cpu_seconds, running_service
@@ -57,6 +60,17 @@ def openai_body(model: str, data: bytes, content_type: str) -> bytes:
     return json.dumps({"model": model, "input": [url], "encoding_format": "base64"}).encode()
 
 
+def check_same_vectors(url: str, model: str, data: bytes, content_type: str) -> None:
+    """Both routes give the same clip embedding in this server (its front ends and engine), or stop."""
+    embed = httpx.post(f"{url}/embed", content=data, headers={"Content-Type": content_type}, timeout=60)
+    v1 = httpx.post(f"{url}/v1/embeddings", content=openai_body(model, data, content_type), timeout=60)
+    a = np.array(embed.raise_for_status().json()["results"][0]["embedding"], np.float64)
+    b = np.frombuffer(base64.b64decode(v1.raise_for_status().json()["data"][0]["embedding"]), "<f4")
+    cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    if cosine < 0.9999:
+        raise RuntimeError(f"{model}: /v1/embeddings and /embed differ (cosine {cosine})")
+
+
 def main(
     clients: Annotated[int, typer.Option(help="closed-loop wrk connections")] = 16,
     seconds: Annotated[float, typer.Option(help="seconds per measurement")] = 5,
@@ -79,6 +93,7 @@ def main(
                 "/embed": (data, ctype),
                 "/v1/embeddings": (openai_body(models[modality], data, ctype), "application/json"),
             }
+            check_same_vectors(service.url, models[modality], data, ctype)
             runs: dict[str, list[LoadResult]] = {path: [] for path in bodies}
             cpu: dict[str, list[float]] = {path: [] for path in bodies}  # service CPU seconds per input
             files = {}
