@@ -75,7 +75,9 @@ def main(
     clients: Annotated[int, typer.Option(help="closed-loop wrk connections")] = 16,
     seconds: Annotated[float, typer.Option(help="seconds per measurement")] = 5,
     rounds: Annotated[int, typer.Option(help="turns of each route per modality")] = 6,
-    modalities: Annotated[str, typer.Option(help="comma-separated: audio, image, video")] = "audio,image",
+    modalities: Annotated[
+        str, typer.Option(help="comma-separated: audio, image, video")
+    ] = "audio,image,video",
 ) -> None:
     wrk = shutil.which("wrk")
     if wrk is None:
