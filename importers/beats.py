@@ -4,9 +4,11 @@ An upstream checkpoint is a `torch.save`d dict: `cfg` (the BEATsConfig / Tokeniz
 differ from upstream's defaults), `model` (the state dict) and, for a fine-tuned model, `label_dict`
 (class index -> label name: for AudioSet heads, the class's mid). With AudioSet's
 `class_labels_indices.csv` (importers/audioset.py) the labels become its display names and the mids
-are kept beside them as label ids. It is read with `torch.load(weights_only=True)`, so nothing in it is
-executed; nothing is downloaded. Every key is accounted for: a missing, unknown or mis-shaped tensor, or a
-config value `bridle_model/beats.py` does not implement, stops the import with a message that names it.
+are kept beside them as label ids: head row r is named by the CSV's row for the mid `label_dict[r]`,
+whatever order the CSV and the label_dict each list the classes in. It is read with
+`torch.load(weights_only=True)`, so nothing in it is executed; nothing is downloaded. Every key is
+accounted for: a missing, unknown or mis-shaped tensor, or a config value `bridle_model/beats.py` does not
+implement, stops the import with a message that names it.
 
 Upstream -> bridle_model.beats names (`L` = layer):
 
