@@ -19,6 +19,7 @@ import pytest
 from conftest import API_KEY, Server, run_server
 from test_hardening import slow_body
 
+from bench.serve import BUNDLED, running_service
 from bridle_data.media_files import make_audio
 from bridle_model.manifest import read_manifest
 from service.schemas import EmbeddingsResponse, ModelList, OpenAIErrorBody
@@ -280,3 +281,26 @@ def test_embeddings_share_the_in_flight_bound_with_embed(server: Server, media_f
         assert r.headers["retry-after"]
     assert [r.status_code for r in served] == [200] * MAX_IN_FLIGHT
     assert post(server, body, **{"content-type": "application/json"}).status_code == 200
+
+
+# ---- through front-end processes and the engine -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_front_end_processes_answer_what_embed_answers(media_files) -> None:
+    """`bridle-serve` with BRIDLE_FRONTENDS=2 on the bundled models: the routes run in the front ends
+    (manifests only) and the graphs in the engine process."""
+    with running_service(BUNDLED, {"BRIDLE_FRONTENDS": "2"}) as service:
+        client = openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        names = {m.id for m in client.models.list()}
+        assert names == {"audio-digits", "image-digits", "video-motion"}
+        for model, fmt in (("audio-digits", "wav"), ("image-digits", "png"), ("video-motion", "mp4")):
+            data, ctype = media_files[fmt]
+            r = client.embeddings.create(model=model, input=[data_url(data, ctype)] * 2)
+            want = httpx.post(
+                f"{service.url}/embed", content=data, headers={"content-type": ctype}, timeout=60
+            )
+            assert want.status_code == 200, want.text
+            for item in r.data:
+                assert cosine(item.embedding, want.json()["results"][0]["embedding"]) >= 0.9999
+        client.close()
