@@ -24,7 +24,7 @@ def engine() -> Iterator[Engine]:
     except EngineUnavailable as e:
         pytest.skip(f"no Docker engine can be started here: {e}")
     try:
-        with exclusive():  # what another test process may be making at the same time
+        with exclusive("build"):  # what another test process may be making at the same time
             engine.sweep_projects()
             ensure_base_image(engine)
             hand_in_wheels(engine)

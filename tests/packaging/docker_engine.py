@@ -10,8 +10,10 @@ Several pytest processes (xdist workers, or two test runs on one machine) share 
 - every compose command runs under a project of its own (`project_name()`, passed as
   `COMPOSE_PROJECT_NAME`; `Engine.compose` refuses to run without one), so each test has its own
   containers, networks and volumes, and removes them with `down --volumes`;
-- starting the engine, making the base image, handing in the wheels and building the images happen one
-  process at a time (`exclusive()`, a file lock), since they write what the others read;
+- making the base image, handing in the wheels and building the images happen one process at a time
+  (`exclusive("build")`, a file lock), since they write what the others read; starting and stopping
+  the engine take a lock of their own (`exclusive("engine")`), so that a process done with the engine
+  does not wait for another's build (a long one outlasted pytest's time-out once);
 - an engine started here is stopped by the last process that uses it (`USERS`), not by its starter.
 """
 
@@ -49,10 +51,11 @@ class EngineUnavailable(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive() -> Iterator[None]:
-    """One test process at a time on this machine (a file lock, released if the process dies)."""
+def exclusive(what: str) -> Iterator[None]:
+    """One test process at a time on this machine does `what` ("engine": its start and stop; "build":
+    the base image, the wheels, the builds): a file lock, released if the process dies."""
     SHARED.mkdir(exist_ok=True)
-    with (SHARED / "lock").open("w") as lock:
+    with (SHARED / f"{what}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -101,7 +104,7 @@ class Engine:
         (plugins / "docker-compose").symlink_to(compose_binary())
         engine.env["DOCKER_CONFIG"] = engine._config_dir.name
         engine.env.pop(PROJECT, None)  # each compose call names its own
-        with exclusive():
+        with exclusive("engine"):
             USERS.mkdir(exist_ok=True)
             (USERS / str(os.getpid())).touch()
             if not engine._answers():
@@ -152,7 +155,7 @@ class Engine:
     def stop(self) -> None:
         """This process stops using the engine; the last user stops an engine that a test process
         started (never one that was running before)."""
-        with exclusive():
+        with exclusive("engine"):
             (USERS / str(os.getpid())).unlink(missing_ok=True)
             others = [p for p in USERS.iterdir() if p.name.isdigit() and _alive(int(p.name))]
             if not others and STARTED_PID.exists():
@@ -212,7 +215,7 @@ class Engine:
     def build(self, images: list[str], *compose_args: str, env: dict[str, str] | None = None) -> None:
         """`docker compose ARGS build` (with `env` added to the environment), then removes the images it
         replaced under `images`' tags, so that rebuilds after code changes leave no untagged images behind."""
-        with exclusive():  # one build at a time: parallel builds of one tag race for it
+        with exclusive("build"):  # one build at a time: parallel builds of one tag race for it
             before = {self._image_id(image) for image in images} - {""}
             self.compose(*compose_args, "build", env=env or {PROJECT: project_name()})
             replaced = before - {self._image_id(image) for image in images}

@@ -15,10 +15,14 @@ import pytest
 from tests.packaging.docker_engine import PROJECT, REPO, Engine, project_name
 
 pytestmark = pytest.mark.slow
+BUILD_AND_TRAIN_S = (
+    1200  # a cold build of the training image (torch) and the training, beside a parallel suite
+)
 
 HOST_UID = 12345  # a host user that exists in no image
 
 
+@pytest.mark.timeout(BUILD_AND_TRAIN_S)
 def test_train_service_trains_and_exports_as_the_project_owner(engine: Engine, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
