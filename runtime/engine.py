@@ -40,7 +40,7 @@ from runtime.slots import ENGINE_GRAPHS, RingSpec, SlotRing, aligned
 
 log = logging.getLogger("bridle.engine")
 EXIT_BAD_MODELS = 2
-TAKEOVER_POLL_S = 0.02  # how often a spare checks whether it must take over
+TAKEOVER_CHECK_S = 1.0  # how often a waiting spare checks whether it should stop
 
 
 # what the caller's metrics give each model graph's batcher, from the batching in force on the device
@@ -208,10 +208,11 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
         await warm_up(batchers, models, spec.warmup_sizes[on_gpu])
         if go is not None:
             log.info("engine spare ready (pid %d): waiting to take over", os.getpid())
-            while not go.is_set():
+            # a thread blocks on the event (no polling: the spare idles at ~0 CPU) and wakes the moment
+            # it is set; every TAKEOVER_CHECK_S it looks whether the spare should stop instead
+            while not await asyncio.to_thread(go.wait, TAKEOVER_CHECK_S):
                 if stop.is_set() or os.getppid() != parent:
                     return
-                await asyncio.sleep(TAKEOVER_POLL_S)
         if not spec.socket_path.startswith("\0"):  # a file path (not an abstract socket's name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spec.socket_path)  # an engine before this one died and left it
