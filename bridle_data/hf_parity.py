@@ -20,8 +20,10 @@ The references (`reference_windows`) follow transformers' own ways:
 
 `python -m bridle_data.hf_parity` builds the six families (seeded small random models written by
 transformers, each with its Hub family's processor configuration), imports and exports them, serves them
-(the service app in process, through its ASGI interface), and prints the parity table; the test suite
-(tests/importers/test_hf_parity.py) does the same over real HTTP and asserts it. Needs the `import` extra.
+(the service app in process, through its ASGI interface), and prints the parity table, then the same
+table for the same graphs decoded as before the processor was recorded (`as_before`), the baseline; the
+test suite (tests/importers/test_hf_parity.py) does the same over real HTTP and asserts it. Needs the
+`import` extra.
 """
 
 from __future__ import annotations
@@ -317,6 +319,47 @@ def build(root: Path, families: Iterable[str] = FAMILIES) -> dict[str, tuple[Pat
     return out
 
 
+def as_before(model_dir: Path) -> Callable[[str, Case], dict[str, Any]]:
+    """A stand-in for /classify that decodes as the service did before the processor was recorded (the
+    manifest's `processing`, `frame_sampling` and `pad` left out: shorter side bicubic + crop, nearest
+    frames, short clips centred in silence) and runs the same encoder graph: the baseline row."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from bridle_model.manifest import read_manifest
+    from bridle_model.windowing import clip_scores
+    from runtime.windows import Limits, to_windows
+
+    manifest = read_manifest(model_dir)
+    plain = dataclasses.replace(
+        manifest, input=dataclasses.replace(manifest.input, processing=None, frame_sampling=None, pad=None)
+    )
+    session = ort.InferenceSession(str(model_dir / manifest.encoder.path), providers=["CPUExecutionProvider"])
+    family = "ast" if manifest.classifier.activation == "sigmoid" else "softmax"
+
+    def classify(_name: str, case: Case) -> dict[str, Any]:
+        windows = to_windows(plain, case.data, Limits(600.0, 100_000_000, 600.0))
+        (logits,) = session.run(["logits"], {"signal": windows.signal})
+        probs = _activate(logits, family)  # (W, C)
+
+        def labels(p: np.ndarray) -> list[dict[str, Any]]:
+            return [{"label": name, "score": float(x)} for name, x in zip(manifest.labels, p, strict=True)]
+
+        aggregate = "max" if family == "ast" else "mean"
+        return {
+            "labels": labels(clip_scores(probs, windows.spans, aggregate)),
+            "windows": [
+                {"start": a, "end": b, "labels": labels(p)}
+                for (a, b), p in zip(windows.spans, probs, strict=True)
+            ]
+            if manifest.modality != "image"
+            else None,
+        }
+
+    return classify
+
+
 def main() -> None:
     import json
     import tempfile
@@ -350,7 +393,21 @@ def main() -> None:
                 {f: float(m.input.window_seconds or 0.0) for f, m in manifests.items()},
                 classify,
             )
+            before: list[Row] = []
+            for family in FAMILIES:
+                stand_in = as_before(dirs[family])
+                before += compare(
+                    [family],
+                    {family: built[family][0]},
+                    {family: manifests[family].name},
+                    {family: float(manifests[family].input.window_seconds or 0.0)},
+                    stand_in,
+                )[0]
+    print("served:")
     print(table(rows))
+    print()
+    print("the same files and graphs, decoded as before this change (no processor in the manifest):")
+    print(table(before))
     print()
     for family, answer in samples.items():
         answer = {**answer, "windows": answer.get("windows", [])[:1]}
