@@ -18,7 +18,7 @@ DEV_LOCK   := requirements/dev-$(ORT).txt
 SERVE_STAMP := $(VENV)/.serve-$(ORT)-$(shell cat pyproject.toml $(SERVE_LOCK) | sha256sum | cut -c1-12)
 DEV_STAMP   := $(VENV)/.dev-$(ORT)-$(shell cat pyproject.toml $(DEV_LOCK) | sha256sum | cut -c1-12)
 
-.PHONY: serve test lock lint format demo-data models evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak flood page-screenshots
+.PHONY: serve test lock lint format demo-data models benchmarks models-real evaluate-image evaluate-audio bench bench-service bench-engine bench-batch bench-quantize bench-train bench-hf measure-tokenizer models-int8 replicate clean system-deps fuzz soak flood page-screenshots
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,21 @@ demo-data: $(DEV_STAMP) system-deps
 ## models: retrain and re-export the bundled default models into models/
 models: demo-data
 	bash scripts/build-models.sh
+
+## benchmarks: BRIDLE on UrbanSound8K and CIFAR-10 (the paper's first claim): pretraining per fold/split,
+## a fine-tuning learning-rate sweep, bridle vs random-init vs features at each label fraction and 3 seeds,
+## into results/benchmarks/ (ssl.json, tables.md, plots); resumable, hours on 2 cores. Data from
+## URBANSOUND8K and CIFAR10 (README: "Real data").
+URBANSOUND8K ?= ../shared/data/urbansound8k
+CIFAR10 ?= ../shared/data/cifar10
+benchmarks: $(DEV_STAMP)
+	$(PY) -m experiments.ssl_benchmark run --urbansound8k $(URBANSOUND8K) --cifar10 $(CIFAR10)
+
+## models-real: retrain and re-export the bundled real-data models (audio-urban, image-cifar10) and their
+## gated int8 siblings; `make benchmarks` first reuses nothing, it is independent
+models-real: $(DEV_STAMP)
+	$(PY) -m bridle_data.split_folders cifar10 val data/cifar10-val --root $(CIFAR10) --force
+	URBANSOUND8K=$(URBANSOUND8K) CIFAR10=$(CIFAR10) bash scripts/build-models.sh audio-urban image-cifar10
 
 ## evaluate-image: the bundled image-digits model as served, on held-out fonts (both polarities), scikit-learn's
 ## test split and non-digit images; writes results/image-digits/eval.md (the tables of its model card)

@@ -330,3 +330,68 @@ def test_the_keyboard_reaches_the_file_chooser(page, tmp_path: Path) -> None:
     opened.value.set_files(str(path))
     page.wait_for_function("document.body.dataset.done !== undefined", timeout=60_000)
     assert "model image-digits (image)" in card_text(page)
+
+
+# ---- the real-data models (models/audio-urban, models/image-cifar10) -------------------------------------
+
+URBAN = REPO.parent / "shared" / "data" / "urbansound8k"
+REAL_MODELS = [REPO / "models" / m for m in ("audio-digits", "audio-urban", "image-cifar10")]
+URBAN_CLASSES = {
+    "air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
+    "engine_idling", "gun_shot", "jackhammer", "siren", "street_music",
+}  # fmt: skip
+CIFAR10_CLASSES = {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+
+
+@pytest.fixture(scope="module")
+def real_page(browser) -> Iterator:
+    if not all((m / "manifest.json").is_file() for m in REAL_MODELS):
+        pytest.skip("the real-data models are not in models/")
+    for server in run_server(REAL_MODELS):
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(server.url + "/")
+        page.wait_for_function("document.getElementById('model').options.length > 3")
+        yield page
+        page.close()
+
+
+def urban_street(seconds_each: float = 3.0) -> bytes:
+    """A 16 kHz wav of UrbanSound8K clips in turn (a siren, a dog, a drill, a jackhammer, street music),
+    `seconds_each` of each."""
+    from bridle_model.decoding import decode_audio
+
+    picks = ["siren", "dog_bark", "drilling", "jackhammer", "street_music"]
+    parts = []
+    for label in picks:
+        clip = sorted((URBAN / "fold1" / label).glob("*.flac"))[3]
+        wave_ = decode_audio(clip, 16000)[: int(seconds_each * 16000)]
+        parts.append(np.pad(wave_, (0, int(seconds_each * 16000) - len(wave_))))
+    samples = np.clip(np.concatenate(parts), -1, 1) * 32767
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+@pytest.mark.skipif(not URBAN.is_dir(), reason="UrbanSound8K (../shared/data/urbansound8k)")
+def test_an_urban_recording_gets_a_timeline_of_urban_sounds(real_page) -> None:
+    real_page.locator("#model").select_option("audio-urban")
+    drop(real_page, [("street.wav", urban_street(), "audio/wav")])
+    assert "model audio-urban (audio)" in card_text(real_page)
+    rows = real_page.locator("article svg.timeline text").all_text_contents()
+    heard = {r for r in rows if not r.endswith("s")}
+    assert heard and heard <= URBAN_CLASSES, rows
+    labels = real_page.locator("article ol.bars li").all_inner_texts()
+    assert labels and labels[0].split()[0] in URBAN_CLASSES, labels
+    screenshot(real_page, "urban-timeline")
+
+
+def test_a_photo_gets_the_cifar10_labels(real_page) -> None:
+    real_page.locator("#model").select_option("image-cifar10")
+    photo = (REPO / "docs" / "media" / "chelsea.jpg").read_bytes()  # CC0, scikit-image's "chelsea"
+    drop(real_page, [("chelsea.jpg", photo, "image/jpeg")])
+    assert "model image-cifar10 (image)" in card_text(real_page)
+    labels = real_page.locator("article ol.bars li").all_inner_texts()
+    assert len(labels) == 5 and {label.split()[0] for label in labels} <= CIFAR10_CLASSES, labels
+    screenshot(real_page, "cifar10")
