@@ -210,6 +210,9 @@ def main(
     max_outage: Annotated[float, typer.Option(help="seconds a fault may keep answers failing")] = 3.0,
     faults: Annotated[bool, typer.Option(help="SIGKILL the engine and a front end mid-way")] = True,
     env: Annotated[list[str] | None, typer.Option(help="KEY=VALUE for the server; repeatable")] = None,
+    rss_log: Annotated[
+        Path | None, typer.Option(help="write the RSS samples (seconds, pid, role, MB) to this file")
+    ] = None,
 ) -> None:
     server_env = {"BRIDLE_FRONTENDS": "2"} | dict(item.split("=", 1) for item in env or [])
     files = seed_files()
@@ -255,6 +258,10 @@ def main(
         tree = _tree_pids(service, roles)
         supervisor = service.process.pid
         assert _leftovers(supervisor), "the service's rings and folder are not where the soak looks"
+    if rss_log:
+        rss_log.write_text(
+            "".join(f"{t:.1f} {pid} {role.replace(' ', '_')} {mb:.1f}\n" for t, pid, role, mb in rss)
+        )
     # running_service has sent SIGTERM and waited: the supervisor drained and cleaned up
     time.sleep(1.0)
     left = _leftovers(supervisor)
@@ -336,7 +343,7 @@ def rss_growth(rss, steady: float) -> list[tuple[str, int, float, float, float]]
         if not later or samples[-1][0] < end - 5 or later[-1][0] - later[0][0] < 60:
             continue  # killed, or too short a life to judge
         then, last = later[0][2], later[-1][2]
-        out.append((later[0][1], pid, 100 * (last - then) / then, then, last))
+        out.append((later[-1][1], pid, 100 * (last - then) / then, then, last))  # its role at the end
     return sorted(out)
 
 
@@ -372,7 +379,9 @@ def report(
             f"/ready away from 200 for {o['ready_away_s']:.2f} s"
         )
     for role, pid, growth, then, last in rss_growth(rss, steady):
-        lines.append(f"  RSS {role} (pid {pid}): {then:.0f} MB -> {last:.0f} MB ({growth:+.1f} %)")
+        mid = [mb for t, p, _, mb in rss if p == pid and t >= (steady + seconds) / 2]
+        halfway = f", {mid[0]:.0f} MB half-way" if mid else ""
+        lines.append(f"  RSS {role} (pid {pid}): {then:.0f} MB -> {last:.0f} MB ({growth:+.1f} %{halfway})")
     lines.append(f"  left in /dev/shm and the temporary folder after SIGTERM: {left or 'nothing'}")
     lines.append(f"  processes still running after SIGTERM: {alive or 'none'}")
     return "\n".join(lines)
