@@ -36,7 +36,7 @@ from experiments.benchmarks.report import write_report
 
 log = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
-ROWS, SWEEP = "ssl.json", "lr-sweep.json"
+ROWS, SWEEP, PROBES = "ssl.json", "lr-sweep.json", "probe.json"
 
 
 @dataclass
@@ -126,7 +126,9 @@ def run_jobs(todo: list[Job], results: Results, workers: int) -> None:
         workers, mp_context=context, initializer=jobs.set_threads, initargs=(1,)
     ) as pool:
         while pending or running:
-            for job in [j for j in pending if all(n in done for n in j.needs)][: workers - len(running)]:
+            ready = [j for j in pending if all(n in done for n in j.needs)]
+            ready.sort(key=lambda j: j.fn is not jobs.pretrain)  # pretraining first: the others wait on it
+            for job in ready[: workers - len(running)]:
                 pending.remove(job)
                 args = job.args() if callable(job.args) else job.args
                 running[pool.submit(job.fn, *args)] = job
@@ -170,6 +172,25 @@ def run(
         todo += plan_jobs(BENCHMARKS[name], setup, results, tuple(range(seeds)))
     run_jobs(todo, results, jobs_)
     write_report(out, runs)
+
+
+@app.command()
+def probe(
+    dataset: list[str] = typer.Option(list(BENCHMARKS), help="data sets to probe"),
+    urbansound8k: str = typer.Option("../shared/data/urbansound8k", help="UrbanSound8K's folder"),
+    cifar10: str = typer.Option("../shared/data/cifar10", help="CIFAR-10's folder"),
+    runs: Path = typer.Option(Path("runs/benchmarks"), help="the runs `run` pretrained"),
+    out: Path = typer.Option(Path("results/benchmarks"), help="where probe.json goes"),
+) -> None:
+    """The diagnosis: a linear probe on the frozen pretrained E against the same E at initialisation."""
+    roots = {"urbansound8k": urbansound8k, "cifar10": cifar10}
+    rows = []
+    for name in dataset:
+        for part in BENCHMARKS[name].parts:
+            rows += jobs.probe(name, part.name, jobs.Setup(roots[name], str(runs)))
+            typer.echo(json.dumps(rows[-2:]))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / PROBES, (json.dumps(rows, indent=1) + "\n").encode())
 
 
 @app.command()

@@ -215,3 +215,71 @@ def raw_features(data: MediaDataset, preprocess: nn.Module) -> np.ndarray:
         return np.stack(rows)
     pixels = torch.from_numpy(np.stack(data.arrays()))  # (n, 3, S, S) uint8
     return torch.cat([preprocess(p).flatten(1) for p in pixels.split(1024)]).numpy()
+
+
+# ---- the diagnosis: frozen encoders probed -----------------------------------------------------------------
+
+
+def probe(dataset: str, part_name: str, setup: Setup) -> list[dict[str, Any]]:
+    """Logistic regression on the frozen pooled features of the pretrained E and of the same E at its
+    random initialisation, all labelled training data of the part, scored on its test part: what pretraining
+    put into E before any fine-tuning (audio: each clip's windows' features averaged)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bridle_model.encoder import Encoder
+    from training.state import load_stage
+
+    bench = BENCHMARKS[dataset]
+    part = part_of(bench, part_name)
+    out = part_dir(Path(setup.runs), bench, part) / PRETRAIN
+    ctx = _context(
+        recipe_from_dict(part_recipe(bench, part, setup, out, pretrain_only=True)), (dataset, part.name)
+    )
+    preprocess = build_preprocessor(ctx.config)
+    last = ctx.recipe.stage_name(len(ctx.recipe.stages) - 1)
+    state = load_stage(out / last)
+    assert state is not None and ctx.test_set is not None
+    torch.manual_seed(ctx.recipe.seed)
+    encoders = {"random-init": Encoder(ctx.config), "bridle": Encoder(ctx.config)}
+    encoders["bridle"].load_state_dict(state.weights["encoder"])
+    rows = []
+    for arm, encoder in encoders.items():
+        encoder.eval()
+        x, x_test = (
+            pooled_features(ctx.train_set, preprocess, encoder),
+            pooled_features(ctx.test_set, preprocess, encoder),
+        )
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+        accuracy = float(model.fit(x, ctx.train_set.targets).score(x_test, ctx.test_set.targets))
+        rows.append(
+            {
+                "dataset": dataset,
+                "arm": arm,
+                "probe": "frozen E, logistic regression",
+                "labels": 1.0,
+                "seed": 0,
+                "accuracy": accuracy,
+                "split": part.name,
+                "encoder_from": last,
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def pooled_features(data: MediaDataset, preprocess: nn.Module, encoder: nn.Module) -> np.ndarray:
+    """(n, D): E's pooled features of every example (audio: the mean over the clip's windows)."""
+    if isinstance(data.cfg.input, AudioInput):
+        window, rate = data.cfg.input.window_samples, data.cfg.input.sample_rate
+        return np.stack(
+            [
+                encoder.pooled(preprocess(torch.from_numpy(audio_windows(w, window, rate)[0])))
+                .mean(0)
+                .numpy()
+                for w in data.arrays()
+            ]
+        )
+    pixels = torch.from_numpy(np.stack(data.arrays()))  # (n, 3, S, S) uint8
+    return torch.cat([encoder.pooled(preprocess(p)) for p in pixels.split(512)]).numpy()

@@ -42,7 +42,7 @@ BENCHMARKS = {
             Part("fold2->fold1", {"train_folds": [2], "test_folds": [1]}),
         ),
         fractions=(0.1, 1.0),
-        steps={0.1: 150, 1.0: 300},
+        steps={0.1: 150, 1.0: 200},
         sweep_fraction=0.1,
     ),
     "cifar10": Benchmark(
@@ -50,7 +50,7 @@ BENCHMARKS = {
         recipe="training/recipes/cifar10.yaml",
         parts=(Part("val", {"train_split": "train", "test_split": "val"}),),
         fractions=(0.01, 0.1, 1.0),
-        steps={0.01: 100, 0.1: 200, 1.0: 400},
+        steps={0.01: 100, 0.1: 150, 1.0: 250},
         sweep_fraction=0.01,
     ),
 }

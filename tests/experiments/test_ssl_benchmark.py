@@ -42,6 +42,15 @@ def test_the_benchmark_writes_a_row_per_run_and_resumes(tmp_path: Path) -> None:
     tables = (out / "tables.md").read_text()
     assert "bridle - random-init" in tables and "Two-fold cross-validation" in tables
 
+    probe = ["probe", "--dataset", "urbansound8k", "--urbansound8k", str(root), "--runs", str(runs)]
+    probed = CliRunner().invoke(app, [*probe, "--out", str(out)])
+    assert probed.exit_code == 0, probed.output
+    probes = json.loads((out / "probe.json").read_text())
+    assert sorted((p["split"], p["arm"]) for p in probes) == sorted(
+        (part.name, arm) for part in bench.parts for arm in ("bridle", "random-init")
+    )
+    assert all(0.0 <= p["accuracy"] <= 1.0 for p in probes)
+
     again = CliRunner().invoke(app, args)  # everything is there: nothing runs, nothing is added
     assert again.exit_code == 0, again.output
     assert json.loads((out / "ssl.json").read_text()) == rows
