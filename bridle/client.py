@@ -617,8 +617,9 @@ def embed_to_parquet(
         raise UsageError("no files to embed")
     if not out.parent.is_dir():
         raise UsageError(f"--out: the folder {out.parent} does not exist")
-    manifests = client.models()
-    if model is not None and model not in manifests:
+    manifests = client.models()  # by key: NAME, or NAME@VERSION for a version
+    names = set(manifests) | {key.rpartition("@")[0] for key in manifests if "@" in key}
+    if model is not None and model not in names:
         raise UsageError(f"--model: the service has no model {model!r}; it serves {sorted(manifests)}")
     found = client.embed(files, model, return_exceptions=True)
     failed = [e for e in found if isinstance(e, ClientError)]
@@ -633,7 +634,7 @@ def embed_to_parquet(
             f"the files went to {len(models)} models ({', '.join(models)}): a table holds one model's "
             "windows, so pass --model or embed each model's files apart"
         )
-    name = models[0]
+    name = models[0]  # the key that served: a version's codes and labels come from that version too
     paths = [e.source for e in embedded]
     codes = client.tokenize(paths, name)
     labels = client.classify(paths, name, top_k=top_k) if manifests[name]["labels"] else None

@@ -8,6 +8,11 @@ again only when the engine has answered (or is gone), so the engine never writes
 another part uses. When the connection ends (the engine died) every part in flight fails at once with
 `EngineError("engine_unavailable")` (the service answers 503 + Retry-After), `ready` is False and the
 client reconnects to the restarted engine.
+
+The engine also tells the front end which models it serves, by key, each with the instance id a run
+names it by: in its hello, and in a reload's `prepare` (load the new manifests, answer `prepared`),
+`commit` (switch, answer `committed`) and `abort`. The front end answers `release` once its requests on
+the replaced loads are done (runtime/engine.py). `EngineListener` is what the front end does with each.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +45,23 @@ class EngineLink:
     retry_after_s: int = 1
 
 
+class EngineListener:
+    """What a front end does when the engine tells it of its models (no-ops here)."""
+
+    async def hello(self, models: dict[str, dict[str, Any]]) -> None:
+        """The models the engine serves (at each connection), by key: instance, directory, providers..."""
+
+    async def prepare(self, seq: int, models: dict[str, dict[str, Any]]) -> str | None:
+        """Reload `seq`: ready the new set (its manifests); None, or why it cannot."""
+        return None
+
+    def commit(self, seq: int) -> None:
+        """Reload `seq`: new requests go to the prepared set now."""
+
+    def abort(self, seq: int) -> None:
+        """Reload `seq` failed elsewhere: forget what was prepared."""
+
+
 @dataclass
 class _Part:
     future: asyncio.Future[dict[str, np.ndarray]]
@@ -47,13 +69,13 @@ class _Part:
 
 
 class EngineClient:
-    def __init__(
-        self, link: EngineLink, on_hello: Callable[[dict[str, dict[str, Any]]], None] = lambda models: None
-    ) -> None:
-        """`on_hello` gets the engine's providers per model at each (re)connection."""
+    def __init__(self, link: EngineLink, listener: EngineListener | None = None) -> None:
+        """`listener` hears of the engine's models: at each (re)connection and in each reload."""
         self.link = link
         self.ring = SlotRing.attach(link.ring)
-        self.on_hello = on_hello
+        self.listener = listener or EngineListener()
+        self._reloads: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._free: asyncio.Queue[int] = asyncio.Queue()
         for slot in range(link.ring.slots):
             self._free.put_nowait(slot)
@@ -90,15 +112,19 @@ class EngineClient:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             try:
-                writer.write(wire.encode({"op": "hello", "ring": vars(self.link.ring)}))
+                hello = {"op": "hello", "ring": vars(self.link.ring), "rows": self.link.slot_rows}
+                writer.write(wire.encode(hello))
                 hello = await wire.read(reader)
                 if hello is not None:
-                    self.on_hello(hello["models"])
+                    await self.listener.hello(hello["models"])
                     self._writer = writer
                     self.connected.set()
                     log.info("connected to the engine: %s", sorted(hello["models"]))
                     while (answer := await wire.read(reader)) is not None:
-                        self._answer(answer)
+                        if "op" in answer:
+                            self._control(answer, writer)
+                        else:
+                            self._answer(answer)
                     log.warning("the engine is gone: failing its work in flight, reconnecting")
             finally:
                 self.connected.clear()
@@ -128,8 +154,58 @@ class EngineClient:
         finally:
             self._free.put_nowait(part.slot)
 
+    def _control(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """A reload's messages from the engine."""
+        op = message["op"]
+        if op == "prepare":
+            self._spawn(self._prepare(message["seq"], message["models"], writer))
+        elif op == "commit":
+            self.listener.commit(message["seq"])
+            writer.write(wire.encode({"op": "committed", "seq": message["seq"]}))
+        elif op == "abort":
+            self.listener.abort(message["seq"])
+        elif op == "reloaded":
+            waiting = self._reloads.pop(message["id"], None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result({k: v for k, v in message.items() if k not in ("op", "id")})
+
+    async def _prepare(
+        self, seq: int, models: dict[str, dict[str, Any]], writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            error = await self.listener.prepare(seq, models)
+        except Exception as e:  # the engine must hear of it, or it waits for the answer in vain
+            log.exception("cannot prepare reload %d", seq)
+            error = f"{type(e).__name__}: {e}"
+        if not writer.is_closing():
+            writer.write(wire.encode({"op": "prepared", "seq": seq, "error": error}))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> dict[str, Any]:
+        """Have the engine reload its models (runtime/engine.py `Engine.reload`); its answer."""
+        writer = self._writer
+        if writer is None:
+            raise self._unavailable()
+        request = next(self._ids)
+        answer = self._reloads[request] = asyncio.get_running_loop().create_future()
+        writer.write(wire.encode({"op": "reload", "id": request}))
+        return await answer
+
+    def release(self, seq: int) -> None:
+        """Reload `seq`: this front end's requests on the loads it replaced are done."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(wire.encode({"op": "release", "seq": seq}))
+
     def _fail_all(self) -> None:
         """The engine is gone: every part in flight fails now, and its slot is free (nothing writes it)."""
+        reloads, self._reloads = self._reloads, {}
+        for waiting in reloads.values():
+            if not waiting.done():
+                waiting.set_exception(self._unavailable())
         parts, self._parts = self._parts, {}
         for part in parts.values():
             if not part.future.done():
@@ -181,7 +257,8 @@ class EngineClient:
 
 
 class RemoteBatcher:
-    """One model graph of the engine process, shaped like a `Batcher` for the front end's inference."""
+    """One model graph of the engine process, shaped like a `Batcher` for the front end's inference;
+    `model`: the engine's instance id of the load."""
 
     def __init__(self, client: EngineClient, model: str, graph: str) -> None:
         self.client, self.model, self.graph = client, model, graph

@@ -12,6 +12,15 @@ queued work cancelled. SIGTERM, or its parent's death, stops the engine. A spare
 go=event)`) loads and warms up the same way, then waits for `go` before it listens: it takes over the
 socket the moment the engine before it dies.
 
+Reloads (SIGHUP, or a front end's `{"op": "reload"}` from `POST /admin/reload`): the engine reads the
+model directories again and loads and warms what is new or changed beside what serves
+(runtime/registry.py); it sends every front end `prepare` with the new set (each loads the new
+manifests), then `commit` to all of them at once (each answers `committed`, and the reload answers
+once all have), or `abort` when one failed. Runs name a load by its
+instance id, so requests in flight finish on the old load while new ones reach the new; the old load
+stops once every front end has sent `release` (its requests on it are done). A failed reload keeps what
+serves and answers why. A spare reloads on SIGHUP too.
+
 A model that does not load exits with `EXIT_BAD_MODELS`, which the supervisor takes as fatal.
 """
 
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -34,13 +44,16 @@ import numpy as np
 from runtime import wire
 from runtime.batcher import Batcher, BatcherHooks
 from runtime.errors import EngineError, ModelLoadError
-from runtime.models import LoadedModel, load_models
+from runtime.models import LoadedModel, load_model, load_models
+from runtime.registry import Registry, Staged
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
-from runtime.slots import ENGINE_GRAPHS, RingSpec, SlotRing, aligned
+from runtime.slots import ENGINE_GRAPHS, RingSpec, SlotRing, aligned, slot_bytes
 
 log = logging.getLogger("bridle.engine")
 EXIT_BAD_MODELS = 2
 TAKEOVER_CHECK_S = 1.0  # how often a waiting spare checks whether it should stop
+PREPARE_TIMEOUT_S = 60.0  # a reload: how long the front ends have to load the new manifests
+RELEASE_TIMEOUT_S = 300.0  # a reload: how long a front end's requests may hold the loads it replaced
 
 
 # what the caller's metrics give each model graph's batcher, from the batching in force on the device
@@ -75,10 +88,11 @@ class EngineSpec:
 def start_batchers(
     models: dict[str, LoadedModel], batch: BatchSpec, hooks: Callable[[str, str], Any] | None = None
 ) -> dict[tuple[str, str], Batcher]:
-    """A started batcher per model graph (in the running event loop); `hooks(model, graph)` gives each
-    its `BatcherHooks`."""
+    """A started batcher per model graph (in the running event loop), by (the load's instance id,
+    graph); `hooks(model key, graph)` gives each its `BatcherHooks`."""
     batchers = {}
-    for name, model in models.items():
+    for model in models.values():
+        name = model.key
         for graph in ENGINE_GRAPHS:
             batcher = Batcher(
                 run=lambda signal, outputs, mdl=model, g=graph: mdl.run(g, signal, outputs),
@@ -92,7 +106,7 @@ def start_batchers(
                 concurrent_runs=batch.concurrent_runs,
             )
             batcher.start()
-            batchers[(name, graph)] = batcher
+            batchers[(model.instance, graph)] = batcher
     return batchers
 
 
@@ -100,9 +114,12 @@ async def warm_up(
     batchers: dict[tuple[str, str], Batcher], models: dict[str, LoadedModel], sizes: list[int]
 ) -> None:
     """Every graph runs the batch `sizes` (largest first) on each thread of its batcher, the threads at
-    once: kernels, threads and the memory arena are ready before the first request."""
-    for (name, graph), batcher in batchers.items():
-        model = models[name]
+    once: kernels, threads and the memory arena are ready before the first request. `batchers` are by
+    (instance, graph), as `start_batchers` makes them; `models` hold their loads."""
+    loads = {m.instance: m for m in models.values()}
+    for (instance, graph), batcher in batchers.items():
+        model = loads[instance]
+        name = model.key
         full = model.dummy_batch(max(sizes))  # (max, ...); each size is a view of its first rows
 
         def work(model: LoadedModel = model, graph: str = graph, full: np.ndarray = full) -> None:
@@ -121,56 +138,101 @@ async def warm_up(
         )
 
 
+def describe(model: LoadedModel) -> dict[str, Any]:
+    """A load as the engine tells the front ends of it (hello, prepare)."""
+    return {
+        "instance": model.instance,
+        "directory": str(model.directory),
+        "version": model.version,
+        "fingerprint": model.fingerprint,
+        "providers": model.providers,
+        "provider_options": model.sessions["encoder"].get_provider_options(),
+    }
+
+
+class _Link:
+    """One front end's connection: its ring, and where a reload stands with it."""
+
+    def __init__(self, ring: SlotRing, rows: int, writer: asyncio.StreamWriter) -> None:
+        self.ring, self.rows, self.writer = ring, rows, writer
+        self.prepared: dict[int, asyncio.Future[str | None]] = {}  # reload -> None, or why it failed
+        self.committed: dict[int, asyncio.Future[None]] = {}  # reload -> it switched
+        self.released: dict[int, asyncio.Event] = {}  # reload -> its replaced loads are idle here
+        self.closed = asyncio.Event()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(wire.encode(message))
+
+
 class Engine:
-    def __init__(self, models: dict[str, LoadedModel], batchers: dict[tuple[str, str], Batcher]) -> None:
-        self.models = models
-        self.batchers = batchers
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.links: dict[int, _Link] = {}
+        self._link_ids = itertools.count()
+        self._reloads = itertools.count(1)
+        self.reloading = asyncio.Lock()  # one reload at a time; a front end's hello waits for it
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def hello(self) -> dict[str, Any]:
-        return {
-            "op": "hello",
-            "models": {
-                name: {
-                    "providers": m.providers,
-                    "provider_options": m.sessions["encoder"].get_provider_options(),
-                }
-                for name, m in self.models.items()
-            },
-        }
+        return {"op": "hello", "models": {key: describe(m) for key, m in self.registry.current.items()}}
 
     async def serve_front_end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One front end's connection: its hello, then its runs until it closes."""
+        """One front end's connection: its hello, then its runs (and reload messages) until it closes."""
         hello = await wire.read(reader)
         if hello is None or hello.get("op") != "hello":
             writer.close()
             return
-        ring = SlotRing.attach(RingSpec(**hello["ring"]))
-        writer.write(wire.encode(self.hello()))
+        link = _Link(SlotRing.attach(RingSpec(**hello["ring"])), int(hello.get("rows", 0)), writer)
+        link_id = next(self._link_ids)
+        async with self.reloading:  # a reload prepares and switches exactly the front ends it saw
+            writer.write(wire.encode(self.hello()))
+            self.links[link_id] = link
         runs: dict[int, asyncio.Task[None]] = {}
         try:
             while (message := await wire.read(reader)) is not None:
-                if message["op"] == "run":
-                    task = asyncio.create_task(self._run(message, ring, writer))
+                op = message["op"]
+                if op == "run":
+                    task = asyncio.create_task(self._run(message, link.ring, writer))
                     runs[message["id"]] = task
                     task.add_done_callback(lambda _, i=message["id"]: runs.pop(i, None))
-                elif message["op"] == "cancel" and (task := runs.get(message["id"])) is not None:
+                elif op == "cancel" and (task := runs.get(message["id"])) is not None:
                     task.cancel()
+                elif op == "prepared" and (done := link.prepared.pop(message["seq"], None)) is not None:
+                    if not done.done():
+                        done.set_result(message.get("error"))
+                elif op == "committed" and (done := link.committed.pop(message["seq"], None)) is not None:
+                    if not done.done():
+                        done.set_result(None)
+                elif op == "release" and (idle := link.released.get(message["seq"])) is not None:
+                    idle.set()
+                elif op == "reload":
+                    task = asyncio.create_task(self._answer_reload(message["id"], link))
+                    self._retiring.add(task)
+                    task.add_done_callback(self._retiring.discard)
         finally:  # the front end is gone: its work goes too
+            del self.links[link_id]
+            link.closed.set()
+            for waiting in [*link.prepared.values(), *link.committed.values()]:
+                if not waiting.done():  # it takes the new set from the hello when it is back
+                    waiting.set_result(None)
             for task in list(runs.values()):
                 task.cancel()
             await asyncio.gather(*runs.values(), return_exceptions=True)
             writer.close()
-            ring.close()
+            link.ring.close()
 
     async def _run(self, m: dict[str, Any], ring: SlotRing, writer: asyncio.StreamWriter) -> None:
         """View the rows in the slot, run them in the graph's batch, write the outputs after them."""
         answer: dict[str, Any]
         try:
-            model = self.models[m["model"]]
+            model = self.registry.models.get(m["model"])
+            if model is None:
+                raise EngineError("unknown_model", f"the engine holds no model {m['model']!r}")
             spec = model.manifest.input
             shape = (m["rows"], *(int(d) for d in spec.shape[1:]))
             rows = ring.array(m["slot"], 0, spec.dtype, shape)  # (k, ...) in shared memory
-            outputs = await self.batchers[(m["model"], m["graph"])].submit(rows, m["outputs"])
+            outputs = await self.registry.batchers[(m["model"], m["graph"])].submit(rows, m["outputs"])
             offset = aligned(rows.nbytes)
             placed = []
             for name, array in outputs.items():
@@ -189,23 +251,151 @@ class Engine:
         if not writer.is_closing():
             writer.write(wire.encode(answer))
 
+    # ---- reloads -----------------------------------------------------------------------------
+    async def _answer_reload(self, request: int, link: _Link) -> None:
+        link.send({"op": "reloaded", "id": request, **await self.reload()})
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the model directories again; load and warm what is new or changed beside what serves;
+        have every front end load the new manifests; then switch them all. The loads replaced are
+        stopped once every front end says its requests on them have finished. A failure anywhere keeps
+        what serves, and the answer says why: {"ok": False, "message", "models"}."""
+        async with self.reloading:
+            serving = sorted(self.registry.current)
+            try:
+                staged = await self.registry.stage()
+            except ModelLoadError as e:
+                log.error("reload failed, still serving %s: %s", serving, e)
+                return {"ok": False, "message": str(e), "models": serving}
+            if not staged.changed:
+                log.info("reload: nothing changed (%s)", ", ".join(serving))
+                return {"ok": True, **staged.summary()}
+            links = list(self.links.values())
+            seq = next(self._reloads)
+            try:
+                self._check_rings(links, staged.added)
+                await self._prepare(links, seq, staged)
+            except ModelLoadError as e:
+                for link in links:
+                    link.send({"op": "abort", "seq": seq})
+                await self.registry.discard(staged.added)
+                log.error("reload failed, still serving %s: %s", serving, e)
+                return {"ok": False, "message": str(e), "models": serving}
+            self.registry.commit(staged)
+            loop = asyncio.get_running_loop()
+            for link in links:
+                link.released[seq] = asyncio.Event()
+                link.committed[seq] = loop.create_future()
+                link.send({"op": "commit", "seq": seq})
+            # the answer once every front end has switched: a request sent after it reaches the new set
+            switched = [link.committed[seq] for link in links]
+            if switched and not await _within(asyncio.gather(*switched), PREPARE_TIMEOUT_S):
+                log.warning("reload: a front end did not confirm the switch within %.0f s", PREPARE_TIMEOUT_S)
+            for link in links:
+                link.committed.pop(seq, None)
+            summary = staged.summary()
+            log.info("reload: serving %s (loaded %s)", summary["models"], summary["loaded"])
+            if staged.removed:
+                task = asyncio.create_task(self._retire(links, seq, staged.removed))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            return {"ok": True, **summary}
+
+    def _check_rings(self, links: list[_Link], added: list[LoadedModel]) -> None:
+        """The front ends' rings were sized for the models at the start: a new one must fit in them."""
+        for link in links:
+            need = slot_bytes([m.manifest for m in added], link.rows)
+            if need > link.ring.spec.slot_bytes:
+                raise ModelLoadError(
+                    f"{', '.join(m.key for m in added)} need {need} bytes per request slot and the front "
+                    f"ends' slots hold {link.ring.spec.slot_bytes} (sized at the start): restart bridle-serve"
+                )
+
+    async def _prepare(self, links: list[_Link], seq: int, staged: Staged) -> None:
+        loop = asyncio.get_running_loop()
+        models = {key: describe(m) for key, m in staged.current.items()}
+        waits = []
+        for link in links:
+            link.prepared[seq] = loop.create_future()
+            waits.append(link.prepared[seq])
+            link.send({"op": "prepare", "seq": seq, "models": models})
+        try:
+            errors = await asyncio.wait_for(asyncio.gather(*waits), PREPARE_TIMEOUT_S)
+        except TimeoutError:
+            raise ModelLoadError(
+                f"a front end did not load the new manifests within {PREPARE_TIMEOUT_S:.0f} s"
+            ) from None
+        finally:
+            for link in links:
+                link.prepared.pop(seq, None)
+        if failed := [e for e in errors if e is not None]:
+            raise ModelLoadError(f"a front end cannot load the new models: {failed[0]}")
+
+    async def _retire(self, links: list[_Link], seq: int, removed: list[LoadedModel]) -> None:
+        """Stop the replaced loads once each front end has released them (or gone)."""
+
+        async def released(link: _Link) -> None:
+            idle = asyncio.ensure_future(link.released[seq].wait())
+            closed = asyncio.ensure_future(link.closed.wait())
+            await asyncio.wait([idle, closed], return_when=asyncio.FIRST_COMPLETED)
+            idle.cancel()
+            closed.cancel()
+            link.released.pop(seq, None)
+
+        done = await asyncio.gather(
+            *(asyncio.wait_for(released(link), RELEASE_TIMEOUT_S) for link in links), return_exceptions=True
+        )
+        if any(isinstance(d, TimeoutError) for d in done):
+            log.warning("reload: a front end still held the replaced models after %.0f s", RELEASE_TIMEOUT_S)
+        await self.registry.discard(removed)
+        log.info("reload: unloaded %s", ", ".join(sorted(m.instance for m in removed)))
+
+    async def stop(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        for batcher in list(self.registry.batchers.values()):
+            await batcher.stop()
+
 
 async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None = None) -> None:
     """Load, warm up, listen; until SIGTERM or the parent's death. `hooks(batch spec)` gives what each
     batcher reports to (the caller's metrics). With `go` (a multiprocessing Event), a spare: loaded and
-    warm, it listens only once `go` is set (the engine before it died)."""
-    models = await asyncio.to_thread(load_models, spec.model_dirs, spec.chooser, spec.threads, spec.precision)
+    warm, it listens only once `go` is set (the engine before it died). SIGHUP reloads the models
+    (`Engine.reload`), in a spare too."""
+    loop = asyncio.get_running_loop()
+    reload_wanted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # the supervisor starts us with it blocked
+    threads, chooser = spec.threads, spec.chooser
+    models = await asyncio.to_thread(load_models, spec.model_dirs, chooser, threads, spec.precision)
     on_gpu = any(m.providers[0] != CPU for m in models.values())
     batching = spec.batching[on_gpu]
-    batchers = start_batchers(models, batching, hooks(batching) if hooks is not None else None)
-    engine = Engine(models, batchers)
+    make_hooks = hooks(batching) if hooks is not None else None
+    sizes = spec.warmup_sizes[on_gpu]
+    registry = Registry(
+        spec.model_dirs,
+        spec.precision,
+        lambda directory, version: load_model(directory, chooser, threads, version=version),
+        lambda loads: start_batchers(loads, batching, make_hooks),
+        lambda batchers, loads: warm_up(batchers, loads, sizes),
+        models,
+    )
+    registry.start()
+    engine = Engine(registry)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     parent = os.getppid()
+
+    async def reloads() -> None:
+        while True:
+            await reload_wanted.wait()
+            reload_wanted.clear()
+            await engine.reload()
+
     try:
-        await warm_up(batchers, models, spec.warmup_sizes[on_gpu])
+        await warm_up(registry.batchers, models, sizes)
+        reloader = asyncio.create_task(reloads())
         if go is not None:
             log.info("engine spare ready (pid %d): waiting to take over", os.getpid())
             # a thread blocks on the event (no polling: the spare idles at ~0 CPU) and wakes the moment
@@ -220,15 +410,24 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
         log.info(
             "engine ready (pid %d): %s",
             os.getpid(),
-            ", ".join(f"{n} ({m.providers[0]})" for n, m in models.items()),
+            ", ".join(f"{n} ({m.providers[0]})" for n, m in registry.current.items()),
         )
         async with server:
             while not stop.is_set() and os.getppid() == parent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
+        reloader.cancel()
     finally:
-        for batcher in batchers.values():
-            await batcher.stop()
+        await engine.stop()
+
+
+async def _within(work: Any, seconds: float) -> bool:
+    """Whether `work` finished within `seconds`."""
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -10,6 +10,8 @@ Their query parameters and answers are pydantic models (service/schemas.py), whi
 - `POST /embed`, `POST /tokenize`, `POST /classify`, `POST /features` (routes/inference.py);
 - `GET /health`, `GET /ready`, `GET /metrics` (routes/health.py), `GET /models` (routes/models.py),
   `GET /` (the page: routes/page.py, service/static/);
+- `POST /admin/reload` (routes/admin.py): the model directories read again and swapped while serving
+  (`Inference.reload`); SIGHUP does the same (in one process here, else through the supervisor);
 - the OpenAI embeddings API, `POST /v1/embeddings`, `GET /v1/models` and `GET /v1/models/{model}`
   (routes/openai_api.py, with its own request and answer models).
 
@@ -22,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -31,7 +36,7 @@ from starlette.routing import BaseRoute
 from runtime.client import EngineLink
 from runtime.devices import device_for_process
 from runtime.errors import ModelLoadError
-from runtime.models import load_models
+from runtime.models import load_model, load_models
 from runtime.sessions import CPU
 from service.errors import install_handlers
 from service.infer import Inference
@@ -71,11 +76,13 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
             raise
         inference.on_gpu = any(m.providers[0] != CPU for m in inference.models.values())
         state.settings = inference.settings = settings.for_device(inference.on_gpu)
-        inference.start()
+        inference.start(lambda d, v: load_model(d, chooser, settings.cpu_threads, version=v))
         warm = asyncio.create_task(inference.warm_up())
+        hangup = _reload_on_sighup(inference)
         try:
             yield
         finally:
+            hangup()
             warm.cancel()
             await inference.stop()
 
@@ -109,6 +116,23 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
     # the bound covers the routes that declare `@admitted`; a route that declares nothing stops here
     admission.routes = admitted_routes(app)
     return app
+
+
+def _reload_on_sighup(inference: Inference) -> Callable[[], None]:
+    """SIGHUP reloads the models, when this server runs in the main thread (`bridle-serve` in one
+    process; a test's server thread cannot take signals). Returns what removes the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def reload() -> None:
+        task = loop.create_task(inference.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _routes(app: FastAPI) -> list[BaseRoute]:

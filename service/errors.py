@@ -18,6 +18,7 @@ STATUSES = {
     400: "empty or malformed request",
     401: "missing or wrong API key",
     404: "unknown model or route",
+    409: "a model reload that failed: what served serves on (POST /admin/reload)",
     413: "body, audio, video or image over a limit, or more model windows than a request may hold",
     415: "unsupported media, or no loaded model for it",
     422: "corrupt or undecodable media, video with no frames, model without classifier or features graph, "

@@ -8,15 +8,24 @@ and reduces the outputs: the clip's embedding and scores from its windows' (brid
 a mean weighted by each window's seconds of signal, or the maximum of a multi-label head's scores), L2
 normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
 `service/routes/` reads the request and serialises these results.
+
+`reload()` swaps the models while serving (runtime/registry.py, runtime/engine.py): each request holds
+the set of models that served when it began (a generation) until it ends, so the requests in flight
+finish on the old loads while new ones take the new; a replaced load stops (one process) or is
+released to the engine (a front end) once no request holds it. `model=NAME` takes NAME's newest
+version, `model=NAME@VERSION` a given one (runtime/versions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import numpy as np
@@ -26,14 +35,17 @@ from bridle_model.decoding import MediaError, sniff_modality
 from bridle_model.scores import scores as class_scores
 from bridle_model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 from runtime.batcher import Batcher
-from runtime.client import EngineClient, EngineLink, RemoteBatcher
+from runtime.client import EngineClient, EngineLink, EngineListener, RemoteBatcher
 from runtime.engine import BatchSpec, start_batchers
 from runtime.engine import warm_up as warm_up_batchers
-from runtime.models import LoadedModel, load_models
+from runtime.errors import EngineError, ModelLoadError
+from runtime.models import LoadedModel, load_model, load_models
+from runtime.registry import Loader, Registry
 from runtime.sessions import CPU, CpuThreads, ProviderChooser
 from runtime.slots import ENGINE_GRAPHS
+from runtime.versions import newest, resolve
 from runtime.windows import Limits, Windows, decodes_quickly, to_windows
-from service.errors import ServiceError, from_media_error
+from service.errors import ServiceError, from_media_error, retry_later
 from service.media import Upload
 from service.metrics import Metrics
 from service.modalities import SERVED
@@ -51,6 +63,7 @@ OUTPUTS = {
     "classify": ("logits",),
     "tokenize": ("codes",),
 }
+RETIRE_TIMEOUT_S = 300.0  # a reload: how long requests in flight may hold the loads it replaced
 
 
 # ---- results ---------------------------------------------------------------------------------------
@@ -115,15 +128,35 @@ class _Prepared:
 
 
 @dataclass
+class _Generation:
+    """The models that served when a request began: it holds them until it ends."""
+
+    models: dict[str, LoadedModel]  # by key
+    users: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def holds(self, instances: set[str]) -> bool:
+        return any(m.instance in instances for m in self.models.values())
+
+
+@dataclass
 class Inference:
     settings: Settings
-    models: dict[str, LoadedModel]
+    models: dict[str, LoadedModel]  # the models new requests take, by key (NAME, NAME@VERSION)
     metrics: Metrics
-    batchers: dict[tuple[str, str], Batcher | RemoteBatcher] = field(default_factory=dict)
+    batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)  # by (instance, graph)
     warm: bool = False  # this process's batchers are warm
     on_gpu: bool = False  # the models run on a GPU: its batching defaults and warm-up (Settings.for_device)
     engine: EngineClient | None = None  # a front-end process: the engine process runs the graphs
+    registry: Registry | None = None  # one process: what `reload` swaps
     _decoders: ThreadPoolExecutor | None = None
+    _generation: _Generation | None = None
+    _older: list[_Generation] = field(default_factory=list)  # replaced, with requests still on them
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
@@ -136,11 +169,26 @@ class Inference:
         return Limits(s.max_audio_seconds, s.max_image_pixels, s.max_video_seconds)
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start a batcher per model graph and the decoding pool (in the event loop)."""
+    def start(self, load: Loader | None = None) -> None:
+        """Start a batcher per model graph and the decoding pool (in the event loop). `load(directory,
+        version)` loads a model directory as the models were (None: no reloads)."""
         s = self.settings
         hooks = self.metrics.batcher_hooks(s.max_batch_size)
-        self.batchers.update(start_batchers(self.models, batch_spec(s), hooks))
+        spec = batch_spec(s)
+
+        def unavailable(directory: Path, version: str | None) -> LoadedModel:
+            raise ModelLoadError("this service was started without a way to reload its models")
+
+        self.registry = Registry(
+            s.model_dirs,
+            s.precision,
+            load or unavailable,
+            lambda loads: start_batchers(loads, spec, hooks),
+            lambda batchers, loads: warm_up_batchers(batchers, loads, s.warmup_sizes(self.on_gpu)),
+            self.models,
+        )
+        self.registry.start()
+        self.batchers = self.registry.batchers
         self._start_decoders()
 
     async def open_engine(self, link: EngineLink) -> None:
@@ -157,20 +205,8 @@ class Inference:
             )
         )
 
-        def on_hello(engine_models: dict[str, dict[str, object]]) -> None:
-            for name, info in engine_models.items():
-                if name in self.models:
-                    self.models[name].engine_info = info
-
-        self.engine = EngineClient(link, on_hello)
+        self.engine = EngineClient(link, _FrontEndListener(self))
         self.engine.start()
-        self.batchers.update(
-            {
-                (name, graph): RemoteBatcher(self.engine, name, graph)
-                for name in self.models
-                for graph in GRAPHS
-            }
-        )
         self._start_decoders()
 
     def _start_decoders(self) -> None:
@@ -200,13 +236,86 @@ class Inference:
 
     async def stop(self) -> None:
         self.warm = False
-        for batcher in self.batchers.values():
-            if isinstance(batcher, Batcher):
-                await batcher.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for batcher in list(self.batchers.values()):
+            await batcher.stop()
         if self.engine is not None:
             await self.engine.stop()
         if self._decoders is not None:
             self._decoders.shutdown(wait=False, cancel_futures=True)
+
+    # ---- reloads ------------------------------------------------------------------------------
+    async def reload(self) -> dict[str, Any]:
+        """Read the model directories again and serve what they hold now: {"ok", "models", "loaded",
+        "unloaded"}, or {"ok": False, "message", "models"} when a load failed (what served serves on).
+        In a front end the engine process reloads, and every front end switches with it."""
+        if self.engine is not None:
+            try:
+                return await self.engine.reload()
+            except EngineError as e:
+                raise retry_later(e.code, e.message, self.settings.retry_after_s) from None
+        if self.registry is None:
+            raise ServiceError(409, "not_started", "the models are not loaded yet")
+        async with self._reloading:
+            serving = sorted(self.models)
+            try:
+                staged = await self.registry.stage()
+            except ModelLoadError as e:
+                log.error("reload failed, still serving %s: %s", serving, e)
+                return {"ok": False, "message": str(e), "models": serving}
+            if staged.changed:
+                self.registry.commit(staged)
+                removed = staged.removed
+                self.switch(staged.current, lambda: self.registry.discard(removed), removed)  # type: ignore[union-attr]
+                log.info("reload: serving %s (loaded %s)", sorted(staged.current), staged.summary()["loaded"])
+            return {"ok": True, **staged.summary()}
+
+    def switch(
+        self, models: dict[str, LoadedModel], then: Any, replaced: list[LoadedModel] | None = None
+    ) -> None:
+        """New requests take `models` from now on; once no request holds a load of `replaced` (None:
+        every load not in `models`), `await then()`."""
+        old = self._current()
+        self.models = models
+        self._older = [g for g in [*self._older, old] if g.users]
+        kept = {m.instance for m in models.values()}
+        gone = {m.instance for m in (replaced if replaced is not None else old.models.values())} - kept
+        self._spawn(self._when_idle(gone, then))
+
+    async def _when_idle(self, instances: set[str], then: Any) -> None:
+        holding = [g for g in self._older if g.holds(instances)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(g.idle.wait() for g in holding)), RETIRE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("reload: requests still held the replaced models after %.0f s", RETIRE_TIMEOUT_S)
+        await then()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _current(self) -> _Generation:
+        if self._generation is None or self._generation.models is not self.models:
+            self._generation = _Generation(self.models)
+        return self._generation
+
+    def _hold(self) -> _Generation:
+        generation = self._current()
+        generation.users += 1
+        generation.idle.clear()
+        return generation
+
+    def _let_go(self, generation: _Generation) -> None:
+        generation.users -= 1
+        if not generation.users:
+            generation.idle.set()
+
+    def _batcher(self, model: LoadedModel, graph: str) -> Batcher | RemoteBatcher:
+        if self.engine is not None:
+            return RemoteBatcher(self.engine, model.instance, graph)
+        return self.batchers[(model.instance, graph)]
 
     # ---- the three tasks ---------------------------------------------------------------------
     async def embed(
@@ -261,7 +370,16 @@ class Inference:
         """The encoder's input as it saw it, per window: the `features` graph (the preprocessing cut out
         of the encoder, export/features.py) run on each upload's windows in a worker thread (a light
         graph, not batched). 422 `no_features` for a model directory without it."""
-        prepared = await asyncio.gather(*(self._prepare(u, model, False) for u in uploads))
+        generation = self._hold()
+        try:
+            return await self._features(uploads, model, generation.models)
+        finally:
+            self._let_go(generation)
+
+    async def _features(
+        self, uploads: list[Upload], model: str | None, models: dict[str, LoadedModel]
+    ) -> list[Features]:
+        prepared = await asyncio.gather(*(self._prepare(u, model, False, models=models) for u in uploads))
         self._check_size([len(p.windows.spans) for p in prepared])
         for p in prepared:
             if FEATURES not in p.model.sessions:
@@ -283,15 +401,17 @@ class Inference:
         ]
 
     # ---- steps -------------------------------------------------------------------------------
-    def model_for(self, name: str | None, modality: Modality) -> LoadedModel:
-        """The named model (404 unknown, 415 for a modality it does not read), or the first model of
-        the upload's modality (415 when none is loaded)."""
+    def model_for(
+        self, name: str | None, modality: Modality, models: dict[str, LoadedModel] | None = None
+    ) -> LoadedModel:
+        """The named model of `models` (None: those new requests take): a key, or a name for its newest
+        version (404 unknown, 415 for a modality it does not read); or the first model of the upload's
+        modality (415 when none is loaded)."""
+        models = self.models if models is None else models
         if name is not None:
-            if name not in self.models:
-                raise ServiceError(
-                    404, "unknown_model", f"no model named {name!r}; loaded: {sorted(self.models)}"
-                )
-            model = self.models[name]
+            model = resolve(models, name)
+            if model is None:
+                raise ServiceError(404, "unknown_model", f"no model named {name!r}; loaded: {sorted(models)}")
             if modality not in SERVED[model.manifest.modality].reads:
                 raise ServiceError(
                     415,
@@ -299,12 +419,10 @@ class Inference:
                     f"model {name!r} takes {model.manifest.modality}, the upload is {modality}",
                 )
             return model
-        for model in self.models.values():
+        for model in newest(models).values():
             if model.manifest.modality == modality:
                 return model
-        raise ServiceError(
-            415, "unsupported", f"no loaded model takes {modality}; loaded: {sorted(self.models)}"
-        )
+        raise ServiceError(415, "unsupported", f"no loaded model takes {modality}; loaded: {sorted(models)}")
 
     async def _run(
         self,
@@ -315,13 +433,17 @@ class Inference:
         need_classifier: bool = False,
         aggregate: Aggregate | None = None,
     ) -> list[tuple[_Prepared, dict[str, np.ndarray]]]:
-        prepared = await asyncio.gather(
-            *(self._prepare(u, model, need_classifier, aggregate) for u in uploads)
-        )
-        self._check_size([len(p.windows.spans) for p in prepared])
-        results = await asyncio.gather(
-            *(self.batchers[(p.model.name, graph)].submit(p.windows.signal, outputs) for p in prepared)
-        )
+        generation = self._hold()  # this request's models, whatever a reload does meanwhile
+        try:
+            prepared = await asyncio.gather(
+                *(self._prepare(u, model, need_classifier, aggregate, generation.models) for u in uploads)
+            )
+            self._check_size([len(p.windows.spans) for p in prepared])
+            results = await asyncio.gather(
+                *(self._batcher(p.model, graph).submit(p.windows.signal, outputs) for p in prepared)
+            )
+        finally:
+            self._let_go(generation)
         return list(zip(prepared, results, strict=True))
 
     def _check_size(self, windows: list[int]) -> None:
@@ -344,11 +466,13 @@ class Inference:
         model_name: str | None,
         need_classifier: bool,
         aggregate: Aggregate | None = None,
+        models: dict[str, LoadedModel] | None = None,
     ) -> _Prepared:
-        """Sniff, pick and check the model (its head, and that it can pool scores by `aggregate`),
-        then decode and window the upload: in a worker thread, unless it is sure to be quick."""
+        """Sniff, pick (of `models`) and check the model (its head, and that it can pool scores by
+        `aggregate`), then decode and window the upload: in a worker thread, unless it is sure to be
+        quick."""
         try:
-            model = self.model_for(model_name, sniff_modality(upload.data, upload.content_type))
+            model = self.model_for(model_name, sniff_modality(upload.data, upload.content_type), models)
         except MediaError as e:
             raise from_media_error(e, upload.filename) from None
         if need_classifier and not model.manifest.has_classifier:
@@ -406,3 +530,70 @@ def _top(
         for i in order
         if threshold is None or probs[i] >= threshold
     ]
+
+
+class _FrontEndListener(EngineListener):
+    """A front end's side of the engine's models: its hello and each reload (runtime/client.py)."""
+
+    def __init__(self, inference: Inference) -> None:
+        self.inference = inference
+        self.prepared: dict[int, dict[str, LoadedModel]] = {}
+
+    async def _models(self, engine_models: dict[str, dict[str, Any]]) -> dict[str, LoadedModel]:
+        """The engine's models, by key, each named by the engine's instance id: the manifests (and
+        features graph) this process holds for the same directory and files, else read now."""
+        inference = self.inference
+        held = [*inference.models.values(), *(m for p in self.prepared.values() for m in p.values())]
+        known = {(m.directory, m.fingerprint): m for m in held}
+        models = {}
+        for key, info in engine_models.items():
+            directory = Path(info["directory"])
+            model = known.get((directory, info["fingerprint"]))
+            if model is None:
+                model = await anyio.to_thread.run_sync(
+                    lambda d=directory, v=info["version"]: load_model(
+                        d,
+                        ProviderChooser([CPU]),
+                        CpuThreads(intra_op=1),
+                        graphs=(FEATURES,),
+                        check_hashes=False,  # the engine checks them
+                        version=v,
+                    )
+                )
+            models[key] = dataclasses.replace(model, instance=info["instance"], engine_info=info)
+        return models
+
+    async def hello(self, engine_models: dict[str, dict[str, Any]]) -> None:
+        try:
+            models = await self._models(engine_models)
+        except ModelLoadError as e:  # the engine read it: this process should too
+            log.error("cannot read the engine's models here: %s", e)
+            models = {}
+        # a new engine: the old one, and the requests it held, are gone, so nothing to release
+        self.inference.switch(models, _nothing)
+
+    async def prepare(self, seq: int, models: dict[str, dict[str, Any]]) -> str | None:
+        try:
+            self.prepared[seq] = await self._models(models)
+        except ModelLoadError as e:
+            return str(e)
+        return None
+
+    def commit(self, seq: int) -> None:
+        models = self.prepared.pop(seq, None)
+        engine = self.inference.engine
+        if models is None or engine is None:
+            return
+
+        async def release() -> None:
+            engine.release(seq)
+
+        self.inference.switch(models, release)
+        log.info("reload %d: serving %s", seq, sorted(models))
+
+    def abort(self, seq: int) -> None:
+        self.prepared.pop(seq, None)
+
+
+async def _nothing() -> None:
+    return None

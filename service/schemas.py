@@ -102,7 +102,7 @@ class Source(Answer):
     """Which upload a result is for and the model that read it."""
 
     filename: str | None = Field(description="the multipart part's filename; null for a raw body")
-    model: str
+    model: str = Field(description="the model that read it: NAME, or NAME@VERSION for a version")
     modality: Modality
     duration: float | None = Field(description="seconds of media; null for an image")
 
@@ -206,10 +206,22 @@ class ModelInfo(Answer):
     )
     precision: Precision
     manifest: dict[str, Any] = Field(description="the model directory's manifest.json (docs/contracts.md)")
+    version: str | None = Field(
+        None, description="a version (models/NAME/VERSION/, listed as NAME@VERSION); absent for a flat one"
+    )
+    newest: bool | None = Field(None, description="a version: whether `model=NAME` takes it")
 
 
 class Models(Answer):
     models: list[ModelInfo]
+
+
+class Reloaded(Answer):
+    """`POST /admin/reload`: what the model directories hold now, served."""
+
+    models: list[str] = Field(description="the models served now, sorted (NAME, NAME@VERSION)")
+    loaded: list[str] = Field(description="loaded and warmed by this reload (new or changed directories)")
+    unloaded: list[str] = Field(description="no longer served (their directories went)")
 
 
 # ---- the OpenAI embeddings API (service/routes/openai_api.py) -------------------------------------

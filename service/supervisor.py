@@ -13,7 +13,10 @@ It restarts a process that dies: the engine (its front ends answer 503 `engine_u
 it held and are not ready until the next engine listens), or a front end (on a fresh ring; the old one is
 unlinked). With `BRIDLE_ENGINE_SPARE` (on without an NVIDIA GPU) a spare engine, started once the engine
 listens, waits loaded and warm: when the engine dies the spare takes over at once, and a new spare starts.
-An engine that cannot load the models exits `EXIT_BAD_MODELS`, which stops everything. On
+An engine that cannot load the models exits `EXIT_BAD_MODELS`, which stops everything. SIGHUP reloads
+the models: it is passed on to the engine and the spare (runtime/engine.py `Engine.reload`; the
+children start with SIGHUP blocked, so one sent before the engine can take it neither kills it nor is
+lost, and a front end never takes it). On
 SIGTERM / SIGINT the front ends drain (what they accepted finishes), then the engine stops, then the
 rings are unlinked: the supervisor owns every segment, so a killed child leaks none.
 """
@@ -29,6 +32,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -43,7 +47,7 @@ from bridle_model.manifest import read_manifest
 from runtime.client import EngineLink
 from runtime.engine import EXIT_BAD_MODELS, EngineSpec, run_engine
 from runtime.errors import ModelLoadError
-from runtime.models import choose_variants, find_model_dirs
+from runtime.models import model_directories
 from runtime.slots import RingSpec, SlotRing, slot_bytes
 from service import engine_folders
 from service.infer import batch_spec
@@ -68,7 +72,7 @@ def ring_layout(settings: Settings) -> tuple[int, int]:
     """Rows per slot and bytes per slot of the front ends' rings, from the served models' manifests."""
     manifests = [
         read_manifest(d, check_hashes=False)
-        for d in choose_variants(find_model_dirs(settings.model_dirs), settings.precision)
+        for d, _ in model_directories(settings.model_dirs, settings.precision)
     ]
     return settings.max_batch_size, slot_bytes(manifests, settings.max_batch_size)
 
@@ -141,6 +145,16 @@ def _engine_main(spec: EngineSpec, go: Any | None = None) -> None:
             shutil.rmtree(Path(spec.socket_path).parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _sighup_blocked() -> Iterator[None]:
+    """A child started in here inherits SIGHUP blocked (the engine unblocks it once it handles it)."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def _forget_metrics_of(pid: int | None) -> None:
     """A dead child's live gauges (in flight, queue depth) leave the sums; its counters stay counted."""
     if pid is not None and os.environ.get(MULTIPROCESS_ENV):
@@ -176,19 +190,22 @@ class Supervisor:
         self.front_ends: list[_FrontEnd] = []
         self.rings_made = 0
         self.signals = 0
+        self.hangups = 0  # SIGHUPs not passed on yet
         self.started: dict[str, float] = {}  # "engine" / "front end i" -> when it last started
         self.pauses: dict[str, float] = {}  # -> the pause before its next restart
 
     def _start_engine(self) -> None:
         self.engine = SPAWN.Process(target=_engine_main, args=(self.spec,), name="bridle-engine")
-        self.engine.start()
+        with _sighup_blocked():
+            self.engine.start()
         self.started["engine"] = time.monotonic()
         log.info("engine started (pid %d)", self.engine.pid)
 
     def _start_spare(self) -> None:
         self.spare_go = SPAWN.Event()
         self.spare = SPAWN.Process(target=_engine_main, args=(self.spec, self.spare_go), name="bridle-spare")
-        self.spare.start()
+        with _sighup_blocked():
+            self.spare.start()
         self.started["spare"] = time.monotonic()
         log.info("engine spare started (pid %d)", self.spare.pid)
 
@@ -238,7 +255,8 @@ class Supervisor:
             args=(self.settings, link, self.sock, self.server_class),
             name=f"bridle-front-end-{index}",
         )
-        process.start()
+        with _sighup_blocked():
+            process.start()
         self.started[f"front end {index}"] = time.monotonic()
         log.info("front end %d started (pid %d, ring %s)", index, process.pid, spec.name)
         return _FrontEnd(index, ring, process)
@@ -251,9 +269,23 @@ class Supervisor:
                 if f.process.pid is not None and f.process.is_alive():
                     os.kill(f.process.pid, signal.SIGTERM)
 
+    def _on_hangup(self, sig: int, frame: FrameType | None) -> None:
+        self.hangups += 1
+
+    def _pass_hangups_on(self) -> None:
+        """SIGHUP: the engine and the spare reload the models."""
+        if not self.hangups:
+            return
+        self.hangups = 0
+        for engine in (self.engine, self.spare):
+            if engine is not None and engine.pid is not None and engine.is_alive():
+                os.kill(engine.pid, signal.SIGHUP)
+        log.info("SIGHUP: the engine reloads the models")
+
     def run(self) -> None:
         """Start everything and keep it alive until a signal; then drain and clean up."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             self._start_engine()
             self.front_ends = [self._start_front_end(i) for i in range(self.settings.frontends)]
@@ -273,6 +305,7 @@ class Supervisor:
             if not self.engine.is_alive():
                 self._engine_died()
             self._keep_a_spare()
+            self._pass_hangups_on()
             for i, f in enumerate(self.front_ends):
                 if not f.process.is_alive():
                     log.warning(

@@ -1,9 +1,9 @@
-"""The service's routes, one `APIRouter` per family: the page, health, models, inference and the OpenAI
-embeddings API."""
+"""The service's routes, one `APIRouter` per family: the page, health, models, inference, the OpenAI
+embeddings API and the operator's reload."""
 
 from fastapi import APIRouter
 
-from service.routes import health, inference, models, openai_api, page
+from service.routes import admin, health, inference, models, openai_api, page
 
 ROUTERS: tuple[APIRouter, ...] = (
     page.router,
@@ -11,4 +11,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     models.router,
     inference.router,
     openai_api.router,
+    admin.router,
 )

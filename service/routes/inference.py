@@ -144,8 +144,13 @@ def _results(
 
 
 def _source(source: Source) -> dict[str, Any]:
-    m = source.model.manifest
-    return {"filename": source.filename, "model": m.name, "modality": m.modality, "duration": source.duration}
+    m = source.model.manifest  # the model by key: NAME@VERSION says which version served the request
+    return {
+        "filename": source.filename,
+        "model": source.model.key,
+        "modality": m.modality,
+        "duration": source.duration,
+    }
 
 
 def _array(x: np.ndarray, encoding: Encoding, dtype: str) -> Any:

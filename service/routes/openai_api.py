@@ -44,6 +44,7 @@ from python_multipart.multipart import parse_options_header
 
 from bridle_model.decoding import MediaError, sniff_modality
 from runtime.models import LoadedModel
+from runtime.versions import newest, resolve
 from service.errors import STATUSES, ServiceError, as_service_error, from_media_error
 from service.infer import Embedding
 from service.media import Upload
@@ -198,8 +199,9 @@ def decode_input(text: str, index: int) -> Upload:
 
 
 def served_model(state: State, name: str) -> LoadedModel:
-    """The named model, or 404 `unknown_model` naming the `model` field."""
-    loaded = state.inference.models.get(name)
+    """The named model (NAME: its newest version; NAME@VERSION), or 404 `unknown_model` naming the
+    `model` field."""
+    loaded = resolve(state.inference.models, name)
     if loaded is None:
         served = sorted(state.inference.models)
         raise OpenAIError(404, "unknown_model", f"no model named {name!r}; served: {served}", "model")
@@ -219,7 +221,7 @@ def check_input(state: State, model: LoadedModel, upload: Upload) -> Upload:
         modality = model.manifest.modality
         upload = dataclasses.replace(upload, content_type=modality)
     try:
-        state.inference.model_for(model.name, modality)
+        state.inference.model_for(model.key, modality)
     except ServiceError as e:
         raise OpenAIError(e.status, e.code, f"{upload.filename}: {e.message}", upload.filename) from None
     return upload
@@ -266,7 +268,7 @@ async def embeddings(request: Request, state: State) -> Response:
     texts = [q.input] if isinstance(q.input, str) else q.input
     uploads = [decode_input(t, i) for i, t in enumerate(texts)]
     uploads = [check_input(state, model, u) for u in uploads]
-    found = await state.inference.embed(uploads, q.model)
+    found = await state.inference.embed(uploads, model.key)  # the version checked above
     started = time.perf_counter()
     tokens = sum(len(e.source.spans) for e in found) * _patches(model)
     answer = {
@@ -290,7 +292,10 @@ def _card(name: str, model: LoadedModel) -> dict[str, Any]:
 @router.get("/models", summary="OpenAI model list: the served models", response_model=ModelList)
 @not_admitted("lists the loaded models: no upload, no model run")
 async def list_models(state: State) -> ModelList:
-    cards = [ModelCard(**_card(n, m)) for n, m in state.inference.models.items()]
+    models = state.inference.models
+    cards = [ModelCard(**_card(n, m)) for n, m in models.items()]
+    # a versioned model's name too: what `model=NAME` takes
+    cards += [ModelCard(**_card(n, m)) for n, m in newest(models).items() if n not in models]
     return ModelList(object="list", data=cards)
 
 
