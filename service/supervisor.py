@@ -62,6 +62,9 @@ MAX_PAUSE_S = (
     30.0  # a process that keeps dying soon after its start waits twice as long each time, up to this
 )
 SOON_S = 10.0  # a death this soon after the start counts as "soon"
+# a spare starts this long after the engine listens (after its start, or a takeover): its loading and
+# warm-up take the CPU the service's own start, or its recovery, needs first
+SPARE_DELAY_S = 10.0
 STOP_GRACE_S = 10.0  # after the drain: how long the engine has to stop before SIGKILL
 
 
@@ -187,6 +190,7 @@ class Supervisor:
         self.engine: BaseProcess | None = None
         self.spare: BaseProcess | None = None  # BRIDLE_ENGINE_SPARE: loaded, warm, waiting for `spare_go`
         self.spare_go: Any = None
+        self.listening_since: float | None = None  # when the engine's socket was first seen
         self.front_ends: list[_FrontEnd] = []
         self.rings_made = 0
         self.signals = 0
@@ -212,6 +216,7 @@ class Supervisor:
     def _engine_died(self) -> None:
         """The spare takes over if there is one, else a new engine starts."""
         assert self.engine is not None
+        self.listening_since = None  # the next spare waits SPARE_DELAY_S after the recovery
         code = self.engine.exitcode
         if code == EXIT_BAD_MODELS:
             raise ModelLoadError("the engine process could not load the models (its log above says why)")
@@ -227,8 +232,8 @@ class Supervisor:
         self._start_engine()
 
     def _keep_a_spare(self) -> None:
-        """A spare once the engine listens (not beside its first start: they would share the CPU), and
-        again after the spare died or took over."""
+        """A spare `SPARE_DELAY_S` after the engine listens (not beside the service's start or its
+        recovery: they would share the CPU), and again after the spare died or took over."""
         if not self.settings.engine_spare or (self.spare is not None and self.spare.is_alive()):
             return
         if self.spare is not None:  # it died while waiting
@@ -238,7 +243,12 @@ class Supervisor:
             _forget_metrics_of(self.spare.pid)
             self.spare = None
             self._pause("spare")
-        if os.path.exists(self.spec.socket_path) and not self.signals:
+        if not os.path.exists(self.spec.socket_path) or self.signals:
+            return
+        now = time.monotonic()
+        if self.listening_since is None:
+            self.listening_since = now
+        if now - self.listening_since >= SPARE_DELAY_S:
             self._start_spare()
 
     def _start_front_end(self, index: int) -> _FrontEnd:
