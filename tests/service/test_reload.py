@@ -178,7 +178,11 @@ def test_requests_in_flight_finish_on_the_old_version(
         answers: list[httpx.Response] = []
         waiting = threading.Thread(target=lambda s=server, a=answers: a.append(embed(s, wav, NAME)))
         waiting.start()
-        time.sleep(1.0)  # it is in version 1's queue now
+        queued = f'bridle_queue_depth{{graph="encoder",model="{NAME}@1"}} 1.0'
+        deadline = time.monotonic() + 20
+        while queued not in server.client.get("/metrics").text:  # until it waits in version 1's queue
+            assert time.monotonic() < deadline, "the request did not reach version 1's queue"
+            time.sleep(0.05)
         add_version(versions, second_audio, "2")
         shutil.rmtree(versions / NAME / "1")
         r = server.client.post("/admin/reload")
