@@ -33,6 +33,7 @@ from training.recipe import Recipe, apply_override, recipe_from_dict
 from training.stages import MODEL_CONFIG_FILE, RunContext, prepare_run, run_stage
 
 PRETRAIN = "pretrain"
+PIXEL_COMPONENTS = 256  # the features baseline's PCA of the pixels
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,11 @@ def _context(recipe: Recipe, key: tuple[str, str]) -> RunContext:
 
 def features(dataset: str, part_name: str, labels: float, seed: int, setup: Setup) -> dict[str, Any]:
     """Logistic regression on raw features of `labels` of the training data: audio, the per-mel-bin mean
-    and standard deviation of the clip's normalised log-mel fbank over all its windows; images, the
-    normalised pixels."""
+    and standard deviation of the clip's normalised log-mel fbank over all its windows (a clip shorter
+    than a window repeated to fill it, so that no padding enters the statistics); images, the normalised
+    pixels projected on their first 256 principal components (fitted on the same labelled images; a
+    logistic regression on all 3,072 pixels of 45,000 images takes tens of minutes on one core)."""
+    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -188,7 +192,10 @@ def features(dataset: str, part_name: str, labels: float, seed: int, setup: Setu
     tic = time.perf_counter()
     x, y = raw_features(train, preprocess), np.array(train.targets)
     x_test, y_test = raw_features(ctx.test_set, preprocess), np.array(ctx.test_set.targets)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
+    steps: list[Any] = [StandardScaler()]
+    if ctx.config.modality == "image":
+        steps.append(PCA(min(PIXEL_COMPONENTS, len(x) - 1), random_state=seed))
+    model = make_pipeline(*steps, LogisticRegression(C=1.0, max_iter=1000, random_state=seed))
     accuracy = float(model.fit(x, y).score(x_test, y_test))
     return {
         "dataset": dataset,
@@ -208,7 +215,7 @@ def raw_features(data: MediaDataset, preprocess: nn.Module) -> np.ndarray:
         window, rate = data.cfg.input.window_samples, data.cfg.input.sample_rate
         rows = []
         for wave in data.arrays():
-            windows, _ = audio_windows(wave, window, rate)
+            windows, _ = audio_windows(np.resize(wave, max(len(wave), window)), window, rate)
             fbank = preprocess(torch.from_numpy(windows))  # (W, 1, mel, frames)
             frames = fbank[:, 0].permute(1, 0, 2).flatten(1)  # (mel, W * frames)
             rows.append(torch.cat([frames.mean(1), frames.std(1)]).numpy())

@@ -26,13 +26,15 @@ from tests.live_server import Server, run_server
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"
+# the digit models: each the first of its kind, so an upload without a model name goes to it
+DIGIT_MODELS = [MODELS / m for m in ("audio-digits", "image-digits", "video-motion")]
 KEY = "client-key"
 AUDIO_WINDOW_S = 1.295  # models/audio-digits
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    yield from run_server([MODELS], api_key=KEY, max_batch_size=4, max_wait_ms=5)
+    yield from run_server(DIGIT_MODELS, api_key=KEY, max_batch_size=4, max_wait_ms=5)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,7 @@ def test_the_async_client_gives_what_the_sync_one_gives(server: Server, files) -
 @pytest.fixture
 def one_slot() -> Iterator[Server]:
     """A server that takes one request at a time and asks to retry after 1 s."""
-    yield from run_server([MODELS], max_concurrent_requests=1, retry_after_s=1)
+    yield from run_server(DIGIT_MODELS, max_concurrent_requests=1, retry_after_s=1)
 
 
 def hold_the_slot(server: Server, data: bytes, release: threading.Event) -> threading.Thread:
@@ -210,7 +212,7 @@ def test_a_503_is_retried_after_its_retry_after(one_slot: Server, files) -> None
 
 @pytest.fixture
 def two_slots() -> Iterator[Server]:
-    yield from run_server([MODELS], max_concurrent_requests=2, max_batch_size=4)
+    yield from run_server(DIGIT_MODELS, max_concurrent_requests=2, max_batch_size=4)
 
 
 def test_concurrency_is_bounded(two_slots: Server, files) -> None:

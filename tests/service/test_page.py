@@ -314,12 +314,13 @@ def test_each_request_can_be_copied_as_curl(page, server: Server) -> None:
 
 
 def test_the_keyboard_reaches_the_file_chooser(page, tmp_path: Path) -> None:
-    """Tab from the top: the /docs link, the API key, then the button that opens the file chooser."""
+    """Tab from the top: the /docs link, the API key, the model selector, then the button that opens the
+    file chooser."""
     choosers: list = []
     page.on(
         "filechooser", lambda chooser: choosers.append(chooser)
     )  # intercepted from here on, before any key is pressed
-    for _ in range(3):
+    for _ in range(4):
         page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "choose"
     path = tmp_path / "digit.png"
