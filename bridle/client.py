@@ -257,11 +257,13 @@ def _as_list(inputs: Input | Sequence[Input]) -> tuple[list[Input], bool]:
 R = TypeVar("R")
 
 
-# ---- the sync client --------------------------------------------------------------------------------------
+# ---- what both clients hold --------------------------------------------------------------------------------
 
 
-class Client:
-    """`bridle-serve` at `url` (thread-safe; one connection pool)."""
+class _Connection:
+    """The settings and the httpx connection pool of a client (`transport`: httpx's sync or async client)."""
+
+    transport: type[httpx.Client] | type[httpx.AsyncClient]
 
     def __init__(
         self,
@@ -276,12 +278,22 @@ class Client:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.concurrency, self.retries, self.progress = concurrency, retries, progress
-        self._http = httpx.Client(
+        self._http = self.transport(
             base_url=url,
             headers=_headers(api_key),
             timeout=timeout,
             limits=httpx.Limits(max_connections=concurrency),
         )
+
+
+# ---- the sync client --------------------------------------------------------------------------------------
+
+
+class Client(_Connection):
+    """`bridle-serve` at `url` (thread-safe; one connection pool)."""
+
+    transport = httpx.Client
+    _http: httpx.Client
 
     def __enter__(self) -> Client:
         return self
@@ -404,28 +416,11 @@ def _run_threads(
 # ---- the async client -------------------------------------------------------------------------------------
 
 
-class AsyncClient:
+class AsyncClient(_Connection):
     """`bridle-serve` at `url`, for asyncio: the methods of `Client`, awaited."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        api_key: str | None = None,
-        *,
-        concurrency: int = 4,
-        retries: int = 8,
-        timeout: float = 120.0,
-        progress: bool | None = None,
-    ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        self.concurrency, self.retries, self.progress = concurrency, retries, progress
-        self._http = httpx.AsyncClient(
-            base_url=url,
-            headers=_headers(api_key),
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=concurrency),
-        )
+    transport = httpx.AsyncClient
+    _http: httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncClient:
         return self
