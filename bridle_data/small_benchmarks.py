@@ -4,25 +4,12 @@ release tree (audio/foldN/ + metadata/UrbanSound8K.csv) whose classes are tones 
 from __future__ import annotations
 
 import csv
-import wave
 from pathlib import Path
 
-import numpy as np
-
+from bridle_data.media_files import make_audio
 from bridle_model.datasets import URBANSOUND8K_CLASSES
 
 RATE = 16_000
-
-
-def write_wav(path: Path, seconds: float, freq: float) -> None:
-    t = np.arange(int(seconds * RATE)) / RATE
-    samples = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(samples.tobytes())
 
 
 def official_urbansound8k(root: Path, per_class: int = 2, folds: tuple[int, ...] = (1, 2)) -> Path:
@@ -34,7 +21,9 @@ def official_urbansound8k(root: Path, per_class: int = 2, folds: tuple[int, ...]
             for k in range(per_class):
                 fs_id = 1000 * fold + 10 * class_id + k // 2
                 file = f"{fs_id}-{class_id}-0-{k}.wav"
-                write_wav(root / "audio" / f"fold{fold}" / file, 0.5 + 0.1 * k, 200.0 * (class_id + 1))
+                make_audio(
+                    root / "audio" / f"fold{fold}" / file, 0.5 + 0.1 * k, RATE, hz=200.0 * (class_id + 1)
+                )
                 rows.append([file, fs_id, 0.0, 0.5, 1, fold, class_id, name])
     (root / "metadata").mkdir(parents=True, exist_ok=True)
     with open(root / "metadata" / "UrbanSound8K.csv", "w", newline="") as f:

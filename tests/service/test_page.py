@@ -34,6 +34,7 @@ from bridle_data.demo_data import (
     upscale,
     write_mp4,
 )
+from bridle_data.media_files import encode_audio
 from bridle_model.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -367,12 +368,7 @@ def urban_street(seconds_each: float = 3.0) -> bytes:
         clip = sorted((URBAN / "fold1" / label).glob("*.flac"))[3]
         wave_ = decode_audio(clip, 16000)[: int(seconds_each * 16000)]
         parts.append(np.pad(wave_, (0, int(seconds_each * 16000) - len(wave_))))
-    samples = np.clip(np.concatenate(parts), -1, 1) * 32767
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
-        w.writeframes(samples.astype("<i2").tobytes())
-    return buffer.getvalue()
+    return encode_audio(np.concatenate(parts), "wav", 16000)
 
 
 @pytest.mark.skipif(not URBAN.is_dir(), reason="UrbanSound8K (../shared/data/urbansound8k)")
