@@ -75,7 +75,7 @@ page-screenshots: $(DEV_STAMP) system-deps
 ## (github.com/Jakobovski/free-spoken-digit-dataset) when that folder does not exist
 FSDD ?= ../shared/data/fsdd
 demo-data: $(DEV_STAMP) system-deps
-	$(PY) -m bridle_data.demo_data --out data --fsdd $(FSDD)
+	$(PY) -m bridle.data.demo_data --out data --fsdd $(FSDD)
 
 ## models: retrain and re-export the bundled default models into models/
 models: demo-data
@@ -93,7 +93,7 @@ benchmarks: $(DEV_STAMP)
 ## models-real: retrain and re-export the bundled real-data models (audio-urban, image-cifar10) and their
 ## gated int8 siblings; `make benchmarks` first reuses nothing, it is independent
 models-real: $(DEV_STAMP)
-	$(PY) -m bridle_data.split_folders cifar10 val data/cifar10-val --root $(CIFAR10) --force
+	$(PY) -m bridle.data.split_folders cifar10 val data/cifar10-val --root $(CIFAR10) --force
 	URBANSOUND8K=$(URBANSOUND8K) CIFAR10=$(CIFAR10) bash scripts/build-models.sh audio-urban image-cifar10
 
 ## evaluate-image: the bundled image-digits model as served, on held-out fonts (both polarities), scikit-learn's
@@ -160,7 +160,7 @@ bench-train: $(DEV_STAMP)
 ## (seeded random weights, through `bridle-import hf`) on the handwritten demo digits, through
 ## `bridle-train tokenizer`; prints per-level held-out code usage and perplexity (about 55 min on 2 cores)
 measure-tokenizer: $(DEV_STAMP)
-	$(PY) -m bridle_data.demo_data --out data --only image-digits
+	$(PY) -m bridle.data.demo_data --out data --only image-digits
 	$(PY) -m bench.distill_vit
 
 ## models-int8: int8 variants of the bundled models in models-int8/, each gated on its held-out demo split

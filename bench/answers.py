@@ -16,7 +16,7 @@ import numpy as np
 import typer
 from fastapi.responses import JSONResponse
 
-from service.schemas import EmbedResponse
+from bridle.service.schemas import EmbedResponse
 
 
 def embed_answer(windows: int, patches: int = 64, dim: int = 192) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from bridle_model.manifest import ManifestError, read_manifest
+from bridle.model.manifest import ManifestError, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT = REPO / "runs" / "bench-models"
@@ -30,9 +30,9 @@ def base_audio_dir(root: Path = ROOT, seed: int = 0) -> Path:
         return directory
     except ManifestError:
         pass
-    from bridle_model.checkpoint import build_servable
-    from bridle_model.config import preset
-    from export.model_dir import export_model_dir
+    from bridle.export.model_dir import export_model_dir
+    from bridle.model.checkpoint import build_servable
+    from bridle.model.config import preset
 
     started = time.perf_counter()
     servable = build_servable(preset(PRESET), labels=LABELS, seed=seed)

@@ -34,13 +34,13 @@ import httpx
 import ray
 import typer
 
-from batch.job import run_job
-from batch.settings import JobSettings
-from batch.store import DONE
 from bench.serve import cpu_seconds, process_cpu_seconds, running_service
 from bench.service_load import BUNDLED_AUDIO, drive, wav_bytes
-from bridle_model.manifest import read_manifest
-from service.settings import usable_cores
+from bridle.batch.job import run_job
+from bridle.batch.settings import JobSettings
+from bridle.batch.store import DONE
+from bridle.model.manifest import read_manifest
+from bridle.service.settings import usable_cores
 
 # each connection posts the body to /embed and /tokenize in turn
 EMBED_AND_TOKENIZE = """

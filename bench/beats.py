@@ -3,11 +3,11 @@
     python -m bench.beats [--batch 2] [--iters 3] [--rounds 2] [--opset 18] [--service-seconds 60]
 
 A BEATs-base checkpoint (upstream's iter3 AS2M fine-tuned configuration: 12 x 768, 527 classes) with
-seeded-random weights is written in upstream's layout, imported with `importers.beats`, and its encoder
+seeded-random weights is written in upstream's layout, imported with `bridle.importers.beats`, and its encoder
 graph exported. Both sides then turn the same batch of ~10 s windows (158,960 samples, 992 frames,
 496 patches) into per-class logits:
 
-- reference: the port of upstream's code in bridle_data/reference_beats.py, PyTorch eager, with
+- reference: the port of upstream's code in bridle/data/reference_beats.py, PyTorch eager, with
   this project's torch fbank standing in for torchaudio's (which does not install beside torch 2.13);
 - ONNX Runtime: `encoder.onnx` (fbank, encoder, pooling and head in one graph), on the CPU provider with
   one thread per core that does not spin while idle, as the service runs its sessions (spinning threads
@@ -34,16 +34,16 @@ import torch
 import typer
 
 from bench.timing import call_times, run_worker
-from bridle_data.beats_files import randomise, save_upstream
-from bridle_data.reference_beats import BEATs, Config
-from bridle_model.beats import beats_audio_input
-from bridle_model.checkpoint import Servable
-from bridle_model.config import ModelConfig
-from bridle_model.graphs import EncoderGraph
-from bridle_model.preprocessing import build_preprocessor
-from export.onnx_graphs import OPSET, example_signal, export_graph
-from export.verify import ort_session, sample_inputs
-from importers.beats import import_beats
+from bridle.data.beats_files import randomise, save_upstream
+from bridle.data.reference_beats import BEATs, Config
+from bridle.export.onnx_graphs import OPSET, example_signal, export_graph
+from bridle.export.verify import ort_session, sample_inputs
+from bridle.importers.beats import import_beats
+from bridle.model.beats import beats_audio_input
+from bridle.model.checkpoint import Servable
+from bridle.model.config import ModelConfig
+from bridle.model.graphs import EncoderGraph
+from bridle.model.preprocessing import build_preprocessor
 
 GOAL = 1.2
 # upstream's BEATs_iter3_plus_AS2M fine-tuned configuration (the fields that differ from its defaults)
@@ -114,7 +114,7 @@ def service_windows_per_second(work: Path, servable: Servable, clients: int, sec
     A Python client is cheap here: a window takes seconds of CPU, the client microseconds per request."""
     from bench.serve import closed_loop_rate, running_service
     from bench.service_load import wav_bytes
-    from export.model_dir import export_model_dir
+    from bridle.export.model_dir import export_model_dir
 
     model_dir = export_model_dir(servable, work / "beats-base", name="beats-base", run_verify=False).model_dir
     body = wav_bytes(servable.config.input.window_samples, servable.config.input.sample_rate)

@@ -6,7 +6,7 @@ code usage (goal >= 0.9 at every level), measured through the real `bridle-train
 The teacher, at ViT-S width and depth (12 blocks x 384, 6 heads, MLP x 4, pre-LN, cls token) with seeded
 random weights (no pretrained ViT weights can be had offline here):
 - `hf` (the default): a Hugging Face `ViTForImageClassification` folder written by `transformers` itself
-  (`bridle_data.hf_models`, size "vit-s-32"; needs the `import` extra), imported by the real
+  (`bridle.data.hf_models`, size "vit-s-32"; needs the `import` extra), imported by the real
   `bridle-import hf`: the imported-encoder path a user takes with a Hub download;
 - `own`: the project's own image `Encoder` (sin-cos positions, `build_servable(seed=0)`).
 
@@ -14,7 +14,7 @@ Both read the demo images' own size, 32 px in 4 px patches (an 8 x 8 grid, Image
 224 px: the digits are 8 x 8 scans upscaled to 32 px, and a 224 px teacher would cost 3x per image for the
 same content on this 2-core machine. T is a 2 x 192 ViT, TE 2 x 192. Data: all 1,797 handwritten digits of
 the demo set (scikit-learn's `load_digits`, the demo's train, val and test folders copied into one folder;
-`python -m bridle_data.demo_data --out data --only image-digits` makes them), a fifth of the files held out
+`python -m bridle.data.demo_data --out data --only image-digits` makes them), a fifth of the files held out
 by the CLI's seeded split: about 29k held-out patches for 256 codes.
 """
 
@@ -30,12 +30,12 @@ from typing import Annotated, Literal
 
 import typer
 
-from bridle_model.checkpoint import build_servable, save_servable
-from bridle_model.config import ImageInput, ModelConfig, QuantizerConfig, ViTConfig
+from bridle.model.checkpoint import build_servable, save_servable
+from bridle.model.config import ImageInput, ModelConfig, QuantizerConfig, ViTConfig
 
 VIT_S = ViTConfig(dim=384, depth=12, heads=6, mlp_ratio=4.0)
 HANDWRITTEN = ("train", "val", "test")  # the demo folders of load_digits' images (the rest are printed fonts)
-DEMO_DATA = "python -m bridle_data.demo_data --out data --only image-digits"
+DEMO_DATA = "python -m bridle.data.demo_data --out data --only image-digits"
 SMALL = ViTConfig(dim=192, depth=2, heads=3, mlp_ratio=4.0)
 
 
@@ -59,10 +59,10 @@ def own_teacher(out: Path) -> Path:
 
 def hf_teacher(out: Path) -> Path:
     """A seeded ViT-S folder as transformers writes it, through `bridle-import hf`: the servable."""
-    from bridle_data.hf_models import make_folder
+    from bridle.data.hf_models import make_folder
 
     folder = make_folder("vit", out / "hub", size="vit-s-32", num_labels=10)
-    command = [sys.executable, "-m", "importers.cli", "hf", "--checkpoint", str(folder),
+    command = [sys.executable, "-m", "bridle.importers.cli", "hf", "--checkpoint", str(folder),
                "--out", str(out / "teacher"), "--force"]  # fmt: skip
     print("$", shlex.join(command), flush=True)
     subprocess.run(command, check=True)
@@ -87,7 +87,7 @@ def main(
         shutil.copytree(digits / split, data / split)
     teacher = hf_teacher(out) if teacher_kind == "hf" else own_teacher(out)
     command = [
-        sys.executable, "-m", "training.cli", "tokenizer", str(teacher), "--data", str(data),
+        sys.executable, "-m", "bridle.training.cli", "tokenizer", str(teacher), "--data", str(data),
         "--levels", "4", "--codebook-size", "256", "--steps", str(steps), "--seed", str(seed),
         "--held-out", str(held_out),
         "--dead-code-steps", str(dead_code_steps), "--out", str(out / "servable"), "--force",

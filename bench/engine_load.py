@@ -47,8 +47,8 @@ from bench.service_load import (
     wav_bytes,
 )
 from bench.timing import load_average
-from bridle_model.manifest import read_manifest
-from service.settings import Settings
+from bridle.model.manifest import read_manifest
+from bridle.service.settings import Settings
 
 
 def window_wav(model_dir: Path, folder: Path) -> Path:

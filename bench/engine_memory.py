@@ -33,7 +33,7 @@ from bench.base_model import base_audio_dir
 from bench.serve import memory_mb, running_service
 from bench.service_load import ort_throughput
 from bench.timing import run_worker
-from runtime.sessions import CpuThreads
+from bridle.runtime.sessions import CpuThreads
 
 MODES = ("one-run", "shared", "per-run", "shared-no-arena")
 
@@ -42,9 +42,9 @@ def measure(mode: str, directory: Path, batch: int, runs: int) -> dict[str, floa
     """In this process: open the sessions the way `mode` says, run every graph, -> seconds and RSS."""
     import onnxruntime as ort
 
-    from bridle_model.manifest import read_manifest
-    from runtime.models import NUMPY_DTYPES
-    from runtime.sessions import CPU, ProviderChooser, session_options
+    from bridle.model.manifest import read_manifest
+    from bridle.runtime.models import NUMPY_DTYPES
+    from bridle.runtime.sessions import CPU, ProviderChooser, session_options
 
     manifest = read_manifest(directory, check_hashes=False)
     chooser = ProviderChooser([CPU])

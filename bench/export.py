@@ -19,11 +19,11 @@ import torch
 import typer
 
 from bench.timing import call_times, run_worker
-from bridle_model.checkpoint import build_servable
-from bridle_model.config import preset
-from bridle_model.graphs import EncoderGraph
-from export.onnx_graphs import OPSET, example_signal, export_graph
-from export.verify import sample_inputs
+from bridle.export.onnx_graphs import OPSET, example_signal, export_graph
+from bridle.export.verify import sample_inputs
+from bridle.model.checkpoint import build_servable
+from bridle.model.config import preset
+from bridle.model.graphs import EncoderGraph
 
 GOAL = 1.3
 

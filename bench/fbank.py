@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import typer
 
-from bridle_model.config import AudioInput
-from bridle_model.fbank import KaldiFbank
+from bridle.model.config import AudioInput
+from bridle.model.fbank import KaldiFbank
 
 
 def _time_interleaved(fns: list[Callable[[], object]], warmup: int, repeats: int) -> list[float]:

@@ -25,7 +25,7 @@ import typer
 from bench.serve import BUNDLED, running_service
 from bench.service_load import BUNDLED_AUDIO, drive, wav_bytes
 from bench.timing import load_average
-from bridle_model.manifest import read_manifest
+from bridle.model.manifest import read_manifest
 
 MAX_TIMEOUT_SHARE = 0.01
 WARMUP_S = 2.0  # a wrk run before each measured one, on the same route

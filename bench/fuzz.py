@@ -1,6 +1,6 @@
 """Seeded mutation fuzzing of the service: `python -m bench.fuzz [--cases N] [--seed S] [--clients C]`.
 
-Valid wav, flac, mp3, ogg, png, jpeg, webp, mp4 and webm files (made with bridle_data/media_files.py) are
+Valid wav, flac, mp3, ogg, png, jpeg, webp, mp4 and webm files (made with bridle/data/media_files.py) are
 damaged by bit flips, truncations, spliced byte runs and inserted junk, and posted to a real
 `bridle-serve` on loopback (the bundled models, or `--model-dir`). Every answer must be 2xx, or 4xx
 with a JSON error body; the run prints the counts by status and error code and exits 1 when any answer
@@ -21,7 +21,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from bridle_data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
+from bridle.data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
 
 FORMATS = ("wav", "flac", "mp3", "ogg", "png", "jpeg", "webp", "mp4", "webm")
 ROUTES = ("/embed", "/tokenize", "/classify")

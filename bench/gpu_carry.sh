@@ -19,7 +19,7 @@ set -euo pipefail
 
 DIR=.gpu-carry
 ORT="onnxruntime-gpu==1.31.1"
-# what `import service.app` needs beyond the GPU machine's image (it has numpy, httpx, anyio, typer,
+# what `import bridle.service.app` needs beyond the GPU machine's image (it has numpy, httpx, anyio, typer,
 # prometheus-client, pillow, pyyaml, onnx, torch)
 SERVICE=(fastapi starlette pydantic pydantic-core annotated-types annotated-doc typing-inspection
     typing-extensions opentelemetry-api importlib-metadata zipp pydantic-settings python-dotenv

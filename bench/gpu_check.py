@@ -46,15 +46,15 @@ import httpx
 import numpy as np
 import typer
 
-from bridle_model.manifest import read_manifest
-from runtime.errors import ModelLoadError
-from runtime.models import LoadedModel, find_model_dirs, load_model
-from runtime.providers import GpuOptions
-from runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
+from bridle.model.manifest import read_manifest
+from bridle.runtime.errors import ModelLoadError
+from bridle.runtime.models import LoadedModel, find_model_dirs, load_model
+from bridle.runtime.providers import GpuOptions
+from bridle.runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
 
 REPO = Path(__file__).resolve().parent.parent
-EMBEDDING_TOLERANCE = 1e-4  # as export/verify.py: max abs diff of every float output
-CODE_AGREEMENT = 0.999  # as export/verify.py: share of identical code positions
+EMBEDDING_TOLERANCE = 1e-4  # as bridle/export/verify.py: max abs diff of every float output
+CODE_AGREEMENT = 0.999  # as bridle/export/verify.py: share of identical code positions
 PARITY_BATCHES = (1, 8, 16)
 TIMED_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 HEAVY_OPS = {"MatMul", "Gemm", "Conv", "Softmax", "LayerNormalization", "Einsum"}

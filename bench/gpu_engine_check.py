@@ -33,8 +33,8 @@ from bench.engine_load import window_wav
 from bench.gpu_check import watching_gpu, why_no_cuda
 from bench.serve import closed_loop_rate
 from bench.service_load import BUNDLED_AUDIO, drive, ort_throughput, serve
-from runtime.sessions import CpuThreads
-from service.settings import usable_cores
+from bridle.runtime.sessions import CpuThreads
+from bridle.service.settings import usable_cores
 
 
 def micro(wrk: str, folder: Path, frontends: list[int], clients: int, seconds: float) -> list[dict]:

@@ -3,11 +3,11 @@ ratio >= 1.0 at batch 8).
 
     python -m bench.hf [--families vit,ast,videomae] [--batch 8] [--iters 3] [--warmup 1] [--rounds 2]
 
-For each family, a real-size configuration with seeded random weights (ViT-B/16 at 224 px, 1,000 classes;
-AST base: 1,024 frames x 128 mel, stride 10, 1,212 patches, 527 classes; VideoMAE base: 16 frames at
-224 px, 1,568 tubelets, 400 classes) is written by transformers (`save_pretrained`), imported with
-`importers.hf` and exported with `export.model_dir` (the exported directory is verified by the tests on
-small configs; here verification is skipped, it would triple the run time). Both sides then classify the
+For each family, a real-size configuration with seeded random weights (ViT-B/16 at 224 px, 1,000 classes; AST
+base: 1,024 frames x 128 mel, stride 10, 1,212 patches, 527 classes; VideoMAE base: 16 frames at 224 px, 1,568
+tubelets, 400 classes) is written by transformers (`save_pretrained`), imported with `bridle.importers.hf` and
+exported with `bridle.export.model_dir` (the exported directory is verified by the tests on small configs;
+here verification is skipped, it would triple the run time). Both sides then classify the
 same batch:
 
 - transformers: `model(pixel_values=...)` / `model(input_values=...)` in PyTorch eager (its default
@@ -32,10 +32,10 @@ import torch
 import typer
 
 from bench.timing import call_times, run_worker
-from bridle_data.hf_models import load_model, make_folder, reference, sample_input
-from export.model_dir import export_model_dir
-from export.verify import ort_session
-from importers.hf import import_hf
+from bridle.data.hf_models import load_model, make_folder, reference, sample_input
+from bridle.export.model_dir import export_model_dir
+from bridle.export.verify import ort_session
+from bridle.importers.hf import import_hf
 
 GOAL = {"vit": 1.0}
 CLASSES = {"vit": 1000, "ast": 527, "videomae": 400}

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.peers import one_window
-from bridle_model.manifest import read_manifest
+from bridle.model.manifest import read_manifest
 
 
 class Embed(ls.LitAPI):

@@ -29,8 +29,8 @@ import typer
 
 from bench.serve import BUNDLED, cpu_seconds, running_service
 from bench.service_load import LoadResult, drive
-from bridle_data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
-from bridle_model.manifest import read_manifest
+from bridle.data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
+from bridle.model.manifest import read_manifest
 
 LUA = """
 local f = assert(io.open(os.getenv("BRIDLE_BENCH_BODY"), "rb"))

@@ -40,8 +40,8 @@ from starlette.concurrency import run_in_threadpool
 from bench.serve import REPO, free_port, running_server
 from bench.service_load import WRK_SCRIPT, drive, serve, wav_bytes
 from bench.timing import load_average
-from bridle_model.decoding import decode_audio
-from bridle_model.manifest import read_manifest
+from bridle.model.decoding import decode_audio
+from bridle.model.manifest import read_manifest
 
 BUNDLED_AUDIO = REPO / "models" / "audio-digits"
 WAV = {"Content-Type": "audio/wav"}

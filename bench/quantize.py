@@ -4,8 +4,8 @@
                              [--no-service] [--static] [--precision fp16 --provider CUDAExecutionProvider]
 
 Needs the demo data (`make demo-data`): each model's int8 (or `--precision fp16`) sibling is made by
-`export.quantize` into a temporary folder and gated on `data/<model>/test`, the held-out split the bundled
-model never saw. Then:
+`bridle.export.quantize` into a temporary folder and gated on `data/<model>/test`, the held-out split the
+bundled model never saw. Then:
 
 1. in process: the encoder graph at batch 8 with ONNX Runtime's default threads, float32 and int8 in
    alternating rounds of `--seconds` (both see the same machine load); the ratio is the median of the
@@ -36,11 +36,11 @@ import typer
 
 from bench.serve import running_service
 from bench.service_load import WRK_SCRIPT, LoadResult, drive
-from bridle_model.manifest import GRAPHS, Manifest, read_manifest
-from export.gate import GateResult, load_held_out, measure_gate
-from export.precision import plain_model, transformer_matmuls
-from export.quantize import write_variant
-from export.verify import sample_inputs
+from bridle.export.gate import GateResult, load_held_out, measure_gate
+from bridle.export.precision import plain_model, transformer_matmuls
+from bridle.export.quantize import write_variant
+from bridle.export.verify import sample_inputs
+from bridle.model.manifest import GRAPHS, Manifest, read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("audio-digits", "image-digits", "video-motion")
@@ -116,7 +116,7 @@ def request_body(manifest: Manifest, folder: Path) -> Path:
         path = folder / "window.png"
         path.write_bytes(buf.getvalue())
         return path
-    from bridle_data.demo_data import write_mp4
+    from bridle.data.demo_data import write_mp4
 
     path = folder / "window.mp4"
     frames = signal.transpose(0, 2, 3, 1)  # (T, S, S, 3)

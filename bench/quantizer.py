@@ -17,8 +17,8 @@ import torch
 import typer
 
 from bench.timing import call_times
-from bridle_model.config import QuantizerConfig
-from bridle_model.quantizer import ResidualQuantizer
+from bridle.model.config import QuantizerConfig
+from bridle.model.quantizer import ResidualQuantizer
 
 
 def _time(fn: Callable[[], object], warmup: int, repeats: int) -> float:

@@ -10,8 +10,8 @@ wrk's 400 clients post a one-window wav to `/embed` of the small audio model for
 1. `bridle-serve` in one process (BRIDLE_FRONTENDS=0) with an in-flight bound of 1, its one slot held by
    a request whose body never comes, so that every answer is a refusal (checked: none is served);
 2. the floor: a bare asyncio protocol on the same event loop (uvloop when installed, as uvicorn picks)
-   that finds each request with the same head scan (`service.protocol.plain_request`) and writes the
-   same prepared bytes (`service.middleware.refusal_bytes`) with a new request id, and nothing else:
+   that finds each request with the same head scan (`bridle.service.protocol.plain_request`) and writes the
+   same prepared bytes (`bridle.service.middleware.refusal_bytes`) with a new request id, and nothing else:
    no HTTP parser, no uvicorn, no metrics.
 
 For each: refusals/s, the CPU per refusal of the server's process tree and of wrk (from /proc and
@@ -42,9 +42,9 @@ import typer
 from bench.engine_load import window_wav
 from bench.serve import cpu_seconds, free_port, running_service
 from bench.service_load import BUNDLED_AUDIO, ProbeResult, drive, export_tiny_audio, probe
-from runtime.engine import event_loop_factory
-from service.middleware import AdmissionState, new_request_id, refusal_bytes
-from service.protocol import plain_request
+from bridle.runtime.engine import event_loop_factory
+from bridle.service.middleware import AdmissionState, new_request_id, refusal_bytes
+from bridle.service.protocol import plain_request
 
 CLIENTS = 400
 WARMUP_S = 2.0

@@ -29,8 +29,8 @@ from pathlib import Path
 import httpx
 
 from bench.serve import running_service
-from bridle_data.media_files import make_audio, make_image, make_video
-from bridle_model.manifest import read_manifest
+from bridle.data.media_files import make_audio, make_image, make_video
+from bridle.model.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -138,7 +138,7 @@ def running_service(
     """`bridle-serve` over `model_dirs` with `env` added to the environment, ready (within
     `ready_timeout_s`); stopped at the end (SIGTERM). With `log`, its stderr lines are collected."""
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "--port", str(port)]
+    cmd = [sys.executable, "-m", "bridle.service.cli", "--port", str(port)]
     for d in model_dirs:
         cmd += ["--model-dir", str(d)]
     env = {**os.environ, "BRIDLE_API_KEY": "", **(env or {})}

@@ -44,10 +44,10 @@ import numpy as np
 import typer
 
 from bench.serve import running_service
-from bridle_model.manifest import read_manifest
-from runtime.models import load_model
-from runtime.sessions import CpuThreads, ProviderChooser
-from service.settings import Settings
+from bridle.model.manifest import read_manifest
+from bridle.runtime.models import load_model
+from bridle.runtime.sessions import CpuThreads, ProviderChooser
+from bridle.service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_AUDIO = REPO / "models" / "audio-digits"
@@ -92,9 +92,9 @@ def wav_bytes(samples: int, rate: int, seed: int = 0) -> bytes:
 
 
 def export_tiny_audio(root: Path) -> Path:
-    from bridle_model.checkpoint import build_servable
-    from bridle_model.config import preset
-    from export.model_dir import export_model_dir
+    from bridle.export.model_dir import export_model_dir
+    from bridle.model.checkpoint import build_servable
+    from bridle.model.config import preset
 
     servable = build_servable(preset("tiny-audio"), labels=["a", "b"])
     return export_model_dir(servable, root / "tiny-audio", name="tiny-audio", run_verify=False).model_dir

@@ -41,7 +41,7 @@ import typer
 
 from bench.fuzz import CONTENT_TYPES, mutate, seed_files
 from bench.serve import BUNDLED, Service, memory_mb, running_service
-from bridle_model.manifest import read_manifest
+from bridle.model.manifest import read_manifest
 
 FORMATS_OF = {
     "audio": ("wav", "flac", "mp3", "ogg"),
@@ -71,9 +71,9 @@ CALLS: dict[str, Callable[[str, str, bytes, str], dict[str, Any]]] = {
 
 
 def media_routes() -> list[str]:
-    """The paths the app admits (service/routes/admission.py), as the running service declares them."""
-    from service.app import create_app
-    from service.settings import Settings
+    """The paths the app admits (bridle/service/routes/admission.py), as the running service declares them."""
+    from bridle.service.app import create_app
+    from bridle.service.settings import Settings
 
     routes = create_app(Settings(model_dirs=BUNDLED)).state.bridle.admission.routes
     if routes.patterns:

@@ -9,7 +9,8 @@ Run: `python -m bench.train [step|data|rq] [--preset tiny-audio --batch 16 --rep
   round after round, so that they share the machine's load: eager fp32 (the baseline, today's loop),
   bf16 autocast, bf16 + fused AdamW, and with --compile the torch.compile'd transformer stacks. Prints
   samples/s and the ratio to the baseline measured in the same run.
-- data: the real training loop's stream (training/loader.py) over the clips, decoded per item (no cache),
+- data: the real training loop's stream (bridle/training/loader.py) over the clips, decoded per item (no
+cache),
   with 0 and 2 workers: samples/s and the share of the time spent waiting for a batch.
 - rq: a trained tokenizer's features on real speech, quantized (a) all in fp32 (the reference), (b) with
   the distances and residuals in bf16, (c) with the tokenizer network in bf16 autocast but the quantizer
@@ -33,14 +34,14 @@ import torch
 import torch.nn.functional as F
 import typer
 
-from bridle_model.bridle import Pretraining, quantizers
-from bridle_model.config import ModelConfig, preset
-from bridle_model.preprocessing import build_preprocessor
-from bridle_model.tokenizer import RandomProjectionTokenizer, fit_codebooks
-from training.precision import autocast, compile_transformers
+from bridle.model.bridle import Pretraining, quantizers
+from bridle.model.config import ModelConfig, preset
+from bridle.model.preprocessing import build_preprocessor
+from bridle.model.tokenizer import RandomProjectionTokenizer, fit_codebooks
+from bridle.training.precision import autocast, compile_transformers
 
 app = typer.Typer(add_completion=False, help=__doc__.split("\n\n")[0])
-FSDD = Path("data/fsdd")  # real speech, written by `make demo-data` (bridle_data/fsdd.py)
+FSDD = Path("data/fsdd")  # real speech, written by `make demo-data` (bridle/data/fsdd.py)
 CPU = torch.device("cpu")
 
 
@@ -57,8 +58,8 @@ def _clip_paths(clips: Path, n: int) -> list[Path]:
 
 def _features(cfg: ModelConfig, clips: Path, batch: int) -> torch.Tensor:
     """fbank features of `batch` real clips (start-aligned windows) -> (B, 1, frames, bins)."""
-    from bridle_model.decoding import decode_audio
-    from bridle_model.windowing import fit_window
+    from bridle.model.decoding import decode_audio
+    from bridle.model.windowing import fit_window
 
     waves = [decode_audio(p, cfg.input.sample_rate) for p in _clip_paths(clips, batch)]
     signal = torch.from_numpy(np.stack([fit_window(w, cfg.input.window_samples) for w in waves]))
@@ -150,12 +151,12 @@ def data(
     clips: Path = typer.Option(FSDD, help="a folder of .wav clips"),
 ) -> None:
     """samples/s and data-wait share of the training stream, decoding per item, with 0 and 2 workers."""
-    from bridle_model.media_sets import Entry
-    from training.data import MediaDataset
-    from training.distributed import DistInfo
-    from training.loader import train_batches
-    from training.monitor import Throughput
-    from training.recipe import DataSpec
+    from bridle.model.media_sets import Entry
+    from bridle.training.data import MediaDataset
+    from bridle.training.distributed import DistInfo
+    from bridle.training.loader import train_batches
+    from bridle.training.monitor import Throughput
+    from bridle.training.recipe import DataSpec
 
     torch.set_num_threads(threads)
     cfg = preset(preset_name)
@@ -205,7 +206,7 @@ def rq(
     clips: Path = typer.Option(FSDD, help="a folder of .wav clips"),
 ) -> None:
     """Code agreement of bf16 vs fp32 quantization on a trained tokenizer's features of real speech."""
-    from bridle_model.checkpoint import CheckpointError, load_servable
+    from bridle.model.checkpoint import CheckpointError, load_servable
 
     try:
         model = load_servable(servable)

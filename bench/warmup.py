@@ -15,11 +15,11 @@ from typing import Annotated
 
 import typer
 
-from runtime.models import find_model_dirs, load_model, load_models
-from runtime.sessions import CPU, CpuThreads, ProviderChooser
-from service.infer import Inference
-from service.metrics import Metrics
-from service.settings import Settings
+from bridle.runtime.models import find_model_dirs, load_model, load_models
+from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
+from bridle.service.infer import Inference
+from bridle.service.metrics import Metrics
+from bridle.service.settings import Settings
 
 
 def warm_up_seconds(warmup: str) -> float:

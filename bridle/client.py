@@ -21,7 +21,7 @@ and a refused connection are retried after the answer's Retry-After (else an exp
 shows on a terminal (`progress=False` hides it, `True` shows it anywhere).
 
 `bridle-client embed FILES... --out x.parquet` (`main`) writes the batch job's windows table
-(`bridle-batch`, batch/tables.py) from the service's answers.
+(`bridle-batch`, bridle/batch/tables.py) from the service's answers.
 
 This module imports nothing of the project's packages: httpx, numpy and tqdm (pyarrow for `--out`,
 Pillow for image arrays), so it installs and runs apart from the server (`pip install ".[client]"` in a
@@ -538,7 +538,7 @@ def codes_dtype(codebook_size: int) -> type[np.unsignedinteger]:
 def windows_table(
     manifest: dict[str, Any], embedded: list[Embedding], codes: list[Codes], labels: list[Labels] | None
 ) -> Any:
-    """The batch job's windows table (batch/tables.py: one row per window, same columns, types and
+    """The batch job's windows table (bridle/batch/tables.py: one row per window, same columns, types and
     schema metadata) from the service's answers for the files of one model."""
     import pyarrow as pa  # only for the table
 

@@ -2,7 +2,7 @@
 # Multi-node BRIDLE training on SLURM: one torchrun agent per node, joined by c10d rendezvous on the first
 # node; torchrun starts one training process per GPU (NCCL) or, on CPU-only nodes, one per --cpus (gloo).
 #
-#   sbatch deploy/slurm-train.sh training/recipes/audio-digits.yaml [key=value ...]
+#   sbatch deploy/slurm-train.sh bridle/training/recipes/audio-digits.yaml [key=value ...]
 #   sbatch --nodes 4 --gpus-per-node 8 deploy/slurm-train.sh my-recipe.yaml train.precision=bf16
 #
 # Needs: the project installed in a venv on a filesystem every node mounts (BRIDLE_VENV, default .venv),
@@ -44,4 +44,4 @@ srun --ntasks-per-node=1 "$VENV/bin/torchrun" \
     --rdzv_backend=c10d \
     --rdzv_endpoint="$HEAD_NODE:$PORT" \
     --rdzv_id="$SLURM_JOB_ID" \
-    -m training.cli run "$@" --resume
+    -m bridle.training.cli run "$@" --resume

@@ -5,10 +5,10 @@
     python -m experiments.eval_audio loso       leave-one-speaker-out over the 4 real FSDD speakers
     python -m experiments.eval_audio evaluate SERVABLE [--speakers ...]   the tables for one trained model
 
-The recipe's (training/recipes/audio-digits.yaml) pretrain and tokenizer stages train on the synthetic
+The recipe's (bridle/training/recipes/audio-digits.yaml) pretrain and tokenizer stages train on the synthetic
 espeak-ng voices (data/audio-digits/train) only; its classifier stage trains on those voices plus real FSDD
 speakers (data/fsdd, CC BY-SA 4.0): takes 5-49 of each training speaker, while takes 0-4 are held out to
-fit the softmax temperature, drawn through the recipe's augmentation (training/calibration.py). As no
+fit the softmax temperature, drawn through the recipe's augmentation (bridle/training/calibration.py). As no
 real speech reaches the pretraining, a leave-one-speaker-out fold copies the pretrained stages and
 retrains only the classifier without its test speaker: no fold ever sees the speaker it is scored on.
 
@@ -32,27 +32,28 @@ from typing import Any
 import numpy as np
 import typer
 
-from bridle_data.fsdd import FSDD_CREDIT, FSDD_SPEAKERS
-from bridle_model.checkpoint import load_servable
-from bridle_model.graphs import EncoderGraph
-from bridle_model.windowing import audio_windows
-from training.audio_augment import coloured_noise
-from training.calibration import (
+from bridle.data.fsdd import FSDD_CREDIT, FSDD_SPEAKERS
+from bridle.model.checkpoint import load_servable
+from bridle.model.graphs import EncoderGraph
+from bridle.model.windowing import audio_windows
+from bridle.training.audio_augment import coloured_noise
+from bridle.training.calibration import (
     expected_calibration_error,
     fit_temperature,
     held_out_logits,
     servable_logits,
     softmax,
 )
-from training.data import MediaDataset
-from training.recipe import load_recipe
+from bridle.training.data import MediaDataset
+from bridle.training.recipe import load_recipe
 
-RECIPE = Path("training/recipes/audio-digits.yaml")
+RECIPE = Path("bridle/training/recipes/audio-digits.yaml")
 SYNTHETIC = Path("data/audio-digits")
 FSDD = Path("data/fsdd")
 CALIBRATION_TAKES = 5  # FSDD takes 0-4 of each training speaker fit the temperature (FSDD's own test split)
 # ... each drawn this often through the recipe's augmentation (as scripts/build-models.sh calibrates): the
-# plain takes are easier than unseen speakers and their temperature over-confident (training/calibration.py)
+# plain takes are easier than unseen speakers and their temperature over-confident
+# (bridle/training/calibration.py)
 CALIBRATION_REPEATS = 4
 REAL_REPEATS = 2  # each real training clip is listed this often (each copy draws its own augmentation)
 PRETRAINED_STAGES = ("pretrain1", "tokenizer1", "pretrain2")  # the recipe's stages before the classifier

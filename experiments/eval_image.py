@@ -8,7 +8,7 @@ softmax of the `logits` output, so the figures are what a user of `bridle-serve`
 `<out>/eval.json` and `<out>/eval.md` (markdown tables), and prints the tables:
 
 - digits: scikit-learn's test split (handwritten, never trained on), the printed digits in the held-out
-  font families (bridle_data/printed_digits.py, both polarities and each alone), and `val` (what the
+  font families (bridle/data/printed_digits.py, both polarities and each alone), and `val` (what the
   temperature was fitted on, for reference): accuracy, mean top score, and the expected calibration error
   with the stored temperature and without it (the raw logits are the calibrated ones times T, the
   temperature recorded in the manifest's provenance.calibration; T = 1 when uncalibrated);
@@ -32,9 +32,9 @@ import typer
 from PIL import Image
 from tqdm import tqdm
 
-from bridle_model.decoding import decode_image
-from bridle_model.manifest import Manifest, read_manifest
-from training.calibration import expected_calibration_error, fit_temperature, softmax
+from bridle.model.decoding import decode_image
+from bridle.model.manifest import Manifest, read_manifest
+from bridle.training.calibration import expected_calibration_error, fit_temperature, softmax
 
 CONFIDENT = 0.9  # a top score at or above this is a confident answer
 BATCH = 64

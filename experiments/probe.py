@@ -35,11 +35,11 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bridle_data.fsdd import fsdd_clips
-from bridle_model.config import ModelConfig
-from bridle_model.media_sets import Entry, split_by_metadata
-from bridle_model.quantizer import LevelUsage, ResidualQuantizer
-from training.data import MediaDataset
+from bridle.data.fsdd import fsdd_clips
+from bridle.model.config import ModelConfig
+from bridle.model.media_sets import Entry, split_by_metadata
+from bridle.model.quantizer import LevelUsage, ResidualQuantizer
+from bridle.training.data import MediaDataset
 
 METADATA = "metadata.csv"
 T = TypeVar("T")
@@ -109,7 +109,7 @@ def image_probe_data(data_dir: Path, cfg: ModelConfig, probe: ProbeConfig) -> Pr
     metadata = Path(data_dir) / METADATA
     if not metadata.is_file():
         raise FileNotFoundError(
-            f"{metadata} is missing: build the demo data (python -m bridle_data.demo_data)"
+            f"{metadata} is missing: build the demo data (python -m bridle.data.demo_data)"
         )
     splits = split_by_metadata(metadata, "label")
     train = _capped(splits["train"], lambda e: e.label, probe.max_per_class)

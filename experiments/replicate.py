@@ -33,7 +33,7 @@ import torch
 import typer
 from tqdm import tqdm
 
-from bridle_model.preprocessing import build_preprocessor
+from bridle.model.preprocessing import build_preprocessor
 from experiments.probe import (
     ProbeData,
 )

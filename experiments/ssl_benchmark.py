@@ -29,7 +29,7 @@ from typing import Any
 import typer
 from tqdm import tqdm
 
-from bridle_model.atomic import atomic_write_bytes
+from bridle.model.atomic import atomic_write_bytes
 from experiments.benchmarks import jobs
 from experiments.benchmarks.plan import ARMS, BENCHMARKS, SEEDS, SWEEP_LRS, Benchmark
 from experiments.benchmarks.report import write_report

@@ -3,7 +3,7 @@
 # calibrate its scores on held-out data, export its servable checkpoint to a verified model directory
 # and evaluate it. Usage:
 #   bash scripts/build-models.sh [audio-digits image-digits video-motion audio-urban image-cifar10]
-# Each model: .venv/bin/bridle-train run training/recipes/<recipe>.yaml
+# Each model: .venv/bin/bridle-train run bridle/training/recipes/<recipe>.yaml
 #             .venv/bin/bridle-train calibrate runs/<recipe>/servable --data <held-out>   (where listed below)
 #             .venv/bin/bridle-export export runs/<recipe>/servable models/<recipe> --force
 #             <its evaluation command>                                                      (where listed below)
@@ -12,17 +12,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 MODELS=${MODELS:-models}
-# Held-out data each model's softmax temperature is fitted on (training/calibration.py): never a test split.
+# Held-out data each model's softmax temperature is fitted on (bridle/training/calibration.py): never a test split.
 # image-digits: val (scikit-learn's digits moved out of train, and the val font families).
 declare -A CALIBRATION=(
   [audio-digits]="runs/audio-digits/data/calibration.csv"
   [image-digits]="data/image-digits/val"
 )
 # audio-digits: its held-out takes come from the speakers it trained on, easier than new ones; fitted on 4
-# draws of each through the recipe's augmentation, T suits speakers never heard (training/calibration.py;
+# draws of each through the recipe's augmentation, T suits speakers never heard (bridle/training/calibration.py;
 # CALIBRATION_REPEATS in experiments/eval_audio.py, which calibrates the leave-one-speaker-out folds alike).
 declare -A CALIBRATE_OPTIONS=(
-  [audio-digits]="--augment training/recipes/audio-digits.yaml --repeats 4"
+  [audio-digits]="--augment bridle/training/recipes/audio-digits.yaml --repeats 4"
 )
 # Models whose recipe has another name (runs/<recipe>/ is where they train).
 declare -A RECIPE=(
@@ -35,7 +35,7 @@ declare -A OVERRIDES=(
   [image-cifar10]="data.dataset.root=${CIFAR10:-../shared/data/cifar10}"
 )
 # int8 siblings written beside the float32 model (models/<name>-int8), each only if it passes the accuracy
-# gate on this labelled data (export/gate.py): the data is in the model's training set (the model trained
+# gate on this labelled data (bridle/export/gate.py): the data is in the model's training set (the model trained
 # on all the project has), so the gate measures int8 against float32, not generalisation.
 declare -A INT8_GATE=(
   [audio-urban]="${URBANSOUND8K:-../shared/data/urbansound8k}/fold2"
@@ -55,13 +55,13 @@ recipes=("$@")
 [ ${#recipes[@]} -gt 0 ] || recipes=(audio-digits image-digits video-motion)
 for model in "${recipes[@]}"; do
   recipe=${RECIPE[$model]:-$model}
-  echo "== $model: training (training/recipes/$recipe.yaml)"
+  echo "== $model: training (bridle/training/recipes/$recipe.yaml)"
   start=$(date +%s)
   if [ -n "${TRAIN[$model]:-}" ]; then
     ${TRAIN[$model]}
   else
     # shellcheck disable=SC2086  # the overrides are words
-    "$BIN/bridle-train" run "training/recipes/$recipe.yaml" ${OVERRIDES[$model]:-} --resume
+    "$BIN/bridle-train" run "bridle/training/recipes/$recipe.yaml" ${OVERRIDES[$model]:-} --resume
   fi
   echo "== $model: trained in $(( $(date +%s) - start )) s"
   if [ -n "${CALIBRATION[$model]:-}" ]; then

@@ -6,7 +6,7 @@
 #   docker.io    a Docker engine for the image tests (they start `dockerd` when none runs)
 #   debootstrap  the local stand-in for python:3.11-slim when Docker Hub cannot be reached
 #   fonts-*      the fonts the printed digits of the image demo data are rendered from
-#                (bridle_data/printed_digits.py; about 30 MB of downloads)
+#                (bridle/data/printed_digits.py; about 30 MB of downloads)
 set -euo pipefail
 need=()
 for extra in "$@"; do

@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bridle_data.demo_data import build_all
+    from bridle.data.demo_data import build_all
 
     if shutil.which("espeak-ng") is None:
         subprocess.run(["bash", str(REPO / "scripts" / "system-deps.sh")], check=True)

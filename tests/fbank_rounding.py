@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridle_model.config import AudioInput
-from bridle_model.fbank import LOG_FLOOR, KaldiFbank
+from bridle.model.config import AudioInput
+from bridle.model.fbank import LOG_FLOOR, KaldiFbank
 
 U = 2.0**-24  # float32 unit roundoff
 LOG_ULPS = 4  # rounding of float32 log itself (libm and ORT's vectorised log are within a few ulp)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def build_held_out(root: Path) -> dict[str, Path]:
     """Model name -> the data source its gate reads (a class folder or a metadata.csv)."""
-    from bridle_data.demo_data import build_all
+    from bridle.data.demo_data import build_all
 
     if shutil.which("espeak-ng") is None:
         subprocess.run(["bash", str(REPO / "scripts" / "system-deps.sh")], check=True)

@@ -36,12 +36,12 @@ def run_server(
     **settings_overrides,
 ) -> Iterator[Server]:
     """Start the app in a uvicorn server thread (its lifespan loads the models), wait up to `ready_within`
-    seconds for /ready, yield a client whose requests time out after `timeout` s, then shut it down.
-    uvicorn parses HTTP as `bridle-serve` does (service/protocol.py), or with `http` ("h11"); it closes a
+    seconds for /ready, yield a client whose requests time out after `timeout` s, then shut it down. uvicorn
+    parses HTTP as `bridle-serve` does (bridle/service/protocol.py), or with `http` ("h11"); it closes a
     connection idle for `keep_alive_s` (uvicorn's default 5 s)."""
-    from service.app import create_app
-    from service.protocol import http_protocol
-    from service.settings import Settings
+    from bridle.service.app import create_app
+    from bridle.service.protocol import http_protocol
+    from bridle.service.settings import Settings
 
     # one ORT thread per run: the tests share two cores with the server
     defaults = {"providers": ["CPUExecutionProvider"], "intra_op_threads": 1}

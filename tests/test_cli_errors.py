@@ -9,21 +9,21 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import batch.cli
-import export.cli
-import importers.cli
-import service.cli
-import training.cli
+from bridle.batch import cli as batch_cli
+from bridle.export import cli as export_cli
+from bridle.importers import cli as importers_cli
+from bridle.service import cli as service_cli
+from bridle.training import cli as training_cli
 
 
 @pytest.mark.parametrize(
     ("app", "args", "code"),
     [
-        (training.cli.app, ["run", "{tmp}/missing.yaml"], 2),
-        (export.cli.app, ["export", "{tmp}/missing", "{tmp}/out"], 1),
-        (importers.cli.app, ["beats", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/out"], 1),
-        (service.cli.cli, ["--model-dir", "{tmp}/missing"], 2),
-        (batch.cli.app, ["{tmp}/missing", "--output", "{tmp}/out"], 2),
+        (training_cli.app, ["run", "{tmp}/missing.yaml"], 2),
+        (export_cli.app, ["export", "{tmp}/missing", "{tmp}/out"], 1),
+        (importers_cli.app, ["beats", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/out"], 1),
+        (service_cli.cli, ["--model-dir", "{tmp}/missing"], 2),
+        (batch_cli.app, ["{tmp}/missing", "--output", "{tmp}/out"], 2),
     ],
     ids=["bridle-train", "bridle-export", "bridle-import", "bridle-serve", "bridle-batch"],
 )

@@ -11,10 +11,7 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = (
-    "bridle", "bridle_model", "runtime", "service", "batch", "export", "importers", "training", "bridle_data",
-    "experiments", "bench",
-)  # fmt: skip
+PACKAGES = ("bridle", "experiments", "bench")
 IMPORTS_TESTS = re.compile(r"^\s*(?:from|import)\s+tests(?:\.([\w.]+))?", re.M)
 
 

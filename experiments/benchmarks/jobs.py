@@ -23,14 +23,14 @@ import torch
 import yaml
 from torch import nn
 
-from bridle_model.config import AudioInput, ModelConfig
-from bridle_model.preprocessing import build_preprocessor
-from bridle_model.windowing import audio_windows
+from bridle.model.config import AudioInput, ModelConfig
+from bridle.model.preprocessing import build_preprocessor
+from bridle.model.windowing import audio_windows
+from bridle.training.data import ItemMaker, MediaDataset, label_share
+from bridle.training.distributed import DistInfo
+from bridle.training.recipe import Recipe, apply_override, recipe_from_dict
+from bridle.training.stages import MODEL_CONFIG_FILE, RunContext, prepare_run, run_stage
 from experiments.benchmarks.plan import BENCHMARKS, Benchmark, Part
-from training.data import ItemMaker, MediaDataset, label_share
-from training.distributed import DistInfo
-from training.recipe import Recipe, apply_override, recipe_from_dict
-from training.stages import MODEL_CONFIG_FILE, RunContext, prepare_run, run_stage
 
 PRETRAIN = "pretrain"
 PIXEL_COMPONENTS = 256  # the features baseline's PCA of the pixels
@@ -42,7 +42,7 @@ class Setup:
 
     root: str  # the data set's folder
     runs: str  # runs/benchmarks
-    overrides: tuple[str, ...] = ()  # dotted key=value recipe overrides (training/recipe.py)
+    overrides: tuple[str, ...] = ()  # dotted key=value recipe overrides (bridle/training/recipe.py)
     finetune_steps: int | None = None  # replaces the plan's steps per label fraction
 
 
@@ -235,8 +235,8 @@ def probe(dataset: str, part_name: str, setup: Setup) -> list[dict[str, Any]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from bridle_model.encoder import Encoder
-    from training.state import load_stage
+    from bridle.model.encoder import Encoder
+    from bridle.training.state import load_stage
 
     bench = BENCHMARKS[dataset]
     part = part_of(bench, part_name)

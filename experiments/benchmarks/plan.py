@@ -1,6 +1,6 @@
 """What the real-data benchmark runs: the data sets, their parts, arms, label fractions, seeds and budgets.
 
-Each data set has a bundled recipe (training/recipes/). The benchmark pretrains with that recipe's
+Each data set has a bundled recipe (bridle/training/recipes/). The benchmark pretrains with that recipe's
 pretraining stages on each part's training data only (never its validation or test part), then fine-tunes
 its classifier stage from the pretrained E (`bridle`) and from a fresh E (`random-init`) with the same
 steps, learning rate and augmentation, and fits a linear model on raw features (`features`).
@@ -36,7 +36,7 @@ class Benchmark:
 BENCHMARKS = {
     "urbansound8k": Benchmark(
         dataset="urbansound8k",
-        recipe="training/recipes/urban-sounds.yaml",
+        recipe="bridle/training/recipes/urban-sounds.yaml",
         parts=(
             Part("fold1->fold2", {"train_folds": [1], "test_folds": [2]}),
             Part("fold2->fold1", {"train_folds": [2], "test_folds": [1]}),
@@ -47,7 +47,7 @@ BENCHMARKS = {
     ),
     "cifar10": Benchmark(
         dataset="cifar10",
-        recipe="training/recipes/cifar10.yaml",
+        recipe="bridle/training/recipes/cifar10.yaml",
         parts=(Part("val", {"train_split": "train", "test_split": "val"}),),
         fractions=(0.01, 0.1, 1.0),
         steps={0.01: 100, 0.1: 150, 1.0: 250},

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bridle_model.atomic import atomic_write_bytes
+from bridle.model.atomic import atomic_write_bytes
+from bridle.training.state import load_stage
 from experiments.benchmarks.plan import BENCHMARKS, SEEDS
 from experiments.replication.stats import Interval, interval, paired
-from training.state import load_stage
 
 ROWS = "ssl.json"
 

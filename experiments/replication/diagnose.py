@@ -27,20 +27,20 @@ import typer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bridle_model.bridle import Distillation
-from bridle_model.config import ModelConfig
-from bridle_model.encoder import Encoder
-from bridle_model.preprocessing import build_preprocessor
-from bridle_model.quantizer import _nearest_code
-from bridle_model.tokenizer import Tokenizer
+from bridle.model.bridle import Distillation
+from bridle.model.config import ModelConfig
+from bridle.model.encoder import Encoder
+from bridle.model.preprocessing import build_preprocessor
+from bridle.model.quantizer import _nearest_code
+from bridle.model.tokenizer import Tokenizer
+from bridle.training.data import MediaDataset
+from bridle.training.optim import build_optimizer
+from bridle.training.stages import MODEL_CONFIG_FILE
+from bridle.training.state import load_stage
 from experiments.probe import effective_rank
 from experiments.replication.measure import probe_data
 from experiments.replication.plan import BUDGETS
 from experiments.replication.train import PRETRAIN1, TOKENIZER
-from training.data import MediaDataset
-from training.optim import build_optimizer
-from training.stages import MODEL_CONFIG_FILE
-from training.state import load_stage
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import typer
 
-from bridle_model.preprocessing import build_preprocessor
+from bridle.model.preprocessing import build_preprocessor
 from experiments.replication.measure import measure_encoder, pretraining_source, probe_data
 from experiments.replication.plan import BUDGETS, RANDOM_INIT, RAW
 from experiments.replication.report import Records

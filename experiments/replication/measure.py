@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bridle_data.demo_data import build_image_digits, build_set
-from bridle_model.config import preset
+from bridle.data.demo_data import build_image_digits, build_set
+from bridle.model.config import preset
 from experiments.probe import (
     ProbeData,
     audio_probe_data,

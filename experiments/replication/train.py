@@ -1,4 +1,4 @@
-"""Training the replication's variants with the ordinary stages of training/stages.py.
+"""Training the replication's variants with the ordinary stages of bridle/training/stages.py.
 
 One folder per variant under `<seed_dir>`; the iteration-1 stage is trained once per seed (`iter1/`) and its
 folder copied into every other variant, so they all continue the same encoder.
@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from bridle_model.bridle import Objective
-from bridle_model.config import ModelConfig
-from bridle_model.encoder import Encoder
-from bridle_model.quantizer import ResidualQuantizer
+from bridle.model.bridle import Objective
+from bridle.model.config import ModelConfig
+from bridle.model.encoder import Encoder
+from bridle.model.quantizer import ResidualQuantizer
+from bridle.training.distributed import DistInfo
+from bridle.training.recipe import Recipe, recipe_from_dict
+from bridle.training.stages import MODEL_CONFIG_FILE, RunContext, prepare_run, run_stage
+from bridle.training.state import load_stage
 from experiments.replication.plan import ITER1, ITER1_LONG, Budget, TokenizerArm
-from training.distributed import DistInfo
-from training.recipe import Recipe, recipe_from_dict
-from training.stages import MODEL_CONFIG_FILE, RunContext, prepare_run, run_stage
-from training.state import load_stage
 
 PRETRAIN1, PRETRAIN1_LONG, TOKENIZER, PRETRAIN2 = "pretrain1", "pretrain1-long", "tokenizer", "pretrain2"
 

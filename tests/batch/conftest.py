@@ -1,4 +1,4 @@
-"""A small mixed dataset (audio, images, video, broken files) made with bridle_data/media_files.py, and the
+"""A small mixed dataset (audio, images, video, broken files) made with bridle/data/media_files.py, and the
 bundled models it runs against."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bridle_data.media_files import make_audio, make_image, make_video
+from bridle.data.media_files import make_audio, make_image, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODELS = REPO / "models"

@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from batch.job import run_job
-from batch.settings import JobSettings
-from batch.store import OutputStore
 from bench.service_load import serve
-from bridle_data.media_files import make_audio
+from bridle.batch.job import run_job
+from bridle.batch.settings import JobSettings
+from bridle.batch.store import OutputStore
+from bridle.data.media_files import make_audio
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -166,8 +166,8 @@ def test_resume_after_a_kill(ray_address: str, bundled_models: Path, tmp_path: P
         make_audio(data / f"clip-{i:02d}.wav", 0.5, hz=200.0 + 20 * i)
     out = tmp_path / "out"
     model = bundled_models / "audio-digits"
-    cmd = [sys.executable, "-m", "batch.cli", str(data), "--output", str(out), "--model-dir", str(model),
-           "--shard-files", "1", "--actors", "1", "--address", ray_address]  # fmt: skip
+    cmd = [sys.executable, "-m", "bridle.batch.cli", str(data), "--output", str(out), "--model-dir",
+           str(model), "--shard-files", "1", "--actors", "1", "--address", ray_address]  # fmt: skip
     store = OutputStore(str(out))
     job = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

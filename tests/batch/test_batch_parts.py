@@ -16,16 +16,16 @@ import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
-from batch.cli import main
-from batch.inputs import InputError, list_files, shard
-from batch.job import plan_actors
-from batch.settings import DEFAULT_LIMITS, JobSettings, SettingsError
-from batch.store import JobMismatch, OutputStore
-from batch.tables import codes_dtype
-from batch.worker import ShardProcessor
-from bridle_data.media_files import make_audio, make_image
-from runtime.models import load_model
-from runtime.sessions import CUDA, CpuThreads, ProviderChooser
+from bridle.batch.cli import main
+from bridle.batch.inputs import InputError, list_files, shard
+from bridle.batch.job import plan_actors
+from bridle.batch.settings import DEFAULT_LIMITS, JobSettings, SettingsError
+from bridle.batch.store import JobMismatch, OutputStore
+from bridle.batch.tables import codes_dtype
+from bridle.batch.worker import ShardProcessor
+from bridle.data.media_files import make_audio, make_image
+from bridle.runtime.models import load_model
+from bridle.runtime.sessions import CUDA, CpuThreads, ProviderChooser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,7 +185,7 @@ def test_actors_are_sized_from_the_cluster() -> None:
 
 def test_the_service_does_not_import_ray() -> None:
     """Ray is the batch extra's: serving works without it installed."""
-    code = "import sys, service.app, service.cli; print('ray' in sys.modules)"
+    code = "import sys, bridle.service.app, bridle.service.cli; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert done.stdout.strip() == "False"
 

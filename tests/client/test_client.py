@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from batch.settings import DEFAULT_LIMITS
-from batch.worker import ShardProcessor
+from bridle.batch.settings import DEFAULT_LIMITS
+from bridle.batch.worker import ShardProcessor
 from bridle.client import AsyncClient, Client, ClientError, Codes, Embedding, Labels, main
-from bridle_data.media_files import make_audio, make_image, make_video
-from runtime.models import load_model
-from runtime.sessions import CpuThreads, ProviderChooser
+from bridle.data.media_files import make_audio, make_image, make_video
+from bridle.runtime.models import load_model
+from bridle.runtime.sessions import CpuThreads, ProviderChooser
 from tests.live_server import Server, run_server
 
 REPO = Path(__file__).resolve().parents[2]

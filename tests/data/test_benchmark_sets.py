@@ -1,4 +1,4 @@
-"""The public benchmark readers (bridle_model/datasets.py) on their official layouts and the project's
+"""The public benchmark readers (bridle/model/datasets.py) on their official layouts and the project's
 copies: UrbanSound8K folds and recordings, CIFAR-10's python batches, class folders and zip, the fixed
 validation split and stratified label fractions."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridle_data.small_benchmarks import RATE, official_urbansound8k
-from bridle_model.config import preset
-from bridle_model.datasets import (
+from bridle.data.small_benchmarks import RATE, official_urbansound8k
+from bridle.model.config import preset
+from bridle.model.datasets import (
     CIFAR10_CLASSES,
     URBANSOUND8K_CLASSES,
     DatasetError,
@@ -22,7 +22,7 @@ from bridle_model.datasets import (
     label_subset,
     urbansound8k_entries,
 )
-from bridle_model.media_sets import decode_example
+from bridle.model.media_sets import decode_example
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

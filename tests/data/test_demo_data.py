@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridle_model.decoding import decode_audio, decode_image, decode_video
-from bridle_data import DIGIT_WORDS
-from bridle_data.demo_data import (
+from bridle.model.decoding import decode_audio, decode_image, decode_video
+from bridle.data import DIGIT_WORDS
+from bridle.data.demo_data import (
     DIRECTIONS,
     MARKER,
     QUICK_AUDIO,

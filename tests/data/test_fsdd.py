@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridle_data.demo_data import build_all, write_wav
+from bridle.data.demo_data import build_all, write_wav
 from experiments.eval_audio import CALIBRATION_TAKES, write_split
-from bridle_data.fsdd import FSDD_SPEAKERS, FsddClip, build_fsdd_set, fsdd_clips, load_clip, parse_clip
+from bridle.data.fsdd import FSDD_SPEAKERS, FsddClip, build_fsdd_set, fsdd_clips, load_clip, parse_clip
 
 RATE = 8_000
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridle_model.decoding import decode_image
-from bridle_data.printed_digits import (
+from bridle.model.decoding import decode_image
+from bridle.data.printed_digits import (
     FONT_FAMILIES,
     FONT_PACKAGES,
     POLARITIES,
@@ -121,7 +121,7 @@ def test_demo_set_has_printed_splits_by_font_family_and_a_training_manifest(demo
 
 
 def test_the_printed_digits_are_deterministic(tmp_path: Path, demo_root: Path):
-    from bridle_data.demo_data import build_all
+    from bridle.data.demo_data import build_all
 
     build_all(tmp_path, quick=True, seed=0, only=["image-digits"])
     again = rows(tmp_path)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bridle.training.calibration import expected_calibration_error, fit_temperature, softmax
 from experiments.eval_audio import (
     NON_DIGIT_EACH,
     SAMPLE_SECONDS,
@@ -17,7 +18,6 @@ from experiments.eval_audio import (
     non_digit_table,
     score_table,
 )
-from training.calibration import expected_calibration_error, fit_temperature, softmax
 
 
 def test_non_digit_inputs_are_deterministic_and_of_each_kind() -> None:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from bridle_data import DIGIT_WORDS
-from bridle_model.checkpoint import build_servable
-from bridle_model.config import preset
+from bridle.data import DIGIT_WORDS
+from bridle.model.checkpoint import build_servable
+from bridle.model.config import preset
 from experiments.eval_image import CONFIDENT, evaluate, markdown, not_digits, temperature_check
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.model_dir import export_model_dir
+    from bridle.export.model_dir import export_model_dir
 
     out = tmp_path_factory.mktemp("eval") / "image-digits"
     servable = build_servable(preset("micro-image"), labels=sorted(DIGIT_WORDS), seed=0)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bridle_model.config import QuantizerConfig
-from bridle_model.media_sets import read_manifest_rows
-from bridle_model.quantizer import ResidualQuantizer
+from bridle.model.config import QuantizerConfig
+from bridle.model.media_sets import read_manifest_rows
+from bridle.model.quantizer import ResidualQuantizer
 from experiments.probe import label_draws, loso_accuracy
 from experiments.replicate import app
 from experiments.replication.plan import BUDGETS, CONTROLS, encoders

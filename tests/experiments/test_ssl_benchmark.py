@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from bridle_data.small_benchmarks import official_urbansound8k
+from bridle.data.small_benchmarks import official_urbansound8k
 from experiments.benchmarks.plan import BENCHMARKS, SWEEP_LRS
 from experiments.ssl_benchmark import app
 

@@ -21,9 +21,9 @@ class Exported:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
     from typer.testing import CliRunner
 
-    from bridle_model.checkpoint import build_servable, save_servable
-    from export.cli import app
-    from export.model_dir import export_model_dir
+    from bridle.export.cli import app
+    from bridle.export.model_dir import export_model_dir
+    from bridle.model.checkpoint import build_servable, save_servable
 
     root = tmp_path_factory.mktemp("export")
     out: dict[str, Exported] = {}

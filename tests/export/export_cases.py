@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from bridle_model.config import ModelConfig, VideoInput, preset
+from bridle.model.config import ModelConfig, VideoInput, preset
 
 LABELS = ["cat", "dog", "bird"]
 MICRO_PRESETS = ("micro-audio", "micro-image", "micro-video")

@@ -10,12 +10,12 @@ import torch
 from export_cases import LABELS
 from safetensors.torch import load_file
 
-import bridle_model.checkpoint as checkpoint
-from bridle_model.atomic import atomic_write_bytes, write_directory_atomically
-from bridle_model.checkpoint import CheckpointError, build_servable, load_servable, save_servable
-from bridle_model.config import preset
-from bridle_model.graphs import EncoderGraph, TokenizerGraph
-from export.verify import sample_inputs
+import bridle.model.checkpoint as checkpoint
+from bridle.export.verify import sample_inputs
+from bridle.model.atomic import atomic_write_bytes, write_directory_atomically
+from bridle.model.checkpoint import CheckpointError, build_servable, load_servable, save_servable
+from bridle.model.config import preset
+from bridle.model.graphs import EncoderGraph, TokenizerGraph
 
 
 def _outputs(servable) -> list[torch.Tensor]:

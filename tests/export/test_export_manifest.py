@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridle_model.config import preset
-from bridle_model.manifest import (
+from bridle.model.config import preset
+from bridle.model.manifest import (
     GraphFile,
     InputSpec,
     Manifest,
@@ -169,6 +169,6 @@ def test_a_manifest_without_its_window_is_refused_not_guessed(
 
 def test_manifest_module_imports_no_torch() -> None:
     code = (
-        "import sys, bridle_model.manifest; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
+        "import sys, bridle.model.manifest; assert 'torch' not in sys.modules and 'onnx' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,15 +15,15 @@ import torch
 from export_cases import LABELS, MICRO_PRESETS, VIDEO_CLIP_SECONDS, micro_config
 from typer.testing import CliRunner
 
-import export.model_dir as model_dir_module
-from bridle_model.checkpoint import build_servable, load_servable
-from bridle_model.config import preset
-from bridle_model.graphs import EncoderGraph, TokenizerGraph
-from bridle_model.manifest import read_manifest, sha256_file
-from export.cli import app
-from export.model_dir import ExportError, export_model_dir
-from export.onnx_graphs import tensor_spec
-from export.verify import CODE_AGREEMENT, EMBEDDING_TOLERANCE, ort_session, sample_inputs, verify
+import bridle.export.model_dir as model_dir_module
+from bridle.export.cli import app
+from bridle.export.model_dir import ExportError, export_model_dir
+from bridle.export.onnx_graphs import tensor_spec
+from bridle.export.verify import CODE_AGREEMENT, EMBEDDING_TOLERANCE, ort_session, sample_inputs, verify
+from bridle.model.checkpoint import build_servable, load_servable
+from bridle.model.config import preset
+from bridle.model.graphs import EncoderGraph, TokenizerGraph
+from bridle.model.manifest import read_manifest, sha256_file
 
 ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "uint8": "tensor(uint8)"}
 

@@ -1,4 +1,4 @@
-"""`features.onnx`: the encoder's preprocessing cut out of `encoder.onnx` (export/features.py), in the
+"""`features.onnx`: the encoder's preprocessing cut out of `encoder.onnx` (bridle/export/features.py), in the
 bundled models, added to an older model directory, and refused where there is no encoder."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from bridle_model.manifest import FEATURES_GRAPH, MANIFEST_FILE, read_manifest
-from export.cli import app
-from export.features import FeaturesError, add_features, extract_features, features_tensor
-from export.verify import sample_inputs
+from bridle.export.cli import app
+from bridle.export.features import FeaturesError, add_features, extract_features, features_tensor
+from bridle.export.verify import sample_inputs
+from bridle.model.manifest import FEATURES_GRAPH, MANIFEST_FILE, read_manifest
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = ("audio-digits", "image-digits", "video-motion")
@@ -72,7 +72,7 @@ def test_a_graph_without_an_encoder_is_refused(tmp_path: Path) -> None:
 
 def _tokenizer_only(tmp_path: Path) -> Path:
     """A copy of image-digits whose encoder.onnx is its tokenizer graph (hashes updated)."""
-    from export.onnx_graphs import graph_file
+    from bridle.export.onnx_graphs import graph_file
 
     root = tmp_path / "swapped"
     shutil.copytree(MODELS / "image-digits", root)

@@ -11,11 +11,11 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from bridle_model.manifest import Manifest, ManifestError, read_manifest
-from export.cli import app
-from export.precision import all_matmuls, transformer_matmuls
-from export.quantize import QuantizeError, write_variant
-from export.verify import verify
+from bridle.export.cli import app
+from bridle.export.precision import all_matmuls, transformer_matmuls
+from bridle.export.quantize import QuantizeError, write_variant
+from bridle.export.verify import verify
+from bridle.model.manifest import Manifest, ManifestError, read_manifest
 from tests.held_out import build_held_out
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -1,4 +1,4 @@
-"""The small BEATs checkpoints of bridle_data.beats_files, imported and exported through the real CLIs."""
+"""The small BEATs checkpoints of bridle.data.beats_files, imported and exported through the real CLIs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridle_data import beats_files as upstream
-from bridle_data.reference_beats import BEATs, Tokenizers
+from bridle.data import beats_files as upstream
+from bridle.data.reference_beats import BEATs, Tokenizers
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,9 +33,9 @@ class Exported:
         csv = root / "class_labels_indices.csv"
         labels = ["--labels", str(upstream.write_class_labels(csv))] if audioset else []
         self.import_run = run_cli(
-            "importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
+            "bridle.importers.cli", "beats", "--checkpoint", str(self.model_path), "--tokenizer",
             str(self.tokenizer_path), "--out", str(self.servable), "--num-frames", str(num_frames), *labels,
         )  # fmt: skip
         assert self.import_run.returncode == 0, self.import_run.stderr
-        self.export_run = run_cli("export.cli", "export", str(self.servable), str(self.model_dir))
+        self.export_run = run_cli("bridle.export.cli", "export", str(self.servable), str(self.model_dir))
         assert self.export_run.returncode == 0, self.export_run.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from export.cli import app as export_app
-from importers.cli import app as import_app
+from bridle.export.cli import app as export_app
+from bridle.importers.cli import app as import_app
 
 TOLERANCE = 1e-4
 EXPECTED_LABELS = ["dog", "cat", "crane (2)", "crane (3)", "bird"]

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bridle_data.beats_files import LABELS, NUM_FRAMES, make_model, save_upstream
-from bridle_model.manifest import read_manifest
-from bridle_model.preprocessing import build_preprocessor
-from export.verify import ort_session, sample_inputs, verify
+from bridle.data.beats_files import LABELS, NUM_FRAMES, make_model, save_upstream
+from bridle.export.verify import ort_session, sample_inputs, verify
+from bridle.model.manifest import read_manifest
+from bridle.model.preprocessing import build_preprocessor
 from tests.importers.exported import Exported, run_cli
 
 TOLERANCE = 1e-4
@@ -57,18 +57,23 @@ def test_cli_refuses_bad_checkpoints_with_a_message(tmp_path: Path) -> None:
     model = make_model()
     bad_cfg = {"input_patch_size": 16, "encoder_layers": 2, "activation_fn": "swish"}
     path = save_upstream(tmp_path / "bad.pt", model, bad_cfg)
-    run = run_cli("importers.cli", "beats", "--checkpoint", str(path), "--out", str(tmp_path / "out"))
+    run = run_cli("bridle.importers.cli", "beats", "--checkpoint", str(path), "--out", str(tmp_path / "out"))
     assert run.returncode == 1
     assert "error: model checkpoint bad.pt cfg is not supported: activation_fn 'swish'" in run.stderr
     assert "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
 
-    run = run_cli("importers.cli", "beats", "--checkpoint", str(tmp_path / "missing.pt"), "--out", "x")
+    run = run_cli("bridle.importers.cli", "beats", "--checkpoint", str(tmp_path / "missing.pt"), "--out", "x")
     assert run.returncode == 1 and "does not exist" in run.stderr and "Traceback" not in run.stderr
 
 
 def test_cli_refuses_to_overwrite(exported: Exported) -> None:
     run = run_cli(
-        "importers.cli", "beats", "--checkpoint", str(exported.model_path), "--out", str(exported.servable)
+        "bridle.importers.cli",
+        "beats",
+        "--checkpoint",
+        str(exported.model_path),
+        "--out",
+        str(exported.servable),
     )
     assert run.returncode == 1 and "exists and is not empty" in run.stderr

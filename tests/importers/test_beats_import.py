@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from bridle_data import reference_beats as ref
-from bridle_data.beats_files import (
+from bridle.data import reference_beats as ref
+from bridle.data.beats_files import (
     LABEL_DICT,
     LABELS,
     MODEL_CFG,
@@ -19,13 +19,13 @@ from bridle_data.beats_files import (
     make_tokenizer,
     save_upstream,
 )
-from bridle_model.beats import beats_audio_input, relative_position_buckets
-from bridle_model.checkpoint import load_servable
-from bridle_model.config import ModelConfig
-from bridle_model.manifest import sha256_file
-from bridle_model.preprocessing import build_preprocessor
-from export.verify import sample_inputs
-from importers.beats import BeatsImportError, import_beats, write_import
+from bridle.export.verify import sample_inputs
+from bridle.importers.beats import BeatsImportError, import_beats, write_import
+from bridle.model.beats import beats_audio_input, relative_position_buckets
+from bridle.model.checkpoint import load_servable
+from bridle.model.config import ModelConfig
+from bridle.model.manifest import sha256_file
+from bridle.model.preprocessing import build_preprocessor
 
 TOLERANCE = 1e-4  # max abs diff in float32
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from bridle_data.beats_files import (
+from bridle.data.beats_files import (
     LABELS,
     MID_DICT,
     MIDS,
@@ -20,10 +20,10 @@ from bridle_data.beats_files import (
     save_upstream,
     write_class_labels,
 )
-from bridle_model.checkpoint import load_servable
-from bridle_model.manifest import Manifest, ManifestError
-from importers.beats import BeatsImportError, import_beats
-from importers.cli import app
+from bridle.importers.beats import BeatsImportError, import_beats
+from bridle.importers.cli import app
+from bridle.model.checkpoint import load_servable
+from bridle.model.manifest import Manifest, ManifestError
 
 REPO = Path(__file__).resolve().parents[2]
 

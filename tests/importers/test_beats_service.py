@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from bridle_data.beats_files import LABELS, wav16
-from bridle_model.decoding import decode_audio
-from bridle_model.manifest import read_manifest
-from bridle_model.preprocessing import build_preprocessor
-from export.verify import sample_inputs
+from bridle.data.beats_files import LABELS, wav16
+from bridle.export.verify import sample_inputs
+from bridle.model.decoding import decode_audio
+from bridle.model.manifest import read_manifest
+from bridle.model.preprocessing import build_preprocessor
 from tests.importers.exported import Exported
 
 TOLERANCE = 1e-4

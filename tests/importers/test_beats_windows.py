@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bridle_data import reference_beats as ref
-from bridle_data.beats_files import LABELS, MIDS, wav16
-from bridle_model.decoding import decode_audio
-from bridle_model.manifest import read_manifest
-from export.verify import sample_inputs
+from bridle.data import reference_beats as ref
+from bridle.data.beats_files import LABELS, MIDS, wav16
+from bridle.export.verify import sample_inputs
+from bridle.model.decoding import decode_audio
+from bridle.model.manifest import read_manifest
 from tests.importers.exported import Exported
 
 RATE = 16_000

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridle_model.manifest import read_manifest
-from export.verify import ort_session
+from bridle.export.verify import ort_session
+from bridle.model.manifest import read_manifest
 
 pytest.importorskip("transformers", reason="the parity tests need the `import` extra (transformers)")
 
-from bridle_data.hf_models import FAMILIES, LABELS, load_model, make_folder, reference, sample_input
-from importers.cli import app as import_app
+from bridle.data.hf_models import FAMILIES, LABELS, load_model, make_folder, reference, sample_input
+from bridle.importers.cli import app as import_app
 from tests.importers.hf_export import EXPECTED_LABELS, TOLERANCE, import_and_export, runner
 
 
@@ -103,9 +103,9 @@ def test_a_bridle_tokenizer_fits_the_encoders_grid(family: str, root: Path) -> N
     codes lie on the encoder's patch grid, overlapping AST patches included."""
     import torch
 
-    from bridle_model.checkpoint import build_servable
-    from bridle_model.preprocessing import build_preprocessor
-    from importers.hf import import_hf
+    from bridle.importers.hf import import_hf
+    from bridle.model.checkpoint import build_servable
+    from bridle.model.preprocessing import build_preprocessor
 
     folder = make_folder(family, root / "tok")
     config = import_hf(folder).config

@@ -1,8 +1,8 @@
 """End-to-end parity from file bytes (issue 39): each imported family (ViT, DeiT, BEiT, DINOv2, AST,
 VideoMAE; seeded small random models written by transformers with their Hub family's processor
-configuration) served over real HTTP answers every file of bridle_data.hf_parity's suite as transformers'
+configuration) served over real HTTP answers every file of bridle.data.hf_parity's suite as transformers'
 own processor + model does: every class probability within 1e-3, the same top-1. `python -m
-bridle_data.hf_parity` prints the same comparison as a table."""
+bridle.data.hf_parity` prints the same comparison as a table."""
 
 from __future__ import annotations
 
@@ -20,13 +20,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from bridle_model.manifest import read_manifest
+from bridle.model.manifest import read_manifest
 from tests.live_server import Server, run_server
 
 pytest.importorskip("transformers", reason="the parity tests need the `import` extra (transformers)")
 
-from bridle_data.hf_models import load_model, make_folder
-from bridle_data.hf_parity import (
+from bridle.data.hf_models import load_model, make_folder
+from bridle.data.hf_parity import (
     FAMILIES,
     PROB_TOLERANCE,
     Case,
@@ -36,7 +36,7 @@ from bridle_data.hf_parity import (
     served_windows,
     table,
 )
-from importers.cli import app as import_app
+from bridle.importers.cli import app as import_app
 from tests.importers.hf_export import EXPECTED_LABELS, import_and_export
 
 pytestmark = pytest.mark.slow

@@ -11,13 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bridle_data.media_files import encode_audio, make_image, make_video
-from bridle_model.decoding import decode_audio, decode_image
+from bridle.data.media_files import encode_audio, make_image, make_video
+from bridle.model.decoding import decode_audio, decode_image
 from tests.live_server import Server, run_server
 
 pytest.importorskip("transformers", reason="the parity tests need the `import` extra (transformers)")
 
-from bridle_data.hf_models import load_model, make_folder, reference
+from bridle.data.hf_models import load_model, make_folder, reference
 from tests.importers.hf_export import EXPECTED_LABELS, TOLERANCE, import_and_export
 
 FAMILIES = {"image": "vit", "video": "videomae", "audio": "ast"}

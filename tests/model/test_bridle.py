@@ -1,4 +1,4 @@
-"""The BRIDLE objective (bridle_model/bridle.py): each step's parts compose to its loss, the right
+"""The BRIDLE objective (bridle/model/bridle.py): each step's parts compose to its loss, the right
 networks train, and codebooks are fitted once, on the first batch."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridle_model.bridle import Classification, Distillation, Pretraining, normalise_targets
-from bridle_model.config import preset
-from bridle_model.encoder import Encoder
-from bridle_model.losses import cosine_distillation_loss, masked_code_loss
-from bridle_model.masking import random_mask
-from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
+from bridle.model.bridle import Classification, Distillation, Pretraining, normalise_targets
+from bridle.model.config import preset
+from bridle.model.encoder import Encoder
+from bridle.model.losses import cosine_distillation_loss, masked_code_loss
+from bridle.model.masking import random_mask
+from bridle.model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
 from tests.model.test_model_parts import MICRO, model_input
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bridle_model.config import PRESETS, AudioInput, ModelConfig, preset
+from bridle.model.config import PRESETS, AudioInput, ModelConfig, preset
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -1,4 +1,4 @@
-"""bridle_model.decoding on real files of every format: length, rate, mixdown, orientation, limits, errors."""
+"""bridle.model.decoding on real files of every format: length, rate, mixdown, orientation, limits, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridle_data.media_files import (
+from bridle.data.media_files import (
     AUDIO_FORMATS,
     VIDEO_FORMATS,
     encode_audio,
@@ -19,7 +19,7 @@ from bridle_data.media_files import (
     make_video,
     signal,
 )
-from bridle_model.decoding import (
+from bridle.model.decoding import (
     DecodedVideo,
     MediaError,
     decode_audio,

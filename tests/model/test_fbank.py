@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from bridle_model.config import AudioInput
-from bridle_model.fbank import KaldiFbank, num_frames
+from bridle.model.config import AudioInput
+from bridle.model.fbank import KaldiFbank, num_frames
 from tests.fbank_rounding import log_mel_difference_bound
 
 knf = pytest.importorskip("kaldi_native_fbank")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bridle_model.losses import cosine_distillation_loss, masked_code_loss
+from bridle.model.losses import cosine_distillation_loss, masked_code_loss
 
 B, N, L, K = 3, 10, 4, 16
 

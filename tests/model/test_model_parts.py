@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bridle_model.classifier import ClassifierHead
-from bridle_model.config import ModelConfig, preset
-from bridle_model.encoder import Encoder
-from bridle_model.estimator import TokenizerEstimator
-from bridle_model.masking import masked_count, random_mask
-from bridle_model.patches import num_params, patchify
-from bridle_model.predictor import LabelPredictor
-from bridle_model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
+from bridle.model.classifier import ClassifierHead
+from bridle.model.config import ModelConfig, preset
+from bridle.model.encoder import Encoder
+from bridle.model.estimator import TokenizerEstimator
+from bridle.model.masking import masked_count, random_mask
+from bridle.model.patches import num_params, patchify
+from bridle.model.predictor import LabelPredictor
+from bridle.model.tokenizer import RandomProjectionTokenizer, Tokenizer, fit_codebooks
 
 MICRO = ["micro-audio", "micro-image", "micro-video"]
 

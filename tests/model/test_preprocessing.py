@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bridle_model.config import IMAGENET_MEAN, IMAGENET_STD, AudioInput, ModelConfig, preset
-from bridle_model.fbank import KaldiFbank
-from bridle_model.preprocessing import build_preprocessor, fbank_stats
+from bridle.model.config import IMAGENET_MEAN, IMAGENET_STD, AudioInput, ModelConfig, preset
+from bridle.model.fbank import KaldiFbank
+from bridle.model.preprocessing import build_preprocessor, fbank_stats
 from tests.fbank_rounding import U, log_mel_difference_bound
 
 

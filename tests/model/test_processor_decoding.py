@@ -1,4 +1,4 @@
-"""The decoding an imported model's processor asks for (bridle_model/decoding.py, windowing.py): the
+"""The decoding an imported model's processor asks for (bridle/model/decoding.py, windowing.py): the
 resize size as transformers computes it, its crop, transparency, frame sampling i * n // T and the NaN
 padding of AST's short clips; and that without a processor nothing changes."""
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridle_data.media_files import make_image
-from bridle_model.config import ImageProcessing
-from bridle_model.decoding import DecodedVideo, decode_image, process, processed_size, sample_frames
-from bridle_model.windowing import audio_windows
+from bridle.data.media_files import make_image
+from bridle.model.config import ImageProcessing
+from bridle.model.decoding import DecodedVideo, decode_image, process, processed_size, sample_frames
+from bridle.model.windowing import audio_windows
 
 DEIT = ImageProcessing("squash", (36, 36), "bicubic", crop=(32, 32))
 DINO = ImageProcessing("shortest_edge", (36,), "bicubic", crop=(32, 32), convert_rgb=True)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from bench.serve import free_port
-from bridle_model.config import PRESETS, QuantizerConfig
-from bridle_model.quantizer import LevelUsage, ResidualQuantizer, spherical_kmeans
+from bridle.model.config import PRESETS, QuantizerConfig
+from bridle.model.quantizer import LevelUsage, ResidualQuantizer, spherical_kmeans
 
 CFG = QuantizerConfig(levels=3, codebook_size=16, dim=16, decay=0.9, kmeans_iters=5, dead_code_steps=0)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bridle_data.media_files import make_video
-from bridle_model.beats import beats_audio_input
-from bridle_model.decoding import DecodedVideo, decode_video
-from bridle_model.windowing import (
+from bridle.data.media_files import make_video
+from bridle.model.beats import beats_audio_input
+from bridle.model.decoding import DecodedVideo, decode_video
+from bridle.model.windowing import (
     WindowPolicy,
     aggregate_for,
     audio_windows,

@@ -26,7 +26,7 @@ HOST_UID = 12345  # a host user that exists in no image
 def test_train_service_trains_and_exports_as_the_project_owner(engine: Engine, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
-    shutil.copy(REPO / "training" / "recipes" / "micro.yaml", project / "micro.yaml")
+    shutil.copy(REPO / "bridle" / "training" / "recipes" / "micro.yaml", project / "micro.yaml")
     owner = os.stat(project).st_uid
     if os.geteuid() == 0:
         owner = HOST_UID
@@ -50,7 +50,7 @@ def _train_and_export(run, project: Path, owner: int) -> None:
     def train(*command: str) -> str:
         return run(*command).stdout
 
-    built = run("python", "-m", "bridle_data.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
+    built = run("python", "-m", "bridle.data.demo_data", "--out", "data", "--quick", "--only", "audio-digits")
     # once, under a parallel suite, the run exited 0 and the marker was missing: say what it printed
     found = sorted(str(p.relative_to(project)) for p in project.rglob("*"))[:50]
     said = f"{built.stdout[-2000:]}\n{built.stderr[-2000:]}\n{found}"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.serve import free_port
-from bridle_data.media_files import make_audio
+from bridle.data.media_files import make_audio
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

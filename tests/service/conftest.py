@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from model_dirs import export_micro, export_unlabelled
 
-from bridle_data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
+from bridle.data.media_files import CONTENT_TYPES, make_audio, make_image, make_video
 from tests.live_server import Server, run_server
 
 __all__ = ["Server", "run_server"]  # the service tests import them from here

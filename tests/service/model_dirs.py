@@ -1,6 +1,6 @@
 """Model directories for the service tests, made by bridle's own exporter (torch -> ONNX).
 
-The service must serve exactly what `export.model_dir.export_model_dir` writes, so the tests use real
+The service must serve exactly what `bridle.export.model_dir.export_model_dir` writes, so the tests use real
 exports of the untrained micro presets rather than hand-written graphs that could drift from the exporter.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from bridle_model.checkpoint import build_servable
-from bridle_model.config import preset
-from export.model_dir import export_model_dir
+from bridle.export.model_dir import export_model_dir
+from bridle.model.checkpoint import build_servable
+from bridle.model.config import preset
 
 MODALITIES = ("audio", "image", "video")
 LABELS = ["cat", "dog", "eight", "five"]

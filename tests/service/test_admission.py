@@ -1,6 +1,6 @@
-"""Admission is declared on each route (service/routes/admission.py), and the in-flight bound covers every
-route that reads an upload or runs a model: the app's routes are walked on a live server while one request
-holds the only slot, so a route added without `@admitted` fails here whatever its name."""
+"""Admission is declared on each route (bridle/service/routes/admission.py), and the in-flight bound covers
+every route that reads an upload or runs a model: the app's routes are walked on a live server while one
+request holds the only slot, so a route added without `@admitted` fails here whatever its name."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from conftest import Server, run_server
 from fastapi import APIRouter, FastAPI
 from test_engine import metric, wait_for
 
-from service.app import create_app
-from service.middleware import AdmittedRoutes
-from service.routes import ROUTERS
-from service.routes.admission import (
+from bridle.service.app import create_app
+from bridle.service.middleware import AdmittedRoutes
+from bridle.service.routes import ROUTERS
+from bridle.service.routes.admission import (
     UndeclaredAdmission,
     admitted,
     admitted_routes,
@@ -26,7 +26,7 @@ from service.routes.admission import (
     not_admitted,
     walk_routes,
 )
-from service.settings import Settings
+from bridle.service.settings import Settings
 
 HELD_S = 10.0  # the held request waits this long for its batch to fill: the walk runs meanwhile
 MEDIA_ROUTES = {"/embed", "/tokenize", "/classify", "/features"}
@@ -53,7 +53,7 @@ def test_a_route_without_a_declaration_stops_the_app(model_root: Path, monkeypat
     async def segment() -> dict[str, str]:
         return {}
 
-    monkeypatch.setattr("service.app.ROUTERS", (*ROUTERS, extra))
+    monkeypatch.setattr("bridle.service.app.ROUTERS", (*ROUTERS, extra))
     with pytest.raises(UndeclaredAdmission, match=r"route POST /segment declares no admission"):
         _app(model_root)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Server, run_server
 
-from bridle_data.media_files import make_video
+from bridle.data.media_files import make_video
 
 MAX_UPLOAD = 300_000
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from runtime.batcher import Batcher
-from runtime.errors import EngineError
+from bridle.runtime.batcher import Batcher
+from bridle.runtime.errors import EngineError
 
 
 class FakeGraph:

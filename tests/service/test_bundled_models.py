@@ -2,7 +2,7 @@
 
 Every directory under `models/` that holds a manifest.json is served. `models/audio-digits` is required (its
 absence fails the module); image-digits and video-motion are checked when present. Inputs are made here the
-way bridle_data/demo_data.py makes its training sets (espeak-ng words, upscaled load_digits images, a moving
+way bridle/data/demo_data.py makes its training sets (espeak-ng words, upscaled load_digits images, a moving
 digit clip); the spoken words use espeak-ng's plain en-us voice, which is not among the training voices.
 """
 
@@ -19,8 +19,8 @@ import pytest
 from conftest import Server, run_server
 from PIL import Image
 
-from bridle_data import DIGIT_WORDS
-from bridle_data.demo_data import (
+from bridle.data import DIGIT_WORDS
+from bridle.data.demo_data import (
     IMAGE_SIZE,
     SPRITE_SIZE,
     VIDEO_FPS,
@@ -28,8 +28,8 @@ from bridle_data.demo_data import (
     upscale,
     write_mp4,
 )
-from bridle_data.demo_data import digit_images as load_digit_images
-from bridle_model.manifest import MANIFEST_FILE, Manifest, read_manifest
+from bridle.data.demo_data import digit_images as load_digit_images
+from bridle.model.manifest import MANIFEST_FILE, Manifest, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

@@ -1,4 +1,5 @@
-"""docs/contracts.md, the pydantic models of service/schemas.py, the OpenAPI schema and real answers agree."""
+"""docs/contracts.md, the pydantic models of bridle/service/schemas.py, the OpenAPI schema and real answers
+agree."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from conftest import API_KEY, Server, run_server
 from pydantic import BaseModel
 
-from service import schemas
-from service.app import create_app
-from service.settings import Settings
+from bridle.service import schemas
+from bridle.service.app import create_app
+from bridle.service.settings import Settings
 
 CONTRACTS = Path(__file__).parents[2] / "docs" / "contracts.md"
 # "→ `Model`" and the first ```json block after it

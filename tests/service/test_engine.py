@@ -20,9 +20,9 @@ import onnxruntime as ort
 import pytest
 from conftest import Server, run_server
 
-from runtime.batcher import Batcher
-from runtime.models import load_model
-from runtime.sessions import CpuThreads, ProviderChooser
+from bridle.runtime.batcher import Batcher
+from bridle.runtime.models import load_model
+from bridle.runtime.sessions import CpuThreads, ProviderChooser
 
 HELD_S = 2.5  # a lone request waits this long for its batch to fill: it stays in flight meanwhile
 

@@ -1,6 +1,6 @@
-"""The supervisor's folders (service/engine_folders.py): named after their owner, and at a start those no
-live process owns are removed, whatever killed their owner. (A real bridle-serve tree killed with
-SIGKILL and started again: test_processes.py.)"""
+"""The supervisor's folders (bridle/service/engine_folders.py): named after their owner, and at a start those
+no live process owns are removed, whatever killed their owner. (A real bridle-serve tree killed with SIGKILL
+and started again: test_processes.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from service.engine_folders import is_stale, make_folder, remove_stale, start_ticks
+from bridle.service.engine_folders import is_stale, make_folder, remove_stale, start_ticks
 
 
 def _dead_pid() -> int:

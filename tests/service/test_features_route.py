@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from conftest import API_KEY, Server, run_server
 
-from bridle_model.manifest import FEATURES_GRAPH, MANIFEST_FILE, read_manifest
-from runtime.windows import Limits, to_windows
+from bridle.model.manifest import FEATURES_GRAPH, MANIFEST_FILE, read_manifest
+from bridle.runtime.windows import Limits, to_windows
 
 KEY = {"X-API-Key": API_KEY}
 CPU = ["CPUExecutionProvider"]

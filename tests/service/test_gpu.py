@@ -20,8 +20,8 @@ from bench.gpu_check import (
     random_batch,
     why_no_cuda,
 )
-from runtime.models import load_model
-from runtime.sessions import CPU, CUDA, ProviderChooser
+from bridle.runtime.models import load_model
+from bridle.runtime.sessions import CPU, CUDA, ProviderChooser
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from conftest import Server, run_server
 
 from bench.fuzz import FORMATS, cases, check_answer, post, seed_files
 from bench.serve import free_port
-from bridle_data.media_files import make_audio, make_video
+from bridle.data.media_files import make_audio, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_CASES = 270  # 30 per format
@@ -126,7 +126,7 @@ def test_a_bare_decoder_error_is_422_corrupt(server: Server, media_files, monkey
     def broken_open(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("bridle_model.decoding.av.open", broken_open)
+    monkeypatch.setattr("bridle.model.decoding.av.open", broken_open)
     data, ctype = media_files["mp3"]
     r = server.client.post("/embed", files={"file": ("x.mp3", data, ctype)})
     assert r.status_code == 422 and r.json()["error"]["code"] == "corrupt", r.text
@@ -142,7 +142,7 @@ def test_an_unexpected_exception_is_a_json_500_with_the_request_id(
     def bug(*args, **kwargs):
         raise TypeError("a bug in the service")
 
-    monkeypatch.setattr("service.infer.to_windows", bug)
+    monkeypatch.setattr("bridle.service.infer.to_windows", bug)
     data, ctype = media_files["wav"]
     with caplog.at_level(logging.ERROR, logger="bridle.service"):
         mine = server.client.post(
@@ -238,7 +238,15 @@ def test_sigterm_finishes_in_flight_refuses_new_work_and_exits_0(
     port = free_port()
     env = {**os.environ, "BRIDLE_PROVIDERS": "CPUExecutionProvider", "BRIDLE_DRAIN_TIMEOUT_S": "20"}
     env["BRIDLE_FRONTENDS"] = str(frontends)
-    cmd = [sys.executable, "-m", "service.cli", "--model-dir", str(model_root / "audio"), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bridle.service.cli",
+        "--model-dir",
+        str(model_root / "audio"),
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

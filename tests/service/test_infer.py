@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.models import load_models
-from runtime.sessions import CpuThreads, ProviderChooser
-from service.errors import ServiceError
-from service.infer import Inference
-from service.media import Upload
-from service.metrics import Metrics
-from service.settings import Settings
+from bridle.runtime.models import load_models
+from bridle.runtime.sessions import CpuThreads, ProviderChooser
+from bridle.service.errors import ServiceError
+from bridle.service.infer import Inference
+from bridle.service.media import Upload
+from bridle.service.metrics import Metrics
+from bridle.service.settings import Settings
 
 
 def run_with(model_dirs: list[Path], work, **overrides):

@@ -20,9 +20,9 @@ from conftest import API_KEY, Server, run_server
 from test_hardening import slow_body
 
 from bench.serve import BUNDLED, running_service
-from bridle_data.media_files import make_audio
-from bridle_model.manifest import read_manifest
-from service.schemas import EmbeddingsResponse, ModelList, OpenAIErrorBody
+from bridle.data.media_files import make_audio
+from bridle.model.manifest import read_manifest
+from bridle.service.schemas import EmbeddingsResponse, ModelList, OpenAIErrorBody
 
 MAX_IN_FLIGHT = 4
 MAX_UPLOAD = 2_000_000

@@ -3,7 +3,7 @@ bundled models: files are dropped on it as a user would, and the test reads what
 
 Inputs: real FSDD recordings (../shared/data/fsdd; espeak-ng speech where that folder is missing), a 30 s
 recording made of them (one recording per model window, so its timeline must change), an upscaled
-load_digits image and a moving-digit clip made the way bridle_data/demo_data.py makes its training sets, and
+load_digits image and a moving-digit clip made the way bridle/data/demo_data.py makes its training sets, and
 a broken file. The canvases' pixels are read back: each must hold more than one colour. With
 BRIDLE_PAGE_SCREENSHOTS=DIR the results are saved there as PNGs (`make page-screenshots` writes docs/).
 """
@@ -24,7 +24,7 @@ import pytest
 from conftest import Server, run_server
 from PIL import Image
 
-from bridle_data.demo_data import (
+from bridle.data.demo_data import (
     DIGIT_WORDS,
     SPRITE_SIZE,
     VIDEO_FPS,
@@ -34,8 +34,8 @@ from bridle_data.demo_data import (
     upscale,
     write_mp4,
 )
-from bridle_data.media_files import encode_audio
-from bridle_model.manifest import read_manifest
+from bridle.data.media_files import encode_audio
+from bridle.model.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = [REPO / "models" / m for m in ("audio-digits", "image-digits", "video-motion")]
@@ -360,7 +360,7 @@ def real_page(browser) -> Iterator:
 def urban_street(seconds_each: float = 3.0) -> bytes:
     """A 16 kHz wav of UrbanSound8K clips in turn (a siren, a dog, a drill, a jackhammer, street music),
     `seconds_each` of each."""
-    from bridle_model.decoding import decode_audio
+    from bridle.model.decoding import decode_audio
 
     picks = ["siren", "dog_bark", "drilling", "jackhammer", "street_music"]
     parts = []

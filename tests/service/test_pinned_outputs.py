@@ -3,7 +3,7 @@
 Any refactor of decoding, windowing, the runtime or the routes must leave these unchanged: embeddings
 (clip and per window) within `FLOAT_TOLERANCE`, codes and top labels exactly. The inputs are the
 README's spoken "seven" (`espeak-ng -v en-us -w seven.wav seven`), a PNG and an mp4 from
-bridle_data/media_files.py. The values live in `pinned_outputs.json`, recorded from the code of the time with
+bridle/data/media_files.py. The values live in `pinned_outputs.json`, recorded from the code of the time with
 `BRIDLE_RECORD_PINNED=1 .venv/bin/pytest tests/service/test_pinned_outputs.py` (which writes the file and
 fails, so a recording run can never pass as a check).
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import Server, run_server
 
-from bridle_data.media_files import make_image, make_video
+from bridle.data.media_files import make_image, make_video
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = REPO / "models"

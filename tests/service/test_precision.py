@@ -13,11 +13,11 @@ from conftest import Server, run_server
 from PIL import Image
 from pydantic import ValidationError
 
-from bridle_data.demo_data import IMAGE_SIZE, digit_images, upscale
-from export.quantize import write_variant
-from runtime.errors import ModelLoadError
-from runtime.models import choose_variants
-from service.settings import Settings
+from bridle.data.demo_data import IMAGE_SIZE, digit_images, upscale
+from bridle.export.quantize import write_variant
+from bridle.runtime.errors import ModelLoadError
+from bridle.runtime.models import choose_variants
+from bridle.service.settings import Settings
 from tests.held_out import build_held_out
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

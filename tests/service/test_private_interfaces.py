@@ -3,11 +3,12 @@ library to the releases checked here, and the lock (requirements/) pins one; whe
 one of them, this fails and names what changed and which of our files relies on it, instead of a refusal
 path, a drain or an admission walk breaking in some other test (or in production) with nothing said.
 
-- uvicorn's httptools protocol (service/protocol.py subclasses it and overrides `_start_asgi_task`,
+- uvicorn's httptools protocol (bridle/service/protocol.py subclasses it and overrides `_start_asgi_task`,
   `data_received`, `timeout_keep_alive_handler`, and reads its connection state);
-- uvicorn's `Server.on_tick` and `handle_exit` (service/cli.py's DrainingServer);
-- FastAPI's `iter_route_contexts` (service/routes/admission.py walks the included routers with it);
-- prometheus_client's multiprocess file names `<kind>_<pid>.db` (service/engine_folders.py reads the pids).
+- uvicorn's `Server.on_tick` and `handle_exit` (bridle/service/cli.py's DrainingServer);
+- FastAPI's `iter_route_contexts` (bridle/service/routes/admission.py walks the included routers with it);
+- prometheus_client's multiprocess file names `<kind>_<pid>.db` (bridle/service/engine_folders.py reads the
+pids).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 httptools_impl = pytest.importorskip(
-    "uvicorn.protocols.http.httptools_impl", reason="no httptools: service/protocol.py is not used"
+    "uvicorn.protocols.http.httptools_impl", reason="no httptools: bridle/service/protocol.py is not used"
 )
 
 
@@ -43,10 +44,10 @@ def _changed(what: str, ours: str) -> str:
 
 
 def test_uvicorn_starts_each_request_through_start_asgi_task() -> None:
-    """service/protocol.py refuses a request at the bound in its `_start_asgi_task` override: uvicorn
+    """bridle/service/protocol.py refuses a request at the bound in its `_start_asgi_task` override: uvicorn
     must call it for every request whose headers are parsed, and for a pipelined one after a response."""
     proto = httptools_impl.HttpToolsProtocol
-    ours = "service/protocol.py's RefusingProtocol._start_asgi_task"
+    ours = "bridle/service/protocol.py's RefusingProtocol._start_asgi_task"
     assert hasattr(proto, "_start_asgi_task"), _changed("HttpToolsProtocol._start_asgi_task (gone)", ours)
     assert _params(proto._start_asgi_task) == ["self", "cycle", "app"], _changed(
         f"the signature of _start_asgi_task {_params(proto._start_asgi_task)}", ours
@@ -64,7 +65,7 @@ def test_uvicorn_keeps_the_connection_state_the_refusal_reads_and_writes() -> No
     `cycle.response_complete` to skip a body, counts `server_state.total_requests` and arms
     `timeout_keep_alive_task` with `timeout_keep_alive_handler`, as uvicorn's on_response_complete does."""
     proto = httptools_impl.HttpToolsProtocol
-    ours = "service/protocol.py's early refusal"
+    ours = "bridle/service/protocol.py's early refusal"
     init = _source(proto.__init__)
     for attribute in (
         "self.cycle",
@@ -100,11 +101,11 @@ def test_uvicorn_keeps_the_connection_state_the_refusal_reads_and_writes() -> No
 
 
 def test_uvicorn_server_ticks_and_exits_as_the_drain_expects() -> None:
-    """service/cli.py's DrainingServer publishes the refusal counts and ends its drain in `on_tick`, and
-    turns the first signal into a drain in `handle_exit`."""
+    """bridle/service/cli.py's DrainingServer publishes the refusal counts and ends its drain in `on_tick`,
+    and turns the first signal into a drain in `handle_exit`."""
     import uvicorn
 
-    ours = "service/cli.py's DrainingServer"
+    ours = "bridle/service/cli.py's DrainingServer"
     assert inspect.iscoroutinefunction(uvicorn.Server.on_tick), _changed("Server.on_tick (not async)", ours)
     assert _params(uvicorn.Server.on_tick) == ["self", "counter"], _changed(
         "Server.on_tick's signature", ours
@@ -118,7 +119,7 @@ def test_uvicorn_server_ticks_and_exits_as_the_drain_expects() -> None:
 
 
 def test_fastapi_walks_included_routers_with_iter_route_contexts() -> None:
-    """service/routes/admission.py walks the app's routes with `fastapi.routing.iter_route_contexts`
+    """bridle/service/routes/admission.py walks the app's routes with `fastapi.routing.iter_route_contexts`
     (FastAPI keeps an included router as one entry of `app.routes`)."""
     import fastapi
     from fastapi import APIRouter, FastAPI
@@ -126,7 +127,8 @@ def test_fastapi_walks_included_routers_with_iter_route_contexts() -> None:
     routing = pytest.importorskip("fastapi.routing")
     message = (
         f"fastapi {fastapi.__version__} changed iter_route_contexts / RouteContext, which "
-        "service/routes/admission.py walks the routes with: check it before widening the bound on fastapi"
+        "bridle/service/routes/admission.py walks the routes with: check it before widening the bound on "
+        "fastapi"
     )
     assert hasattr(routing, "iter_route_contexts"), message
     router = APIRouter(prefix="/v9")
@@ -144,12 +146,13 @@ def test_fastapi_walks_included_routers_with_iter_route_contexts() -> None:
 
 
 def test_prometheus_multiprocess_files_name_their_process(tmp_path: Path) -> None:
-    """service/engine_folders.py tells a live metrics folder of the older form by the pids in its files'
-    names (`<kind>_<pid>.db`)."""
+    """bridle/service/engine_folders.py tells a live metrics folder of the older form by the pids in its
+    files' names (`<kind>_<pid>.db`)."""
     code = "import os, prometheus_client as p; p.Counter('x', 'x').inc(); print(os.getpid())"
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     pid = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert f"counter_{pid.stdout.strip()}.db" in os.listdir(tmp_path), (
-        "prometheus_client changed its multiprocess file names, which service/engine_folders.py reads: "
+        "prometheus_client changed its multiprocess file names, which bridle/service/engine_folders.py "
+        "reads: "
         f"{os.listdir(tmp_path)}"
     )

@@ -53,7 +53,7 @@ class Served:
 def start(model_dir: Path, **env: str) -> Served:
     port = free_port()
     settings = {"PROVIDERS": "CPUExecutionProvider", "FRONTENDS": "2", "INTRA_OP_THREADS": "1"} | env
-    cmd = [sys.executable, "-m", "service.cli", "--model-dir", str(model_dir), "--port", str(port)]
+    cmd = [sys.executable, "-m", "bridle.service.cli", "--model-dir", str(model_dir), "--port", str(port)]
     proc = subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -402,7 +402,7 @@ def test_a_port_in_use_stops_the_start_and_leaves_nothing_behind(model_root: Pat
         cmd = [
             sys.executable,
             "-m",
-            "service.cli",
+            "bridle.service.cli",
             "--model-dir",
             str(model_root / "audio"),
             "--port",

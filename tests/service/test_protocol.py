@@ -1,4 +1,4 @@
-"""The refusal's head scan (service/protocol.py): which requests it may answer without the parser, and
+"""The refusal's head scan (bridle/service/protocol.py): which requests it may answer without the parser, and
 where each one ends. What it declines goes to the parser, so a wrong None costs speed, a wrong answer
 costs correctness: the cases below are the ones where a scan could be fooled. Last, how the refusals it
 counts reach the metrics."""
@@ -10,9 +10,9 @@ import asyncio
 import pytest
 import uvicorn
 
-from service.cli import DrainingServer
-from service.middleware import AdmissionState
-from service.protocol import PlainRequest, plain_request
+from bridle.service.cli import DrainingServer
+from bridle.service.middleware import AdmissionState
+from bridle.service.protocol import PlainRequest, plain_request
 
 ROUTES = frozenset({b"/embed", b"/tokenize", b"/classify", b"/features"})  # the admitted paths, as bytes
 
@@ -74,7 +74,7 @@ def test_what_only_the_parser_can_read_is_left_to_it(data: bytes) -> None:
 
 
 def test_the_server_tick_publishes_the_refusals_counted_in_the_protocol() -> None:
-    """The protocol counts its refusals in plain ints (service/middleware.py's `early_refusals`); every
+    """The protocol counts its refusals in plain ints (bridle/service/middleware.py's `early_refusals`); every
     front end's server hands them to the metrics on its 0.1 s tick, each one once."""
     published: list[tuple[str, int]] = []
     admission = AdmissionState(1, 1, on_refused_early=lambda route, count: published.append((route, count)))

@@ -16,11 +16,11 @@ from typing import ClassVar
 import onnxruntime as ort
 import pytest
 
-from bridle_model.manifest import InputSpec, read_manifest
-from runtime.devices import SLOTS_ENV, device_for_process
-from runtime.errors import ModelLoadError
-from runtime.models import load_model
-from runtime.providers import (
+from bridle.model.manifest import InputSpec, read_manifest
+from bridle.runtime.devices import SLOTS_ENV, device_for_process
+from bridle.runtime.errors import ModelLoadError
+from bridle.runtime.models import load_model
+from bridle.runtime.providers import (
     GpuOptions,
     TensorrtOptions,
     cuda_options,
@@ -28,8 +28,8 @@ from runtime.providers import (
     native_stderr,
     tensorrt_options,
 )
-from runtime.sessions import CPU, CUDA, TENSORRT, ProviderChooser
-from service.settings import Settings
+from bridle.runtime.sessions import CPU, CUDA, TENSORRT, ProviderChooser
+from bridle.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CAPI = Path(ort.__file__).parent / "capi"
@@ -140,7 +140,7 @@ def test_bridle_serve_with_cuda_on_a_cpu_machine_stops_with_a_clear_message(
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "bridle.service.cli",
             "--port",
             "0",
             "--model-dir",
@@ -261,7 +261,7 @@ def test_each_worker_claims_its_own_device(monkeypatch, tmp_path: Path) -> None:
 
 def test_a_dead_workers_device_slot_is_taken_by_the_next_worker(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from runtime.devices import claim_slot; "
+        "import sys; from pathlib import Path; from bridle.runtime.devices import claim_slot; "
         "print(claim_slot(Path(sys.argv[1])))"
     )
     first = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True)
@@ -273,7 +273,7 @@ def test_bridle_serve_workers_each_take_their_own_gpu_id(model_root: Path, tmp_p
     """Two real uvicorn workers (on the CPU here): each claims a slot and logs the GPU it would run on."""
     port = _free_port()
     env = os.environ | {"BRIDLE_PROVIDERS": CPU, "BRIDLE_DEVICE_ID": "3,5", "BRIDLE_INTRA_OP_THREADS": "1"}
-    cmd = [sys.executable, "-m", "service.cli", "--port", str(port), "--workers", "2"]
+    cmd = [sys.executable, "-m", "bridle.service.cli", "--port", str(port), "--workers", "2"]
     log_file = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [*cmd, "--model-dir", str(model_root / "image")], cwd=REPO, env=env, stderr=log_file

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from conftest import API_KEY, Server, run_server
 
-from service.app import create_app
-from service.settings import Settings
+from bridle.service.app import create_app
+from bridle.service.settings import Settings
 
 
 @pytest.fixture(scope="module")

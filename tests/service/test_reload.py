@@ -25,10 +25,10 @@ from model_dirs import LABELS, export_one
 
 from bench.reload_load import reload_under_load
 from bench.serve import running_service
-from runtime.errors import ModelLoadError
-from runtime.models import find_model_dirs, find_models, load_model
-from runtime.sessions import CPU, ProviderChooser
-from runtime.versions import newest, resolve, version_order
+from bridle.runtime.errors import ModelLoadError
+from bridle.runtime.models import find_model_dirs, find_models, load_model
+from bridle.runtime.sessions import CPU, ProviderChooser
+from bridle.runtime.versions import newest, resolve, version_order
 
 NAME = "micro-audio"
 KEY = {"X-API-Key": API_KEY}

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from conftest import Server, run_server
 
-from bridle_model.decoding import decode_image
-from bridle_model.manifest import read_manifest
+from bridle.model.decoding import decode_image
+from bridle.model.manifest import read_manifest
 
 AUDIO_FORMATS = ["wav", "flac", "mp3", "ogg"]
 IMAGE_FORMATS = ["png", "jpeg"]

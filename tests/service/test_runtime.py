@@ -10,11 +10,11 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from bridle_model.manifest import read_manifest
-from runtime.errors import ModelLoadError
-from runtime.models import find_model_dirs, load_model, load_models
-from runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
-from runtime.windows import QUICK_DECODE_BYTES, Limits, decodes_quickly, to_windows
+from bridle.model.manifest import read_manifest
+from bridle.runtime.errors import ModelLoadError
+from bridle.runtime.models import find_model_dirs, load_model, load_models
+from bridle.runtime.sessions import CPU, CUDA, CpuThreads, ProviderChooser, session_options
+from bridle.runtime.windows import QUICK_DECODE_BYTES, Limits, decodes_quickly, to_windows
 
 
 def test_the_provider_probe_is_quiet_and_matches_the_session(model_root: Path, capfd) -> None:

@@ -7,17 +7,19 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-import service.cli
-from runtime.models import DEFAULT_MODELS_ROOT
-from runtime.sessions import CpuThreads
-from service.settings import Settings, default_frontends, usable_cores
-from service.supervisor import shared_memory_shortfall
+from bridle.runtime.models import DEFAULT_MODELS_ROOT
+from bridle.runtime.sessions import CpuThreads
+from bridle.service import cli as service_cli
+from bridle.service.settings import Settings, default_frontends, usable_cores
+from bridle.service.supervisor import shared_memory_shortfall
 
 
 def test_defaults_point_at_the_bundled_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BRIDLE_MODEL_DIRS", raising=False)
     assert Settings().model_dirs == [DEFAULT_MODELS_ROOT]
-    assert DEFAULT_MODELS_ROOT.name == "models" and (DEFAULT_MODELS_ROOT.parent / "service").is_dir()
+    assert (
+        DEFAULT_MODELS_ROOT.name == "models" and (DEFAULT_MODELS_ROOT.parent / "bridle" / "service").is_dir()
+    )
 
 
 def test_environment_variables_set_every_field(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,7 +107,7 @@ def test_front_end_processes_default_from_the_cores_and_the_device(monkeypatch: 
     assert Settings(frontends=0).frontends == 0
     assert Settings(workers=3).frontends == 0  # several workers: each one process
     for gpu in (False, True):
-        monkeypatch.setattr("service.settings.nvidia_gpu_present", lambda gpu=gpu: gpu)
+        monkeypatch.setattr("bridle.service.settings.nvidia_gpu_present", lambda gpu=gpu: gpu)
         assert Settings().frontends == default_frontends(usable_cores(), gpu)
         assert Settings(providers=["CPUExecutionProvider"]).frontends == default_frontends(
             usable_cores(), False
@@ -130,7 +132,7 @@ class _Usage(NamedTuple):
 
 
 def _shm_free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
-    monkeypatch.setattr("service.supervisor.shutil.disk_usage", lambda path: _Usage(free, 0, free))
+    monkeypatch.setattr("bridle.service.supervisor.shutil.disk_usage", lambda path: _Usage(free, 0, free))
 
 
 def test_rings_that_do_not_fit_in_shared_memory_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,7 +150,7 @@ def test_bridle_serve_refuses_front_ends_it_was_asked_for_that_do_not_fit(
 ) -> None:
     _shm_free(monkeypatch, 2**20)
     monkeypatch.setenv("BRIDLE_FRONTENDS", "2")
-    result = CliRunner().invoke(service.cli.cli, ["--model-dir", str(BUNDLED_MODELS)])
+    result = CliRunner().invoke(service_cli.cli, ["--model-dir", str(BUNDLED_MODELS)])
     assert result.exit_code == 2, result.output
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot start: 2 front ends need"), result.stderr
@@ -159,7 +161,7 @@ def test_bridle_serve_serves_in_one_process_when_its_default_front_ends_do_not_f
 ) -> None:
     _shm_free(monkeypatch, 2**20)
     monkeypatch.delenv("BRIDLE_FRONTENDS", raising=False)
-    monkeypatch.setattr("service.settings.usable_cores", lambda: 2)  # a default of 2 front ends
+    monkeypatch.setattr("bridle.service.settings.usable_cores", lambda: 2)  # a default of 2 front ends
     served: list[int] = []
 
     class Server:  # stands in for uvicorn: records the layout it was given
@@ -174,8 +176,8 @@ def test_bridle_serve_serves_in_one_process_when_its_default_front_ends_do_not_f
     def no_processes(*args: object) -> None:
         raise AssertionError("front-end processes were started")
 
-    monkeypatch.setattr(service.cli, "DrainingServer", Server)
-    monkeypatch.setattr(service.cli, "serve_processes", no_processes)
-    result = CliRunner().invoke(service.cli.cli, ["--model-dir", str(BUNDLED_MODELS)])
+    monkeypatch.setattr(service_cli, "DrainingServer", Server)
+    monkeypatch.setattr(service_cli, "serve_processes", no_processes)
+    result = CliRunner().invoke(service_cli.cli, ["--model-dir", str(BUNDLED_MODELS)])
     assert result.exit_code == 0, (result.output, result.exception)
     assert served == [0]

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
     # port 0: the kernel picks a free one, so tests that run at once never meet on a fixed port (the
     # service binds its socket before the engine finds a model it cannot load)
-    cmd = [sys.executable, "-m", "service.cli", "--port", "0", *args]
+    cmd = [sys.executable, "-m", "bridle.service.cli", "--port", "0", *args]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -63,7 +63,8 @@ def test_no_model_directory_at_all(tmp_path: Path) -> None:
 
 def test_the_service_imports_no_torch() -> None:
     code = (
-        "import sys, service.app, service.cli, runtime.models, runtime.batcher; print('torch' in sys.modules)"
+        "import sys, bridle.service.app, bridle.service.cli, bridle.runtime.models, bridle.runtime.batcher; "
+        "print('torch' in sys.modules)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
@@ -76,7 +77,7 @@ def test_the_cli_serves_every_model_under_a_folder(model_root: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "service.cli", "--model-dir", str(model_root), "--port", str(port)]
+    cmd = [sys.executable, "-m", "bridle.service.cli", "--model-dir", str(model_root), "--port", str(port)]
     env = {**os.environ, "BRIDLE_PROVIDERS": "CPUExecutionProvider", "BRIDLE_MAX_BATCH_SIZE": "4"}
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True

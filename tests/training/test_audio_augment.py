@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridle_model.config import preset
-from tests.training.training_media import write_audio
-from training.audio_augment import (
+from bridle.model.config import preset
+from bridle.training.audio_augment import (
     AudioAugment,
     AudioAugmentSettings,
     band_limit,
@@ -18,11 +17,12 @@ from training.audio_augment import (
     equalise,
     pitch_shift,
 )
-from training.augment import AugmentError, augment_settings, build_augment
-from training.data import MediaDataset
-from training.distributed import init_from_env
-from training.recipe import RecipeError, recipe_from_dict
-from training.stages import prepare_run
+from bridle.training.augment import AugmentError, augment_settings, build_augment
+from bridle.training.data import MediaDataset
+from bridle.training.distributed import init_from_env
+from bridle.training.recipe import RecipeError, recipe_from_dict
+from bridle.training.stages import prepare_run
+from tests.training.training_media import write_audio
 
 CFG = preset("micro-audio")
 STEPS = ("speed", "pitch", "silence", "reverb", "noise", "telephone", "gain", "eq", "band_mask", "time_mask")

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from bridle_data.small_benchmarks import official_urbansound8k
-from bridle_model.config import preset
-from training.audio_augment import AudioAugment, AudioAugmentSettings
-from training.distributed import DistInfo
-from training.image_augment import ImageAugment, ImageAugmentSettings, colour_jitter, padded_crop
-from training.mixing import BatchMixer, cutmix
-from training.recipe import MixSpec, RecipeError, recipe_from_dict
-from training.stages import evaluate, labelled_part, prepare_run, run_stage
+from bridle.data.small_benchmarks import official_urbansound8k
+from bridle.model.config import preset
+from bridle.training.audio_augment import AudioAugment, AudioAugmentSettings
+from bridle.training.distributed import DistInfo
+from bridle.training.image_augment import ImageAugment, ImageAugmentSettings, colour_jitter, padded_crop
+from bridle.training.mixing import BatchMixer, cutmix
+from bridle.training.recipe import MixSpec, RecipeError, recipe_from_dict
+from bridle.training.stages import evaluate, labelled_part, prepare_run, run_stage
 
 
 def recipe(tmp_path: Path, root: Path, **data: object) -> dict:
@@ -117,9 +117,9 @@ def test_mixup_and_cutmix_blend_targets_as_they_blend_inputs() -> None:
 
 
 def test_soft_targets_train_a_classifier_head() -> None:
-    from bridle_model.bridle import Classification
-    from bridle_model.encoder import Encoder
-    from bridle_model.tokenizer import RandomProjectionTokenizer
+    from bridle.model.bridle import Classification
+    from bridle.model.encoder import Encoder
+    from bridle.model.tokenizer import RandomProjectionTokenizer
 
     cfg = preset("micro-image")
     model = Classification(cfg, Encoder(cfg), RandomProjectionTokenizer(cfg), "random", 3, "finetune")

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from bridle_model.checkpoint import build_servable, load_servable, save_servable
-from bridle_model.config import preset
-from training.calibration import (
+from bridle.model.checkpoint import build_servable, load_servable, save_servable
+from bridle.model.config import preset
+from bridle.training.calibration import (
     CalibrationError,
     apply_temperature,
     calibrate_servable,
@@ -22,8 +22,8 @@ from training.calibration import (
     servable_logits,
     softmax,
 )
-from training.cli import app
-from training.data import MediaDataset
+from bridle.training.cli import app
+from bridle.training.data import MediaDataset
 
 LABELS = ["a", "b", "c"]
 
@@ -100,8 +100,8 @@ def write_images(root, n_per_class=4):
 
 
 def test_calibrate_command_writes_a_calibrated_checkpoint_that_exports(tmp_path):
-    from bridle_model.manifest import read_manifest
-    from export.model_dir import export_model_dir
+    from bridle.export.model_dir import export_model_dir
+    from bridle.model.manifest import read_manifest
 
     ckpt, out, data = tmp_path / "servable", tmp_path / "calibrated", tmp_path / "held-out"
     servable = build_servable(preset("micro-image"), labels=LABELS, seed=1)

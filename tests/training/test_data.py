@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from bridle_model.config import preset
-from bridle_model.media_sets import manifest_entries, split_by_metadata
-from training.data import MediaDataset
+from bridle.model.config import preset
+from bridle.model.media_sets import manifest_entries, split_by_metadata
+from bridle.training.data import MediaDataset
 
 SETS = {
     "audio": ("audio-digits", ".wav"),
@@ -52,7 +52,7 @@ def test_class_folder_items_and_a_corrupt_file_skipped(
     demo_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, modality: str, cache: bool
 ) -> None:
     folder = class_folder_with_a_bad_file(demo_root, tmp_path, modality)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="bridle.training.data"):
         ds = MediaDataset(folder, preset(f"micro-{modality}"), cache=cache)
         items = [ds[i] for i in range(len(ds))]
     assert ds.labels == sorted(p.name for p in folder.iterdir())

@@ -9,10 +9,10 @@ from training_helpers import MICRO, micro_overrides, run_torchrun
 
 SCRIPT = """
 import sys, torch
-from training.distributed import init_from_env, shutdown
-from training.recipe import load_recipe
-from bridle_model.bridle import quantizers
-from training.stages import prepare_run, run_stage
+from bridle.training.distributed import init_from_env, shutdown
+from bridle.training.recipe import load_recipe
+from bridle.model.bridle import quantizers
+from bridle.training.stages import prepare_run, run_stage
 info = init_from_env()
 recipe = load_recipe(sys.argv[1], sys.argv[3:])
 ctx = prepare_run(recipe, info, reuse_config=False)

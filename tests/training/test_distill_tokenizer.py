@@ -12,16 +12,16 @@ import torch
 from training_media import write_audio, write_images
 from typer.testing import CliRunner
 
-from bridle_data.beats_files import LABEL_DICT, MODEL_CFG, NUM_FRAMES, make_model, save_upstream
-from bridle_model.checkpoint import build_servable, load_servable, save_servable
-from bridle_model.config import ModelConfig, preset
-from bridle_model.media_sets import media_files
-from bridle_model.preprocessing import build_preprocessor
-from bridle_model.tokenizer import Tokenizer
-from export.model_dir import export_model_dir
-from export.verify import ort_session
-from training.cli import app
-from training.distill_tokenizer import REPORT_FILE, DistillSettings, distill_tokenizer, file_windows
+from bridle.data.beats_files import LABEL_DICT, MODEL_CFG, NUM_FRAMES, make_model, save_upstream
+from bridle.export.model_dir import export_model_dir
+from bridle.export.verify import ort_session
+from bridle.model.checkpoint import build_servable, load_servable, save_servable
+from bridle.model.config import ModelConfig, preset
+from bridle.model.media_sets import media_files
+from bridle.model.preprocessing import build_preprocessor
+from bridle.model.tokenizer import Tokenizer
+from bridle.training.cli import app
+from bridle.training.distill_tokenizer import REPORT_FILE, DistillSettings, distill_tokenizer, file_windows
 
 
 def distil(*args: str) -> tuple[int, str]:
@@ -104,7 +104,7 @@ def test_one_seed_gives_identical_codes(micro_image: tuple[Path, Path], distille
 
 
 def test_a_beats_import_gets_a_distilled_multi_level_tokenizer(tmp_path: Path):
-    from importers.beats import write_import
+    from bridle.importers.beats import write_import
 
     upstream = save_upstream(tmp_path / "BEATs.pt", make_model(), MODEL_CFG, label_dict=LABEL_DICT)
     source = tmp_path / "beats"

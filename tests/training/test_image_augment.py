@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bridle_model.config import preset
-from training.augment import AugmentError, augment_settings, build_augment
-from training.data import MediaDataset
-from training.image_augment import ImageAugment, ImageAugmentSettings, affine
-from training.recipe import RecipeError, load_recipe
+from bridle.model.config import preset
+from bridle.training.augment import AugmentError, augment_settings, build_augment
+from bridle.training.data import MediaDataset
+from bridle.training.image_augment import ImageAugment, ImageAugmentSettings, affine
+from bridle.training.recipe import RecipeError, load_recipe
 
 CFG = preset("micro-image")
-RECIPE = Path(__file__).resolve().parents[2] / "training" / "recipes" / "image-digits-printed.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "bridle" / "training" / "recipes" / "image-digits-printed.yaml"
 S = CFG.input.image_size
 ALL_ON = {
     "affine_p": 1.0,

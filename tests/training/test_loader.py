@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch.utils.data import DistributedSampler, RandomSampler
 
-from training.loader import EpochBatches
+from bridle.training.loader import EpochBatches
 
 
 def _take(sampler: EpochBatches, n: int) -> list[list[tuple[int, int]]]:

@@ -8,16 +8,16 @@ import pytest
 import torch
 from training_helpers import micro_recipe
 
-from bridle_model.bridle import Classification, Distillation, Pretraining
-from bridle_model.config import preset
-from bridle_model.encoder import Encoder
-from bridle_model.quantizer import ResidualQuantizer
-from bridle_model.tokenizer import RandomProjectionTokenizer
-from training.distributed import DistInfo
-from training.precision import autocast
-from training.recipe import RecipeError
-from training.stages import accumulate_gradients, prepare_run, run_stage
-from training.state import load_stage
+from bridle.model.bridle import Classification, Distillation, Pretraining
+from bridle.model.config import preset
+from bridle.model.encoder import Encoder
+from bridle.model.quantizer import ResidualQuantizer
+from bridle.model.tokenizer import RandomProjectionTokenizer
+from bridle.training.distributed import DistInfo
+from bridle.training.precision import autocast
+from bridle.training.recipe import RecipeError
+from bridle.training.stages import accumulate_gradients, prepare_run, run_stage
+from bridle.training.state import load_stage
 
 CPU = torch.device("cpu")
 

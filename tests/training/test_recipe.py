@@ -6,10 +6,10 @@ import pytest
 from training_helpers import MICRO, REPO
 from typer.testing import CliRunner
 
-from training.cli import app
-from training.recipe import RecipeError, load_recipe
+from bridle.training.cli import app
+from bridle.training.recipe import RecipeError, load_recipe
 
-RECIPES = sorted((REPO / "training" / "recipes").glob("*.yaml"))
+RECIPES = sorted((REPO / "bridle" / "training" / "recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -27,12 +27,18 @@ def test_overrides_reach_stages_and_model() -> None:
 
 def test_distillation_targets_are_instance_normalised_unless_a_recipe_pins_none() -> None:
     assert [s.target_norm for s in load_recipe(MICRO).stages if s.kind == "tokenizer"] == ["instance"]
-    pinned = load_recipe(REPO / "training" / "recipes" / "video-motion.yaml")  # rebuilds as shipped
+    pinned = load_recipe(
+        REPO / "bridle" / "training" / "recipes" / "video-motion.yaml"
+    )  # rebuilds as shipped
     assert [s.target_norm for s in pinned.stages if s.kind == "tokenizer"] == ["none"]
 
 
 def test_vq_baseline_has_one_level_of_1024() -> None:
-    q = load_recipe(REPO / "training" / "recipes" / "audio-digits-vq.yaml").model_config().quantizer
+    q = (
+        load_recipe(REPO / "bridle" / "training" / "recipes" / "audio-digits-vq.yaml")
+        .model_config()
+        .quantizer
+    )
     assert (q.levels, q.codebook_size) == (1, 1024)
 
 

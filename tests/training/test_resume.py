@@ -11,9 +11,9 @@ from pathlib import Path
 
 from training_helpers import MICRO, REPO, micro_overrides
 
-from bridle_model.checkpoint import load_servable
-from training.recipe import load_recipe
-from training.state import load_stage
+from bridle.model.checkpoint import load_servable
+from bridle.training.recipe import load_recipe
+from bridle.training.state import load_stage
 
 STEPS = ["stages.0.steps=400", "checkpoint_every=4", "stages.0.log_every=4"]
 
@@ -22,7 +22,7 @@ def _command(overrides: list[str], resume: bool) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "training.cli",
+        "bridle.training.cli",
         "run",
         str(MICRO),
         *overrides,

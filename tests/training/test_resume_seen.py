@@ -13,10 +13,10 @@ import pytest
 from training_helpers import MICRO, REPO, micro_overrides, subprocess_env
 from training_media import write_media
 
-from training.loader import EpochBatches
-from training.monitor import read_seen
-from training.shards import write_shards
-from training.state import load_stage
+from bridle.training.loader import EpochBatches
+from bridle.training.monitor import read_seen
+from bridle.training.shards import write_shards
+from bridle.training.state import load_stage
 
 STEPS = 80
 EXAMPLES, BATCH = 36, 4  # 9 micro-batches an epoch; checkpoints every 5 steps fall mid-epoch
@@ -26,7 +26,7 @@ def _run(overrides: list[str], resume: bool, kill_at_checkpoint: Path | None = N
     command = [
         sys.executable,
         "-m",
-        "training.cli",
+        "bridle.training.cli",
         "run",
         str(MICRO),
         *overrides,

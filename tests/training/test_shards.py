@@ -13,12 +13,12 @@ from training_helpers import MICRO, micro_overrides, run_torchrun
 from training_media import write_media
 from typer.testing import CliRunner
 
-from bridle_model.config import preset
-from bridle_model.media_sets import decode_example
-from training.cli import app
-from training.data import ItemMaker, MediaDataset
-from training.monitor import read_seen
-from training.shards import ShardError, ShardSet, ShardStream, write_shards
+from bridle.model.config import preset
+from bridle.model.media_sets import decode_example
+from bridle.training.cli import app
+from bridle.training.data import ItemMaker, MediaDataset
+from bridle.training.monitor import read_seen
+from bridle.training.shards import ShardError, ShardSet, ShardStream, write_shards
 
 
 def _stream(shards: ShardSet, modality: str, batch: int, workers: int = 1, **kw) -> ShardStream:
@@ -49,7 +49,7 @@ def test_shards_written_from_a_folder_yield_the_same_examples(tmp_path: Path, mo
 
 
 def _members(shards: ShardSet) -> dict[str, dict]:
-    from training.shards import read_shard
+    from bridle.training.shards import read_shard
 
     return {s["__key__"]: s for name, _ in shards.shards for s in read_shard(shards.root / name)}
 
@@ -130,7 +130,7 @@ def test_two_ddp_processes_train_on_disjoint_shards(tmp_path: Path) -> None:
         "data.record_seen=true",
         "stages=[{kind: pretrain, steps: 4, log_every: 2}]",
     ]
-    done = run_torchrun(["-m", "training.cli", "run", str(MICRO), *overrides])
+    done = run_torchrun(["-m", "bridle.training.cli", "run", str(MICRO), *overrides])
     assert done.returncode == 0, done.stderr[-3000:]
     stage = tmp_path / "run" / "00-pretrain"
     shard_of = {k: name for name, _ in shards.shards for k in _keys_in(shards, name)}
@@ -145,6 +145,6 @@ def test_two_ddp_processes_train_on_disjoint_shards(tmp_path: Path) -> None:
 
 
 def _keys_in(shards: ShardSet, name: str) -> list[str]:
-    from training.shards import read_shard
+    from bridle.training.shards import read_shard
 
     return [s["__key__"] for s in read_shard(shards.root / name)]

@@ -9,9 +9,9 @@ import pytest
 import torch
 from training_helpers import micro_recipe, stage_losses
 
-from bridle_model.checkpoint import load_servable
-from training.distributed import DistInfo
-from training.stages import prepare_run, run_stage
+from bridle.model.checkpoint import load_servable
+from bridle.training.distributed import DistInfo
+from bridle.training.stages import prepare_run, run_stage
 
 
 @pytest.mark.parametrize("modality", ["audio", "image", "video"])
@@ -89,7 +89,7 @@ def test_pretrain_and_tokenizer_losses_go_down(tmp_path: Path) -> None:
 
 
 def test_stage_alone_needs_the_earlier_stages(tmp_path: Path) -> None:
-    from training.stages import StageError
+    from bridle.training.stages import StageError
 
     recipe = micro_recipe("image", tmp_path)
     ctx = prepare_run(recipe, DistInfo(), reuse_config=False)

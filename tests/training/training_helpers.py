@@ -9,10 +9,10 @@ from pathlib import Path
 
 from training_media import write_media
 
-from training.recipe import Recipe, load_recipe
+from bridle.training.recipe import Recipe, load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-MICRO = REPO / "training" / "recipes" / "micro.yaml"
+MICRO = REPO / "bridle" / "training" / "recipes" / "micro.yaml"
 
 
 def subprocess_env() -> dict[str, str]:
@@ -62,7 +62,7 @@ def micro_recipe(modality: str, root: Path, extra: list[str] = (), **kw) -> Reci
 
 
 def stage_losses(recipe: Recipe, index: int) -> list[float]:
-    from training.state import load_stage
+    from bridle.training.state import load_stage
 
     state = load_stage(Path(recipe.out_dir) / recipe.stage_name(index))
     assert state is not None

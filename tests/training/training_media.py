@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bridle_data.demo_data import write_mp4, write_wav
+from bridle.data.demo_data import write_mp4, write_wav
 
 CLASSES = ("high", "low")
 

@@ -1,9 +1,0 @@
-"""BRIDLE model core: configs, decoding, preprocessing and the four networks (E, D, T, TE).
-
-This package's `__init__` imports no torch, so the service can use `bridle_model.config` and
-`bridle_model.decoding` with ONNX Runtime alone. Import the torch modules by name.
-"""
-
-from bridle_model.config import PRESETS, ModelConfig, preset
-
-__all__ = ["PRESETS", "ModelConfig", "preset"]
