@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bridle.runtime import tracing
 from bridle.runtime.errors import EngineError
 
 # (B, ...) and the output names to fetch (None: all) -> {name: (B, ...)}
@@ -37,6 +38,7 @@ class _Request:
     future: asyncio.Future[dict[str, np.ndarray]]
     outputs: frozenset[str] | None  # the outputs it needs; None: all
     arrived: float = field(default_factory=time.monotonic)
+    ran: tuple[float, float, int, int] | None = None  # its batch's run: start, end, rows, requests (traces)
 
 
 def _union(batch: list[_Request]) -> list[str] | None:
@@ -161,6 +163,8 @@ class Batcher:
         except BaseException:
             self._withdraw(requests)
             raise
+        if tracing.on():
+            _trace(self.name, requests)
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -196,7 +200,8 @@ class Batcher:
             started = time.monotonic()
             for r in batch:
                 self.hooks.on_wait(started - r.arrived)
-            self.hooks.on_batch(sum(len(r.rows) for r in batch))
+            rows = sum(len(r.rows) for r in batch)
+            self.hooks.on_batch(rows)
             loop = asyncio.get_running_loop()
             parts = [r.rows for r in batch]
             try:
@@ -204,8 +209,10 @@ class Batcher:
             except Exception as e:  # the graph failed on this batch: each request learns why
                 _fail(batch, EngineError("inference_failed", f"{self.name}: {e}"))
                 return
+            finished = time.monotonic()
             start = 0
             for r in batch:
+                r.ran = (started, finished, rows, len(batch))
                 end = start + len(r.rows)
                 if not r.future.done():
                     names = outputs.keys() if r.outputs is None else r.outputs
@@ -255,6 +262,18 @@ class Batcher:
         if not batch:  # every waiting request withdrew meanwhile
             return await self._gather()
         return batch
+
+
+def _trace(name: str, requests: list[_Request]) -> None:
+    """Each part's wait for a batch (`queue`) and its batch's ONNX Runtime call (`run`), as spans under the
+    caller's (bridle/runtime/tracing.py); the batch's rows and requests are attributes of its `run`."""
+    for r in requests:
+        if r.ran is None:
+            continue
+        started, finished, rows, count = r.ran
+        tracing.record("queue", r.arrived, started, {"bridle.batcher": name, "bridle.rows": len(r.rows)})
+        batch = {"bridle.batcher": name, "bridle.batch.rows": rows, "bridle.batch.requests": count}
+        tracing.record("run", started, finished, batch)
 
 
 def _fail(requests: Iterable[_Request], error: EngineError) -> None:

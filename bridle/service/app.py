@@ -33,6 +33,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
+from bridle.runtime import tracing
 from bridle.runtime.client import EngineLink
 from bridle.runtime.devices import device_for_process
 from bridle.runtime.errors import ModelLoadError
@@ -48,6 +49,7 @@ from bridle.service.settings import Settings
 from bridle.service.state import ServiceState
 
 log = logging.getLogger("bridle.service")
+UNTRACED = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapes: no trace each
 
 
 def create_app(settings: Settings | None = None, engine: EngineLink | None = None) -> FastAPI:
@@ -86,15 +88,20 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
             warm.cancel()
             await inference.stop()
 
+    # traces when OTEL_EXPORTER_OTLP_ENDPOINT asks (bridle/runtime/tracing.py): FastAPI's server span is each
+    # request's root, the parent of bridle's own spans, and a child of the client's `traceparent`
+    tracer_provider = tracing.start("front-end" if engine is not None else "server")
     app = FastAPI(
         title="bridle",
         summary="Embeddings, discrete codes and labels from BRIDLE encoders (ONNX Runtime)",
         lifespan=lifespan,
         # FastAPI's own OpenTelemetry hooks cost ~6 % of the event loop per request even with no provider
         telemetry={
-            "tracing": settings.opentelemetry,
+            "tracer_provider": tracer_provider,
+            "tracing": tracer_provider is not None or settings.opentelemetry,
             "metrics": settings.opentelemetry,
             "logs": settings.opentelemetry,
+            "exclude": lambda scope: scope.get("path") in UNTRACED,
         },
     )
     metrics = Metrics.create()

@@ -34,6 +34,7 @@ from bridle.model.config import Modality
 from bridle.model.decoding import MediaError, sniff_modality
 from bridle.model.scores import scores as class_scores
 from bridle.model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
+from bridle.runtime import tracing
 from bridle.runtime.batcher import Batcher
 from bridle.runtime.client import EngineClient, EngineLink, EngineListener, RemoteBatcher
 from bridle.runtime.engine import BatchSpec, start_batchers
@@ -483,13 +484,17 @@ class Inference:
             except ValueError as e:
                 raise ServiceError(422, "bad_aggregate", f"model {model.name!r}: {e}") from None
         loop = asyncio.get_running_loop()
-        try:
-            if decodes_quickly(model.manifest, upload.data):  # in place: cheaper than a thread's round trip
-                windows = self._decode(model, upload.data)
-            else:
-                windows = await loop.run_in_executor(self._decoders, self._decode, model, upload.data)
-        except MediaError as e:
-            raise from_media_error(e, upload.filename) from None
+        with tracing.span("decode") as span:
+            try:
+                if decodes_quickly(model.manifest, upload.data):  # in place: cheaper than a thread hop
+                    windows = self._decode(model, upload.data)
+                else:
+                    windows = await loop.run_in_executor(self._decoders, self._decode, model, upload.data)
+            except MediaError as e:
+                raise from_media_error(e, upload.filename) from None
+            if span is not None:
+                span.set_attribute("bridle.model", model.key)
+                span.set_attribute("bridle.windows", len(windows.spans))
         return _Prepared(upload, model, windows)
 
     def _decode(self, model: LoadedModel, data: bytes) -> Windows:

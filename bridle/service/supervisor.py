@@ -44,6 +44,7 @@ import uvicorn
 from prometheus_client import multiprocess
 
 from bridle.model.manifest import read_manifest
+from bridle.runtime import tracing
 from bridle.runtime.client import EngineLink
 from bridle.runtime.engine import EXIT_BAD_MODELS, EngineSpec, run_engine
 from bridle.runtime.errors import ModelLoadError
@@ -141,6 +142,7 @@ def _engine_main(spec: EngineSpec, go: Any | None = None) -> None:
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
     parent = os.getppid()
     metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
+    tracing.start("engine")  # when OTEL_EXPORTER_OTLP_ENDPOINT asks: its spans go out from here
     try:
         run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size), go)
     finally:

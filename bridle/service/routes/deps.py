@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from bridle.runtime import tracing
 from bridle.service.errors import ServiceError
 from bridle.service.media import Upload, read_uploads
 from bridle.service.middleware import ADMITTED
@@ -54,6 +55,10 @@ async def uploads_of(request: Request) -> list[Upload]:
         raise error
     metrics.bodies_read.inc()
     started = time.perf_counter()
-    uploads = await read_uploads(request, state.settings.max_upload_bytes)
+    with tracing.span("read") as span:
+        uploads = await read_uploads(request, state.settings.max_upload_bytes)
+        if span is not None:
+            span.set_attribute("bridle.uploads", len(uploads))
+            span.set_attribute("bridle.bytes", sum(len(u.data) for u in uploads))
     metrics.stage_seconds.labels("read").observe(time.perf_counter() - started)
     return uploads

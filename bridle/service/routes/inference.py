@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from bridle.runtime import tracing
 from bridle.service.infer import Codes, Embedding, Features, Label, Labels, Source
 from bridle.service.modalities import SERVED
 from bridle.service.routes.admission import admitted
@@ -136,9 +137,10 @@ def _results(
     rendered from the dict, timed together as the `serialise` stage; a Response, so FastAPI does not
     serialise it again."""
     started = time.perf_counter()
-    body = {"results": build()}
-    answer.model_validate(body)
-    response = Response(orjson.dumps(body), media_type="application/json")  # a 20th of json.dumps' time
+    with tracing.span("serialise"):
+        body = {"results": build()}
+        answer.model_validate(body)
+        response = Response(orjson.dumps(body), media_type="application/json")  # a 20th of json.dumps' time
     state.inference.metrics.stage_seconds.labels("serialise").observe(time.perf_counter() - started)
     return response
 

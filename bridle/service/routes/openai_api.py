@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 
 from bridle.model.decoding import MediaError, sniff_modality
+from bridle.runtime import tracing
 from bridle.runtime.models import LoadedModel
 from bridle.runtime.versions import newest, resolve
 from bridle.service.errors import STATUSES, ServiceError, as_service_error, from_media_error
@@ -270,15 +271,16 @@ async def embeddings(request: Request, state: State) -> Response:
     uploads = [check_input(state, model, u) for u in uploads]
     found = await state.inference.embed(uploads, model.key)  # the version checked above
     started = time.perf_counter()
-    tokens = sum(len(e.source.spans) for e in found) * _patches(model)
-    answer = {
-        "object": "list",
-        "data": [_item(i, e, q.encoding_format) for i, e in enumerate(found)],
-        "model": q.model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
-    EmbeddingsResponse.model_validate(answer)  # a mismatch is a bug: 500
-    response = Response(orjson.dumps(answer), media_type="application/json")
+    with tracing.span("serialise"):
+        tokens = sum(len(e.source.spans) for e in found) * _patches(model)
+        answer = {
+            "object": "list",
+            "data": [_item(i, e, q.encoding_format) for i, e in enumerate(found)],
+            "model": q.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        EmbeddingsResponse.model_validate(answer)  # a mismatch is a bug: 500
+        response = Response(orjson.dumps(answer), media_type="application/json")
     state.inference.metrics.stage_seconds.labels("serialise").observe(time.perf_counter() - started)
     return response
 
