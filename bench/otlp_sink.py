@@ -3,8 +3,8 @@ test (tests/service/test_tracing.py) and the tracing benchmark (bench/trace_cost
 
 `OtlpSink()` listens on loopback (a port of its own) in a thread and answers `POST /v1/traces` as a
 collector does: it decodes each protobuf `ExportTraceServiceRequest` (opentelemetry-proto) into `Span`s
-and answers an empty `ExportTraceServiceResponse`. With `decode=False` it only counts the exports and
-their bytes (the benchmark: the service's cost, not the receiver's). `render(spans)` draws one trace as an
+and answers an empty `ExportTraceServiceResponse`. With `keep=False` it only counts them (the benchmark,
+where thousands a second arrive). `render(spans)` draws one trace as an
 indented tree, each span with its process, its times from the trace's start and its attributes.
 
     with OtlpSink() as sink:  # OTEL_EXPORTER_OTLP_ENDPOINT=sink.url
@@ -62,10 +62,18 @@ def _value(value: AnyValue) -> Any:
     return getattr(value, kind) if kind is not None else None
 
 
-def decode(body: bytes) -> list[Span]:
-    """The spans of one `ExportTraceServiceRequest`."""
+def parse(body: bytes) -> ExportTraceServiceRequest:
     request = ExportTraceServiceRequest()
     request.ParseFromString(body)
+    return request
+
+
+def count(request: ExportTraceServiceRequest) -> int:
+    return sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+
+
+def decode(request: ExportTraceServiceRequest) -> list[Span]:
+    """The spans of one `ExportTraceServiceRequest`."""
     spans = []
     for resource_spans in request.resource_spans:
         resource = {kv.key: _value(kv.value) for kv in resource_spans.resource.attributes}
@@ -90,8 +98,9 @@ def decode(body: bytes) -> list[Span]:
 
 @dataclass
 class OtlpSink:
-    decode: bool = True
+    keep: bool = True  # False: count the spans, keep none
     spans: list[Span] = field(default_factory=list)
+    span_count: int = 0
     exports: int = 0  # export requests received
     bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -147,10 +156,12 @@ class OtlpSink:
         self.stop()
 
     def _received(self, body: bytes) -> None:
-        spans = decode(body) if self.decode else []
+        request = parse(body)
+        spans = decode(request) if self.keep else []
         with self._lock:
             self.exports += 1
             self.bytes += len(body)
+            self.span_count += count(request)
             self.spans.extend(spans)
 
     def trace(self, trace_id: str) -> list[Span]:

@@ -30,6 +30,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect
 
+from bridle.runtime import tracing
 from bridle.service.errors import ServiceError, error_response, retry_later
 
 log = logging.getLogger("bridle.service")
@@ -223,9 +224,13 @@ class Admission:
         if scope["type"] != "http" or scope["path"] not in s.routes:
             await self.app(scope, receive, send)
             return
-        if s.draining or s.in_flight >= s.max_in_flight:
-            await self._refuse(scope, send)
-            return
+        with tracing.span("admission") as span:  # admitted or refused at once: the bound never queues
+            if span is not None:
+                span.set_attribute("bridle.in_flight", s.in_flight)
+            if s.draining or s.in_flight >= s.max_in_flight:
+                tracing.failed(span, "shutting_down" if s.draining else "overloaded", "refused at admission")
+                await self._refuse(scope, send)
+                return
         s.in_flight += 1
         s.on_count(s.in_flight)
         scope.setdefault("state", {})[ADMITTED] = True  # what `uploads_of` checks (routes/deps.py)
