@@ -24,9 +24,10 @@ import pyarrow.parquet as pq
 
 from bridle.batch.store import OutputStore
 from bridle.batch.tables import WindowMeta, clips_table, errors_table, windows_table
-from bridle.model.config import Modality, Precision
-from bridle.model.decoding import MediaError, sniff_modality
+from bridle.model.config import Precision
+from bridle.model.decoding import MediaError
 from bridle.model.manifest import MANIFEST_FILE, read_manifest
+from bridle.model.modalities import Modality, sniff_modality
 from bridle.model.windowing import DEFAULT_POLICY, Aggregate, WindowPolicy
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.models import LoadedModel, choose_variants, find_model_dirs, load_model

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from bridle.model.decoding import MediaError
 from bridle.model.manifest import Manifest
 from bridle.model.media_sets import decode_example, entries_from, label_targets
-from bridle.model.windowing import training_window
+from bridle.model.modalities import spec_for
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def load_held_out(source: str | os.PathLike[str], manifest: Manifest) -> HeldOut
     of each audio clip, T frames sampled over each video); labels must be among the model's. A file that
     cannot be decoded is left out with a warning, as training leaves it out."""
     cfg = manifest.config()
+    spec = spec_for(cfg.modality)
     try:
         entries = entries_from(Path(source), cfg.modality, "label", None, None)
         if not entries:
@@ -61,9 +62,7 @@ def load_held_out(source: str | os.PathLike[str], manifest: Manifest) -> HeldOut
         except (MediaError, OSError) as e:
             log.warning("skipping %s: %s", entry.path, e)
             continue
-        if cfg.modality == "audio":
-            array = training_window(array, cfg.input.window_samples, 0)  # (window_samples,) start-aligned
-        signals.append(array)
+        signals.append(spec.training_item(array, cfg.input, 0))  # audio: its window, start-aligned
         kept.append(target)
     if not signals:
         raise ValueError(f"held-out data {str(source)!r}: none of the {len(entries)} files could be decoded")

@@ -25,19 +25,18 @@ from bridle.export.onnx_graphs import (
 from bridle.export.verify import VerifyReport, verify
 from bridle.model.atomic import write_directory_atomically
 from bridle.model.checkpoint import Servable, load_servable
-from bridle.model.config import AudioInput, ImageInput
 from bridle.model.errors import BridleError
 from bridle.model.graphs import EncoderGraph, TokenizerGraph
 from bridle.model.manifest import (
     FEATURES_FILE,
     FEATURES_GRAPH,
-    GRID_AXES,
     ClassifierSpec,
     InputSpec,
     Manifest,
     QuantizerSpec,
     write_manifest,
 )
+from bridle.model.modalities import spec_for
 
 GRAPH_FILES = {"encoder": "encoder.onnx", "tokenizer": "tokenizer.onnx", FEATURES_GRAPH: FEATURES_FILE}
 
@@ -126,32 +125,8 @@ def build_manifest(
     if embedding is None:
         raise ExportError("the encoder graph has no output 'embedding'")
 
-    inp = cfg.input
-    if isinstance(inp, AudioInput):
-        input_spec = InputSpec(
-            name=signal.name,
-            dtype=signal.dtype,
-            shape=signal.shape,
-            sample_rate=inp.sample_rate,
-            num_frames=inp.num_frames,
-            window_seconds=inp.window_samples / inp.sample_rate,
-            pad=None if inp.pad == "waveform" else inp.pad,
-        )
-    elif isinstance(inp, ImageInput):
-        input_spec = InputSpec(
-            signal.name, signal.dtype, signal.shape, image_size=inp.image_size, processing=inp.processing
-        )
-    else:
-        input_spec = InputSpec(
-            name=signal.name,
-            dtype=signal.dtype,
-            shape=signal.shape,
-            image_size=inp.image_size,
-            clip_frames=inp.num_frames,
-            window_seconds=float(inp.clip_seconds),
-            processing=inp.processing,
-            frame_sampling=None if inp.frame_sampling == "nearest" else inp.frame_sampling,
-        )
+    # the window the signal stands for: the modality's input fields (audio: rate, frames, seconds)
+    input_spec = InputSpec(signal.name, signal.dtype, signal.shape, **cfg.input.manifest_fields())
 
     provenance = dict(servable.provenance)
     if "date" in provenance:
@@ -166,7 +141,7 @@ def build_manifest(
         modality=cfg.modality,
         input=input_spec,
         patch_grid=list(cfg.grid),
-        grid_axes=list(GRID_AXES[cfg.modality]),
+        grid_axes=list(spec_for(cfg.modality).grid_axes),
         embedding_dim=int(embedding.shape[-1]),
         quantizer=QuantizerSpec(levels=q.levels, codebook_size=q.codebook_size, dim=q.dim),
         tokenizer_kind=servable.tokenizer_kind,

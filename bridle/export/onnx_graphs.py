@@ -14,7 +14,7 @@ import onnx
 import torch
 from torch import nn
 
-from bridle.model.config import AudioInput, ImageInput, ModelConfig
+from bridle.model.config import ModelConfig
 from bridle.model.manifest import GraphFile, TensorSpec, sha256_file
 
 OPSET = 18  # the default: every execution provider runs it
@@ -27,12 +27,8 @@ BATCH_AXIS = "batch"
 
 def signal_spec(config: ModelConfig) -> tuple[torch.dtype, tuple[int, ...]]:
     """The dtype and per-example shape (batch axis left out) of the graphs' input `signal`."""
-    inp = config.input
-    if isinstance(inp, AudioInput):
-        return torch.float32, (inp.window_samples,)
-    if isinstance(inp, ImageInput):
-        return torch.uint8, (3, inp.image_size, inp.image_size)
-    return torch.uint8, (inp.num_frames, 3, inp.image_size, inp.image_size)
+    inp = config.input  # audio (samples,) float32; image (3, S, S), video (T, 3, S, S) uint8
+    return getattr(torch, inp.signal_dtype), inp.signal_shape()
 
 
 def example_signal(config: ModelConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -28,8 +28,9 @@ import torch
 from bridle.export.gate import GateResult, load_held_out, measure_gate
 from bridle.export.onnx_graphs import tensor_spec
 from bridle.model.checkpoint import CheckpointError, Servable, load_servable
-from bridle.model.config import AudioInput, ImageInput, ModelConfig
+from bridle.model.config import AudioInput, ImageInput, ModelConfig, VideoInput
 from bridle.model.graphs import EncoderGraph, TokenizerGraph
+from bridle.model.inputs import ModalityInput
 from bridle.model.manifest import GRAPHS, GraphFile, Manifest, ManifestError, TensorSpec, read_manifest
 from bridle.model.preprocessing import build_preprocessor
 
@@ -292,19 +293,30 @@ def _describe(specs: list[TensorSpec]) -> str:
 
 def sample_inputs(config: ModelConfig, batch: int, seed: int = 0) -> np.ndarray:
     """Realistic inputs for `config`'s graphs: speech-like sounds and noise for audio, handwritten digits
-    (scikit-learn) for images, digits moving across the frame for video."""
+    (scikit-learn) for images, digits moving across the frame for video; for another modality, random
+    values of its signal (0..255 for uint8, 0.1 x normal for float)."""
     rng = np.random.default_rng(seed)
     inp = config.input
     if isinstance(inp, AudioInput):
         waves = [_speech_like(inp.window_samples, inp.sample_rate, rng) for _ in range(batch)]
         waves[-1] = 0.1 * rng.standard_normal(inp.window_samples)  # one window of white noise
         return np.stack(waves).astype(np.float32)  # (B, samples)
+    if not isinstance(inp, ImageInput | VideoInput):
+        return _random_signal(inp, batch, rng)  # (B, *signal)
     digits = _digit_images(batch, inp.image_size, rng)  # (B, 3, S, S) uint8
     if isinstance(inp, ImageInput):
         return digits
     shifts = np.linspace(-inp.image_size // 4, inp.image_size // 4, inp.num_frames).round().astype(int)
     frames = [np.roll(digits, (int(s), int(s) // 2), axis=(2, 3)) for s in shifts]
     return np.stack(frames, axis=1)  # (B, T, 3, S, S)
+
+
+def _random_signal(inp: ModalityInput, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, *signal) random values in the signal's dtype: 0..255 for uint8, 0.1 x normal for float32."""
+    shape = (batch, *inp.signal_shape())
+    if inp.signal_dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return (0.1 * rng.standard_normal(shape)).astype(inp.signal_dtype)
 
 
 def _speech_like(samples: int, rate: int, rng: np.random.Generator) -> np.ndarray:

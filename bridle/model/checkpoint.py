@@ -30,7 +30,7 @@ from torch import nn
 from bridle.model.atomic import write_directory_atomically
 from bridle.model.beats import BeatsEncoder, build_beats_networks
 from bridle.model.classifier import ClassifierHead
-from bridle.model.config import AudioInput, ImageInput, ModelConfig
+from bridle.model.config import ModelConfig
 from bridle.model.encoder import Encoder
 from bridle.model.errors import BridleError
 from bridle.model.hf_vit import HFEncoder, build_hf_head
@@ -115,12 +115,7 @@ def _init_codebooks(servable: Servable, batch: int = PRIMING_BATCH) -> None:
     """Give a fresh tokenizer usable codebooks: k-means-initialised quantizers start empty and refuse to
     run, so they are fitted on a random model input (as on the first training batch)."""
     cfg = servable.config
-    if isinstance(cfg.input, AudioInput):
-        shape: tuple[int, ...] = (1, cfg.input.num_frames, cfg.input.num_mel_bins)  # (1, frames, mel)
-    elif isinstance(cfg.input, ImageInput):
-        shape = (3, cfg.input.image_size, cfg.input.image_size)  # (3, S, S)
-    else:
-        shape = (3, cfg.input.num_frames, cfg.input.image_size, cfg.input.image_size)  # (3, T, S, S)
+    shape = cfg.input.model_input_shape()  # audio (1, frames, mel), image (3, S, S), video (3, T, S, S)
     fit_codebooks(servable.tokenizer, torch.randn(batch, *shape))
 
 

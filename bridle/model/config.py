@@ -13,131 +13,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-Modality = Literal["audio", "image", "video"]
-MODALITIES: tuple[Modality, ...] = get_args(Modality)
+# the input types live in bridle/model/inputs.py (beside the modality registry); read from here as before
+from bridle.model.inputs import IMAGENET_MEAN as IMAGENET_MEAN
+from bridle.model.inputs import IMAGENET_STD as IMAGENET_STD
+from bridle.model.inputs import RESAMPLE_FILTERS as RESAMPLE_FILTERS
+from bridle.model.inputs import AudioInput, ImageInput, ImageProcessing, VideoInput, build_frozen
+from bridle.model.modalities import Modality, spec_for
+
 # A numeric format: what a model directory's graphs are stored in (bridle.model.manifest.PRECISIONS), and
 # what training computes in (training.recipe.TRAINING_PRECISIONS)
 Precision = Literal["fp32", "fp16", "bf16", "int8"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# PIL's resampling filters by their codes (0..5), the numbers a preprocessor_config.json's `resample` holds
-RESAMPLE_FILTERS = ("nearest", "lanczos", "bilinear", "bicubic", "box", "hamming")
-
-
-@dataclass(frozen=True)
-class ImageProcessing:
-    """An imported model's image processor, as its `preprocessor_config.json` says (bridle/importers/hf.py),
-    for the decoding of images and video frames (bridle/model/decoding.py). Without it (None) an image is the
-    project's own: shorter side resized to the input size (bicubic), centre crop.
-
-    `resize` "squash" resizes to `size` (height, width) whatever the aspect ratio; "shortest_edge" resizes
-    the shorter side to `size[0]` and the longer to int(size[0] * long / short), as transformers does.
-    `crop` (height, width) is then a centre crop, or None. `convert_rgb`: transparency is composited onto
-    white (transformers' `convert_to_rgb`); otherwise alpha is dropped (`PIL.Image.convert("RGB")`, as
-    transformers' `load_image`). `rescale_factor`, `mean` and `std` are the processor's own (None: not
-    applied); the exported graph applies them, folded into `ImageInput.mean` / `std`. `source` says where
-    the values came from (the file, or the family default the import chose)."""
-
-    resize: Literal["squash", "shortest_edge"]
-    size: tuple[int, ...]
-    resample: str = "bicubic"
-    crop: tuple[int, int] | None = None
-    convert_rgb: bool = False
-    rescale_factor: float | None = 1 / 255
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    source: str = ""
-
-    def __post_init__(self) -> None:
-        if self.resize not in ("squash", "shortest_edge"):
-            raise ValueError(
-                f"ImageProcessing resize must be 'squash' or 'shortest_edge', got {self.resize!r}"
-            )
-        if len(self.size) != (2 if self.resize == "squash" else 1) or min(self.size) < 1:
-            raise ValueError(f"ImageProcessing size {self.size} does not fit resize {self.resize!r}")
-        if self.resample not in RESAMPLE_FILTERS:
-            raise ValueError(f"ImageProcessing resample {self.resample!r} must be one of {RESAMPLE_FILTERS}")
-        if self.crop is not None and (len(self.crop) != 2 or min(self.crop) < 1):
-            raise ValueError(f"ImageProcessing crop {self.crop} must be (height, width)")
-
-    @property
-    def output_size(self) -> tuple[int, int] | None:
-        """(height, width) of every processed image, or None when it follows the image's aspect ratio."""
-        if self.crop is not None:
-            return (int(self.crop[0]), int(self.crop[1]))
-        return (int(self.size[0]), int(self.size[1])) if self.resize == "squash" else None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImageProcessing:
-        return _build(cls, d)
-
-
-@dataclass(frozen=True)
-class AudioInput:
-    """16 kHz mono waveform -> Kaldi log-mel fbank -> (x - mean) / (2 std) -> fixed frame count."""
-
-    sample_rate: int = 16_000
-    num_mel_bins: int = 128
-    frame_length_ms: float = 25.0
-    frame_shift_ms: float = 10.0
-    window: str = "hanning"
-    preemphasis: float = 0.97
-    num_frames: int = 1024  # frames per window: 1024 = 10.24 s
-    # Normalisation statistics of the fbank values of a waveform in [-1, 1] (AudioSet figures, as in
-    # AST); training recipes measure and store their own data set's.
-    mean: float = -4.27
-    std: float = 4.57
-    # The smallest mel energy before the log, in 16-bit units (the waveform scaled by 2**15). Kaldi's
-    # float32 eps (the default, what AST and BEATs were trained with) puts digital silence at -15.9, far
-    # below any recording's own noise floor (16-bit quantisation noise alone gives log-mel ~1.8); 1.0
-    # (log 0) keeps it just below that (bridle/model/fbank.py).
-    energy_floor: float = 1.1920928955078125e-07
-    # The waveform in [-1, 1] is multiplied by this before the fbank: 2**15 (16-bit range) as BEATs and
-    # torchaudio.load(normalize=False) users do; 1.0 for Hugging Face's AST feature extractor.
-    waveform_scale: float = 2.0**15
-    # how a clip shorter than a window is filled: "waveform" with silence; "fbank" with zero fbank frames
-    # (before the normalisation), as Hugging Face's ASTFeatureExtractor pads (the graph is told which
-    # samples are padding by their being NaN: bridle/model/preprocessing.py)
-    pad: Literal["waveform", "fbank"] = "waveform"
-
-    @property
-    def window_samples(self) -> int:
-        """Samples in a window of `num_frames` frames (the encoder's fixed input length)."""
-        length = round(self.sample_rate * self.frame_length_ms / 1000)
-        shift = round(self.sample_rate * self.frame_shift_ms / 1000)
-        return (self.num_frames - 1) * shift + length
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """RGB image resized (shorter side) and centre-cropped to `image_size`, then mean/std."""
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    processing: ImageProcessing | None = None  # an imported processor's geometry; None: the above
-
-
-@dataclass(frozen=True)
-class VideoInput:
-    """`num_frames` frames sampled uniformly over each `clip_seconds` of video, each an `ImageInput`-style
-    RGB frame; longer videos are cut into consecutive clips (bridle/model/windowing.py)."""
-
-    num_frames: int = 16
-    clip_seconds: float = 2.0
-    image_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    processing: ImageProcessing | None = None  # each frame as an imported processor does; None: as images
-    # which frames a clip's T come from: "nearest" the frame nearest each of T evenly spaced times;
-    # "floor" the last frame at or before it, i.e. frame i * n // T of the clip's n (transformers' video
-    # processors' default_sample_indices_fn)
-    frame_sampling: Literal["nearest", "floor"] = "nearest"
 
 
 @dataclass(frozen=True)
@@ -219,7 +106,7 @@ class HFBackboneConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     modality: Modality
-    input: AudioInput | ImageInput | VideoInput
+    input: AudioInput | ImageInput | VideoInput  # the modality's input type (its spec's `input_type`)
     patch_size: int = 16  # square patches on (time x mel) or (H x W)
     tubelet: int = 2  # video only: frames per tubelet
     encoder: ViTConfig = field(default_factory=ViTConfig)  # E
@@ -236,19 +123,14 @@ class ModelConfig:
     # ---- derived shapes -------------------------------------------------------------------
     @property
     def in_channels(self) -> int:
-        return 1 if self.modality == "audio" else 3
+        return self.input.channels
 
     @property
     def grid(self) -> tuple[int, ...]:
-        """Patch grid: audio (time, mel), image (h, w), video (t, h, w)."""
+        """Patch grid: audio (time, mel), image (h, w), video (t, h, w): the input type's."""
         if self.hf is not None:
             return self.hf.grid
-        p = self.patch_size
-        if isinstance(self.input, AudioInput):
-            return (self.input.num_frames // p, self.input.num_mel_bins // p)
-        if isinstance(self.input, ImageInput):
-            return (self.input.image_size // p, self.input.image_size // p)
-        return (self.input.num_frames // self.tubelet, self.input.image_size // p, self.input.image_size // p)
+        return self.input.patch_grid(self.patch_size, self.tubelet)
 
     @property
     def num_patches(self) -> int:
@@ -257,11 +139,11 @@ class ModelConfig:
     @property
     def patch_dim(self) -> int:
         """Values in one flattened patch (or tubelet)."""
-        t = self.tubelet if self.modality == "video" else 1
+        t = self.input.frames_per_patch(self.tubelet)
         return self.in_channels * t * self.patch_size * self.patch_size
 
     def __post_init__(self) -> None:
-        expected = {"audio": AudioInput, "image": ImageInput, "video": VideoInput}[self.modality]
+        expected = spec_for(self.modality).input_type  # UnknownModality for a name not registered
         if not isinstance(self.input, expected):
             raise ValueError(f"modality {self.modality!r} needs {expected.__name__}, got {type(self.input)}")
         if self.classifier_activation not in ("softmax", "sigmoid"):
@@ -272,18 +154,10 @@ class ModelConfig:
             raise ValueError(f"BEATs models are audio models, got modality {self.modality!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-        if isinstance(self.input, AudioInput):
-            dims = (self.input.num_frames, self.input.num_mel_bins)
-        else:
-            dims = (self.input.image_size, self.input.image_size)
+        dims = self.input.patched_sizes()
         if self.hf is None and any(d % self.patch_size for d in dims):
             raise ValueError(f"input sizes {dims} must be multiples of patch_size {self.patch_size}")
-        if isinstance(self.input, VideoInput) and not self.input.clip_seconds > 0:
-            raise ValueError(f"clip_seconds must be positive, got {self.input.clip_seconds}")
-        if isinstance(self.input, VideoInput) and self.input.num_frames % self.tubelet:
-            raise ValueError(
-                f"num_frames {self.input.num_frames} must be a multiple of tubelet {self.tubelet}"
-            )
+        self.input.check(self.tubelet)
 
     # ---- (de)serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -292,7 +166,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
-        input_cls = {"audio": AudioInput, "image": ImageInput, "video": VideoInput}[d["modality"]]
+        input_cls = spec_for(d["modality"]).input_type
         inp = dict(d["input"])
         if inp.get("processing") is not None:
             inp["processing"] = ImageProcessing.from_dict(inp["processing"])
@@ -322,12 +196,7 @@ RETIRED_FIELDS: dict[type, set[str]] = {QuantizerConfig: {"eps"}}
 
 def _build(cls: type, d: dict[str, Any]) -> Any:
     """Build a frozen dataclass from a dict, turning lists back into tuples."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    d = {k: v for k, v in d.items() if k not in RETIRED_FIELDS.get(cls, set())}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return build_frozen(cls, d, RETIRED_FIELDS.get(cls, set()))
 
 
 # ---- presets ---------------------------------------------------------------------------------
@@ -349,6 +218,7 @@ def _sized(
     est: ViTConfig,
     rq: QuantizerConfig,
     tokenizer: ViTConfig | None = None,
+    mask_ratio: float = 0.8,
 ) -> ModelConfig:
     return ModelConfig(
         modality=modality,
@@ -359,8 +229,11 @@ def _sized(
         tokenizer=tokenizer or vit,
         estimator=est,
         quantizer=rq,
-        mask_ratio=0.9 if modality == "video" else 0.8,
+        mask_ratio=mask_ratio,
     )
+
+
+TUBE_MASK_RATIO = 0.9  # video: tube masking, 0.9 in the reference
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -372,7 +245,14 @@ PRESETS: dict[str, ModelConfig] = {
         "image", ImageInput(image_size=16), 4, _MICRO_VIT, _MICRO_VIT, _MICRO_VIT, _MICRO_RQ
     ),
     "micro-video": _sized(
-        "video", VideoInput(num_frames=4, image_size=16), 4, _MICRO_VIT, _MICRO_VIT, _MICRO_VIT, _MICRO_RQ
+        "video",
+        VideoInput(num_frames=4, image_size=16),
+        4,
+        _MICRO_VIT,
+        _MICRO_VIT,
+        _MICRO_VIT,
+        _MICRO_RQ,
+        mask_ratio=TUBE_MASK_RATIO,
     ),
     # tiny: 4 x 192 ViTs (T: 2 x 192), the bundled demo models
     # (1.28 s audio windows, 32 px images, 8-frame clips)
@@ -405,11 +285,12 @@ PRESETS: dict[str, ModelConfig] = {
         ViTConfig(dim=192, depth=1, heads=3),
         _TINY_RQ,
         _TINY_TOKENIZER,
+        mask_ratio=TUBE_MASK_RATIO,
     ),
     # base: the paper's ViT-B (12 x 768), D of 16 x 512, TE of 3 blocks, RQ 4 x 256 x 256
     "base-audio": ModelConfig(modality="audio", input=AudioInput(), mask_ratio=0.8),
     "base-image": ModelConfig(modality="image", input=ImageInput(), mask_ratio=0.8),
-    "base-video": ModelConfig(modality="video", input=VideoInput(), mask_ratio=0.9),
+    "base-video": ModelConfig(modality="video", input=VideoInput(), mask_ratio=TUBE_MASK_RATIO),
 }
 
 

@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 
 from bridle.model.errors import BridleError
-from bridle.model.media_sets import MEDIA_SUFFIXES, Entry, folder_entries
+from bridle.model.media_sets import Entry, folder_entries
+from bridle.model.modalities import spec_for
 
 URBANSOUND8K_CLASSES = (
     "air_conditioner",
@@ -205,7 +206,7 @@ def _zip_entries(path: Path) -> list[Entry]:
     with zipfile.ZipFile(path) as archive:
         for name in sorted(archive.namelist()):
             parts = name.split("/")
-            if len(parts) != 3 or Path(name).suffix.lower() not in MEDIA_SUFFIXES["image"]:
+            if len(parts) != 3 or Path(name).suffix.lower() not in spec_for("image").suffixes:
                 continue
             entries.append(Entry(path / name, parts[1], data=archive.read(name)))
     _check_classes({e.label for e in entries}, path)

@@ -26,8 +26,8 @@ import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bridle.model.config import MODALITIES, RESAMPLE_FILTERS, ImageProcessing, Modality
 from bridle.model.errors import BridleError
+from bridle.model.inputs import RESAMPLE_FILTERS, ImageProcessing
 
 MediaCode = Literal["empty", "corrupt", "unsupported", "too_long", "too_large", "no_frames"]
 Source = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
@@ -431,54 +431,6 @@ def sample_frames(
     return video.frames[nearest]
 
 
-# ---- sniffing ---------------------------------------------------------------------------------------
-
-
-def _sniff_magic(head: bytes) -> Modality | None:
-    """The modality from a file's first bytes, or None for a format this module does not know."""
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return "audio"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return "video"
-    if head[:8] == b"\x89PNG\r\n\x1a\n" or head[:2] == b"\xff\xd8" or head[:6] in (b"GIF87a", b"GIF89a"):
-        return "image"
-    if head[:2] == b"BM":
-        return "image"
-    if head[:4] == b"fLaC" or head[:3] == b"ID3":
-        return "audio"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:  # MPEG audio / ADTS frame sync
-        return "audio"
-    if head[:4] == b"OggS":
-        return "video" if b"\x80theora" in head else "audio"
-    if head[4:8] == b"ftyp":
-        return "audio" if head[8:12] in (b"M4A ", b"M4B ") else "video"
-    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
-        return "video"
-    return None
-
-
-def sniff_modality(data: bytes, content_type: str | None) -> Modality:
-    """The modality of an upload: from its content type's prefix, else from its magic bytes.
-
-    A generic content type (application/octet-stream, text/plain, none) falls through to the bytes.
-    """
-    if not data:
-        raise MediaError("empty", "the media is empty (0 bytes)")
-    if content_type:
-        major = content_type.split(";", 1)[0].strip().lower().split("/", 1)[0]
-        if major in MODALITIES:
-            return major  # type: ignore[return-value]
-    found = _sniff_magic(bytes(data[:512]))
-    if found is None:
-        what = f" ({content_type})" if content_type else ""
-        raise MediaError(
-            "unsupported", f"the media type{what} is not audio, image or video this service reads"
-        )
-    return found
-
-
 __all__ = [
     "DecodedVideo",
     "MediaError",
@@ -486,5 +438,4 @@ __all__ = [
     "decode_image",
     "decode_video",
     "sample_frames",
-    "sniff_modality",
 ]

@@ -80,7 +80,7 @@ class HFEncoder(nn.Module):
         hf, vit = cfg.hf, cfg.encoder
         self.cfg, self.hf, self.dim = cfg, hf, vit.dim
         p = cfg.patch_size
-        if cfg.modality == "video":
+        if len(cfg.grid) == 3:  # VideoMAE's (t, h, w) tubelets
             kernel: tuple[int, ...] = (cfg.tubelet, p, p)
             self.patch_embed: nn.Module = nn.Conv3d(3, vit.dim, kernel, hf.patch_stride or kernel)
         else:
@@ -100,7 +100,8 @@ class HFEncoder(nn.Module):
         self.blocks = nn.ModuleList(HFBlock(vit.dim, vit.heads, hidden, hf, tokens) for _ in range(vit.depth))
         self.norm = nn.LayerNorm(vit.dim, eps=hf.layer_norm_eps) if hf.final_norm else nn.Identity()
         self.pool_norm = nn.LayerNorm(vit.dim, eps=hf.pool_norm_eps) if hf.pool_norm else nn.Identity()
-        if cfg.modality == "audio":  # AST's patches come mel-major: the index of each in time-major order
+        self.mel_major = hf.family == "ast"
+        if self.mel_major:  # AST's patches come mel-major: the index of each in time-major order
             t, f = hf.grid
             order = torch.arange(t * f).view(f, t).t().reshape(-1)  # (N,)
             self.register_buffer("time_major", order, persistent=False)
@@ -111,7 +112,7 @@ class HFEncoder(nn.Module):
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed input -> every output token, prefix tokens first -> (B, P + N, D)."""
-        if self.cfg.modality == "audio":
+        if self.mel_major:
             x = x.transpose(2, 3)  # (B, 1, frames, mel) -> (B, 1, mel, frames), as AST reads it
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         if self.prefix is not None:
@@ -137,7 +138,7 @@ class HFEncoder(nn.Module):
             pooled = torch.cat([seq[:, 0], patches.mean(dim=1)], dim=-1)
         else:
             pooled = self.pool_norm(patches.mean(dim=1))
-        if self.cfg.modality == "audio":
+        if self.mel_major:
             patches = patches[:, self.time_major]
         return patches, pooled
 

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bridle.model.atomic import atomic_write_bytes
-from bridle.model.config import MODALITIES, ImageProcessing, ModelConfig, Precision
+from bridle.model.config import ImageProcessing, ModelConfig, Precision
 from bridle.model.errors import BridleError
+from bridle.model.modalities import modality_names, spec_for
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -32,7 +33,6 @@ GRAPHS = ("encoder", "tokenizer")  # every model directory holds both
 FEATURES_GRAPH = "features"
 FEATURES_FILE = "features.onnx"
 CLASSIFIER_ACTIVATIONS = ("softmax", "sigmoid")
-GRID_AXES = {"audio": ["time", "mel"], "image": ["height", "width"], "video": ["time", "height", "width"]}
 WINDOWING = "inputs longer than one window are cut into windows by the caller (the service)"
 
 Dim = int | str  # a fixed size, or the name of a dynamic axis ("batch")
@@ -173,8 +173,8 @@ class Manifest:
                 f"manifest format_version {version} is not supported (expected {FORMAT_VERSION})"
             )
         modality = _field(d, "modality", str, "manifest")
-        if modality not in MODALITIES:
-            raise ManifestError(f"manifest modality {modality!r} must be one of {list(MODALITIES)}")
+        if modality not in modality_names():
+            raise ManifestError(f"manifest modality {modality!r} must be one of {list(modality_names())}")
         files_d = _field(d, "files", dict, "manifest")
         missing = [g for g in GRAPHS if g not in files_d]
         if missing:
@@ -359,13 +359,10 @@ def _choice(d: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-# the input fields a modality's windowing needs: older manifests without them are refused, not guessed
-REQUIRED_INPUT = {"audio": ("sample_rate", "window_seconds"), "image": (), "video": ("window_seconds",)}
-
-
 def _input_spec(d: dict[str, Any], modality: str) -> InputSpec:
     where = "manifest input"
-    missing = [key for key in REQUIRED_INPUT[modality] if d.get(key) is None]
+    # the input fields the modality's windowing needs: older manifests without them are refused, not guessed
+    missing = [key for key in spec_for(modality).required_input if d.get(key) is None]
     if missing:
         raise ManifestError(
             f"{where} of this {modality} model lacks {missing}: it was written by an older exporter, "

@@ -19,16 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bridle.model.config import Modality, ModelConfig
-from bridle.model.decoding import decode_audio, decode_image, decode_video
-from bridle.model.windowing import first_clip
+from bridle.model.config import ModelConfig
+from bridle.model.modalities import Modality, spec_for
 
 UNLABELLED = -1
-MEDIA_SUFFIXES = {
-    "audio": {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".webm", ".mp4"},
-    "image": {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"},
-    "video": {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"},
-}
 
 
 @dataclass(frozen=True)
@@ -50,8 +44,9 @@ class Entry:
 
 
 def media_files(folder: Path, modality: Modality) -> list[Path]:
-    """Media files of `modality` under `folder` (recursive, hidden files left out), sorted."""
-    suffixes = MEDIA_SUFFIXES[modality]
+    """Media files of `modality` (its spec's suffixes) under `folder` (recursive, hidden files left out),
+    sorted."""
+    suffixes = spec_for(modality).suffixes
     files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
     return sorted(p for p in files if p.suffix.lower() in suffixes)
 
@@ -142,15 +137,11 @@ def entries_from(
 
 
 def decode_example(path: Path | bytes, cfg: ModelConfig) -> np.ndarray:
-    """The example as stored in the cache: audio the whole waveform; image/video the final item array.
+    """The example as stored in the cache (its modality spec's `decode_example`): audio the whole
+    waveform; image/video the final item array.
 
     `path` may also be the file's bytes (a shard's member, bridle/training/shards.py)."""
-    if cfg.modality == "audio":
-        return decode_audio(path, cfg.input.sample_rate)  # (samples,) float32
-    if cfg.modality == "image":
-        return decode_image(path, cfg.input.image_size)  # (3, S, S) uint8
-    video = decode_video(path, cfg.input.image_size)
-    return first_clip(video, cfg.input.num_frames, cfg.input.clip_seconds)  # (T, 3, S, S) uint8
+    return spec_for(cfg.modality).decode_example(path, cfg.input)
 
 
 def label_targets(entries: Sequence[Entry], labels: Sequence[str] | None) -> tuple[list[str], list[int]]:

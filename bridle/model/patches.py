@@ -18,7 +18,7 @@ def patch_stride(cfg: ModelConfig) -> tuple[int, int]:
     """The (time, mel) or (h, w) stride between 2-D patches: the patch size, except for an imported AST,
     whose overlapping patches keep its own stride (stored as AST's (mel, time))."""
     p = cfg.patch_size
-    if cfg.hf is not None and cfg.modality == "audio" and cfg.hf.patch_stride:
+    if cfg.hf is not None and cfg.hf.family == "ast" and cfg.hf.patch_stride:
         return (cfg.hf.patch_stride[1], cfg.hf.patch_stride[0])
     return (p, p)
 
@@ -29,7 +29,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, cfg: ModelConfig, dim: int) -> None:
         super().__init__()
         p = cfg.patch_size
-        if cfg.modality == "video":
+        if len(cfg.grid) == 3:  # (t, h, w): tubelets
             self.proj: nn.Module = nn.Conv3d(cfg.in_channels, dim, (cfg.tubelet, p, p), (cfg.tubelet, p, p))
         else:
             self.proj = nn.Conv2d(cfg.in_channels, dim, p, patch_stride(cfg))
@@ -50,7 +50,7 @@ def patchify(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     if stride != (p, p):  # AST's overlapping patches: an identity kernel copies each window's values out
         eye = torch.eye(c * p * p, dtype=x.dtype).view(c * p * p, c, p, p)
         return F.conv2d(x, eye, stride=stride).flatten(2).transpose(1, 2)  # (B, N, patch_dim)
-    if cfg.modality == "video":
+    if len(cfg.grid) == 3:  # (t, h, w): tubelets
         gt, gh, gw = cfg.grid
         t = cfg.tubelet
         x = x.reshape(b, c, gt, t, gh, p, gw, p)

@@ -23,6 +23,7 @@ from torch import nn
 
 from bridle.model.config import AudioInput, ImageInput, ModelConfig, VideoInput
 from bridle.model.fbank import KaldiFbank
+from bridle.model.modalities import load_named, spec_for
 
 
 class AudioPreprocessor(nn.Module):
@@ -106,12 +107,9 @@ class VideoPreprocessor(nn.Module):
 
 
 def build_preprocessor(cfg: ModelConfig) -> nn.Module:
-    """The module from a decoded signal to the encoder's input for `cfg`'s modality."""
-    if isinstance(cfg.input, AudioInput):
-        return AudioPreprocessor(cfg.input)
-    if isinstance(cfg.input, ImageInput):
-        return ImagePreprocessor(cfg.input)
-    return VideoPreprocessor(cfg.input)
+    """The module from a decoded signal to the encoder's input for `cfg`'s modality: the one its spec
+    names, built on `cfg.input`."""
+    return load_named(spec_for(cfg.modality).preprocessor)(cfg.input)
 
 
 @torch.no_grad()

@@ -30,8 +30,8 @@ from typing import Any
 import anyio.to_thread
 import numpy as np
 
-from bridle.model.config import Modality
-from bridle.model.decoding import MediaError, sniff_modality
+from bridle.model.decoding import MediaError
+from bridle.model.modalities import Modality, sniff_modality, spec_for
 from bridle.model.scores import scores as class_scores
 from bridle.model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 from bridle.runtime import tracing
@@ -49,7 +49,6 @@ from bridle.runtime.windows import Limits, Windows, decodes_quickly, to_windows
 from bridle.service.errors import ServiceError, from_media_error, retry_later
 from bridle.service.media import Upload
 from bridle.service.metrics import Metrics
-from bridle.service.modalities import SERVED
 from bridle.service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")
@@ -413,7 +412,7 @@ class Inference:
             model = resolve(models, name)
             if model is None:
                 raise ServiceError(404, "unknown_model", f"no model named {name!r}; loaded: {sorted(models)}")
-            if modality not in SERVED[model.manifest.modality].reads:
+            if modality not in spec_for(model.manifest.modality).reads:
                 raise ServiceError(
                     415,
                     "wrong_modality",

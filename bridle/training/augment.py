@@ -10,8 +10,9 @@ images the decoded (3, S, S) uint8 array. The data set draws the generator per e
 `np.random.default_rng([augment_seed, epoch, index])`, so augmentation is deterministic per seed and epoch
 and independent of the worker count. Only training sets get an augmenter; evaluation sets never do.
 
-Each modality's augmenter (bridle/training/audio_augment.py, bridle/training/image_augment.py) is registered
-in `AUGMENTERS`; its settings derive from `AugmentSettings` (bridle/training/augment_settings.py).
+Each modality's spec (bridle/model/modalities.py) names its augmenter ("module:Class", e.g.
+bridle/training/audio_augment.py's `AudioAugment`), resolved here; the class has `Settings` (an
+`AugmentSettings`, bridle/training/augment_settings.py) and is built as cls(settings, cfg).
 """
 
 from __future__ import annotations
@@ -19,28 +20,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bridle.model.config import Modality, ModelConfig
+from bridle.model.config import ModelConfig
 from bridle.model.errors import BridleError
-from bridle.training.audio_augment import AudioAugment
+from bridle.model.modalities import load_named, modality_names, spec_for
 from bridle.training.augment_settings import Augment
-from bridle.training.image_augment import ImageAugment
-
-# modality -> its augmenter class: the class has `Settings` (an AugmentSettings) and is built as
-# cls(settings, cfg)
-AUGMENTERS: dict[Modality, type[AudioAugment] | type[ImageAugment]] = {
-    "audio": AudioAugment,
-    "image": ImageAugment,
-}
 
 
 class AugmentError(BridleError, ValueError):
     """Augmentation settings that do not fit the modality."""
 
 
-def _augmenter(modality: str) -> type[AudioAugment] | type[ImageAugment]:
-    if modality not in AUGMENTERS:
-        raise AugmentError(f"no augmentation for {modality!r} data; only for {sorted(AUGMENTERS)}")
-    return AUGMENTERS[modality]
+def _augmenter(modality: str) -> Any:
+    """The augmenter class `modality`'s spec names (UnknownModality for a modality not registered)."""
+    name = spec_for(modality).augmenter
+    if name is None:
+        with_one = sorted(m for m in modality_names() if spec_for(m).augmenter is not None)
+        raise AugmentError(f"no augmentation for {modality!r} data; only for {with_one}")
+    return load_named(name)
 
 
 def augment_settings(modality: str, settings: Mapping[str, Any]) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from bridle.model.config import MODALITIES
+from bridle.model.modalities import modality_choices, modality_names
 from bridle.training.recipe import Recipe, RecipeError, load_recipe
 
 app = typer.Typer(add_completion=False, help="Train BRIDLE models from a recipe.")
@@ -137,8 +137,8 @@ def shards(
     A recipe then reads them with `data.train: OUT`."""
     from bridle.training.shards import ShardError, write_shards
 
-    if modality not in MODALITIES:
-        typer.echo(f"error: --modality must be audio, image or video, got {modality!r}", err=True)
+    if modality not in modality_names():
+        typer.echo(f"error: --modality must be {modality_choices()}, got {modality!r}", err=True)
         raise typer.Exit(2)
     try:
         index = write_shards(source, out, modality, max_count, max_mb, seed, label_column, split)

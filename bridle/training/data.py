@@ -31,7 +31,7 @@ from bridle.model.config import ModelConfig
 from bridle.model.datasets import check_disjoint, cifar10_entries, label_subset, urbansound8k_entries
 from bridle.model.decoding import MediaError
 from bridle.model.media_sets import Entry, decode_example, entries_from, label_targets
-from bridle.model.windowing import training_window
+from bridle.model.modalities import spec_for
 from bridle.training.augment_settings import Augment
 from bridle.training.recipe import DatasetSpec
 
@@ -49,7 +49,8 @@ class Skipped:
 
 @dataclass(frozen=True)
 class ItemMaker:
-    """A decoded example -> the item: augmented, and (audio) its window cut. The augmentation draws from
+    """A decoded example -> the item: augmented, and (a modality with an `item_window`: audio) its window
+    cut. The augmentation draws from
     `default_rng([augment_seed, epoch or 0, index])`; so does the random crop of an epoch's item, the same on
     any worker, while an item asked for without an epoch (`data[i]`) gets a fresh crop from torch's
     generator each time."""
@@ -63,14 +64,15 @@ class ItemMaker:
         rng = np.random.default_rng([self.augment_seed, epoch or 0, index])
         if self.augment is not None:
             array = self.augment(array, rng)
-        if self.cfg.modality != "audio":
+        spec = spec_for(self.cfg.modality)
+        if spec.item_window is None:  # the decoded example is the item
             return torch.from_numpy(np.ascontiguousarray(array))
-        window = self.cfg.input.window_samples
+        window = spec.item_window(self.cfg.input)
         start = 0
         if self.random_crop and len(array) > window:
             span = len(array) - window + 1
             start = int(rng.integers(span)) if epoch is not None else int(torch.randint(span, ()).item())
-        return torch.from_numpy(training_window(array, window, start))  # (window_samples,) float32
+        return torch.from_numpy(spec.training_item(array, self.cfg.input, start))  # audio (window_samples,)
 
 
 # ---- the data set ---------------------------------------------------------------------------------------
@@ -82,7 +84,8 @@ class MediaDataset(Dataset):
     source: a class folder, an unlabelled folder, a .csv/.jsonl manifest, or a list of `Entry`.
     labels: a fixed label order (e.g. the training set's `labels` for the test set); default sorted names.
     cache: decode every file once at construction and keep the arrays in memory.
-    random_crop: audio only, a random window of a longer clip (training); otherwise start-aligned.
+    random_crop: a random window of a longer clip (training), for a modality whose items are windows
+        cut from the example (its spec's `item_window`: audio); otherwise start-aligned.
     label_column, split: which manifest column is the label, and which `split` rows to keep.
     labelled: force (True) or refuse (False) labels; None = labels when the source has them.
     augment: training only, applied to each decoded array (bridle/training/augment.py) with the generator

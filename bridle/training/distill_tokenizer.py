@@ -39,9 +39,10 @@ from tqdm import tqdm
 from bridle.model.atomic import atomic_write_bytes
 from bridle.model.bridle import TARGET_NORMS, Distillation
 from bridle.model.checkpoint import Servable, load_servable, save_servable
-from bridle.model.config import AudioInput, ImageInput, ModelConfig, ViTConfig
+from bridle.model.config import AudioInput, ImageInput, ModelConfig, VideoInput, ViTConfig
 from bridle.model.decoding import MediaError, decode_audio, decode_image, decode_video
-from bridle.model.media_sets import MEDIA_SUFFIXES, media_files
+from bridle.model.media_sets import media_files
+from bridle.model.modalities import spec_for
 from bridle.model.preprocessing import build_preprocessor
 from bridle.model.windowing import audio_windows, video_windows
 from bridle.training.optim import build_optimizer
@@ -119,7 +120,7 @@ def split_files(folder: Path, modality: str, held_out: float, seed: int) -> Spli
         raise DistillError(f"--data {str(folder)!r} is not a folder")
     files = media_files(folder, modality)
     if len(files) < 2:
-        suffixes = " ".join(sorted(MEDIA_SUFFIXES[modality]))
+        suffixes = " ".join(sorted(spec_for(modality).suffixes))
         raise DistillError(
             f"--data {str(folder)!r} holds {len(files)} {modality} files ({suffixes}); at least 2 are "
             "needed (some train, some are held out)"
@@ -136,8 +137,10 @@ def file_windows(path: Path, cfg: ModelConfig) -> np.ndarray:
         return audio_windows(decode_audio(path, inp.sample_rate), inp.window_samples, inp.sample_rate)[0]
     if isinstance(inp, ImageInput):
         return decode_image(path, inp.image_size)[None]  # (1, 3, S, S)
-    video = decode_video(path, inp.image_size)
-    return video_windows(video, inp.num_frames, inp.clip_seconds)[0]  # (W, T, 3, S, S)
+    if isinstance(inp, VideoInput):
+        video = decode_video(path, inp.image_size)
+        return video_windows(video, inp.num_frames, inp.clip_seconds)[0]  # (W, T, 3, S, S)
+    raise DistillError(f"tokenizer distillation does not cut {cfg.modality} files into windows")
 
 
 def load_windows(files: list[Path], cfg: ModelConfig, desc: str) -> tuple[torch.Tensor, list[str]]:

@@ -26,8 +26,9 @@ from typing import Any, Literal
 import yaml
 
 from bridle.model.bridle import TARGET_NORMS
-from bridle.model.config import MODALITIES, Modality, ModelConfig, Precision, preset
+from bridle.model.config import Modality, ModelConfig, Precision, preset
 from bridle.model.errors import BridleError
+from bridle.model.modalities import modality_choices, modality_names
 from bridle.training.augment import AugmentError, augment_settings
 
 StageKind = Literal["pretrain", "tokenizer", "classifier"]
@@ -259,8 +260,8 @@ def _build_data(raw: Any) -> DataSpec:
 
 
 def _check(recipe: Recipe) -> None:
-    if recipe.data.modality not in MODALITIES:
-        raise RecipeError(f"data.modality must be audio, image or video, got {recipe.data.modality!r}")
+    if recipe.data.modality not in modality_names():
+        raise RecipeError(f"data.modality must be {modality_choices()}, got {recipe.data.modality!r}")
     if recipe.checkpoint_every < 1 or recipe.data.batch_size < 1:
         raise RecipeError("checkpoint_every and data.batch_size must be >= 1")
     if recipe.data.augment:

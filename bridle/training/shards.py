@@ -39,9 +39,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from bridle.model.config import ModelConfig
-from bridle.model.decoding import MediaError, decode_audio, decode_image, decode_video
+from bridle.model.decoding import MediaError
 from bridle.model.errors import BridleError
 from bridle.model.media_sets import entries_from
+from bridle.model.modalities import spec_for
 
 INDEX = "shards.json"
 FORMAT = "bridle-shards"
@@ -103,14 +104,9 @@ def is_sharded(path: Path | str) -> bool:
 
 
 def _checks_out(path: Path, modality: str) -> str | None:
-    """None when the file decodes as `modality`, else the reason it does not."""
+    """None when the file decodes as `modality` (its spec's `probe`), else the reason it does not."""
     try:
-        if modality == "audio":
-            decode_audio(path, 16_000)
-        elif modality == "image":
-            decode_image(path, 32)
-        else:
-            decode_video(path, 32)
+        spec_for(modality).probe(path)
     except (MediaError, OSError) as e:
         return str(e)
     return None

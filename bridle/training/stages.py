@@ -84,7 +84,8 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
     if config.modality != recipe.data.modality:
         raise StageError(f"model modality {config.modality!r} != data.modality {recipe.data.modality!r}")
     augment = build_augment(recipe.data.modality, recipe.data.augment, config)  # None when off
-    item_maker = ItemMaker(config, config.modality == "audio", augment, recipe.seed)
+    # training items are random windows of longer examples where the modality cuts them (audio)
+    item_maker = ItemMaker(config, True, augment, recipe.seed)
     train_source, test_source = data_sources(recipe.data)
     sharded = isinstance(train_source, str) and is_sharded(train_source)
     if sharded and recipe.data.cache:
@@ -102,7 +103,7 @@ def prepare_run(recipe: Recipe, info: DistInfo, reuse_config: bool) -> RunContex
             train_source,
             config,
             cache=cache,
-            random_crop=config.modality == "audio",
+            random_crop=True,
             augment=augment,
             augment_seed=recipe.seed,
         )

@@ -26,8 +26,8 @@ from bridle.model.decoding import (
     decode_image,
     decode_video,
     sample_frames,
-    sniff_modality,
 )
+from bridle.model.modalities import sniff_modality
 
 
 def code_of(fn, *args, **kwargs) -> str:

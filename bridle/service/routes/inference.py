@@ -25,9 +25,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from bridle.model.modalities import spec_for
 from bridle.runtime import tracing
 from bridle.service.infer import Codes, Embedding, Features, Label, Labels, Source
-from bridle.service.modalities import SERVED
 from bridle.service.routes.admission import admitted
 from bridle.service.routes.deps import State, require_key, uploads_of
 from bridle.service.schemas import (
@@ -224,7 +224,7 @@ def _features(f: Features) -> dict[str, Any]:
         "features": {
             "shape": list(data.shape),
             "dtype": "float32",
-            "layout": SERVED[m.modality].features_layout,
+            "layout": spec_for(m.modality).features_layout,
             "data": base64.b64encode(data.tobytes()).decode("ascii"),
         },
     }

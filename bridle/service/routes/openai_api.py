@@ -42,7 +42,8 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from python_multipart.multipart import parse_options_header
 
-from bridle.model.decoding import MediaError, sniff_modality
+from bridle.model.decoding import MediaError
+from bridle.model.modalities import sniff_modality
 from bridle.runtime import tracing
 from bridle.runtime.models import LoadedModel
 from bridle.runtime.versions import newest, resolve
