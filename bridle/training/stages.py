@@ -50,7 +50,7 @@ from bridle.training.mixing import BatchMixer
 from bridle.training.monitor import SeenLog, StageMonitor, Throughput
 from bridle.training.optim import build_optimizer
 from bridle.training.precision import PrecisionError, autocast, check_supported, compile_transformers
-from bridle.training.recipe import DataSpec, Recipe, StageSpec
+from bridle.training.recipe import DataSpec, Recipe, StageSpec, TrainSpec
 from bridle.training.shards import ShardSet, ShardStream, is_sharded
 from bridle.training.state import StageState, load_stage, save_stage, set_rng_state
 
@@ -272,142 +272,200 @@ class StageResult:
 
 def run_stage(ctx: RunContext, index: int, resume: bool) -> StageResult:
     """Train stage `index` (continuing its last checkpoint when `resume`)."""
-    recipe, info = ctx.recipe, ctx.info
-    spec: StageSpec = recipe.stages[index]
-    name = recipe.stage_name(index)
-    stage_dir = ctx.out_dir / name
-    state = load_stage(stage_dir) if resume else None
+    name = ctx.recipe.stage_name(index)
+    state = load_stage(ctx.out_dir / name) if resume else None
     if state is not None and state.done:
         log.info("stage %s finished earlier (step %d): skipped", name, state.step)
         return StageResult({"stage": name, "step": state.step, "skipped": True}, None)
-    objective = build_objective(ctx, index, state)
-    if info.is_main:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-    preprocess = build_preprocessor(ctx.config).to(info.device)
-    train = recipe.train
+    loop = StageLoop(ctx, index, state)
+    step, stopped = loop.train()
+    summary: dict[str, Any] = {"stage": name, "step": step, "seconds": time.perf_counter() - loop.tic}
+    if stopped:
+        summary["stopped"] = stopped
+    if loop.classifying and ctx.test_set is not None:
+        summary["accuracy"] = _test_accuracy(ctx, loop, step)
+    if ctx.info.is_main:
+        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, loop.objective, name, step))
+    barrier(ctx.info)
+    return StageResult(summary, loop.objective)
+
+
+class StageLoop:
+    """One stage's training: its networks, optimiser and data stream, the steps, the checkpoints.
+
+    Built in this order (the order the random generators are drawn in): the objective (seeded by
+    `build_objective`), the preprocessor, the wrapped model, the optimiser, then the resumed or seeded
+    state, then the data stream.
+    """
+
+    def __init__(self, ctx: RunContext, index: int, state: StageState | None) -> None:
+        recipe, info = ctx.recipe, ctx.info
+        self.ctx, self.info, self.index = ctx, info, index
+        self.spec: StageSpec = recipe.stages[index]
+        self.name = recipe.stage_name(index)
+        self.stage_dir = ctx.out_dir / self.name
+        self.objective = build_objective(ctx, index, state)
+        if info.is_main:
+            self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.preprocess = build_preprocessor(ctx.config).to(info.device)
+        self.model = _training_model(self.objective, recipe.train, info)
+        self.optimizer, self.scheduler = build_optimizer(
+            self.objective.trainable(),
+            float(self.spec.lr),
+            float(self.spec.weight_decay),
+            self.spec.warmup_steps,
+            self.spec.steps,
+            fused=recipe.train.fused_optimizer,
+        )
+        self.accumulate = self.spec.accumulate or recipe.train.accumulate
+        history = self._restore(state)
+        self.batch_size = self.spec.batch_size or recipe.data.batch_size
+        self.classifying = isinstance(self.objective, Classification)
+        self._open_stream()
+        self.monitor = StageMonitor(
+            self.stage_dir, self.name, self.spec.steps, self.start, history, enabled=info.is_main
+        )
+        self.seen_log = SeenLog(self.stage_dir, info.rank, self.start) if recipe.data.record_seen else None
+        self.meter = Throughput(info.world_size)
+        self.tic = time.perf_counter()  # reset when the steps begin
+
+    def _restore(self, state: StageState | None) -> dict[str, Any] | None:
+        """Continue from the stage's checkpoint, or seed a fresh start. Returns the monitor's history."""
+        self.start, self.position, self.elapsed = 0, 0, 0.0  # step, micro-batches consumed, seconds spent
+        if state is None:
+            _seed_everything(self.ctx.recipe.seed + 1000 * self.index + self.info.rank)
+            return None
+        self.optimizer.load_state_dict(state.extra["optimizer"])
+        self.scheduler.load_state_dict(state.extra["scheduler"])
+        set_rng_state(state.extra["rng"])
+        self.start = state.step
+        self.position = int(state.extra.get("data_position", self.start * self.accumulate))
+        self.elapsed = float(state.extra.get("elapsed", 0.0))
+        log.info(
+            "stage %s resumes at step %d (micro-batch %d of its data stream)",
+            self.name,
+            self.start,
+            self.position,
+        )
+        return state.extra.get("history")
+
+    def _open_stream(self) -> None:
+        """The stage's batch stream from its resumed position, and the mixer of a classifier's batches."""
+        ctx, recipe, seed = self.ctx, self.ctx.recipe, self.ctx.recipe.seed + 1000 * self.index
+        stage_data = labelled_part(ctx) if self.classifying else ctx.train_set
+        self.mixer = BatchMixer(recipe.data.mix, len(ctx.train_set.labels), seed + self.start)
+        self.data = train_batches(
+            stage_data,
+            self.batch_size,
+            seed,
+            self.info,
+            recipe.data,
+            start=self.position,
+            stream_options={"cfg": ctx.config, "decode": decode_example, "make_item": ctx.item_maker},
+        )
+
+    def train(self) -> tuple[int, str | None]:
+        """Step until the stage's last step or its time budget; the final checkpoint.
+        Returns the last step and why it stopped early (None when it ran to the end)."""
+        spec, info = self.spec, self.info
+        self.model.train()
+        self.tic = time.perf_counter()
+        step, stopped = self.start, None
+        while step < spec.steps:
+            scalars = self._step(step + 1)
+            step += 1
+            spent = self.elapsed + time.perf_counter() - self.tic
+            over = (
+                spec.max_seconds is not None
+                and step < spec.steps
+                and _past_budget(spent, spec.max_seconds, info)
+            )
+            if step % spec.log_every == 0 or step == spec.steps or over:
+                scalars |= {"lr": self.scheduler.get_last_lr()[0], **self.meter.window()}
+                self.monitor.log(step, scalars, level_usage(self.objective))
+            self.monitor.advance()
+            if over:
+                stopped = f"time budget of {spec.max_seconds:g} s"
+                log.info("stage %s stops at step %d of %d: %s", self.name, step, spec.steps, stopped)
+                break
+            if step % self.ctx.recipe.checkpoint_every == 0 and step < spec.steps:
+                self.checkpoint(step, done=False)
+        self.checkpoint(step, done=True)
+        self.monitor.close(plot=True)
+        if self.seen_log is not None:
+            self.seen_log.close()
+        return step, stopped
+
+    def _step(self, step: int) -> dict[str, float]:
+        """One optimiser step over `accumulate` micro-batches; records the examples it used."""
+        ids: list[str] = []
+        self.optimizer.zero_grad(set_to_none=True)
+        precision = self.ctx.recipe.train.precision
+        scalars = accumulate_gradients(
+            self.model, self._micro_batches(ids), self.accumulate, precision, self.info.device
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.seen_log is not None:
+            self.seen_log.write(step, ids)
+        return scalars
+
+    def _micro_batches(self, ids: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The next `accumulate` micro-batches (x, y) on the device; their example ids go to `ids`."""
+        device, mixing = self.info.device, self.classifying and self.ctx.recipe.data.mix.p > 0
+        for _ in range(self.accumulate):
+            with self.meter.waiting():
+                batch = next(self.data)
+            self.position += 1
+            ids.extend(batch.ids)
+            self.meter.count(len(batch.ids))
+            with torch.no_grad():
+                x = self.preprocess(batch.signal.to(device, non_blocking=True))
+            y = batch.label.to(device, non_blocking=True)
+            if mixing:
+                x, y = self.mixer(x, y)  # y: (B, C) blended one-hot targets
+            yield x, y
+
+    def checkpoint(self, step: int, done: bool) -> None:
+        """Save the networks and what resuming needs (the main process); every rank waits for it."""
+        if self.info.is_main:
+            extra = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "history": self.monitor.history,
+                "data_position": self.position,  # micro-batches of this rank's stream (all ranks equal)
+                "elapsed": self.elapsed + time.perf_counter() - self.tic,
+            }
+            parts, kind = self.objective.parts(), self.objective.tokenizer_kind
+            save_stage(self.stage_dir, parts, self.ctx.config, kind, step, self.spec.steps, done, extra)
+        barrier(self.info)
+
+
+def _training_model(objective: Objective, train: TrainSpec, info: DistInfo) -> nn.Module:
+    """The objective as it trains: precision checked, transformers compiled when asked, DDP-wrapped."""
     try:
         check_supported(train, info.device)
     except PrecisionError as e:
         raise StageError(str(e)) from e
     if train.compile:
         compile_transformers(objective)
-    model = wrap(objective, info)
-    optimizer, scheduler = build_optimizer(
-        objective.trainable(),
-        float(spec.lr),
-        float(spec.weight_decay),
-        spec.warmup_steps,
-        spec.steps,
-        fused=train.fused_optimizer,
-    )
-    accumulate = spec.accumulate or train.accumulate
-    start, position, elapsed = 0, 0, 0.0
-    history = None
-    if state is not None:
-        optimizer.load_state_dict(state.extra["optimizer"])
-        scheduler.load_state_dict(state.extra["scheduler"])
-        set_rng_state(state.extra["rng"])
-        start, history = state.step, state.extra.get("history")
-        position = int(state.extra.get("data_position", start * accumulate))
-        elapsed = float(state.extra.get("elapsed", 0.0))
-        log.info("stage %s resumes at step %d (micro-batch %d of its data stream)", name, start, position)
-    else:
-        _seed_everything(recipe.seed + 1000 * index + info.rank)
+    return wrap(objective, info)
 
-    batch_size = spec.batch_size or recipe.data.batch_size
-    classifying = isinstance(objective, Classification)
-    stage_data = labelled_part(ctx) if classifying else ctx.train_set
-    mixer = BatchMixer(recipe.data.mix, len(ctx.train_set.labels), recipe.seed + 1000 * index + start)
-    data = train_batches(
-        stage_data,
-        batch_size,
-        recipe.seed + 1000 * index,
-        info,
-        recipe.data,
-        start=position,
-        stream_options={"cfg": ctx.config, "decode": decode_example, "make_item": ctx.item_maker},
-    )
-    monitor = StageMonitor(stage_dir, name, spec.steps, start, history, enabled=info.is_main)
-    seen_log = SeenLog(stage_dir, info.rank, start) if recipe.data.record_seen else None
-    meter = Throughput(info.world_size)
 
-    def checkpoint(step: int, done: bool) -> None:
-        if info.is_main:
-            extra = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "history": monitor.history,
-                "data_position": position,  # micro-batches of this rank's stream consumed (all ranks equal)
-                "elapsed": elapsed + time.perf_counter() - tic,
-            }
-            parts, kind = objective.parts(), objective.tokenizer_kind
-            save_stage(stage_dir, parts, ctx.config, kind, step, spec.steps, done, extra)
-        barrier(info)
-
-    def micro_batches(ids: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        nonlocal position
-        for _ in range(accumulate):
-            with meter.waiting():
-                batch = next(data)
-            position += 1
-            ids.extend(batch.ids)
-            meter.count(len(batch.ids))
-            with torch.no_grad():
-                x = preprocess(batch.signal.to(info.device, non_blocking=True))
-            y = batch.label.to(info.device, non_blocking=True)
-            if classifying and recipe.data.mix.p > 0:
-                x, y = mixer(x, y)  # y: (B, C) blended one-hot targets
-            yield x, y
-
-    model.train()
-    tic = time.perf_counter()
-    step = start
-    stopped = None
-    while step < spec.steps:
-        ids: list[str] = []
-        optimizer.zero_grad(set_to_none=True)
-        scalars = accumulate_gradients(model, micro_batches(ids), accumulate, train.precision, info.device)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        if seen_log is not None:
-            seen_log.write(step, ids)
-        spent = elapsed + time.perf_counter() - tic
-        over = (
-            spec.max_seconds is not None and step < spec.steps and _past_budget(spent, spec.max_seconds, info)
-        )
-        if step % spec.log_every == 0 or step == spec.steps or over:
-            scalars |= {"lr": scheduler.get_last_lr()[0], **meter.window()}
-            monitor.log(step, scalars, level_usage(objective))
-        monitor.advance()
-        if over:
-            stopped = f"time budget of {spec.max_seconds:g} s"
-            log.info("stage %s stops at step %d of %d: %s", name, step, spec.steps, stopped)
-            break
-        if step % recipe.checkpoint_every == 0 and step < spec.steps:
-            checkpoint(step, done=False)
-    checkpoint(step, done=True)
-    monitor.close(plot=True)
-    if seen_log is not None:
-        seen_log.close()
-
-    summary: dict[str, Any] = {"stage": name, "step": step, "seconds": time.perf_counter() - tic}
-    if stopped:
-        summary["stopped"] = stopped
-    if classifying and ctx.test_set is not None:
-        summary["accuracy"] = evaluate(objective, preprocess, ctx.test_set, batch_size, info, recipe.data)
-        if info.is_main:
-            metrics = {
-                "accuracy": summary["accuracy"],
-                "test_examples": len(ctx.test_set),
-                "labels": ctx.train_set.labels,
-                "step": step,
-            }
-            (stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+def _test_accuracy(ctx: RunContext, loop: StageLoop, step: int) -> float:
+    """The trained classifier's accuracy on the test set; the main process writes it to metrics.json."""
+    assert ctx.test_set is not None and isinstance(loop.objective, Classification)
+    info, test_set = ctx.info, ctx.test_set
+    accuracy = evaluate(loop.objective, loop.preprocess, test_set, loop.batch_size, info, ctx.recipe.data)
     if info.is_main:
-        save_servable(ctx.out_dir / SERVABLE_DIR, servable_of(ctx, objective, name, step))
-    barrier(info)
-    return StageResult(summary, objective)
+        metrics = {
+            "accuracy": accuracy,
+            "test_examples": len(test_set),
+            "labels": ctx.train_set.labels,
+            "step": step,
+        }
+        (loop.stage_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return accuracy
 
 
 @torch.no_grad()
