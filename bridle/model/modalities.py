@@ -193,6 +193,16 @@ def _mp4_audio_brand(head: bytes) -> bool:
     return head[8:12] in (b"M4A ", b"M4B ")
 
 
+def _mp4(head: bytes) -> bool:
+    """An ISO media file ('ftyp' box first) that does not start with another format's signature: a file
+    that does is that format, whatever bytes 4..8 hold."""
+    riff = head[:4] == b"RIFF" and head[8:12] in (b"WAVE", b"WEBP", b"AVI ")
+    other = (
+        riff or _image_magic(head) or head.startswith((b"fLaC", b"ID3", b"OggS")) or _mpeg_audio_sync(head)
+    )
+    return head[4:8] == b"ftyp" and not other
+
+
 def _audio_magic(head: bytes) -> bool:
     return (
         (head[:4] == b"RIFF" and head[8:12] == b"WAVE")
@@ -200,7 +210,7 @@ def _audio_magic(head: bytes) -> bool:
         or head[:3] == b"ID3"
         or _mpeg_audio_sync(head)
         or (head[:4] == b"OggS" and b"\x80theora" not in head)
-        or (head[4:8] == b"ftyp" and _mp4_audio_brand(head))
+        or (_mp4(head) and _mp4_audio_brand(head))
     )
 
 
@@ -218,7 +228,7 @@ def _video_magic(head: bytes) -> bool:
     return (
         (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
         or (head[:4] == b"OggS" and b"\x80theora" in head)
-        or (head[4:8] == b"ftyp" and not _mp4_audio_brand(head))
+        or (_mp4(head) and not _mp4_audio_brand(head))
         or head[:4] == b"\x1a\x45\xdf\xa3"  # EBML: Matroska / WebM
     )
 

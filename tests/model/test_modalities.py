@@ -108,6 +108,9 @@ def test_sniffing_names_the_registered_modalities_it_reads() -> None:
     assert sniff_modality(b"\x00\x00\x00\x18ftypisom" + bytes(20), None) == "video"
     assert sniff_modality(b"OggS" + bytes(24) + b"\x80theora", None) == "video"
     assert sniff_modality(b"OggS" + bytes(24) + b"\x01vorbis", None) == "audio"
+    # a file that starts with another format's signature is that format, whatever bytes 4..12 hold
+    assert sniff_modality(b"BM\x00\x00ftypM4A " + bytes(20), None) == "image"
+    assert sniff_modality(b"OggSftypM4A " + bytes(20) + b"\x80theora", None) == "video"
     with pytest.raises(MediaError, match="is not audio, image or video this service reads"):
         sniff_modality(b"just text", "text/plain")
 
