@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -68,8 +69,13 @@ def parse(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def count(request: ExportTraceServiceRequest) -> int:
-    return sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+def count(request: ExportTraceServiceRequest) -> Counter[str]:
+    """The spans of one export by the exporting process's `service.name`."""
+    counts: Counter[str] = Counter()
+    for r in request.resource_spans:
+        name = next((_value(kv.value) for kv in r.resource.attributes if kv.key == "service.name"), "?")
+        counts[name] += sum(len(s.spans) for s in r.scope_spans)
+    return counts
 
 
 def decode(request: ExportTraceServiceRequest) -> list[Span]:
@@ -101,6 +107,7 @@ class OtlpSink:
     keep: bool = True  # False: count the spans, keep none
     spans: list[Span] = field(default_factory=list)
     span_count: int = 0
+    by_service: Counter[str] = field(default_factory=Counter)  # spans received by `service.name`
     exports: int = 0  # export requests received
     bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,7 +168,9 @@ class OtlpSink:
         with self._lock:
             self.exports += 1
             self.bytes += len(body)
-            self.span_count += count(request)
+            counts = count(request)
+            self.span_count += counts.total()
+            self.by_service.update(counts)
             self.spans.extend(spans)
 
     def trace(self, trace_id: str) -> list[Span]:

@@ -27,6 +27,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import time
 import timeit
 from pathlib import Path
 from typing import Annotated
@@ -55,8 +56,15 @@ OFF_CALLS_PER_REQUEST = {"span": 4, "carrier": 1, "continued": 1, "on": 1}
 
 
 def configurations(sink_url: str) -> dict[str, dict[str, str]]:
+    """Each configuration's environment; the traced ones name themselves (`OTEL_SERVICE_NAME`), so the
+    receiver counts each one's spans apart."""
     on = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url}
-    return {"off": {}, "off-again": {}, "on": on, "sampled": on | SAMPLED}
+    return {
+        "off": {},
+        "off-again": {},
+        "on": on | {"OTEL_SERVICE_NAME": "bridle-on"},
+        "sampled": on | SAMPLED | {"OTEL_SERVICE_NAME": "bridle-sampled"},
+    }
 
 
 def off_path_ns() -> dict[str, float]:
@@ -101,31 +109,34 @@ def main(
         }
         body = Path(tmp) / "one-second.wav"
         body.write_bytes(make_audio("wav", 1.0, sample_rate=8000))
-        for service in services.values():  # warm-up: the first requests of each
-            drive(wrk, service.url, body, clients, 2, 0, LUA)
+        served: dict[str, int] = dict.fromkeys(configs, 0)  # requests answered, warm-up included
+        for name, service in services.items():  # warm-up: the first requests of each
+            served[name] += drive(wrk, service.url, body, clients, 2, 0, LUA).requests
         runs: dict[str, list[LoadResult]] = {name: [] for name in configs}
         cpu: dict[str, list[float]] = {name: [] for name in configs}  # service CPU seconds per request
-        spans: dict[str, list[float]] = {name: [] for name in configs}  # spans received per request
         names = list(configs)
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 service = services[name]
-                used, received = cpu_seconds(service.process.pid), sink.span_count
+                used = cpu_seconds(service.process.pid)
                 result = drive(wrk, service.url, body, clients, seconds, 0, LUA, timeout_s=10)
                 used = cpu_seconds(service.process.pid) - used
                 if result.errors:
                     raise RuntimeError(f"{name}: {result.errors} errors of {result.requests} requests")
                 runs[name].append(result)
                 cpu[name].append(used / result.requests)
-                spans[name].append((sink.span_count - received) / result.requests)
+                served[name] += result.requests
                 print(
                     f"round {r + 1} {name:>9}: {result.throughput:6.1f} req/s (p50 {result.p50_ms:.0f} ms, "
-                    f"p99 {result.p99_ms:.0f} ms, service CPU {cpu[name][-1] * 1e3:.2f} ms per request, "
-                    f"~{spans[name][-1]:.1f} spans received per request)"
+                    f"p99 {result.p99_ms:.0f} ms, service CPU {cpu[name][-1] * 1e3:.2f} ms per request)"
                 )
+        time.sleep(2)  # the last exports (OTEL_BSP_SCHEDULE_DELAY)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"the receiver took {sink.exports} exports, {sink.bytes / 1e6:.1f} MB, {sink.span_count} spans")
+    for name in ("on", "sampled"):
+        spans, requests = sink.by_service[f"bridle-{name}"], served[name]
+        print(f"{name}: {spans} spans received for {requests} requests ({spans / requests:.2f} per request)")
     for name in names[1:]:
         each = [x.throughput / o.throughput for x, o in zip(runs[name], runs["off"], strict=True)]
         cpu_ratio = statistics.median(cpu[name]) / statistics.median(cpu["off"])

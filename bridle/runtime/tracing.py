@@ -12,22 +12,24 @@ The spans of one inference request, in a front-end process (F) and the engine pr
 
     POST /classify        F  FastAPI's server span; a client's `traceparent` header is its parent
       admission           F  the in-flight bound admits the request (or refuses it: 503)
-      fastapi.endpoint    F  FastAPI's: the route
-        read              F  the request body read into uploads
-        decode            F  per upload: sniffed, decoded and windowed
-        engine            F  per batch-sized part: a ring slot, then the round trip to the engine
-          engine.run      E  the part in the engine; its parent came in the run message (`carrier`)
-            queue         E  waiting in the graph's batcher for a batch
-            run           E  the batch's ONNX Runtime call (its rows and requests as attributes)
-        serialise         F  the answer built, checked and rendered
+      read                F  the request body read into uploads
+      decode              F  per upload: sniffed, decoded and windowed
+      engine              F  per batch-sized part: a ring slot, then the round trip to the engine
+        engine.run        E  the part in the engine; its parent came in the run message (`carrier`)
+          queue           E  waiting in the graph's batcher for a batch
+          run             E  the batch's ONNX Runtime call (its rows and requests as attributes)
+      serialise           F  the answer built, checked and rendered
 
-In one process (`BRIDLE_FRONTENDS=0`) `queue` and `run` hang under `fastapi.endpoint`, with no engine spans.
+In one process (`BRIDLE_FRONTENDS=0`) `queue` and `run` hang under the server span, with no engine spans.
+FastAPI's own operation spans (dependencies, endpoint) are off: these cover the route's work. A request
+the sampler leaves out costs FastAPI's one non-recording span and none of these.
+
 Each process exports its own spans, so nothing needs to come back in the engine's answer: the front end's
 spans after it (serialise) are in the same trace because its context never changed.
 
 Off, the SDK is never imported (only the API, which FastAPI imports anyway): `span()`, `client_span()` and
-`continued()` hand back one shared no-op context manager, `carrier()` is None and `record()` returns at
-once, a module-global check each.
+`continued()` hand back one shared no-op context manager, `inside()` just calls the work it is given,
+`carrier()` None, and `record()` and `failed()` return at once: a module-global check each.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, StatusCode
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
 log = logging.getLogger("bridle.runtime")
+T = TypeVar("T")
 
 _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 _tracer: Tracer | None = None  # set by `start` when tracing is on: every helper below checks it first
@@ -115,8 +118,9 @@ def on() -> bool:
 
 
 def span(name: str, attributes: Mapping[str, Any] | None = None) -> contextlib.AbstractContextManager[Any]:
-    """A span around a step, child of the current one (yields the span; None when off)."""
-    if _tracer is None:
+    """A span around a step, child of the current one (yields the span; None when off, or when the current
+    span records nothing: a request the sampler left out costs no span of ours)."""
+    if _tracer is None or not trace.get_current_span().is_recording():
         return _NOTHING
     return _tracer.start_as_current_span(name, attributes=attributes)
 
@@ -124,16 +128,18 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> contextlib.A
 def client_span(
     name: str, attributes: Mapping[str, Any] | None = None
 ) -> contextlib.AbstractContextManager[Any]:
-    """A span around a call to another process (kind CLIENT); `carrier()` inside it names it as the parent."""
-    if _tracer is None:
+    """A span around a call to another process (kind CLIENT); `carrier()` inside it names it as the parent.
+    None, as `span`, when off or outside a recording span."""
+    if _tracer is None or not trace.get_current_span().is_recording():
         return _NOTHING
     return _tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attributes)
 
 
 def carrier() -> dict[str, str] | None:
     """The current span as W3C trace context headers (`traceparent`, and `tracestate` when there is one),
-    for a message to another process; None when off or outside any span."""
-    if _tracer is None:
+    for a message to another process; None when off or outside a recording span (the other process then
+    records nothing either)."""
+    if _tracer is None or not trace.get_current_span().is_recording():
         return None
     headers: dict[str, str] = {}
     propagate.inject(headers)
@@ -151,11 +157,31 @@ def continued(
     return _tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
 
 
-def failed(span: Span | None, code: str, message: str) -> None:
-    """Mark `span` (from one of the above; None when off) as failed, with the service's error code."""
-    if span is not None:
-        span.set_attribute("error.type", code)
-        span.set_status(StatusCode.ERROR, message)
+def inside(
+    span: contextlib.AbstractContextManager[Any], work: Callable[..., Coroutine[Any, Any, T]], *args: Any
+) -> Coroutine[Any, Any, T]:
+    """`work(*args)` run inside `span` (one of the above), for a task or `gather`: the span is current in
+    it and ends when it does; just `work(*args)` when the span is the no-op one. (The coroutine is made
+    inside: a task cancelled before it starts leaves no coroutine that was never awaited.)"""
+    if span is _NOTHING:
+        return work(*args)
+    return _inside(span, work, *args)
+
+
+async def _inside(
+    span: contextlib.AbstractContextManager[Any], work: Callable[..., Coroutine[Any, Any, T]], *args: Any
+) -> T:
+    with span:
+        return await work(*args)
+
+
+def failed(code: str, message: str, span: Span | None = None) -> None:
+    """Mark `span` (None: the current one) as failed, with the service's error code; nothing when off."""
+    if _tracer is None:
+        return
+    span = span or trace.get_current_span()
+    span.set_attribute("error.type", code)
+    span.set_status(StatusCode.ERROR, message)
 
 
 def record(name: str, start: float, end: float, attributes: Mapping[str, Any] | None = None) -> None:

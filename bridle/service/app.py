@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
         telemetry={
             "tracer_provider": tracer_provider,
             "tracing": tracer_provider is not None or settings.opentelemetry,
+            "operation_spans": False,  # bridle's own spans (read, decode, ...) cover the route's work
             "metrics": settings.opentelemetry,
             "logs": settings.opentelemetry,
             "exclude": lambda scope: scope.get("path") in UNTRACED,

@@ -228,7 +228,7 @@ class Admission:
             if span is not None:
                 span.set_attribute("bridle.in_flight", s.in_flight)
             if s.draining or s.in_flight >= s.max_in_flight:
-                tracing.failed(span, "shutting_down" if s.draining else "overloaded", "refused at admission")
+                tracing.failed("shutting_down" if s.draining else "overloaded", "refused at admission", span)
                 await self._refuse(scope, send)
                 return
         s.in_flight += 1
