@@ -231,71 +231,90 @@ class Admission:
                 tracing.failed("shutting_down" if s.draining else "overloaded", "refused at admission", span)
                 await self._refuse(scope, send)
                 return
-        s.in_flight += 1
-        s.on_count(s.in_flight)
-        scope.setdefault("state", {})[ADMITTED] = True  # what `uploads_of` checks (routes/deps.py)
-        released = False
-        answered = False  # the response's last byte went out (or is going)
-        watcher: asyncio.Task[dict[str, Any]] | None = None
-        work: asyncio.Task[None] | None = None
-        dropped = False
+        await AdmittedRequest(s, scope, receive, send).run(self.app)
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                s.in_flight -= 1
-                s.on_count(s.in_flight)
 
-        def drop() -> None:
-            """The client is gone: count it (499 in MetricsMiddleware) and free its slot."""
-            nonlocal dropped
-            dropped = True
-            scope.setdefault("state", {})["dropped"] = True
-            s.on_refuse("disconnected")
-            release()
+class AdmittedRequest:
+    """One admitted request, holding a slot of `AdmissionState.in_flight` from its admission until its
+    answer's last byte goes out or its client is gone, whichever comes first. After the body is read, a
+    watcher waits for the client's disconnect and then cancels the app's work wherever it is."""
 
-        def on_message(done: asyncio.Task[dict[str, Any]]) -> None:
-            if done.cancelled() or answered or done.exception() is not None:
-                return
-            if done.result()["type"] == "http.disconnect" and work is not None and not work.done():
-                drop()
-                work.cancel()  # stop the work, wherever it is
+    def __init__(self, state: AdmissionState, scope: Scope, receive: Any, send: Any) -> None:
+        self.state, self.scope = state, scope
+        self._receive, self._send = receive, send
+        self.released = False  # the slot is free again
+        self.answered = False  # the response's last byte went out (or is going)
+        self.dropped = False  # the client went away before its answer
+        self.watcher: asyncio.Task[dict[str, Any]] | None = None  # the receive after the body
+        self.work: asyncio.Task[None] | None = None  # the app's handling of the request
 
-        async def receive_and_watch() -> dict[str, Any]:
-            nonlocal watcher
-            if watcher is not None:  # the body is read: the next message is the disconnect
-                return await asyncio.shield(watcher)
-            message = await receive()
-            if message["type"] == "http.disconnect":  # gone before its body was all here
-                drop()  # the route's body read raises ClientDisconnect, which ends the work
-            elif not message.get("more_body", False):
-                watcher = asyncio.ensure_future(receive())
-                watcher.add_done_callback(on_message)
-            return message
-
-        async def send_and_release(message: dict[str, Any]) -> None:
-            nonlocal answered
-            # free the slot before the last byte goes out: a client may send its next request as soon
-            # as it has this answer, and must find the slot free
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                answered = True
-                release()
-            await send(message)
-
-        work = asyncio.ensure_future(self.app(scope, receive_and_watch, send_and_release))
+    async def run(self, app: Any) -> None:
+        """Admit the request, run the app on it, and free its slot however the app ends; a cancellation or
+        a `ClientDisconnect` that the client's leaving caused ends it quietly."""
+        self._admit()
+        self.work = asyncio.ensure_future(app(self.scope, self.receive, self.send))
         try:
-            await work
+            await self.work
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if not dropped or (current is not None and current.cancelling()):
+            if not self.dropped or (current is not None and current.cancelling()):
                 raise
         except ClientDisconnect:
-            if not dropped:
+            if not self.dropped:
                 raise
         finally:
-            release()
-            if watcher is not None and not watcher.done():
-                watcher.cancel()
-            if not work.done():
-                work.cancel()
+            self.release()
+            if self.watcher is not None and not self.watcher.done():
+                self.watcher.cancel()
+            if not self.work.done():
+                self.work.cancel()
+
+    def _admit(self) -> None:
+        s = self.state
+        s.in_flight += 1
+        s.on_count(s.in_flight)
+        self.scope.setdefault("state", {})[ADMITTED] = True  # what `uploads_of` checks (routes/deps.py)
+
+    def release(self) -> None:
+        """Free the slot (once)."""
+        if not self.released:
+            self.released = True
+            self.state.in_flight -= 1
+            self.state.on_count(self.state.in_flight)
+
+    def drop(self) -> None:
+        """The client is gone: count it (499 in MetricsMiddleware) and free its slot."""
+        self.dropped = True
+        self.scope.setdefault("state", {})["dropped"] = True
+        self.state.on_refuse("disconnected")
+        self.release()
+
+    async def receive(self) -> dict[str, Any]:
+        """The app's `receive`: the body's messages; once the body is all here, the watcher takes the next
+        message (the disconnect), and a later call waits on it."""
+        if self.watcher is not None:  # the body is read: the next message is the disconnect
+            return await asyncio.shield(self.watcher)
+        message = await self._receive()
+        if message["type"] == "http.disconnect":  # gone before its body was all here
+            self.drop()  # the route's body read raises ClientDisconnect, which ends the work
+        elif not message.get("more_body", False):
+            self.watcher = asyncio.ensure_future(self._receive())
+            self.watcher.add_done_callback(self._on_watched)
+        return message
+
+    def _on_watched(self, done: asyncio.Task[dict[str, Any]]) -> None:
+        """The watcher's message: a disconnect before the answer drops the request and cancels its work."""
+        if done.cancelled() or self.answered or done.exception() is not None:
+            return
+        work = self.work
+        if done.result()["type"] == "http.disconnect" and work is not None and not work.done():
+            self.drop()
+            work.cancel()  # stop the work, wherever it is
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """The app's `send`: frees the slot before the last byte goes out (a client may send its next
+        request as soon as it has this answer, and must find the slot free)."""
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.answered = True
+            self.release()
+        await self._send(message)

@@ -84,104 +84,143 @@ def plain_request(chunk: bytes, routes: frozenset[bytes]) -> PlainRequest | None
     return PlainRequest(path.decode(), end + 4 + length, asks_close, length)
 
 
-def refusing_protocol(admission: AdmissionState) -> type[HttpToolsProtocol]:
+def refusing_protocol(admission: AdmissionState) -> type[RefusingProtocol]:
     """uvicorn's httptools protocol class, answering `admission`'s overload refusals itself."""
-    overloaded = {close: refusal_bytes(admission, close) for close in (False, True)}
-    server_headers: list[Any] = [None, b""]  # uvicorn's default headers (renewed each second), as bytes
+    bound = {"admission": admission, "refusals": PreparedRefusals(admission)}
+    return type("RefusingProtocol", (RefusingProtocol,), bound)
 
-    class RefusingProtocol(HttpToolsProtocol):
-        _between = True  # the parser is between two requests
-        _skip = 0  # bytes of a refused request's body still to come
-        _active_at = 0.0  # the loop's time when a refused request's bytes last came
 
-        def on_message_begin(self) -> None:
-            self._between = False
-            super().on_message_begin()
+class PreparedRefusals:
+    """The overload 503 of one admission state as the bytes to write: prepared once, with a new request id
+    in each, and uvicorn's default headers (renewed each second) joined once per renewal."""
 
-        def on_message_complete(self) -> None:
-            super().on_message_complete()
-            self._between = True
+    def __init__(self, admission: AdmissionState) -> None:
+        self.overloaded = {close: refusal_bytes(admission, close) for close in (False, True)}
+        self.defaults: Any = None  # the server's default headers last seen, and them as bytes
+        self.defaults_bytes = b""
 
-        def _at_bound(self) -> bool:
-            """Whether a request now would be refused as overloaded and may be answered at once: no
-            earlier request on this connection still waits for its answer."""
-            return (
-                not admission.draining
-                and admission.in_flight >= admission.max_in_flight
-                and (self.cycle is None or self.cycle.response_complete)
-                and not self.pipeline
-            )
+    def answer(self, close: bool, defaults: list[tuple[bytes, bytes]]) -> bytes:
+        """The refusal to write, for a connection that closes after it when `close`."""
+        if defaults is not self.defaults:
+            self.defaults = defaults
+            self.defaults_bytes = b"".join(k + b": " + v + b"\r\n" for k, v in defaults)
+        head, body = self.overloaded[close]
+        return b"".join([head, new_request_id().encode(), b"\r\n", self.defaults_bytes, body])
 
-        def data_received(self, data: bytes) -> None:
-            if self._skip:  # the body of a request refused already
-                self._active_at = self.loop.time()
-                if len(data) <= self._skip:
-                    self._skip -= len(data)
-                    return
-                data, self._skip = data[self._skip :], 0
-            while self._between and self._at_bound():
-                request = plain_request(data, admission.routes.raw)
-                if request is None:
-                    break
-                self._active_at = self.loop.time()
-                self._skip = max(0, request.size - len(data))
-                data = data[request.size :]
-                close = request.asks_close or closes_after_refusal(str(request.content_length))
-                self._refuse(request.path, close)
-                if close:
-                    return
-                # what uvicorn's on_response_complete does here (nothing is pipelined and reading is
-                # not paused between two requests), with the keep-alive timer left as it is
-                self.server_state.total_requests += 1
-                if self.timeout_keep_alive_task is None:
-                    self.timeout_keep_alive_task = self.loop.call_later(
-                        self.timeout_keep_alive, self.timeout_keep_alive_handler
-                    )
-                if not data:
-                    return
-            super().data_received(data)
 
-        def timeout_keep_alive_handler(self) -> None:
-            """uvicorn closes a connection idle for `timeout_keep_alive`. The refusals above keep a
-            connection busy without cancelling and re-arming that timer for each one (~7 % of a
-            refusal's CPU): the timer checks when it fires, and waits on if a refusal came since."""
-            idle = self.loop.time() - self._active_at
-            if idle < self.timeout_keep_alive and not self.transport.is_closing():
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive - idle, self.timeout_keep_alive_handler
-                )
-                return
-            super().timeout_keep_alive_handler()
+_HttpTools: Any = object if HttpToolsProtocol is None else HttpToolsProtocol  # used only with httptools
 
-        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-            scope = cycle.scope
-            if (
-                admission.draining
-                or admission.in_flight < admission.max_in_flight
-                or scope["path"] not in admission.routes
-            ):
-                super()._start_asgi_task(cycle, app)
-                return
-            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            close = closes_after_refusal(None if length is None else length.decode("latin-1"))
-            cycle.response_complete = True  # the parser's body callbacks now skip this request's body
-            close = close or not cycle.keep_alive
-            self._refuse(scope["path"], close)
-            if not close:
-                self.on_response_complete()  # it may start a pipelined request, or resume reading
 
-        def _refuse(self, path: str, close: bool) -> None:
-            """Write the prepared 503 with a new request id and the server's headers, count it, and
-            close the connection if `close`."""
-            admission.early_refusals[path] += 1  # published to the metrics on the server's tick
-            defaults = self.server_state.default_headers
-            if defaults is not server_headers[0]:
-                server_headers[:] = [defaults, b"".join(k + b": " + v + b"\r\n" for k, v in defaults)]
-            head, body = overloaded[close]
-            self.transport.write(
-                b"".join([head, new_request_id().encode(), b"\r\n", server_headers[1], body])
-            )
+class RefusingProtocol(_HttpTools):
+    """uvicorn's httptools protocol with the overload refusal inside it (the module's docstring).
+    `refusing_protocol` binds it to an admission state: a subclass with `admission` and `refusals` set."""
+
+    admission: AdmissionState
+    refusals: PreparedRefusals
+    _between = True  # the parser is between two requests
+    _skip = 0  # bytes of a refused request's body still to come
+    _active_at = 0.0  # the loop's time when a refused request's bytes last came
+
+    def on_message_begin(self) -> None:
+        self._between = False
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._between = True
+
+    def data_received(self, data: bytes) -> None:
+        """Skip a refused request's body, refuse the plain requests at the bound, parse the rest."""
+        rest = self._skip_refused_body(data)
+        if rest:
+            rest = self._refuse_plain_requests(rest)
+        if rest:
+            super().data_received(rest)
+
+    def _skip_refused_body(self, data: bytes) -> bytes:
+        """What of `data` follows the body of a request refused already (all of it when none is due)."""
+        if not self._skip:
+            return data
+        self._active_at = self.loop.time()
+        if len(data) <= self._skip:
+            self._skip -= len(data)
+            return b""
+        data, self._skip = data[self._skip :], 0
+        return data
+
+    def _refuse_plain_requests(self, data: bytes) -> bytes:
+        """Refuse each plain request at the start of `data` while the service is at its bound; what is
+        left for the parser (nothing when the connection closes or all of `data` was refused)."""
+        while self._between and self._at_bound():
+            request = plain_request(data, self.admission.routes.raw)
+            if request is None:
+                break
+            self._active_at = self.loop.time()
+            self._skip = max(0, request.size - len(data))
+            data = data[request.size :]
+            close = request.asks_close or closes_after_refusal(str(request.content_length))
+            self._refuse(request.path, close)
             if close:
-                self.transport.close()
+                return b""
+            self._count_answered()
+            if not data:
+                return b""
+        return data
 
-    return RefusingProtocol
+    def _at_bound(self) -> bool:
+        """Whether a request now would be refused as overloaded and may be answered at once: no earlier
+        request on this connection still waits for its answer."""
+        admission = self.admission
+        return (
+            not admission.draining
+            and admission.in_flight >= admission.max_in_flight
+            and (self.cycle is None or self.cycle.response_complete)
+            and not self.pipeline
+        )
+
+    def _count_answered(self) -> None:
+        """What uvicorn's on_response_complete does after a refusal the parser never saw (nothing is
+        pipelined and reading is not paused between two requests), with the keep-alive timer left as is."""
+        self.server_state.total_requests += 1
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def timeout_keep_alive_handler(self) -> None:
+        """uvicorn closes a connection idle for `timeout_keep_alive`. The refusals above keep a connection
+        busy without cancelling and re-arming that timer for each one (~7 % of a refusal's CPU): the timer
+        checks when it fires, and waits on if a refusal came since."""
+        idle = self.loop.time() - self._active_at
+        if idle < self.timeout_keep_alive and not self.transport.is_closing():
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive - idle, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Refuse a parsed request at the bound without starting its ASGI task; start the others."""
+        admission, scope = self.admission, cycle.scope
+        if (
+            admission.draining
+            or admission.in_flight < admission.max_in_flight
+            or scope["path"] not in admission.routes
+        ):
+            super()._start_asgi_task(cycle, app)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        close = closes_after_refusal(None if length is None else length.decode("latin-1"))
+        cycle.response_complete = True  # the parser's body callbacks now skip this request's body
+        close = close or not cycle.keep_alive
+        self._refuse(scope["path"], close)
+        if not close:
+            self.on_response_complete()  # it may start a pipelined request, or resume reading
+
+    def _refuse(self, path: str, close: bool) -> None:
+        """Write the prepared 503 with a new request id and the server's headers, count it, and close the
+        connection if `close`."""
+        self.admission.early_refusals[path] += 1  # published to the metrics on the server's tick
+        self.transport.write(self.refusals.answer(close, self.server_state.default_headers))
+        if close:
+            self.transport.close()
