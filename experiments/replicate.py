@@ -33,6 +33,7 @@ import torch
 import typer
 from tqdm import tqdm
 
+from bridle.model.logs import log_to_stderr
 from bridle.model.preprocessing import build_preprocessor
 from experiments.probe import (
     ProbeData,
@@ -366,7 +367,7 @@ def main(
     unknown = sorted(set(modalities) - set(MODALITIES))
     if unknown:
         raise typer.BadParameter(f"{unknown} are not among {list(MODALITIES)}", param_hint="--modality")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING, timestamps=False)
     if report_only:
         typer.echo(write_report(out, saved_records(out, budget_name, merge)))
         return

@@ -30,6 +30,7 @@ import typer
 from tqdm import tqdm
 
 from bridle.model.atomic import atomic_write_bytes
+from bridle.model.logs import log_to_stderr
 from experiments.benchmarks import jobs
 from experiments.benchmarks.plan import ARMS, BENCHMARKS, SEEDS, SWEEP_LRS, Benchmark
 from experiments.benchmarks.report import write_report
@@ -159,7 +160,7 @@ def run(
     finetune_steps: int | None = typer.Option(None, help="fine-tuning steps at every fraction (tests)"),
 ) -> None:
     """Pretrain, sweep, fine-tune both arms and fit the features baseline; then write the report."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING, timestamps=False)
     roots = {"urbansound8k": urbansound8k, "cifar10": cifar10}
     unknown = sorted(set(dataset) - set(BENCHMARKS))
     if unknown:

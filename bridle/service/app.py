@@ -33,6 +33,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
+from bridle.model.logs import log_to_stderr
 from bridle.runtime import tracing
 from bridle.runtime.client import EngineLink
 from bridle.runtime.devices import device_for_process
@@ -151,5 +152,5 @@ def _routes(app: FastAPI) -> list[BaseRoute]:
 
 def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory` (several workers): settings from the environment."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     return create_app(Settings())

@@ -14,11 +14,11 @@ deploy/slurm-train.sh and deploy/kubernetes-train.yaml.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
 
+from bridle.model.logs import log_to_stderr
 from bridle.model.modalities import modality_choices, modality_names
 from bridle.training.recipe import Recipe, RecipeError, load_recipe
 
@@ -213,7 +213,7 @@ def tokenizer_command(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_stderr(timestamps=False)
     app()
 
 
