@@ -32,6 +32,7 @@ from bridle.runtime.devices import SLOTS_ENV
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.models import find_model_dirs, load_models
 from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
+from bridle.service.memory import hold_mmap_threshold
 from bridle.service.middleware import AdmissionState
 from bridle.service.protocol import http_protocol
 from bridle.service.settings import Settings, frontends_defaulted
@@ -89,6 +90,7 @@ def serve(
     ] = None,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
     given = {"host": host, "port": port, "model_dirs": model_dir or None, "workers": workers}
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})

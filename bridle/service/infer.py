@@ -198,7 +198,7 @@ class Inference:
             lambda: load_models(
                 self.settings.model_dirs,
                 ProviderChooser([CPU]),
-                CpuThreads(intra_op=1),
+                CpuThreads(intra_op=1, arena=self.settings.cpu_mem_arena),
                 self.settings.precision,
                 graphs=(FEATURES,),
                 check_hashes=False,  # the engine checks them
@@ -558,7 +558,7 @@ class _FrontEndListener(EngineListener):
                     lambda d=directory, v=info["version"]: load_model(
                         d,
                         ProviderChooser([CPU]),
-                        CpuThreads(intra_op=1),
+                        CpuThreads(intra_op=1, arena=inference.settings.cpu_mem_arena),
                         graphs=(FEATURES,),
                         check_hashes=False,  # the engine checks them
                         version=v,

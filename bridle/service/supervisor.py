@@ -52,6 +52,7 @@ from bridle.runtime.models import model_directories
 from bridle.runtime.slots import RingSpec, SlotRing, slot_bytes
 from bridle.service import engine_folders
 from bridle.service.infer import batch_spec
+from bridle.service.memory import hold_mmap_threshold
 from bridle.service.metrics import MULTIPROCESS_ENV, Metrics
 from bridle.service.protocol import http_protocol
 from bridle.service.settings import Settings
@@ -115,6 +116,7 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
     DrainingServer) on the shared socket. It drains and stops when the supervisor dies."""
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only; it stops the children in order
     os.nice(settings.frontend_nice)  # the engine's batches before parsing and refusing (settings.py)
+    hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from bridle.service.app import create_app  # here: the supervisor process never builds the app
 
@@ -140,6 +142,7 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, ser
 
 def _engine_main(spec: EngineSpec, go: Any | None = None) -> None:
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
+    hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
     parent = os.getppid()
     metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
     tracing.start("engine")  # when OTEL_EXPORTER_OTLP_ENDPOINT asks: its spans go out from here
