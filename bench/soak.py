@@ -40,7 +40,7 @@ import numpy as np
 import typer
 
 from bench.fuzz import CONTENT_TYPES, mutate, seed_files
-from bench.serve import BUNDLED, Service, memory_mb, running_service
+from bench.serve import BUNDLED, Service, running_service
 from bridle.model.manifest import read_manifest
 
 FORMATS_OF = {
@@ -167,13 +167,41 @@ class Roles:
         return found
 
 
-def sample_rss(roles: Roles, started: float, stop: threading.Event, out: list[tuple[float, int, str, float]]):
-    """Every 2 s, each process's RSS: (seconds, pid, role, MB)."""
+@dataclass(frozen=True)
+class Rss:
+    """One process's resident memory at one moment, in MB: VmRSS and its three parts (/proc/PID/status).
+    `shmem` is the pages of the shared-memory ring this process has touched, `anon` its private heap."""
+
+    at: float  # seconds after the start
+    pid: int
+    role: str
+    total: float
+    anon: float
+    file: float
+    shmem: float
+
+
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+
+def read_rss(pid: int, at: float, role: str) -> Rss:
+    status = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in RSS_FIELDS:
+            status[key] = int(value.split()[0]) / 1024
+    if len(status) < len(RSS_FIELDS):
+        raise RuntimeError(f"no {RSS_FIELDS} in /proc/{pid}/status")  # exiting
+    return Rss(at, pid, role, *(status[key] for key in RSS_FIELDS))
+
+
+def sample_rss(roles: Roles, started: float, stop: threading.Event, out: list[Rss]):
+    """Every 2 s, each process's RSS and its parts."""
     while not stop.is_set():
         t = time.monotonic() - started
         for role, pid in roles.current().items():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError, RuntimeError):  # it just died
-                out.append((t, pid, role, memory_mb(pid=pid)))
+                out.append(read_rss(pid, t, role))
         stop.wait(2.0)
 
 
@@ -221,7 +249,7 @@ def main(
     jobs = [(path, name, fmt) for path in routes for name, modality in models for fmt in FORMATS_OF[modality]]
     answers: list[Answer] = []
     ready: list[tuple[float, int]] = []
-    rss: list[tuple[float, int, str, float]] = []
+    rss: list[Rss] = []
     kills: list[tuple[str, int, float]] = []
     log: list[str] = []
     roles = Roles(log)
@@ -260,7 +288,12 @@ def main(
         assert _leftovers(supervisor), "the service's rings and folder are not where the soak looks"
     if rss_log:
         rss_log.write_text(
-            "".join(f"{t:.1f} {pid} {role.replace(' ', '_')} {mb:.1f}\n" for t, pid, role, mb in rss)
+            "seconds pid role rss_mb anon_mb file_mb shmem_mb\n"
+            + "".join(
+                f"{r.at:.1f} {r.pid} {r.role.replace(' ', '_')} {r.total:.1f} {r.anon:.1f} {r.file:.1f}"
+                f" {r.shmem:.1f}\n"
+                for r in rss
+            )
         )
     # running_service has sent SIGTERM and waited: the supervisor drained and cleaned up
     time.sleep(1.0)
@@ -318,9 +351,11 @@ def verdict(answers, kills, ready, rss, steady, max_growth, max_outage, left, al
         o = _outage(at, answers, ready)
         if max(o["last_failure_s"], o["ready_away_s"]) >= max_outage:
             failures.append(f"{role}'s outage: {o}")
-    for role, pid, growth, _, _ in rss_growth(rss, steady):
-        if role.startswith("front end") and growth > max_growth:
-            failures.append(f"{role} (pid {pid}) RSS grew {growth:+.1f} % after {steady:g} s")
+    for g in rss_growth(rss, steady):
+        if g.last.role.startswith("front end") and g.percent > max_growth:
+            failures.append(
+                f"{g.last.role} (pid {g.last.pid}) RSS grew {g.percent:+.1f} % from {g.then.at:.0f} s"
+            )
     if left:
         failures.append(f"left behind after SIGTERM: {left}")
     if alive:
@@ -328,23 +363,49 @@ def verdict(answers, kills, ready, rss, steady, max_growth, max_outage, left, al
     return failures[:20] + ([f"... and {len(failures) - 20} more"] if len(failures) > 20 else [])
 
 
-def rss_growth(rss, steady: float) -> list[tuple[str, int, float, float, float]]:
-    """Per process that lived from `steady` (or, started later, from its start plus a minute) to the end:
-    (role, pid, growth %, MB then, MB at the end)."""
-    by_pid: dict[int, list[tuple[float, str, float]]] = {}
-    for t, pid, role, mb in rss:
-        by_pid.setdefault(pid, []).append((t, role, mb))
-    end = max((t for t, *_ in rss), default=0.0)
+@dataclass(frozen=True)
+class Growth:
+    """A process's RSS over the span it is judged on: from `steady` (or, started later, from its start
+    plus a minute) to the end; `middle` is the sample half-way through that span."""
+
+    then: Rss
+    middle: Rss
+    last: Rss
+
+    @property
+    def percent(self) -> float:
+        return 100 * (self.last.total - self.then.total) / self.then.total
+
+    def line(self) -> str:
+        parts = ", ".join(
+            f"{name} {getattr(self.then, name):.1f} -> {getattr(self.last, name):.1f}"
+            for name in ("anon", "shmem", "file")
+        )
+        return (
+            f"RSS {self.last.role} (pid {self.last.pid}): {self.then.total:.0f} MB at {self.then.at:.0f} s"
+            f" -> {self.middle.total:.0f} MB at {self.middle.at:.0f} s -> {self.last.total:.0f} MB at"
+            f" {self.last.at:.0f} s ({self.percent:+.1f} %; MB {parts})"
+        )
+
+
+def rss_growth(rss: list[Rss], steady: float) -> list[Growth]:
+    """Each process that lived from its judged start to the end (its role is the one it had at the end:
+    a spare that took over is the engine)."""
+    by_pid: dict[int, list[Rss]] = {}
+    for r in rss:
+        by_pid.setdefault(r.pid, []).append(r)
+    end = max((r.at for r in rss), default=0.0)
     out = []
-    for pid, samples in by_pid.items():
-        first_t = samples[0][0]
-        since = max(steady, first_t + 60.0) if first_t > steady else steady
-        later = [s for s in samples if s[0] >= since]
-        if not later or samples[-1][0] < end - 5 or later[-1][0] - later[0][0] < 60:
+    for samples in by_pid.values():
+        first = samples[0].at
+        since = max(steady, first + 60.0) if first > steady else steady
+        later = [r for r in samples if r.at >= since]
+        if not later or samples[-1].at < end - 5 or later[-1].at - later[0].at < 60:
             continue  # killed, or too short a life to judge
-        then, last = later[0][2], later[-1][2]
-        out.append((later[-1][1], pid, 100 * (last - then) / then, then, last))  # its role at the end
-    return sorted(out)
+        half = (later[0].at + later[-1].at) / 2
+        middle = next(r for r in later if r.at >= half)
+        out.append(Growth(later[0], middle, later[-1]))
+    return sorted(out, key=lambda g: (g.last.role, g.last.pid))
 
 
 def report(
@@ -378,10 +439,7 @@ def report(
             f"({dict(window)}), the last {o['last_failure_s']:.2f} s after the kill; "
             f"/ready away from 200 for {o['ready_away_s']:.2f} s"
         )
-    for role, pid, growth, then, last in rss_growth(rss, steady):
-        mid = [mb for t, p, _, mb in rss if p == pid and t >= (steady + seconds) / 2]
-        halfway = f", {mid[0]:.0f} MB half-way" if mid else ""
-        lines.append(f"  RSS {role} (pid {pid}): {then:.0f} MB -> {last:.0f} MB ({growth:+.1f} %{halfway})")
+    lines += [f"  {g.line()}" for g in rss_growth(rss, steady)]
     lines.append(f"  left in /dev/shm and the temporary folder after SIGTERM: {left or 'nothing'}")
     lines.append(f"  processes still running after SIGTERM: {alive or 'none'}")
     return "\n".join(lines)
