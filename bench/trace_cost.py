@@ -1,8 +1,9 @@
 """What OpenTelemetry traces cost the service: `python -m bench.trace_cost [--clients 16]`.
 
-Starts one `bridle-serve` per configuration on the bundled `audio-digits` model (subprocesses, their
-default front ends, no spare engine), all at once, and drives them in turns with wrk: `--clients`
-closed-loop connections posting a 1 s wav to `/classify` back to back. The configurations:
+Starts one `bridle-serve` per configuration on a bundled audio model (`--model`, default `audio-digits`;
+subprocesses, their default front ends, no spare engine), all at once, and drives them in turns with wrk:
+`--clients` closed-loop connections posting a wav of `--clip` seconds (default 1) to `/classify` back to
+back. The configurations:
 
 - `off`: no OTEL_* variable, the baseline;
 - `off-again`: the same, a second server: its ratio to `off` is the noise floor, what this machine can
@@ -39,7 +40,6 @@ from bench.serve import REPO, Service, cpu_seconds, running_service
 from bench.service_load import LoadResult, drive
 from bridle.data.media_files import make_audio
 
-MODEL = REPO / "models" / "audio-digits"
 LUA = """
 local f = assert(io.open(os.getenv("BRIDLE_BENCH_BODY"), "rb"))
 wrk.method = "POST"
@@ -91,10 +91,13 @@ def main(
     clients: Annotated[int, typer.Option(help="closed-loop wrk connections")] = 16,
     seconds: Annotated[float, typer.Option(help="seconds per measurement")] = 5,
     rounds: Annotated[int, typer.Option(help="turns of each configuration")] = 6,
+    model: Annotated[str, typer.Option(help="a bundled audio model (models/<model>)")] = "audio-digits",
+    clip: Annotated[float, typer.Option(help="seconds of audio per request")] = 1.0,
 ) -> None:
     wrk = shutil.which("wrk")
     if wrk is None:
         raise typer.BadParameter("wrk is not installed: bash scripts/system-deps.sh wrk")
+    print(f"{model}, {clip:g} s clips to /classify, {clients} clients, {rounds} rounds of {seconds:g} s")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     env = {"BRIDLE_ENGINE_SPARE": "false", "BRIDLE_QUEUE_SIZE": "4096", "OTEL_BSP_SCHEDULE_DELAY": "500"}
     with (
@@ -104,11 +107,13 @@ def main(
     ):
         configs = configurations(sink.url)
         services: dict[str, Service] = {
-            name: servers.enter_context(running_service([MODEL], env | extra, ready_timeout_s=300))
+            name: servers.enter_context(
+                running_service([REPO / "models" / model], env | extra, ready_timeout_s=300)
+            )
             for name, extra in configs.items()
         }
-        body = Path(tmp) / "one-second.wav"
-        body.write_bytes(make_audio("wav", 1.0, sample_rate=8000))
+        body = Path(tmp) / "clip.wav"
+        body.write_bytes(make_audio("wav", clip, sample_rate=8000))
         served: dict[str, int] = dict.fromkeys(configs, 0)  # requests answered, warm-up included
         for name, service in services.items():  # warm-up: the first requests of each
             served[name] += drive(wrk, service.url, body, clients, 2, 0, LUA).requests

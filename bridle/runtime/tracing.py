@@ -29,7 +29,7 @@ spans after it (serialise) are in the same trace because its context never chang
 
 Off, the SDK is never imported (only the API, which FastAPI imports anyway): `span()`, `client_span()` and
 `continued()` hand back one shared no-op context manager, `inside()` just calls the work it is given,
-`carrier()` None, and `record()` and `failed()` return at once: a module-global check each.
+`carrier()` None, and `record()`, `tag()` and `failed()` return at once: a module-global check each.
 """
 
 from __future__ import annotations
@@ -173,6 +173,12 @@ async def _inside(
 ) -> T:
     with span:
         return await work(*args)
+
+
+def tag(key: str, value: Any) -> None:
+    """An attribute on the current span, when it records; nothing when off."""
+    if _tracer is not None:
+        trace.get_current_span().set_attribute(key, value)  # a span that records nothing ignores it
 
 
 def failed(code: str, message: str, span: Span | None = None) -> None:

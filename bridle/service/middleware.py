@@ -71,6 +71,7 @@ class RequestIds:
         given = _header(scope, REQUEST_ID_HEADER)
         request_id = given if given is not None and CLIENT_ID.fullmatch(given) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
+        tracing.tag("bridle.request_id", request_id)  # on the server span: from a logged id to its trace
         started = False
 
         async def send_with_id(message: dict[str, Any]) -> None:
