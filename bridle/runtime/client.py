@@ -30,6 +30,24 @@ import numpy as np
 from bridle.runtime import wire
 from bridle.runtime.errors import EngineError
 from bridle.runtime.slots import RingSpec, SlotRing
+from bridle.runtime.wire import (
+    Abort,
+    Cancel,
+    Commit,
+    Committed,
+    Done,
+    Failed,
+    Hello,
+    Message,
+    ModelInfo,
+    Prepare,
+    Prepared,
+    Release,
+    Reload,
+    Reloaded,
+    Run,
+    Welcome,
+)
 
 log = logging.getLogger("bridle.runtime")
 RECONNECT_S = 0.1
@@ -48,10 +66,10 @@ class EngineLink:
 class EngineListener:
     """What a front end does when the engine tells it of its models (no-ops here)."""
 
-    async def hello(self, models: dict[str, dict[str, Any]]) -> None:
+    async def hello(self, models: dict[str, ModelInfo]) -> None:
         """The models the engine serves (at each connection), by key: instance, directory, providers..."""
 
-    async def prepare(self, seq: int, models: dict[str, dict[str, Any]]) -> str | None:
+    async def prepare(self, seq: int, models: dict[str, ModelInfo]) -> str | None:
         """Reload `seq`: ready the new set (its manifests); None, or why it cannot."""
         return None
 
@@ -112,19 +130,15 @@ class EngineClient:
                 await asyncio.sleep(RECONNECT_S)
                 continue
             try:
-                hello = {"op": "hello", "ring": vars(self.link.ring), "rows": self.link.slot_rows}
-                writer.write(wire.encode(hello))
-                hello = await wire.read(reader)
-                if hello is not None:
-                    await self.listener.hello(hello["models"])
+                writer.write(wire.encode(Hello(self.link.ring, self.link.slot_rows)))
+                welcome = await wire.read(reader)
+                if isinstance(welcome, Welcome):
+                    await self.listener.hello(welcome.models)
                     self._writer = writer
                     self.connected.set()
-                    log.info("connected to the engine: %s", sorted(hello["models"]))
-                    while (answer := await wire.read(reader)) is not None:
-                        if "op" in answer:
-                            self._control(answer, writer)
-                        else:
-                            self._answer(answer)
+                    log.info("connected to the engine: %s", sorted(welcome.models))
+                    while (message := await wire.read(reader)) is not None:
+                        self._receive(message, writer)
                     log.warning("the engine is gone: failing its work in flight, reconnecting")
             finally:
                 self.connected.clear()
@@ -133,52 +147,52 @@ class EngineClient:
                 self._fail_all()
             await asyncio.sleep(RECONNECT_S)
 
-    def _answer(self, answer: dict[str, Any]) -> None:
-        part = self._parts.pop(answer["id"], None)
+    def _receive(self, message: Message, writer: asyncio.StreamWriter) -> None:
+        """A message from the engine: a run's answer, or a reload's."""
+        match message:
+            case Done() | Failed():
+                self._answer(message)
+            case Prepare(seq=seq, models=models):
+                self._spawn(self._prepare(seq, models, writer))
+            case Commit(seq=seq):
+                self.listener.commit(seq)
+                writer.write(wire.encode(Committed(seq)))
+            case Abort(seq=seq):
+                self.listener.abort(seq)
+            case Reloaded(id=request):
+                waiting = self._reloads.pop(request, None)
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(message.answer())
+            case _:
+                log.warning("ignored an unexpected %r message from the engine", message.op)
+
+    def _answer(self, answer: Done | Failed) -> None:
+        part = self._parts.pop(answer.id, None)
         if part is None:
             return
         try:
             if part.future.done():  # cancelled: nobody reads the outputs
                 return
-            if answer["ok"]:
+            if isinstance(answer, Done):
                 part.future.set_result(
                     {  # copied out: the slot is reused once this returns
                         name: self.ring.array(part.slot, offset, dtype, tuple(shape)).copy()
-                        for name, dtype, shape, offset in answer["outputs"]
+                        for name, dtype, shape, offset in answer.outputs
                     }
                 )
             else:
-                part.future.set_exception(
-                    EngineError(answer["code"], answer["message"], answer.get("retry_after_s"))
-                )
+                part.future.set_exception(EngineError(answer.code, answer.message, answer.retry_after_s))
         finally:
             self._free.put_nowait(part.slot)
 
-    def _control(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        """A reload's messages from the engine."""
-        op = message["op"]
-        if op == "prepare":
-            self._spawn(self._prepare(message["seq"], message["models"], writer))
-        elif op == "commit":
-            self.listener.commit(message["seq"])
-            writer.write(wire.encode({"op": "committed", "seq": message["seq"]}))
-        elif op == "abort":
-            self.listener.abort(message["seq"])
-        elif op == "reloaded":
-            waiting = self._reloads.pop(message["id"], None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result({k: v for k, v in message.items() if k not in ("op", "id")})
-
-    async def _prepare(
-        self, seq: int, models: dict[str, dict[str, Any]], writer: asyncio.StreamWriter
-    ) -> None:
+    async def _prepare(self, seq: int, models: dict[str, ModelInfo], writer: asyncio.StreamWriter) -> None:
         try:
             error = await self.listener.prepare(seq, models)
         except Exception as e:  # the engine must hear of it, or it waits for the answer in vain
             log.exception("cannot prepare reload %d", seq)
             error = f"{type(e).__name__}: {e}"
         if not writer.is_closing():
-            writer.write(wire.encode({"op": "prepared", "seq": seq, "error": error}))
+            writer.write(wire.encode(Prepared(seq, error)))
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -192,13 +206,13 @@ class EngineClient:
             raise self._unavailable()
         request = next(self._ids)
         answer = self._reloads[request] = asyncio.get_running_loop().create_future()
-        writer.write(wire.encode({"op": "reload", "id": request}))
+        writer.write(wire.encode(Reload(request)))
         return await answer
 
     def release(self, seq: int) -> None:
         """Reload `seq`: this front end's requests on the loads it replaced are done."""
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(wire.encode({"op": "release", "seq": seq}))
+            self._writer.write(wire.encode(Release(seq)))
 
     def _fail_all(self) -> None:
         """The engine is gone: every part in flight fails now, and its slot is free (nothing writes it)."""
@@ -244,15 +258,14 @@ class EngineClient:
         part_id = next(self._ids)
         part = _Part(asyncio.get_running_loop().create_future(), slot)
         self._parts[part_id] = part
-        message = {"op": "run", "id": part_id, "slot": slot, "model": model, "graph": graph}
-        message |= {"rows": len(rows), "outputs": list(outputs) if outputs is not None else None}
-        writer.write(wire.encode(message))
+        wanted = list(outputs) if outputs is not None else None
+        writer.write(wire.encode(Run(part_id, slot, model, graph, len(rows), wanted)))
         try:
             return await part.future
         except asyncio.CancelledError:
             # the client left: the engine drops it; the slot stays taken until the engine answers
             if part_id in self._parts and not writer.is_closing():
-                writer.write(wire.encode({"op": "cancel", "id": part_id}))
+                writer.write(wire.encode(Cancel(part_id)))
             raise
 
 

@@ -12,7 +12,7 @@ SIGTERM, or its parent's death, stops the engine. A spare (`run_engine(spec, go=
 the same way, then waits for `go` before it listens: it takes over the socket the moment the engine before it
 dies.
 
-Reloads (SIGHUP, or a front end's `{"op": "reload"}` from `POST /admin/reload`): the engine reads the
+Reloads (SIGHUP, or a front end's `Reload` from `POST /admin/reload`): the engine reads the
 model directories again and loads and warms what is new or changed beside what serves
 (bridle/runtime/registry.py); it sends every front end `prepare` with the new set (each loads the new
 manifests), then `commit` to all of them at once (each answers `committed`, and the reload answers
@@ -47,7 +47,26 @@ from bridle.runtime.errors import EngineError, ModelLoadError
 from bridle.runtime.models import LoadedModel, load_model, load_models
 from bridle.runtime.registry import Registry, Staged
 from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
-from bridle.runtime.slots import ENGINE_GRAPHS, RingSpec, SlotRing, aligned, slot_bytes
+from bridle.runtime.slots import ENGINE_GRAPHS, SlotRing, aligned, slot_bytes
+from bridle.runtime.wire import (
+    Abort,
+    Cancel,
+    Commit,
+    Committed,
+    Done,
+    Failed,
+    Hello,
+    Message,
+    ModelInfo,
+    Placed,
+    Prepare,
+    Prepared,
+    Release,
+    Reload,
+    Reloaded,
+    Run,
+    Welcome,
+)
 
 log = logging.getLogger("bridle.engine")
 EXIT_BAD_MODELS = 2
@@ -138,16 +157,16 @@ async def warm_up(
         )
 
 
-def describe(model: LoadedModel) -> dict[str, Any]:
-    """A load as the engine tells the front ends of it (hello, prepare)."""
-    return {
-        "instance": model.instance,
-        "directory": str(model.directory),
-        "version": model.version,
-        "fingerprint": model.fingerprint,
-        "providers": model.providers,
-        "provider_options": model.sessions["encoder"].get_provider_options(),
-    }
+def describe(model: LoadedModel) -> ModelInfo:
+    """A load as the engine tells the front ends of it (welcome, prepare)."""
+    return ModelInfo(
+        instance=model.instance,
+        directory=str(model.directory),
+        version=model.version,
+        fingerprint=model.fingerprint,
+        providers=model.providers,
+        provider_options=model.sessions["encoder"].get_provider_options(),
+    )
 
 
 class _Link:
@@ -160,7 +179,7 @@ class _Link:
         self.released: dict[int, asyncio.Event] = {}  # reload -> its replaced loads are idle here
         self.closed = asyncio.Event()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Message) -> None:
         if not self.writer.is_closing():
             self.writer.write(wire.encode(message))
 
@@ -174,42 +193,30 @@ class Engine:
         self.reloading = asyncio.Lock()  # one reload at a time; a front end's hello waits for it
         self._retiring: set[asyncio.Task[None]] = set()
 
-    def hello(self) -> dict[str, Any]:
-        return {"op": "hello", "models": {key: describe(m) for key, m in self.registry.current.items()}}
+    def welcome(self) -> Welcome:
+        return Welcome({key: describe(m) for key, m in self.registry.current.items()})
 
     async def serve_front_end(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One front end's connection: its hello, then its runs (and reload messages) until it closes."""
         hello = await wire.read(reader)
-        if hello is None or hello.get("op") != "hello":
+        if not isinstance(hello, Hello):
             writer.close()
             return
-        link = _Link(SlotRing.attach(RingSpec(**hello["ring"])), int(hello.get("rows", 0)), writer)
+        try:
+            ring = SlotRing.attach(hello.ring)
+        except (OSError, ValueError) as e:  # no such segment, or a smaller one than it says
+            log.error("a front end's ring cannot be attached: %s", e)
+            writer.close()
+            return
+        link = _Link(ring, hello.rows, writer)
         link_id = next(self._link_ids)
         async with self.reloading:  # a reload prepares and switches exactly the front ends it saw
-            writer.write(wire.encode(self.hello()))
+            writer.write(wire.encode(self.welcome()))
             self.links[link_id] = link
         runs: dict[int, asyncio.Task[None]] = {}
         try:
             while (message := await wire.read(reader)) is not None:
-                op = message["op"]
-                if op == "run":
-                    task = asyncio.create_task(self._run(message, link.ring, writer))
-                    runs[message["id"]] = task
-                    task.add_done_callback(lambda _, i=message["id"]: runs.pop(i, None))
-                elif op == "cancel" and (task := runs.get(message["id"])) is not None:
-                    task.cancel()
-                elif op == "prepared" and (done := link.prepared.pop(message["seq"], None)) is not None:
-                    if not done.done():
-                        done.set_result(message.get("error"))
-                elif op == "committed" and (done := link.committed.pop(message["seq"], None)) is not None:
-                    if not done.done():
-                        done.set_result(None)
-                elif op == "release" and (idle := link.released.get(message["seq"])) is not None:
-                    idle.set()
-                elif op == "reload":
-                    task = asyncio.create_task(self._answer_reload(message["id"], link))
-                    self._retiring.add(task)
-                    task.add_done_callback(self._retiring.discard)
+                self._receive(message, link, runs)
         finally:  # the front end is gone: its work goes too
             del self.links[link_id]
             link.closed.set()
@@ -222,38 +229,61 @@ class Engine:
             writer.close()
             link.ring.close()
 
-    async def _run(self, m: dict[str, Any], ring: SlotRing, writer: asyncio.StreamWriter) -> None:
+    def _receive(self, message: Message, link: _Link, runs: dict[int, asyncio.Task[None]]) -> None:
+        """A message from a front end: a run (tracked in `runs` by id until it ends), its cancel, or
+        a reload's."""
+        match message:
+            case Run(id=run_id):
+                task = asyncio.create_task(self._run(message, link.ring, link.writer))
+                runs[run_id] = task
+                task.add_done_callback(lambda _: runs.pop(run_id, None))
+            case Cancel(id=run_id) if (task := runs.get(run_id)) is not None:
+                task.cancel()
+            case Prepared(seq=seq, error=error) if (done := link.prepared.pop(seq, None)) is not None:
+                if not done.done():
+                    done.set_result(error)
+            case Committed(seq=seq) if (switched := link.committed.pop(seq, None)) is not None:
+                if not switched.done():
+                    switched.set_result(None)
+            case Release(seq=seq) if (idle := link.released.get(seq)) is not None:
+                idle.set()
+            case Reload(id=request):
+                task = asyncio.create_task(self._answer_reload(request, link))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+
+    async def _run(self, m: Run, ring: SlotRing, writer: asyncio.StreamWriter) -> None:
         """View the rows in the slot, run them in the graph's batch, write the outputs after them."""
-        answer: dict[str, Any]
+        answer: Done | Failed
         try:
-            model = self.registry.models.get(m["model"])
+            model = self.registry.models.get(m.model)
             if model is None:
-                raise EngineError("unknown_model", f"the engine holds no model {m['model']!r}")
+                raise EngineError("unknown_model", f"the engine holds no model {m.model!r}")
             spec = model.manifest.input
-            shape = (m["rows"], *(int(d) for d in spec.shape[1:]))
-            rows = ring.array(m["slot"], 0, spec.dtype, shape)  # (k, ...) in shared memory
-            outputs = await self.registry.batchers[(m["model"], m["graph"])].submit(rows, m["outputs"])
+            shape = (m.rows, *(int(d) for d in spec.shape[1:]))
+            rows = ring.array(m.slot, 0, spec.dtype, shape)  # (k, ...) in shared memory
+            outputs = await self.registry.batchers[(m.model, m.graph)].submit(rows, m.outputs)
             offset = aligned(rows.nbytes)
             placed = []
             for name, array in outputs.items():
-                ring.array(m["slot"], offset, array.dtype.name, array.shape)[...] = array
-                placed.append([name, array.dtype.name, list(array.shape), offset])
+                ring.array(m.slot, offset, array.dtype.name, array.shape)[...] = array
+                placed.append(Placed(name, array.dtype.name, list(array.shape), offset))
                 offset += aligned(array.nbytes)
-            answer = {"id": m["id"], "ok": True, "outputs": placed}
+            answer = Done(m.id, placed)
         except asyncio.CancelledError:
-            answer = {"id": m["id"], "ok": False, "code": "cancelled", "message": "cancelled"}
+            answer = Failed(m.id, "cancelled", "cancelled")
         except EngineError as e:
-            answer = {"id": m["id"], "ok": False, "code": e.code, "message": e.message}
-            answer["retry_after_s"] = e.retry_after_s
+            answer = Failed(m.id, e.code, e.message, e.retry_after_s)
         except Exception as e:  # a bad message or a slot too small: that request fails, not the engine
-            log.exception("run %s failed", m.get("id"))
-            answer = {"id": m["id"], "ok": False, "code": "engine_error", "message": str(e)}
+            log.exception("run %s failed", m.id)
+            answer = Failed(m.id, "engine_error", str(e))
         if not writer.is_closing():
             writer.write(wire.encode(answer))
 
     # ---- reloads -----------------------------------------------------------------------------
     async def _answer_reload(self, request: int, link: _Link) -> None:
-        link.send({"op": "reloaded", "id": request, **await self.reload()})
+        result = await self.reload()
+        link.send(Reloaded(request, **result))
 
     async def reload(self) -> dict[str, Any]:
         """Read the model directories again; load and warm what is new or changed beside what serves;
@@ -277,7 +307,7 @@ class Engine:
                 await self._prepare(links, seq, staged)
             except ModelLoadError as e:
                 for link in links:
-                    link.send({"op": "abort", "seq": seq})
+                    link.send(Abort(seq))
                 await self.registry.discard(staged.added)
                 log.error("reload failed, still serving %s: %s", serving, e)
                 return {"ok": False, "message": str(e), "models": serving}
@@ -286,7 +316,7 @@ class Engine:
             for link in links:
                 link.released[seq] = asyncio.Event()
                 link.committed[seq] = loop.create_future()
-                link.send({"op": "commit", "seq": seq})
+                link.send(Commit(seq))
             # the answer once every front end has switched: a request sent after it reaches the new set
             switched = [link.committed[seq] for link in links]
             if switched and not await _within(asyncio.gather(*switched), PREPARE_TIMEOUT_S):
@@ -318,7 +348,7 @@ class Engine:
         for link in links:
             link.prepared[seq] = loop.create_future()
             waits.append(link.prepared[seq])
-            link.send({"op": "prepare", "seq": seq, "models": models})
+            link.send(Prepare(seq, models))
         try:
             errors = await asyncio.wait_for(asyncio.gather(*waits), PREPARE_TIMEOUT_S)
         except TimeoutError:

@@ -23,6 +23,7 @@ from bridle.model.manifest import MANIFEST_FILE, Manifest, ManifestError, read_m
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.sessions import CpuThreads, ProviderChooser, session_options
 from bridle.runtime.versions import VERSION_SEPARATOR, fingerprint, model_key
+from bridle.runtime.wire import ModelInfo
 
 log = logging.getLogger("bridle.runtime")
 # the bundled demo models: `models/` beside the packages in the repository
@@ -72,7 +73,7 @@ class LoadedModel:
     sessions: dict[str, ort.InferenceSession]  # "encoder", "tokenizer" (those this process opened)
     # in a front-end process, whose graphs run in the engine process: the engine's providers and the
     # encoder session's provider options, as the engine said (bridle/runtime/client.py)
-    engine_info: dict[str, Any] | None = None
+    engine_info: ModelInfo | None = None
     version: str | None = None  # NAME/VERSION/: the folder's name; None for a flat model directory
     # this load's id, unique in the process (an engine's, in a front end): the batchers and the engine
     # link name a load by it, so an old and a new load of one key can serve side by side during a reload
@@ -96,14 +97,14 @@ class LoadedModel:
     def providers(self) -> list[str]:
         if "encoder" in self.sessions:
             return self.sessions["encoder"].get_providers()
-        return list(self.engine_info["providers"]) if self.engine_info is not None else []
+        return list(self.engine_info.providers) if self.engine_info is not None else []
 
     @property
     def provider_options(self) -> dict[str, Any]:
         """The encoder session's provider options (the GPU's device_id, use_tf32...)."""
         if "encoder" in self.sessions:
             return self.sessions["encoder"].get_provider_options()
-        return dict(self.engine_info["provider_options"]) if self.engine_info is not None else {}
+        return dict(self.engine_info.provider_options) if self.engine_info is not None else {}
 
     def run(
         self, graph: str, signal: np.ndarray, outputs: Sequence[str] | None = None

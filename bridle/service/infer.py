@@ -46,6 +46,7 @@ from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
 from bridle.runtime.slots import ENGINE_GRAPHS
 from bridle.runtime.versions import newest, resolve
 from bridle.runtime.windows import Limits, Windows, decodes_quickly, to_windows
+from bridle.runtime.wire import ModelInfo
 from bridle.service.errors import ServiceError, from_media_error, retry_later
 from bridle.service.media import Upload
 from bridle.service.metrics import Metrics
@@ -543,7 +544,7 @@ class _FrontEndListener(EngineListener):
         self.inference = inference
         self.prepared: dict[int, dict[str, LoadedModel]] = {}
 
-    async def _models(self, engine_models: dict[str, dict[str, Any]]) -> dict[str, LoadedModel]:
+    async def _models(self, engine_models: dict[str, ModelInfo]) -> dict[str, LoadedModel]:
         """The engine's models, by key, each named by the engine's instance id: the manifests (and
         features graph) this process holds for the same directory and files, else read now."""
         inference = self.inference
@@ -551,11 +552,11 @@ class _FrontEndListener(EngineListener):
         known = {(m.directory, m.fingerprint): m for m in held}
         models = {}
         for key, info in engine_models.items():
-            directory = Path(info["directory"])
-            model = known.get((directory, info["fingerprint"]))
+            directory = Path(info.directory)
+            model = known.get((directory, info.fingerprint))
             if model is None:
                 model = await anyio.to_thread.run_sync(
-                    lambda d=directory, v=info["version"]: load_model(
+                    lambda d=directory, v=info.version: load_model(
                         d,
                         ProviderChooser([CPU]),
                         CpuThreads(intra_op=1, arena=inference.settings.cpu_mem_arena),
@@ -564,10 +565,10 @@ class _FrontEndListener(EngineListener):
                         version=v,
                     )
                 )
-            models[key] = dataclasses.replace(model, instance=info["instance"], engine_info=info)
+            models[key] = dataclasses.replace(model, instance=info.instance, engine_info=info)
         return models
 
-    async def hello(self, engine_models: dict[str, dict[str, Any]]) -> None:
+    async def hello(self, engine_models: dict[str, ModelInfo]) -> None:
         try:
             models = await self._models(engine_models)
         except ModelLoadError as e:  # the engine read it: this process should too
@@ -576,7 +577,7 @@ class _FrontEndListener(EngineListener):
         # a new engine: the old one, and the requests it held, are gone, so nothing to release
         self.inference.switch(models, _nothing)
 
-    async def prepare(self, seq: int, models: dict[str, dict[str, Any]]) -> str | None:
+    async def prepare(self, seq: int, models: dict[str, ModelInfo]) -> str | None:
         try:
             self.prepared[seq] = await self._models(models)
         except ModelLoadError as e:
