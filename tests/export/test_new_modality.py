@@ -24,6 +24,7 @@ from bridle.training.augment import AugmentError, build_augment
 from bridle.training.data import MediaDataset
 from bridle.training.recipe import RecipeError, recipe_from_dict
 from bridle.training.shards import write_shards
+from tests.live_server import run_server
 from tests.toy_modality import DepthInput, depth_file, registered_depth
 
 LABELS = ["far", "near"]
@@ -126,3 +127,33 @@ def test_a_recipe_names_only_registered_modalities(depth: ModalitySpec) -> None:
     raw["data"]["modality"] = "smell"
     with pytest.raises(RecipeError, match=r"data.modality must be audio, image, video or depth, got 'smell'"):
         recipe_from_dict(raw)
+
+
+def test_the_service_serves_the_new_modality(exported: ExportResult) -> None:
+    """A real server (one process, so the test's registration holds) embeds, classifies and returns the
+    features of a depth map told by its bytes, and refuses a sound for the depth model by name."""
+    server = next(servers := run_server([exported.model_dir]))
+    try:
+        upload = {"file": ("d.npy", depth_file(12), "application/octet-stream")}
+        embed = server.client.post("/embed", files=upload)
+        assert embed.status_code == 200, embed.text
+        (result,) = embed.json()["results"]
+        assert (
+            result["model"] == "micro-depth" and len(result["embedding"]) == exported.manifest.embedding_dim
+        )
+
+        classify = server.client.post("/classify", files=upload)
+        assert classify.status_code == 200, classify.text
+        assert {s["label"] for s in classify.json()["results"][0]["labels"]} <= set(LABELS)
+
+        features = server.client.post("/features", files=upload)
+        assert features.status_code == 200, features.text
+        f = features.json()["results"][0]
+        assert f["grid_axes"] == ["height", "width"] and f["features"]["shape"] == [1, 1, 16, 16]
+        assert f["features"]["layout"] == spec_for("depth").features_layout
+
+        sound = {"file": ("a.wav", b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(40), "audio/wav")}
+        wrong = server.client.post("/embed", params={"model": "micro-depth"}, files=sound)
+        assert wrong.status_code == 415 and wrong.json()["error"]["code"] == "wrong_modality", wrong.text
+    finally:
+        servers.close()
