@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bridle.runtime import wire
+from bridle.runtime import tracing, wire
 from bridle.runtime.errors import EngineError
 from bridle.runtime.slots import RingSpec, SlotRing
 from bridle.runtime.wire import (
@@ -238,7 +238,12 @@ class EngineClient:
         """Run `graph` of `model` on `rows` (k, ...) in the engine; the `outputs` named, each (k, ...)."""
         n = self.link.slot_rows
         parts = await asyncio.gather(
-            *(self._submit(model, graph, rows[i : i + n], outputs) for i in range(0, len(rows), n))
+            *(
+                tracing.inside(
+                    tracing.client_span("engine"), self._submit, model, graph, rows[i : i + n], outputs
+                )
+                for i in range(0, len(rows), n)
+            )
         )
         if len(parts) == 1:
             return parts[0]
@@ -259,7 +264,7 @@ class EngineClient:
         part = _Part(asyncio.get_running_loop().create_future(), slot)
         self._parts[part_id] = part
         wanted = list(outputs) if outputs is not None else None
-        writer.write(wire.encode(Run(part_id, slot, model, graph, len(rows), wanted)))
+        writer.write(wire.encode(Run(part_id, slot, model, graph, len(rows), wanted, tracing.carrier())))
         try:
             return await part.future
         except asyncio.CancelledError:

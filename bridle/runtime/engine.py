@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bridle.runtime import wire
+from bridle.runtime import tracing, wire
 from bridle.runtime.batcher import Batcher, BatcherHooks
 from bridle.runtime.errors import EngineError, ModelLoadError
 from bridle.runtime.models import LoadedModel, load_model, load_models
@@ -233,8 +233,10 @@ class Engine:
         """A message from a front end: a run (tracked in `runs` by id until it ends), its cancel, or
         a reload's."""
         match message:
-            case Run(id=run_id):
-                task = asyncio.create_task(self._run(message, link.ring, link.writer))
+            case Run(id=run_id, trace=trace):
+                # with a trace context (traces on, the request sampled): the run is one span of that trace
+                span = tracing.continued(trace, "engine.run", _run_attributes(message) if trace else None)
+                task = asyncio.create_task(tracing.inside(span, self._run, message, link.ring, link.writer))
                 runs[run_id] = task
                 task.add_done_callback(lambda _: runs.pop(run_id, None))
             case Cancel(id=run_id) if (task := runs.get(run_id)) is not None:
@@ -277,6 +279,8 @@ class Engine:
         except Exception as e:  # a bad message or a slot too small: that request fails, not the engine
             log.exception("run %s failed", m.id)
             answer = Failed(m.id, "engine_error", str(e))
+        if isinstance(answer, Failed):
+            tracing.failed(answer.code, answer.message)
         if not writer.is_closing():
             writer.write(wire.encode(answer))
 
@@ -449,6 +453,11 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
         reloader.cancel()
     finally:
         await engine.stop()
+
+
+def _run_attributes(run: Run) -> dict[str, Any]:
+    """What an `engine.run` span says of its run."""
+    return {"bridle.model": run.model, "bridle.graph": run.graph, "bridle.rows": run.rows}
 
 
 async def _within(work: Any, seconds: float) -> bool:

@@ -116,6 +116,7 @@ class Run(Message):
     graph: str
     rows: int
     outputs: list[str] | None  # None: every output
+    trace: dict[str, str] | None = None  # the W3C trace context of the front end's span (runtime/tracing.py)
 
 
 @tagged("cancel")

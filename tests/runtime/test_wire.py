@@ -54,6 +54,7 @@ SAMPLES = [
     Abort(5),
     Reloaded(2, True, ["micro-audio@1", "micro-audio@2"], ["micro-audio@2"], []),
     Reloaded(3, False, ["micro-audio@1"], message="micro-audio/2: no manifest.json"),
+    Run(9, 1, "micro-audio@1#3", "encoder", 2, None, {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"}),
 ]
 
 
@@ -88,7 +89,7 @@ def test_nested_fields_come_back_typed() -> None:
 def test_a_newer_peers_field_is_skipped_and_a_missing_optional_field_takes_its_default() -> None:
     """How a field is added compatibly: an old reader skips it, a new reader defaults it."""
     newer = {"op": "run", "id": 1, "slot": 0, "model": "m#1", "graph": "encoder", "rows": 2}
-    newer |= {"outputs": None, "trace": {"traceparent": "00-abc-def-01"}}
+    newer |= {"outputs": None, "deadline_ms": 250}  # a field this version does not know
     assert wire.decode(orjson.dumps(newer)) == Run(1, 0, "m#1", "encoder", 2, None)
     older = {"op": "failed", "id": 4, "code": "timeout", "message": "no result"}  # no retry_after_s
     assert wire.decode(orjson.dumps(older)) == Failed(4, "timeout", "no result", None)
