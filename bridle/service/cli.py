@@ -16,25 +16,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
+from bridle.model.logs import log_to_stderr
 from bridle.runtime.devices import SLOTS_ENV
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.models import find_model_dirs, load_models
 from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
 from bridle.service.memory import hold_mmap_threshold
-from bridle.service.middleware import AdmissionState
-from bridle.service.protocol import http_protocol
+from bridle.service.server import DrainingServer, server_config, server_options
 from bridle.service.settings import Settings, frontends_defaulted
 from bridle.service.supervisor import serve_processes, shared_memory_shortfall
 
@@ -42,34 +39,6 @@ EXIT_BAD_START = 2
 log = logging.getLogger("bridle.service")
 
 cli = typer.Typer(add_completion=False, help="Serve BRIDLE model directories over HTTP.")
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, with a first SIGTERM / SIGINT that drains before the usual shutdown."""
-
-    def __init__(self, config: uvicorn.Config, admission: AdmissionState, drain_timeout_s: float) -> None:
-        super().__init__(config)
-        self.admission = admission
-        self.drain_timeout_s = drain_timeout_s
-        self.drain_started: float | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.started and self.drain_started is None:
-            self.admission.draining = True
-            self.drain_started = time.monotonic()
-            log.info(
-                "%s: draining %d request(s) in flight", signal.Signals(sig).name, self.admission.in_flight
-            )
-            return
-        super().handle_exit(sig, frame)
-
-    async def on_tick(self, counter: int) -> bool:  # every 0.1 s
-        self.admission.publish_early_refusals()
-        if self.drain_started is not None:
-            waited = time.monotonic() - self.drain_started
-            if self.admission.in_flight == 0 or waited > self.drain_timeout_s:
-                return True
-        return await super().on_tick(counter)
 
 
 def _fail(message: str) -> None:
@@ -89,7 +58,7 @@ def serve(
         int | None, typer.Option(help="uvicorn worker processes (BRIDLE_WORKERS, default 1)")
     ] = None,
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
     given = {"host": host, "port": port, "model_dirs": model_dir or None, "workers": workers}
     try:
@@ -108,7 +77,7 @@ def serve(
         settings = settings.model_copy(update={"frontends": 0})
     if settings.frontends:  # front-end processes over an engine process (bridle/service/supervisor.py)
         try:
-            serve_processes(settings, DrainingServer)
+            serve_processes(settings)
         except ModelLoadError as e:
             _fail(str(e))
         return
@@ -124,15 +93,7 @@ def serve(
     from bridle.service.app import create_app
 
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        http=http_protocol(app.state.bridle.admission),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
-    )
+    config = server_config(app, settings, host=settings.host, port=settings.port)
     server = DrainingServer(config, app.state.bridle.admission, settings.drain_timeout_s)
     with contextlib.suppress(SystemExit):  # uvicorn exits 3 when the lifespan fails to start
         server.run()
@@ -153,9 +114,7 @@ def _serve_workers(settings: Settings) -> None:
             host=settings.host,
             port=settings.port,
             workers=settings.workers,
-            log_level="info",
-            access_log=settings.access_log,
-            timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+            **server_options(settings),
         )
 
 

@@ -30,7 +30,6 @@ import os
 import shutil
 import signal
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,18 +42,20 @@ from typing import Any
 import uvicorn
 from prometheus_client import multiprocess
 
+from bridle.model.logs import log_to_stderr
 from bridle.model.manifest import read_manifest
 from bridle.runtime import tracing
 from bridle.runtime.client import EngineLink
 from bridle.runtime.engine import EXIT_BAD_MODELS, EngineSpec, run_engine
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.models import model_directories
+from bridle.runtime.parent import Parent
 from bridle.runtime.slots import RingSpec, SlotRing, slot_bytes
 from bridle.service import engine_folders
 from bridle.service.infer import batch_spec
 from bridle.service.memory import hold_mmap_threshold
 from bridle.service.metrics import MULTIPROCESS_ENV, Metrics
-from bridle.service.protocol import http_protocol
+from bridle.service.server import DrainingServer, server_config
 from bridle.service.settings import Settings
 
 log = logging.getLogger("bridle.supervisor")
@@ -111,45 +112,33 @@ def engine_spec(settings: Settings, socket_path: str) -> EngineSpec:
     )
 
 
-def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket, server_class: Any) -> None:
-    """A front-end process: the app over the engine, served by `server_class` (bridle/service/cli.py's
-    DrainingServer) on the shared socket. It drains and stops when the supervisor dies."""
+def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket) -> None:
+    """A front-end process: the app over the engine, served by a `DrainingServer` on the shared socket.
+    It drains and stops when the supervisor dies."""
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only; it stops the children in order
     os.nice(settings.frontend_nice)  # the engine's batches before parsing and refusing (settings.py)
-    hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr()
     from bridle.service.app import create_app  # here: the supervisor process never builds the app
 
     app = create_app(settings, engine=link)
-    config = uvicorn.Config(
-        app,
-        http=http_protocol(app.state.bridle.admission),
-        log_level="info",
-        access_log=settings.access_log,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout_s)),
+    server = DrainingServer(
+        server_config(app, settings), app.state.bridle.admission, settings.drain_timeout_s
     )
-    server = server_class(config, app.state.bridle.admission, settings.drain_timeout_s)
-    parent = os.getppid()
-
-    def orphaned() -> None:  # the supervisor was killed: drain and go
-        while os.getppid() == parent:
-            time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=orphaned, daemon=True).start()
+    # the supervisor was killed: drain and go
+    Parent().on_death(lambda: os.kill(os.getpid(), signal.SIGTERM))
     server.run(sockets=[sock])
 
 
 def _engine_main(spec: EngineSpec, go: Any | None = None) -> None:
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only: it stops the engine last
     hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
-    parent = os.getppid()
+    parent = Parent()
     metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
     tracing.start("engine")  # when OTEL_EXPORTER_OTLP_ENDPOINT asks: its spans go out from here
     try:
         run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size), go)
     finally:
-        if os.getppid() != parent:  # the supervisor was killed: no one else removes its folder
+        if not parent.alive():  # the supervisor was killed: no one else removes its folder
             shutil.rmtree(Path(spec.socket_path).parent, ignore_errors=True)
 
 
@@ -177,9 +166,8 @@ class _FrontEnd:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, server_class: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.server_class = server_class
         self.slot_rows, self.slot_bytes = ring_layout(settings)
         # the port first: a port in use stops the start before anything is made that would need removing
         config = uvicorn.Config("bridle.service.app:app_from_env", host=settings.host, port=settings.port)
@@ -267,7 +255,7 @@ class Supervisor:
         link = EngineLink(self.spec.socket_path, spec, self.slot_rows, self.settings.retry_after_s)
         process = SPAWN.Process(
             target=run_front_end,
-            args=(self.settings, link, self.sock, self.server_class),
+            args=(self.settings, link, self.sock),
             name=f"bridle-front-end-{index}",
         )
         with _sighup_blocked():
@@ -376,7 +364,7 @@ class Supervisor:
         log.info("stopped")
 
 
-def serve_processes(settings: Settings, server_class: Any) -> None:
+def serve_processes(settings: Settings) -> None:
     """Serve with `settings.frontends` front-end processes and one engine process until SIGTERM."""
     with contextlib.suppress(KeyboardInterrupt):
-        Supervisor(settings, server_class).run()
+        Supervisor(settings).run()

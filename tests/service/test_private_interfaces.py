@@ -5,7 +5,7 @@ path, a drain or an admission walk breaking in some other test (or in production
 
 - uvicorn's httptools protocol (bridle/service/protocol.py subclasses it and overrides `_start_asgi_task`,
   `data_received`, `timeout_keep_alive_handler`, and reads its connection state);
-- uvicorn's `Server.on_tick` and `handle_exit` (bridle/service/cli.py's DrainingServer);
+- uvicorn's `Server.on_tick` and `handle_exit` (bridle/service/server.py's DrainingServer);
 - FastAPI's `iter_route_contexts` (bridle/service/routes/admission.py walks the included routers with it);
 - prometheus_client's multiprocess file names `<kind>_<pid>.db` (bridle/service/engine_folders.py reads the
 pids).
@@ -101,11 +101,11 @@ def test_uvicorn_keeps_the_connection_state_the_refusal_reads_and_writes() -> No
 
 
 def test_uvicorn_server_ticks_and_exits_as_the_drain_expects() -> None:
-    """bridle/service/cli.py's DrainingServer publishes the refusal counts and ends its drain in `on_tick`,
+    """bridle/service/server.py's DrainingServer publishes the refusal counts and ends its drain in `on_tick`,
     and turns the first signal into a drain in `handle_exit`."""
     import uvicorn
 
-    ours = "bridle/service/cli.py's DrainingServer"
+    ours = "bridle/service/server.py's DrainingServer"
     assert inspect.iscoroutinefunction(uvicorn.Server.on_tick), _changed("Server.on_tick (not async)", ours)
     assert _params(uvicorn.Server.on_tick) == ["self", "counter"], _changed(
         "Server.on_tick's signature", ours

@@ -10,9 +10,9 @@ import asyncio
 import pytest
 import uvicorn
 
-from bridle.service.cli import DrainingServer
 from bridle.service.middleware import AdmissionState
 from bridle.service.protocol import PlainRequest, plain_request
+from bridle.service.server import DrainingServer
 
 ROUTES = frozenset({b"/embed", b"/tokenize", b"/classify", b"/features"})  # the admitted paths, as bytes
 
