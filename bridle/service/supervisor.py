@@ -117,6 +117,7 @@ def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket) -> 
     It drains and stops when the supervisor dies."""
     os.setpgrp()  # a Ctrl-C in the terminal reaches the supervisor only; it stops the children in order
     os.nice(settings.frontend_nice)  # the engine's batches before parsing and refusing (settings.py)
+    hold_mmap_threshold()  # freed large blocks go back to the system (bridle/service/memory.py)
     log_to_stderr()
     from bridle.service.app import create_app  # here: the supervisor process never builds the app
 
