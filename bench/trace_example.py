@@ -11,6 +11,7 @@ client's `traceparent`, waits for the spans of both processes and writes the tra
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -74,7 +75,8 @@ def main(out: Annotated[Path | None, typer.Option(help="write the trace here too
             json.dumps({k: answer[k] for k in ("model", "duration", "labels")}),
             "",
             f"the receiver (bench/otlp_sink.py) got {len(spans)} spans of trace {trace_id} from "
-            f"{len({s.resource['process.pid'] for s in spans})} processes:",
+            f"{len({s.resource['process.pid'] for s in spans})} processes (load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} when written):",
             render(spans),
             "",
         ]
