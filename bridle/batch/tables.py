@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from bridle.model.manifest import Manifest
-from bridle.model.scores import scores  # /classify's scores: softmax, or sigmoid when multi-label
+from bridle.model.scores import scores, top_k_indices  # /classify's: softmax, or sigmoid when multi-label
 from bridle.model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("code", pa.string()), ("message", pa.string())])
@@ -136,7 +136,7 @@ def _runs(paths: list[str]) -> list[slice]:
 def _top_k(manifest: Manifest, probs: np.ndarray, top_k: int) -> dict[str, pa.Array]:
     """(R, C) scores -> the labels, scores (and label ids) columns of each row's top-k."""
     k = min(top_k, len(manifest.labels))
-    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]  # (R, k)
+    order = top_k_indices(probs, k)  # (R, k)
     columns = {
         "labels": pa.array([[manifest.labels[i] for i in row] for row in order], pa.list_(pa.string())),
         "scores": pa.array(list(np.take_along_axis(probs, order, axis=-1)), pa.list_(pa.float64())),

@@ -32,6 +32,7 @@ from bridle.model.windowing import DEFAULT_POLICY, Aggregate, WindowPolicy
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.models import LoadedModel, choose_variants, find_model_dirs, load_model
 from bridle.runtime.sessions import CpuThreads, ProviderChooser
+from bridle.runtime.versions import default_model
 from bridle.runtime.windows import Limits, Windows, to_windows
 
 ModelFiles = dict[str, dict[str, bytes]]  # model name -> {file name: bytes}
@@ -118,10 +119,10 @@ class ShardProcessor:
 
     def model_for(self, modality: Modality) -> LoadedModel:
         """The first model of the file's modality, as the service picks one for an upload."""
-        for model in self.models.values():
-            if model.manifest.modality == modality:
-                return model
-        raise LookupError(f"no model takes {modality}; models: {sorted(self.models)}")
+        model = default_model(self.models, modality)
+        if model is None:
+            raise LookupError(f"no model takes {modality}; models: {sorted(self.models)}")
+        return model
 
     def process(self, shard: int, paths: list[str]) -> dict:
         """Write shard `shard` (its windows per model, its errors, then its done marker); its summary."""

@@ -4,6 +4,7 @@ calibration all compute, in one place.
     softmax(logits, temperature=1.0)  (..., C) -> probabilities over the last axis, summing to 1
     sigmoid(logits)                   (..., C) -> an independent probability per label
     scores(logits, activation)        the manifest's `classifier.activation` ("softmax" or "sigmoid")
+    top_k_indices(probs, k)           (..., C) -> (..., min(k, C)) label indices, the highest score first
 
 Each computes in the dtype it is given; callers that want float64 cast first.
 """
@@ -27,3 +28,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 def scores(logits: np.ndarray, activation: str) -> np.ndarray:
     """(W, C) logits -> scores: "softmax" sums to 1 over the labels, "sigmoid" scores each on its own."""
     return sigmoid(logits) if activation == "sigmoid" else softmax(logits)
+
+
+def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """(..., C) scores -> (..., min(k, C)) the indices of the k highest along the last axis, highest first;
+    equal scores in label order."""
+    return np.argsort(-probs, axis=-1, kind="stable")[..., :k]

@@ -4,8 +4,9 @@ request's `model` names.
 A served model is known by its key: `NAME` for a flat model directory (`models/NAME/manifest.json`, as
 ever), `NAME@VERSION` for a version (`models/NAME/VERSION/manifest.json`). `model=NAME` takes the newest
 version (versions compare as natural sort keys: 2 < 10, 1.9 < 1.10), `model=NAME@VERSION` a given one;
-a name served flat is that directory. A directory's fingerprint (its manifest's bytes and its files'
-sizes and modification times) tells a reload which versions changed.
+a name served flat is that directory. An upload that names no model goes to the first model of its
+modality (`default_model`: the service's and the batch job's choice). A directory's fingerprint (its
+manifest's bytes and its files' sizes and modification times) tells a reload which versions changed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from bridle.model.manifest import Manifest
 
 VERSION_SEPARATOR = "@"
 _PARTS = re.compile(r"(\d+)")
@@ -47,7 +51,13 @@ class Versioned(Protocol):
     def version(self) -> str | None: ...
 
 
+class Served(Versioned, Protocol):
+    @property
+    def manifest(self) -> Manifest: ...
+
+
 M = TypeVar("M", bound=Versioned)
+S = TypeVar("S", bound=Served)
 
 
 def newest(models: Mapping[str, M]) -> dict[str, M]:
@@ -70,3 +80,9 @@ def resolve(models: Mapping[str, M], requested: str) -> M | None:
     if VERSION_SEPARATOR in requested:
         return None
     return newest(models).get(requested)
+
+
+def default_model(models: Mapping[str, S], modality: str) -> S | None:
+    """The model an upload of `modality` goes to when it names none: of what each name takes (`newest`),
+    the first of that modality; None when no model takes it."""
+    return next((m for m in newest(models).values() if m.manifest.modality == modality), None)

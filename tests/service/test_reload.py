@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -28,7 +29,7 @@ from bench.serve import running_service
 from bridle.runtime.errors import ModelLoadError
 from bridle.runtime.models import find_model_dirs, find_models, load_model
 from bridle.runtime.sessions import CPU, ProviderChooser
-from bridle.runtime.versions import newest, resolve, version_order
+from bridle.runtime.versions import default_model, newest, resolve, version_order
 
 NAME = "micro-audio"
 KEY = {"X-API-Key": API_KEY}
@@ -38,8 +39,9 @@ KEY = {"X-API-Key": API_KEY}
 
 
 class Load:
-    def __init__(self, name: str, version: str | None) -> None:
+    def __init__(self, name: str, version: str | None, modality: str = "audio") -> None:
         self.name, self.version = name, version
+        self.manifest = SimpleNamespace(modality=modality)
 
 
 def test_versions_sort_naturally_and_a_name_takes_the_newest() -> None:
@@ -50,6 +52,14 @@ def test_versions_sort_naturally_and_a_name_takes_the_newest() -> None:
     assert resolve(served, "a@3") is None and resolve(served, "c") is None
     assert resolve(served, "b") is served["b"] and resolve(served, "b@1") is None
     assert {n: m.version for n, m in newest(served).items()} == {"a": "10", "b": None}
+
+
+def test_an_upload_naming_no_model_goes_to_the_first_of_its_modality_newest_version() -> None:
+    served = {"a@2": Load("a", "2"), "a@10": Load("a", "10"), "b": Load("b", None, "image")}
+    served |= {"c": Load("c", None, "image")}
+    assert default_model(served, "audio") is served["a@10"]
+    assert default_model(served, "image") is served["b"]
+    assert default_model(served, "video") is None
 
 
 def test_a_folder_holds_flat_models_and_versions(model_root: Path, tmp_path: Path) -> None:
