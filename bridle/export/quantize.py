@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridle.export.gate import GateResult, load_held_out, measure_gate
+from bridle.export.gate import GateResult, HeldOut, load_held_out, measure_gate
 from bridle.export.onnx_graphs import graph_file
 from bridle.export.precision import VARIANT_PRECISIONS, convert_graph
 from bridle.export.verify import verify
@@ -65,14 +65,7 @@ def write_variant(
     if precision not in VARIANT_PRECISIONS:
         raise QuantizeError(f"precision {precision!r} is not one of {list(VARIANT_PRECISIONS)}")
     source = Path(model_dir)
-    try:
-        manifest = read_manifest(source, check_hashes=True)
-    except ManifestError as e:
-        raise QuantizeError(str(e)) from e
-    if manifest.precision != "fp32":
-        raise QuantizeError(
-            f"{source} is already an {manifest.precision} variant; start from the float32 one"
-        )
+    manifest = _float32_manifest(source)
     out = Path(out_dir) if out_dir is not None else variant_dir(source, precision)
     if out.resolve() == source.resolve():
         raise QuantizeError("the variant cannot replace its float32 original; choose another out_dir")
@@ -82,41 +75,63 @@ def write_variant(
         held_out = load_held_out(data, manifest)
     except ValueError as e:
         raise QuantizeError(str(e)) from e
+    built: list[tuple[Manifest, GateResult]] = []
+    write_directory_atomically(
+        out, lambda tmp: built.append(_build_variant(tmp, source, manifest, precision, held_out, nodes))
+    )
+    variant, gate = built[0]
+    return VariantResult(out, variant, gate)
 
-    result: dict[str, object] = {}
 
-    def build(tmp: Path) -> None:
-        graphs = {}
-        for key, spec in manifest.files.items():
-            if key == FEATURES_GRAPH:  # the preprocessing stays float32 in every variant: copied as is
-                shutil.copyfile(source / spec.path, tmp / spec.path)
-                continue
-            graphs[key] = tmp / spec.path
-            try:
-                convert_graph(source / spec.path, graphs[key], precision, (nodes or {}).get(key))
-            except ValueError as e:
-                raise QuantizeError(f"{key}: {e}") from e
-        gate = measure_gate(source, manifest, graphs, held_out)
-        if not gate.passed:
-            raise QuantizeError(
-                f"the {precision} variant failed its gate; nothing written: {'; '.join(gate.failures)}\n"
-                f"  {gate.summary()}",
-                gate,
-            )
-        variant = dataclasses.replace(
-            manifest,
-            files={key: graph_file(tmp, spec.path) for key, spec in manifest.files.items()},
-            provenance={**manifest.provenance, "variant_of": str(source.resolve())},
-            precision=precision,
-            gate=gate.to_dict(),
+def _float32_manifest(source: Path) -> Manifest:
+    """The manifest of a float32 model directory, its files' hashes checked."""
+    try:
+        manifest = read_manifest(source, check_hashes=True)
+    except ManifestError as e:
+        raise QuantizeError(str(e)) from e
+    if manifest.precision != "fp32":
+        raise QuantizeError(
+            f"{source} is already an {manifest.precision} variant; start from the float32 one"
         )
-        write_manifest(tmp, variant)
-        report = verify(tmp)  # hashes, ONNX checker, ONNX Runtime, the stored gate
-        if not report.ok:
-            raise QuantizeError(
-                f"the {precision} variant failed verification; nothing written\n{report}", gate
-            )
-        result.update(manifest=variant, gate=gate)
+    return manifest
 
-    write_directory_atomically(out, build)
-    return VariantResult(out, result["manifest"], result["gate"])  # type: ignore[arg-type]
+
+def _build_variant(
+    tmp: Path,
+    source: Path,
+    manifest: Manifest,
+    precision: str,
+    held_out: HeldOut,
+    nodes: dict[str, list[str]] | None,
+) -> tuple[Manifest, GateResult]:
+    """Write the variant into `tmp`: its graphs converted (the features graph copied), gated against the
+    float32 graphs on `held_out`, its manifest, and verified. Raises QuantizeError at the first failure."""
+    graphs = {}
+    for key, spec in manifest.files.items():
+        if key == FEATURES_GRAPH:  # the preprocessing stays float32 in every variant: copied as is
+            shutil.copyfile(source / spec.path, tmp / spec.path)
+            continue
+        graphs[key] = tmp / spec.path
+        try:
+            convert_graph(source / spec.path, graphs[key], precision, (nodes or {}).get(key))
+        except ValueError as e:
+            raise QuantizeError(f"{key}: {e}") from e
+    gate = measure_gate(source, manifest, graphs, held_out)
+    if not gate.passed:
+        raise QuantizeError(
+            f"the {precision} variant failed its gate; nothing written: {'; '.join(gate.failures)}\n"
+            f"  {gate.summary()}",
+            gate,
+        )
+    variant = dataclasses.replace(
+        manifest,
+        files={key: graph_file(tmp, spec.path) for key, spec in manifest.files.items()},
+        provenance={**manifest.provenance, "variant_of": str(source.resolve())},
+        precision=precision,
+        gate=gate.to_dict(),
+    )
+    write_manifest(tmp, variant)
+    report = verify(tmp)  # hashes, ONNX checker, ONNX Runtime, the stored gate
+    if not report.ok:
+        raise QuantizeError(f"the {precision} variant failed verification; nothing written\n{report}", gate)
+    return variant, gate

@@ -209,11 +209,39 @@ def _check_parity(
     signal: np.ndarray,
     ort_outputs: dict[str, dict[str, np.ndarray]],
 ) -> None:
+    """The graphs' outputs (`ort_outputs`, on `signal`) against the checkpoint's torch modules on the same
+    inputs: the embeddings, the features graph, the codes and, where they agree, the quantized vectors."""
+    servable = _matching_servable(report, manifest, config, checkpoint)
+    if servable is None:
+        return
+    x = torch.from_numpy(signal)
+    with torch.no_grad():
+        encoder_graph = EncoderGraph(servable).eval()
+        encoder = dict(zip(encoder_graph.output_names, encoder_graph(x), strict=True))
+        tokenizer = dict(zip(TokenizerGraph.output_names, TokenizerGraph(servable).eval()(x), strict=True))
+    _check_embeddings(report, encoder, ort_outputs["encoder"])
+    if "features" in ort_outputs:  # the preprocessing cut out of the encoder, against the torch module
+        with torch.no_grad():
+            features = build_preprocessor(config)(x).numpy()
+        _check_close(
+            report, "features", "features", features, ort_outputs["features"]["features"], FEATURES_TOLERANCE
+        )
+    _check_codes(report, tokenizer, ort_outputs["tokenizer"])
+
+
+def _matching_servable(
+    report: VerifyReport,
+    manifest: Manifest,
+    config: ModelConfig,
+    checkpoint: str | os.PathLike[str] | Servable,
+) -> Servable | None:
+    """The checkpoint, in eval mode, when it loads and its config, labels and label ids are the manifest's;
+    else None, with the failed check reported."""
     try:
         servable = checkpoint if isinstance(checkpoint, Servable) else load_servable(checkpoint)
     except CheckpointError as e:
         report.add("checkpoint", False, str(e))
-        return
+        return None
     if (
         servable.config != config
         or list(servable.labels) != manifest.labels
@@ -222,41 +250,41 @@ def _check_parity(
         report.add(
             "checkpoint", False, "the checkpoint's config, labels or label ids differ from the manifest's"
         )
-        return
-    servable.eval()
-    x = torch.from_numpy(signal)
-    with torch.no_grad():
-        encoder_graph = EncoderGraph(servable).eval()
-        torch_outputs = {
-            "encoder": dict(zip(encoder_graph.output_names, encoder_graph(x), strict=True)),
-            "tokenizer": dict(
-                zip(TokenizerGraph.output_names, TokenizerGraph(servable).eval()(x), strict=True)
-            ),
-        }
+        return None
+    return servable.eval()
 
-    for name in EncoderGraph(servable).output_names:
-        diff = float(np.abs(torch_outputs["encoder"][name].numpy() - ort_outputs["encoder"][name]).max())
-        report.figures[f"encoder.{name} max_abs_diff"] = diff
-        report.add(
-            f"parity: {name}",
-            diff <= EMBEDDING_TOLERANCE,
-            f"max abs diff torch vs ORT {diff:.2e} (tolerance {EMBEDDING_TOLERANCE:.0e})",
-        )
 
-    if "features" in ort_outputs:  # the preprocessing cut out of the encoder, against the torch module
-        with torch.no_grad():
-            features = build_preprocessor(config)(x).numpy()
-        diff = float(np.abs(features - ort_outputs["features"]["features"]).max())
-        report.figures["features.features max_abs_diff"] = diff
-        report.add(
-            "parity: features",
-            diff <= FEATURES_TOLERANCE,
-            f"max abs diff torch vs ORT {diff:.2e} (tolerance {FEATURES_TOLERANCE:.0e})",
-        )
+def _check_embeddings(
+    report: VerifyReport, torch_out: dict[str, torch.Tensor], ort_out: dict[str, np.ndarray]
+) -> None:
+    """Each encoder output of torch and ORT within `EMBEDDING_TOLERANCE`."""
+    for name, value in torch_out.items():
+        _check_close(report, "encoder", name, value.numpy(), ort_out[name], EMBEDDING_TOLERANCE)
 
-    torch_codes = torch_outputs["tokenizer"]["codes"].numpy()
-    ort_codes = ort_outputs["tokenizer"]["codes"]
-    same = torch_codes == ort_codes  # (B, N, L)
+
+def _check_close(
+    report: VerifyReport,
+    graph: str,
+    name: str,
+    torch_value: np.ndarray,
+    ort_value: np.ndarray,
+    tolerance: float,
+) -> None:
+    diff = float(np.abs(torch_value - ort_value).max())
+    report.figures[f"{graph}.{name} max_abs_diff"] = diff
+    report.add(
+        f"parity: {name}",
+        diff <= tolerance,
+        f"max abs diff torch vs ORT {diff:.2e} (tolerance {tolerance:.0e})",
+    )
+
+
+def _check_codes(
+    report: VerifyReport, torch_out: dict[str, torch.Tensor], ort_out: dict[str, np.ndarray]
+) -> None:
+    """The tokenizer's codes agree at `CODE_AGREEMENT` of the positions at least, and where every level's
+    code agrees, the quantized vectors agree within `EMBEDDING_TOLERANCE`."""
+    same = torch_out["codes"].numpy() == ort_out["codes"]  # (B, N, L)
     agreement = float(same.mean())
     report.figures["tokenizer.codes agreement"] = agreement
     report.add(
@@ -264,9 +292,8 @@ def _check_parity(
         agreement >= CODE_AGREEMENT,
         f"{agreement:.4%} of {same.size} code positions identical (need {CODE_AGREEMENT:.1%})",
     )
-    # where every level's code agrees, the quantized vectors must agree too
     rows = same.all(axis=-1)  # (B, N)
-    q_torch, q_ort = torch_outputs["tokenizer"]["quantized"].numpy(), ort_outputs["tokenizer"]["quantized"]
+    q_torch, q_ort = torch_out["quantized"].numpy(), ort_out["quantized"]
     diff = float(np.abs(q_torch[rows] - q_ort[rows]).max()) if rows.any() else math.inf
     report.figures["tokenizer.quantized max_abs_diff"] = diff
     report.add(
