@@ -35,11 +35,13 @@ import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+import typer
 
 from bridle.importers.audioset import ClassLabelsError, read_class_labels
+from bridle.importers.families import Force, Out, importer_family
 from bridle.model.beats import NUM_FRAMES, NUM_MEL_BINS, beats_audio_input, check_backbone
 from bridle.model.checkpoint import Servable, build_servable, save_servable
 from bridle.model.config import BeatsBackboneConfig, BeatsConfig, ModelConfig, QuantizerConfig, ViTConfig
@@ -47,6 +49,8 @@ from bridle.model.manifest import sha256_file
 
 LICENCE = "MIT"
 SOURCE = "microsoft/unilm beats/ (BEATs: Audio Pre-Training with Acoustic Tokenizers, Chen et al. 2022)"
+# the quantizer's size in a model imported without its tokenizer (its codes: a random projection's)
+RANDOM_QUANTIZER = QuantizerConfig(levels=1, codebook_size=1024, dim=256)
 UNIT_TOLERANCE = 1e-3  # codewords must be unit vectors (BEATs re-normalises them after every update)
 
 # upstream's BEATsConfig and TokenizersConfig defaults: a checkpoint's `cfg` overrides these
@@ -385,50 +389,15 @@ def import_beats(
     what = f"model checkpoint {model.path.name}"
     s = _settings(model.cfg, MODEL_DEFAULTS, what)
     enc = backbone_config(s, what)
-    shapes, optional = expected_backbone_shapes(enc)
-    if s["finetuned_model"]:
-        if s["predictor_class"] < 1:
-            raise BeatsImportError(f"{what} cfg predictor_class must be positive, got {s['predictor_class']}")
-        shapes["predictor.weight"] = (s["predictor_class"], enc.vit.dim)
-        shapes["predictor.bias"] = (s["predictor_class"],)
-    check_keys(model.state, shapes, optional, what)
-    labels = labels_of(model.label_dict, s["predictor_class"], what) if s["finetuned_model"] else []
-    label_ids = None
-    if labels_csv is not None:
-        if not s["finetuned_model"]:
-            raise BeatsImportError(
-                f"--labels names the classes of a head, and {what} has none (not fine-tuned)"
-            )
-        labels, label_ids = class_names(labels_csv, labels, what)
+    _check_model_keys(model, s, enc, what)
+    labels, label_ids = _head_labels(model, s, labels_csv, what)
     if num_frames < enc.patch_size or num_frames % enc.patch_size:
         raise BeatsImportError(
             f"num_frames {num_frames} must be a positive multiple of the patch size {enc.patch_size}"
         )
-
-    tok, quantizer, tok_upstream = None, QuantizerConfig(levels=1, codebook_size=1024, dim=256), None
-    if tokenizer is not None:
-        tok_upstream = read_upstream(tokenizer, "tokenizer")
-        tok_what = f"tokenizer checkpoint {tok_upstream.path.name}"
-        ts = _settings(tok_upstream.cfg, TOKENIZER_DEFAULTS, tok_what)
-        tok = backbone_config(ts, tok_what)
-        if tok.patch_size != enc.patch_size:
-            raise BeatsImportError(
-                f"{tok_what} input_patch_size {tok.patch_size} differs from the model's {enc.patch_size}"
-            )
-        if ts["quant_n"] < 1 or ts["quant_dim"] < 1:
-            raise BeatsImportError(f"{tok_what} quant_n and quant_dim must be positive")
-        quantizer = QuantizerConfig(levels=1, codebook_size=ts["quant_n"], dim=ts["quant_dim"])
-        tshapes, toptional = expected_backbone_shapes(tok)
-        n, qd, d = ts["quant_n"], ts["quant_dim"], tok.vit.dim
-        tshapes.update({
-            "quantize_layer.0.weight": (d, d), "quantize_layer.0.bias": (d,),
-            "quantize_layer.2.weight": (qd, d), "quantize_layer.2.bias": (qd,),
-            "quantize.embedding.weight": (n, qd), "quantize.embedding.cluster_size": (n,),
-            "quantize.embedding.embed_avg": (n, qd), "quantize.cluster_size": (n,),
-            "quantize.embedding.initted": (1,),
-        })  # fmt: skip
-        check_keys(tok_upstream.state, tshapes, toptional, tok_what)
-
+    tok_upstream, tok, quantizer = (
+        _checked_tokenizer(tokenizer, enc) if tokenizer is not None else (None, None, RANDOM_QUANTIZER)
+    )
     config = ModelConfig(
         modality="audio",
         input=beats_audio_input(num_frames),
@@ -453,6 +422,72 @@ def import_beats(
         provenance=provenance,
         label_ids=label_ids,
     )
+    _load_weights(servable, model, enc, tok_upstream, tok, what)
+    return servable.eval()
+
+
+def _check_model_keys(model: Upstream, s: dict[str, Any], enc: Backbone, what: str) -> None:
+    """Every tensor of the model checkpoint is there, with its shape (the head's with a fine-tuned one)."""
+    shapes, optional = expected_backbone_shapes(enc)
+    if s["finetuned_model"]:
+        if s["predictor_class"] < 1:
+            raise BeatsImportError(f"{what} cfg predictor_class must be positive, got {s['predictor_class']}")
+        shapes["predictor.weight"] = (s["predictor_class"], enc.vit.dim)
+        shapes["predictor.bias"] = (s["predictor_class"],)
+    check_keys(model.state, shapes, optional, what)
+
+
+def _head_labels(
+    model: Upstream, s: dict[str, Any], labels_csv: str | os.PathLike[str] | None, what: str
+) -> tuple[list[str], list[str] | None]:
+    """(labels, label ids) of a fine-tuned model's head: its label_dict's names, or with `labels_csv` the
+    CSV's display names and the mids beside them; ([], None) for a model without a head."""
+    labels = labels_of(model.label_dict, s["predictor_class"], what) if s["finetuned_model"] else []
+    if labels_csv is None:
+        return labels, None
+    if not s["finetuned_model"]:
+        raise BeatsImportError(f"--labels names the classes of a head, and {what} has none (not fine-tuned)")
+    return class_names(labels_csv, labels, what)
+
+
+def _checked_tokenizer(
+    tokenizer: str | os.PathLike[str], enc: Backbone
+) -> tuple[Upstream, Backbone, QuantizerConfig]:
+    """The tokenizer checkpoint, its transformer and its quantizer, checked: its patch size is the model's,
+    its quantizer is sized, every tensor is there with its shape."""
+    upstream = read_upstream(tokenizer, "tokenizer")
+    what = f"tokenizer checkpoint {upstream.path.name}"
+    ts = _settings(upstream.cfg, TOKENIZER_DEFAULTS, what)
+    tok = backbone_config(ts, what)
+    if tok.patch_size != enc.patch_size:
+        raise BeatsImportError(
+            f"{what} input_patch_size {tok.patch_size} differs from the model's {enc.patch_size}"
+        )
+    if ts["quant_n"] < 1 or ts["quant_dim"] < 1:
+        raise BeatsImportError(f"{what} quant_n and quant_dim must be positive")
+    quantizer = QuantizerConfig(levels=1, codebook_size=ts["quant_n"], dim=ts["quant_dim"])
+    shapes, optional = expected_backbone_shapes(tok)
+    n, qd, d = ts["quant_n"], ts["quant_dim"], tok.vit.dim
+    shapes.update({
+        "quantize_layer.0.weight": (d, d), "quantize_layer.0.bias": (d,),
+        "quantize_layer.2.weight": (qd, d), "quantize_layer.2.bias": (qd,),
+        "quantize.embedding.weight": (n, qd), "quantize.embedding.cluster_size": (n,),
+        "quantize.embedding.embed_avg": (n, qd), "quantize.cluster_size": (n,),
+        "quantize.embedding.initted": (1,),
+    })  # fmt: skip
+    check_keys(upstream.state, shapes, optional, what)
+    return upstream, tok, quantizer
+
+
+def _load_weights(
+    servable: Servable,
+    model: Upstream,
+    enc: Backbone,
+    tok_upstream: Upstream | None,
+    tok: Backbone | None,
+    what: str,
+) -> None:
+    """The converted upstream tensors into the servable's encoder, head and (when given) tokenizer."""
     _load(servable.encoder, backbone_state(model.state, enc, what), what)
     if servable.classifier is not None:
         _load(servable.classifier, {"weight": model.state["predictor.weight"].float(),
@@ -463,7 +498,6 @@ def import_beats(
             tokenizer_state(tok_upstream, tok),
             f"tokenizer checkpoint {tok_upstream.path.name}",
         )
-    return servable.eval()
 
 
 def tokenizer_state(upstream: Upstream, b: Backbone) -> dict[str, torch.Tensor]:
@@ -514,3 +548,51 @@ def write_import(
     servable = import_beats(checkpoint, tokenizer, num_frames, labels_csv)
     save_servable(out, servable)
     return servable
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+
+
+@importer_family(
+    "beats",
+    "--checkpoint BEATs.pt [--tokenizer Tokenizer.pt] [--labels class_labels_indices.csv]\n"
+    "                   --out DIR [--num-frames 992] [--force]",
+    BeatsImportError,
+)
+def beats_command(
+    checkpoint: Annotated[
+        Path, typer.Option(help="BEATs model checkpoint (.pt) from microsoft/unilm beats/ (MIT licence)")
+    ],
+    out: Out,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(
+            help="BEATs tokenizer checkpoint (.pt); without it /tokenize serves random-projection codes"
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="AudioSet's class_labels_indices.csv (index,mid,display_name; CC BY 4.0): labels become "
+            "display names with the mids beside them; without it the labels are the checkpoint's ids"
+        ),
+    ] = None,
+    num_frames: Annotated[
+        int, typer.Option(help="fbank frames per window (992 = 9.935 s); a multiple of the patch size")
+    ] = 992,
+    force: Force = False,
+) -> None:
+    """Import a BEATs checkpoint (and its tokenizer) as a servable checkpoint in OUT."""
+    servable = write_import(out, checkpoint, tokenizer, num_frames, labels)
+    cfg = servable.config
+    named = f", named by {labels.name}" if labels else ""
+    typer.echo(
+        f"wrote {out}: BEATs encoder {cfg.encoder.depth} x {cfg.encoder.dim}, "
+        f"{len(servable.labels)} labels (sigmoid{named}), "
+        f"tokenizer {servable.tokenizer_kind}"
+        f" ({cfg.quantizer.codebook_size} codes), windows of {cfg.input.window_samples} samples"
+    )
+    if servable.tokenizer_kind == "random":
+        typer.echo(
+            "note: no --tokenizer: the model directory's codes come from a random-projection tokenizer"
+        )

@@ -44,12 +44,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+import typer
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from bridle.importers.families import Force, Out, importer_family
 from bridle.model.checkpoint import Servable, build_servable, save_servable
 from bridle.model.config import (
     IMAGENET_MEAN,
@@ -211,13 +213,45 @@ class Plan:
 def plan(folder: Folder, clip_seconds: float) -> Plan:
     """The bridle `ModelConfig` of a folder (refusing what hf_vit cannot reproduce)."""
     cfg = folder.config
+    model_type, family, modality = _family(cfg)
+    vit = _transformer(cfg, family)
+    eps = _get(cfg, "layer_norm_eps", float, 1e-12)
+    p = _get(cfg, "patch_size", int)
+    state = _strip_base(folder.state, FAMILIES[model_type][1])
+    has_head = any(k.startswith(("classifier.", "cls_classifier.")) for k in state)
+    hf: dict[str, Any] = {"family": family, "layer_norm_eps": eps}
+    if modality == "audio":
+        inp, grid, tubelet = _ast_input(folder, p, hf)
+    else:
+        inp, grid, tubelet = _visual_input(folder, family, modality, p, clip_seconds)
+        hf.update(_family_options(family, cfg, state, has_head, eps))
+    config = ModelConfig(
+        modality=modality,  # type: ignore[arg-type]
+        input=inp,
+        patch_size=p,
+        tubelet=tubelet,
+        encoder=vit,
+        tokenizer=vit,
+        classifier_activation="sigmoid" if family == "ast" else "softmax",
+        hf=HFBackboneConfig(grid=grid, **hf),
+    )
+    qkv_bias = bool(cfg.get("qkv_bias", cfg.get("qv_bias", True)))
+    return Plan(config, family, has_head, "cls_classifier.weight" in state, qkv_bias)
+
+
+def _family(cfg: dict[str, Any]) -> tuple[str, str, str]:
+    """(model_type, family, modality) of a supported config.json."""
     model_type = cfg.get("model_type")
     if model_type not in FAMILIES:
         raise HFImportError(
             f"config.json model_type {model_type!r} is not supported; supported: {sorted(FAMILIES)}"
         )
     family = "ast" if model_type == "audio-spectrogram-transformer" else str(model_type)
-    modality, _ = FAMILIES[model_type]
+    return str(model_type), family, FAMILIES[model_type][0]
+
+
+def _transformer(cfg: dict[str, Any], family: str) -> ViTConfig:
+    """The encoder's size (a gelu transformer whose MLP width is a ratio of its width)."""
     dim = _get(cfg, "hidden_size", int)
     heads = _get(cfg, "num_attention_heads", int)
     depth = _get(cfg, "num_hidden_layers", int)
@@ -235,77 +269,59 @@ def plan(folder: Folder, clip_seconds: float) -> Plan:
     vit = ViTConfig(dim=dim, depth=depth, heads=heads, mlp_ratio=hidden / dim)
     if int(dim * vit.mlp_ratio) != hidden:
         raise HFImportError(f"intermediate_size {hidden} is not reproducible as a ratio of {dim}")
-    eps = _get(cfg, "layer_norm_eps", float, 1e-12)
-    p = _get(cfg, "patch_size", int)
-    state = _strip_base(folder.state, FAMILIES[model_type][1])
-    has_head = any(k.startswith(("classifier.", "cls_classifier.")) for k in state)
-    teacher = "cls_classifier.weight" in state
-    hf: dict[str, Any] = {"family": family, "layer_norm_eps": eps}
-    tubelet = 2
+    return vit
 
-    if modality == "audio":
-        pre = folder.preprocessor or {}
-        mel = _get(cfg, "num_mel_bins", int, 128)
-        frames = _get(cfg, "max_length", int, 1024)
-        fs, ts = _get(cfg, "frequency_stride", int, 10), _get(cfg, "time_stride", int, 10)
-        if mel < p or frames < p:
-            raise HFImportError(f"num_mel_bins {mel} and max_length {frames} must be >= patch_size {p}")
-        normalise = bool(pre.get("do_normalize", True))
-        inp: Any = AudioInput(
-            sample_rate=int(pre.get("sampling_rate", 16_000)),
-            num_mel_bins=mel,
-            num_frames=frames,
-            window="hanning",
-            mean=float(pre.get("mean", AST_MEAN)) if normalise else 0.0,
-            std=float(pre.get("std", AST_STD)) if normalise else 0.5,
-            waveform_scale=1.0,
-            pad="fbank",  # ASTFeatureExtractor pads the fbank with zero frames, not the waveform
-        )
-        grid: tuple[int, ...] = ((frames - p) // ts + 1, (mel - p) // fs + 1)  # (time, mel)
-        hf.update(prefix_tokens=2, pooling="two_mean", head_norm=True, patch_stride=(fs, ts))
-    else:
-        if _get(cfg, "num_channels", int, 3) != 3:
-            raise HFImportError("only 3-channel (RGB) image and video models are supported")
-        processing, mean, std = image_processing(folder.preprocessor, family, _get(cfg, "image_size", int))
-        size = int(processing.crop[0] if processing.crop else processing.size[0])
-        if size % p:
-            raise HFImportError(f"the processor's image size {size} is not a multiple of patch_size {p}")
-        if family != "dinov2" and size != _get(cfg, "image_size", int):
-            raise HFImportError(
-                f"the processor's image size {size} differs from config.json image_size "
-                f"{cfg['image_size']} (only DINOv2 resizes its position embeddings)"
-            )
-        if modality == "image":
-            inp = ImageInput(image_size=size, mean=mean, std=std, processing=processing)
-            grid = (size // p, size // p)
-        else:
-            tubelet = _get(cfg, "tubelet_size", int, 2)
-            frames = _get(cfg, "num_frames", int, 16)
-            if frames % tubelet:
-                raise HFImportError(f"num_frames {frames} is not a multiple of tubelet_size {tubelet}")
-            inp = VideoInput(
-                num_frames=frames,
-                clip_seconds=clip_seconds,
-                image_size=size,
-                mean=mean,
-                std=std,
-                processing=processing,
-                frame_sampling="floor",  # transformers' video processors' sampling: frame i * n // T
-            )
-            grid = (frames // tubelet, size // p, size // p)
-        hf.update(_family_options(family, cfg, state, has_head, eps))
-    config = ModelConfig(
-        modality=modality,  # type: ignore[arg-type]
-        input=inp,
-        patch_size=p,
-        tubelet=tubelet,
-        encoder=vit,
-        tokenizer=vit,
-        classifier_activation="sigmoid" if family == "ast" else "softmax",
-        hf=HFBackboneConfig(grid=grid, **hf),
+
+def _ast_input(folder: Folder, p: int, hf: dict[str, Any]) -> tuple[AudioInput, tuple[int, ...], int]:
+    """(input, patch grid (time, mel), tubelet) of an AST model, as its feature extractor computes the
+    fbank; adds AST's options to `hf`."""
+    cfg, pre = folder.config, folder.preprocessor or {}
+    mel = _get(cfg, "num_mel_bins", int, 128)
+    frames = _get(cfg, "max_length", int, 1024)
+    fs, ts = _get(cfg, "frequency_stride", int, 10), _get(cfg, "time_stride", int, 10)
+    if mel < p or frames < p:
+        raise HFImportError(f"num_mel_bins {mel} and max_length {frames} must be >= patch_size {p}")
+    normalise = bool(pre.get("do_normalize", True))
+    inp = AudioInput(
+        sample_rate=int(pre.get("sampling_rate", 16_000)),
+        num_mel_bins=mel,
+        num_frames=frames,
+        window="hanning",
+        mean=float(pre.get("mean", AST_MEAN)) if normalise else 0.0,
+        std=float(pre.get("std", AST_STD)) if normalise else 0.5,
+        waveform_scale=1.0,
+        pad="fbank",  # ASTFeatureExtractor pads the fbank with zero frames, not the waveform
     )
-    qkv_bias = bool(cfg.get("qkv_bias", cfg.get("qv_bias", True)))
-    return Plan(config, family, has_head, teacher, qkv_bias)
+    hf.update(prefix_tokens=2, pooling="two_mean", head_norm=True, patch_stride=(fs, ts))
+    return inp, ((frames - p) // ts + 1, (mel - p) // fs + 1), 2
+
+
+def _visual_input(
+    folder: Folder, family: str, modality: str, p: int, clip_seconds: float
+) -> tuple[ImageInput | VideoInput, tuple[int, ...], int]:
+    """(input, patch grid, tubelet) of an image or video model, with its processor's geometry."""
+    cfg = folder.config
+    if _get(cfg, "num_channels", int, 3) != 3:
+        raise HFImportError("only 3-channel (RGB) image and video models are supported")
+    processing, mean, std = image_processing(folder.preprocessor, family, _get(cfg, "image_size", int))
+    size = int(processing.crop[0] if processing.crop else processing.size[0])
+    if size % p:
+        raise HFImportError(f"the processor's image size {size} is not a multiple of patch_size {p}")
+    if family != "dinov2" and size != _get(cfg, "image_size", int):
+        raise HFImportError(
+            f"the processor's image size {size} differs from config.json image_size "
+            f"{cfg['image_size']} (only DINOv2 resizes its position embeddings)"
+        )
+    geometry: dict[str, Any] = {"image_size": size, "mean": mean, "std": std, "processing": processing}
+    if modality == "image":
+        return ImageInput(**geometry), (size // p, size // p), 2
+    tubelet = _get(cfg, "tubelet_size", int, 2)
+    frames = _get(cfg, "num_frames", int, 16)
+    if frames % tubelet:
+        raise HFImportError(f"num_frames {frames} is not a multiple of tubelet_size {tubelet}")
+    # frame_sampling "floor": transformers' video processors' sampling, frame i * n // T
+    video = VideoInput(num_frames=frames, clip_seconds=clip_seconds, frame_sampling="floor", **geometry)
+    return video, (frames // tubelet, size // p, size // p), tubelet
 
 
 def _family_options(
@@ -362,14 +378,7 @@ def image_processing(
         source, pre = family_default(family, image_size)
     else:
         source = PREPROCESSOR_FILE
-    kind = str(
-        pre.get("image_processor_type") or pre.get("feature_extractor_type") or FAMILY_PROCESSOR[family]
-    )
-    kind = kind.removesuffix("Fast").removesuffix("Pil").replace("FeatureExtractor", "ImageProcessor")
-    if kind not in PROCESSOR_CLASSES:
-        raise HFImportError(
-            f"{PREPROCESSOR_FILE} names the processor {kind!r}; supported: {sorted(PROCESSOR_CLASSES)}"
-        )
+    kind = _processor_class(pre, family)
     square, size, resample, crop, crop_size, mean, std, rgb = PROCESSOR_CLASSES[kind]
     if not _flag(pre, "do_resize", True):
         raise HFImportError(f"{PREPROCESSOR_FILE} do_resize false is not supported (the graph has one size)")
@@ -410,6 +419,20 @@ def image_processing(
     k = 255.0 * (rescale if rescale is not None else 1.0)
     gm, gs = (m, sd) if m is not None and sd is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     return processing, tuple(x / k for x in gm), tuple(x / k for x in gs)  # type: ignore[return-value]
+
+
+def _processor_class(pre: dict[str, Any], family: str) -> str:
+    """The image processor class a preprocessor_config.json names (its fast and PIL variants, and the older
+    feature extractor names, read as the class itself); the family's when it names none."""
+    kind = str(
+        pre.get("image_processor_type") or pre.get("feature_extractor_type") or FAMILY_PROCESSOR[family]
+    )
+    kind = kind.removesuffix("Fast").removesuffix("Pil").replace("FeatureExtractor", "ImageProcessor")
+    if kind not in PROCESSOR_CLASSES:
+        raise HFImportError(
+            f"{PREPROCESSOR_FILE} names the processor {kind!r}; supported: {sorted(PROCESSOR_CLASSES)}"
+        )
+    return kind
 
 
 def _flag(pre: dict[str, Any], key: str, default: bool) -> bool:
@@ -731,3 +754,33 @@ def write_import(
     servable = import_hf(checkpoint, clip_seconds)
     save_servable(out, servable)
     return servable
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+
+
+@importer_family("hf", "--checkpoint HF_MODEL_DIR --out DIR [--clip-seconds 2.0] [--force]", HFImportError)
+def hf_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(
+            help="Hugging Face model folder (config.json + model.safetensors [+ preprocessor_config.json]) "
+            "of a ViT, DeiT, BEiT, DINOv2, VideoMAE or AST model"
+        ),
+    ],
+    out: Out,
+    clip_seconds: Annotated[
+        float, typer.Option(help="video: seconds of video the model's frames are sampled from")
+    ] = 2.0,
+    force: Force = False,
+) -> None:
+    """Import a Hugging Face image, video or audio transformer as a servable checkpoint in OUT."""
+    servable = write_import(out, checkpoint, clip_seconds)
+    assert servable.config.hf is not None
+    cfg = servable.config
+    head = f"{len(servable.labels)} labels ({cfg.classifier_activation})" if servable.labels else "no head"
+    typer.echo(
+        f"wrote {out}: {cfg.hf.family} {cfg.modality} encoder {cfg.encoder.depth} x {cfg.encoder.dim}, "
+        f"patch grid {list(cfg.grid)}, {head}, tokenizer {servable.tokenizer_kind}"
+    )
+    typer.echo(f"preprocessing: {servable.provenance['preprocessing']}")
