@@ -28,7 +28,7 @@ def warm_up_seconds(warmup: str) -> float:
 
     async def go() -> float:
         inference = Inference(settings, models, Metrics.create())
-        inference.start()
+        await inference.start()
         started = time.perf_counter()
         await inference.warm_up()
         elapsed = time.perf_counter() - started

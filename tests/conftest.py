@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 # folders run whole on one worker; the Docker tests are not among them: each compose test has a project
 # of its own, and the steps that write what others read take a file lock (tests/packaging/docker_engine.py)
-SHARED_STATE = {"service", "batch", "importers", "export"}
+SHARED_STATE = {"service", "batch", "importers", "export", "runtime"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,7 @@
 """Dynamic batching: concurrent requests for one model graph are gathered into one ONNX Runtime run.
 
-A `Batcher` holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` raises
+A `Batcher` runs one model graph under a `BatchSpec` (the device's batching policy, one for every graph).
+It holds the requests waiting for a batch (at most `queue_size`; beyond that `submit` raises
 `EngineError("queue_full")`, which the service answers with 503 + Retry-After). Its worker takes the
 oldest request, waits until `max_batch_size` rows are waiting or `max_wait_s` has passed since that
 request arrived, concatenates the rows along the batch axis, runs the graph once in a worker thread (the
@@ -48,6 +49,18 @@ def _union(batch: list[_Request]) -> list[str] | None:
     return sorted(frozenset().union(*(r.outputs for r in batch if r.outputs is not None)))
 
 
+@dataclass(frozen=True)
+class BatchSpec:
+    """How a graph's requests are batched (bridle/service/settings.py's batching knobs, for the device)."""
+
+    max_batch_size: int  # rows per run
+    max_wait_s: float  # how long the oldest request waits for company
+    queue_size: int  # request parts waiting, at most; beyond: `queue_full`
+    timeout_s: float  # a request's wait for its result, at most; beyond: `timeout`
+    retry_after_s: int = 1  # what the refusals tell the client
+    concurrent_runs: int = 1  # batches running at once, each on its own thread
+
+
 @dataclass
 class BatcherHooks:
     """Callbacks for metrics; each gets plain numbers."""
@@ -60,37 +73,24 @@ class BatcherHooks:
 
 
 class Batcher:
-    def __init__(
-        self,
-        run: RunBatch,
-        name: str,
-        max_batch_size: int,
-        max_wait_s: float,
-        queue_size: int,
-        timeout_s: float,
-        retry_after_s: int = 1,
-        hooks: BatcherHooks | None = None,
-        concurrent_runs: int = 1,
-    ) -> None:
-        self.run = run
+    def __init__(self, name: str, run: RunBatch, spec: BatchSpec, hooks: BatcherHooks | None = None) -> None:
+        """`run` runs the graph `name` ("model/graph") on a batch; `hooks` hear of each batch."""
         self.name = name
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
-        self.queue_size = queue_size
-        self.timeout_s = timeout_s
-        self.retry_after_s = retry_after_s
+        self.run = run
+        self.spec = spec
         self.hooks = hooks or BatcherHooks()
         self._pending: deque[_Request] = deque()
         self._arrival = asyncio.Event()
-        self.concurrent_runs = concurrent_runs
-        self._executor = ThreadPoolExecutor(max_workers=concurrent_runs, thread_name_prefix=f"ort-{name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=spec.concurrent_runs, thread_name_prefix=f"ort-{name}"
+        )
         self._free_runs: asyncio.Semaphore | None = None
         self._runs: dict[asyncio.Task[None], list[_Request]] = {}  # running batches
         self._worker: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._free_runs = asyncio.Semaphore(self.concurrent_runs)
+        self._free_runs = asyncio.Semaphore(self.spec.concurrent_runs)
         self._worker = asyncio.get_running_loop().create_task(self._serve(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
@@ -102,7 +102,9 @@ class Batcher:
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
-        stopping = EngineError("shutting_down", "the engine is stopping; retry later", self.retry_after_s)
+        stopping = EngineError(
+            "shutting_down", "the engine is stopping; retry later", self.spec.retry_after_s
+        )
         for batch in runs.values():
             _fail(batch, stopping)
         _fail(self._pending, stopping)
@@ -113,7 +115,8 @@ class Batcher:
         """Run `work` once on each of the `concurrent_runs` threads that run the batches, all at once;
         returns the threads' names. Call it before the first batch: a barrier holds each call until all
         have started, so no thread runs two of them (a fresh pool starts a thread per waiting task)."""
-        barrier = threading.Barrier(self.concurrent_runs)
+        runs = self.spec.concurrent_runs
+        barrier = threading.Barrier(runs)
 
         def on_this_thread() -> str:
             barrier.wait(timeout=60)
@@ -122,9 +125,7 @@ class Batcher:
 
         loop = asyncio.get_running_loop()
         return list(
-            await asyncio.gather(
-                *(loop.run_in_executor(self._executor, on_this_thread) for _ in range(self.concurrent_runs))
-            )
+            await asyncio.gather(*(loop.run_in_executor(self._executor, on_this_thread) for _ in range(runs)))
         )
 
     @property
@@ -135,13 +136,14 @@ class Batcher:
     async def submit(self, rows: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the graph on `rows` (k, ...) within the batches of everyone else; the `outputs` named
         (all when None), each (k, ...)."""
-        chunks = [rows[i : i + self.max_batch_size] for i in range(0, len(rows), self.max_batch_size)]
-        if len(self._pending) + len(chunks) > self.queue_size:
+        spec = self.spec
+        chunks = [rows[i : i + spec.max_batch_size] for i in range(0, len(rows), spec.max_batch_size)]
+        if len(self._pending) + len(chunks) > spec.queue_size:
             self.hooks.on_reject("queue_full")
             raise EngineError(
                 "queue_full",
-                f"the {self.name} queue is full ({self.queue_size} requests waiting); retry later",
-                self.retry_after_s,
+                f"the {self.name} queue is full ({spec.queue_size} requests waiting); retry later",
+                spec.retry_after_s,
             )
         loop = asyncio.get_running_loop()
         wanted = frozenset(outputs) if outputs is not None else None
@@ -150,15 +152,15 @@ class Batcher:
         self.hooks.on_depth(len(self._pending))
         self._arrival.set()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(spec.timeout_s):
                 parts = [await r.future for r in requests]
         except TimeoutError:
             self._withdraw(requests)
             self.hooks.on_reject("timeout")
             raise EngineError(
                 "timeout",
-                f"no result from {self.name} within {self.timeout_s:g} s; retry later",
-                self.retry_after_s,
+                f"no result from {self.name} within {spec.timeout_s:g} s; retry later",
+                spec.retry_after_s,
             ) from None
         except BaseException:
             self._withdraw(requests)
@@ -239,9 +241,10 @@ class Batcher:
         while not self._pending:
             self._arrival.clear()
             await self._arrival.wait()
+        spec = self.spec
         waits = not self._runs
-        deadline = self._pending[0].arrived + (self.max_wait_s if waits else 0.0)
-        while sum(len(r.rows) for r in self._pending) < self.max_batch_size:
+        deadline = self._pending[0].arrived + (spec.max_wait_s if waits else 0.0)
+        while sum(len(r.rows) for r in self._pending) < spec.max_batch_size:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._pending:
                 break
@@ -250,9 +253,9 @@ class Batcher:
                 async with asyncio.timeout(remaining):
                     await self._arrival.wait()
         # share what waits among the free runs (this one included), so that no run idles beside a full one
-        free = self.concurrent_runs - len(self._runs)
+        free = spec.concurrent_runs - len(self._runs)
         waiting = sum(len(r.rows) for r in self._pending)
-        limit = min(self.max_batch_size, -(-waiting // free))
+        limit = min(spec.max_batch_size, -(-waiting // free))
         batch: list[_Request] = []
         rows = 0
         while self._pending and (not batch or rows + len(self._pending[0].rows) <= limit):

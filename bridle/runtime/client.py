@@ -13,6 +13,9 @@ The engine also tells the front end which models it serves, by key, each with th
 names it by: in its hello, and in a reload's `prepare` (load the new manifests, answer `prepared`),
 `commit` (switch, answer `committed`) and `abort`. The front end answers `release` once its requests on
 the replaced loads are done (bridle/runtime/engine.py). `EngineListener` is what the front end does with each.
+
+It is one of the two `InferenceEngine`s (bridle/runtime/interface.py): the front end uses it as the
+one-process service uses its `LocalEngine`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,8 @@ import numpy as np
 
 from bridle.runtime import tracing, wire
 from bridle.runtime.errors import EngineError
+from bridle.runtime.interface import InferenceEngine
+from bridle.runtime.models import LoadedModel
 from bridle.runtime.slots import RingSpec, SlotRing
 from bridle.runtime.wire import (
     Abort,
@@ -51,6 +56,8 @@ from bridle.runtime.wire import (
 
 log = logging.getLogger("bridle.runtime")
 RECONNECT_S = 0.1
+# how a client reaches the engine: a stream to it (OSError while it is not there)
+Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,23 @@ class _Part:
     slot: int
 
 
-class EngineClient:
-    def __init__(self, link: EngineLink, listener: EngineListener | None = None) -> None:
-        """`listener` hears of the engine's models: at each (re)connection and in each reload."""
+class EngineClient(InferenceEngine):
+    def __init__(
+        self,
+        link: EngineLink,
+        listener: EngineListener | None = None,
+        load: Callable[[], dict[str, LoadedModel]] | None = None,
+        connect: Connect | None = None,
+    ) -> None:
+        """`listener` hears of the engine's models: at each (re)connection and in each reload; `load`
+        loads what this process holds of them itself (a front end's manifests and features graph);
+        `connect` reaches the engine (None: its Unix socket, `link.socket_path`)."""
         self.link = link
+        self._connect = connect or (lambda: asyncio.open_unix_connection(link.socket_path))
         self.ring = SlotRing.attach(link.ring)
         self.listener = listener or EngineListener()
+        self._load = load
+        self.on_gpu = False  # this process runs no graph of the engine's
         self._reloads: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._free: asyncio.Queue[int] = asyncio.Queue()
@@ -107,8 +125,26 @@ class EngineClient:
     def ready(self) -> bool:
         return self.connected.is_set()
 
+    @property
+    def free_slots(self) -> int:
+        """Slots of the ring that hold no request part (a part waits for one when there are none)."""
+        return self._free.qsize()
+
+    @property
+    def in_flight(self) -> int:
+        """Request parts sent to the engine and not answered yet."""
+        return len(self._parts)
+
+    async def load(self) -> dict[str, LoadedModel]:
+        return await asyncio.to_thread(self._load) if self._load is not None else {}
+
     def start(self) -> None:
+        """Connect to the engine, and again whenever the connection ends."""
         self._task = asyncio.get_running_loop().create_task(self._connect_forever(), name="engine-client")
+
+    async def warm_up(self) -> None:
+        """The engine process warms itself up and listens only once warm: this waits for it."""
+        await self.connected.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -121,7 +157,7 @@ class EngineClient:
     async def _connect_forever(self) -> None:
         while True:
             try:
-                reader, writer = await asyncio.open_unix_connection(self.link.socket_path)
+                reader, writer = await self._connect()
             except OSError:  # not there yet, or a dead engine's socket file
                 await asyncio.sleep(RECONNECT_S)
                 continue
@@ -272,14 +308,3 @@ class EngineClient:
             if part_id in self._parts and not writer.is_closing():
                 writer.write(wire.encode(Cancel(part_id)))
             raise
-
-
-class RemoteBatcher:
-    """One model graph of the engine process, shaped like a `Batcher` for the front end's inference;
-    `model`: the engine's instance id of the load."""
-
-    def __init__(self, client: EngineClient, model: str, graph: str) -> None:
-        self.client, self.model, self.graph = client, model, graph
-
-    async def submit(self, rows: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        return await self.client.submit(self.model, self.graph, rows, outputs)

@@ -1,9 +1,10 @@
 """The engine process: one per device; it loads the models once and runs the dynamic batchers for every
 front-end process.
 
-`run_engine(spec)` is the process's entry point (bridle/service/supervisor.py starts it). It loads the model
-directories (one ONNX Runtime session per graph, shared by the concurrent runs), starts a `Batcher` per model
-graph, warms every graph up and only then listens on `spec.socket_path`: a front end that can connect talks to
+`run_engine(spec)` is the process's entry point (bridle/service/supervisor.py starts it). Its `LocalEngine`
+(bridle/runtime/local.py) loads the model directories (one ONNX Runtime session per graph, shared by the
+concurrent runs), starts a `Batcher` per model graph and warms every graph up; only then it listens on
+`spec.socket_path`: a front end that can connect talks to
 a warm engine. Each front end says hello with its shared-memory ring (bridle/runtime/slots.py), then sends
 small run and cancel messages (bridle/runtime/wire.py); the engine views the request's rows in the ring (no
 copy), submits them to the graph's batcher with everyone else's, writes the outputs back into the same slot
@@ -33,21 +34,16 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bridle.runtime import tracing, wire
-from bridle.runtime.batcher import Batcher, BatcherHooks
 from bridle.runtime.errors import EngineError, ModelLoadError
-from bridle.runtime.models import LoadedModel, load_model, load_models
+from bridle.runtime.local import HooksFor, LocalEngine, LocalSpec
+from bridle.runtime.models import LoadedModel
 from bridle.runtime.registry import Registry, Staged
-from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
-from bridle.runtime.slots import ENGINE_GRAPHS, SlotRing, aligned, slot_bytes
+from bridle.runtime.slots import SlotRing, aligned, slot_bytes
 from bridle.runtime.wire import (
     Abort,
     Cancel,
@@ -75,86 +71,12 @@ PREPARE_TIMEOUT_S = 60.0  # a reload: how long the front ends have to load the n
 RELEASE_TIMEOUT_S = 300.0  # a reload: how long a front end's requests may hold the loads it replaced
 
 
-# what the caller's metrics give each model graph's batcher, from the batching in force on the device
-HooksFor = Callable[["BatchSpec"], Callable[[str, str], BatcherHooks]]
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """A graph batcher's settings (bridle/service/settings.py's batching knobs)."""
-
-    max_batch_size: int
-    max_wait_s: float
-    queue_size: int
-    timeout_s: float
-    retry_after_s: int
-    concurrent_runs: int
-
-
 @dataclass(frozen=True)
 class EngineSpec:
     """Everything the engine process needs (picklable: it crosses to the spawned process once)."""
 
-    model_dirs: list[Path]
-    chooser: ProviderChooser
-    threads: CpuThreads
-    precision: list[str]
-    batching: dict[bool, BatchSpec]  # by "the models run on a GPU"
-    warmup_sizes: dict[bool, list[int]]  # likewise; largest first
+    local: LocalSpec  # the models, their devices, batching and warm-up
     socket_path: str
-
-
-def start_batchers(
-    models: dict[str, LoadedModel], batch: BatchSpec, hooks: Callable[[str, str], Any] | None = None
-) -> dict[tuple[str, str], Batcher]:
-    """A started batcher per model graph (in the running event loop), by (the load's instance id,
-    graph); `hooks(model key, graph)` gives each its `BatcherHooks`."""
-    batchers = {}
-    for model in models.values():
-        name = model.key
-        for graph in ENGINE_GRAPHS:
-            batcher = Batcher(
-                run=lambda signal, outputs, mdl=model, g=graph: mdl.run(g, signal, outputs),
-                name=f"{name}/{graph}",
-                max_batch_size=batch.max_batch_size,
-                max_wait_s=batch.max_wait_s,
-                queue_size=batch.queue_size,
-                timeout_s=batch.timeout_s,
-                retry_after_s=batch.retry_after_s,
-                hooks=hooks(name, graph) if hooks is not None else None,
-                concurrent_runs=batch.concurrent_runs,
-            )
-            batcher.start()
-            batchers[(model.instance, graph)] = batcher
-    return batchers
-
-
-async def warm_up(
-    batchers: dict[tuple[str, str], Batcher], models: dict[str, LoadedModel], sizes: list[int]
-) -> None:
-    """Every graph runs the batch `sizes` (largest first) on each thread of its batcher, the threads at
-    once: kernels, threads and the memory arena are ready before the first request. `batchers` are by
-    (instance, graph), as `start_batchers` makes them; `models` hold their loads."""
-    loads = {m.instance: m for m in models.values()}
-    for (instance, graph), batcher in batchers.items():
-        model = loads[instance]
-        name = model.key
-        full = model.dummy_batch(max(sizes))  # (max, ...); each size is a view of its first rows
-
-        def work(model: LoadedModel = model, graph: str = graph, full: np.ndarray = full) -> None:
-            for batch in sizes:
-                model.run(graph, full[:batch])
-
-        started = time.perf_counter()
-        threads = await batcher.warm_up(work)
-        log.info(
-            "warmed up %s/%s: batch sizes %s on %s in %.2f s",
-            name,
-            graph,
-            f"{sizes[-1]}..{sizes[0]}" if len(sizes) > 1 else sizes[0],
-            threads,
-            time.perf_counter() - started,
-        )
 
 
 def describe(model: LoadedModel) -> ModelInfo:
@@ -400,22 +322,11 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
     reload_wanted = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, reload_wanted.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # the supervisor starts us with it blocked
-    threads, chooser = spec.threads, spec.chooser
-    models = await asyncio.to_thread(load_models, spec.model_dirs, chooser, threads, spec.precision)
-    on_gpu = any(m.providers[0] != CPU for m in models.values())
-    batching = spec.batching[on_gpu]
-    make_hooks = hooks(batching) if hooks is not None else None
-    sizes = spec.warmup_sizes[on_gpu]
-    registry = Registry(
-        spec.model_dirs,
-        spec.precision,
-        lambda directory, version: load_model(directory, chooser, threads, version=version),
-        lambda loads: start_batchers(loads, batching, make_hooks),
-        lambda batchers, loads: warm_up(batchers, loads, sizes),
-        models,
-    )
-    registry.start()
-    engine = Engine(registry)
+    local = LocalEngine(spec.local, hooks)  # its reloads are `Engine.reload`'s, with the front ends
+    await local.load()
+    local.start()
+    assert local.registry is not None
+    engine = Engine(local.registry)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -428,7 +339,7 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
             await engine.reload()
 
     try:
-        await warm_up(registry.batchers, models, sizes)
+        await local.warm_up()
         reloader = asyncio.create_task(reloads())
         if go is not None:
             log.info("engine spare ready (pid %d): waiting to take over", os.getpid())
@@ -444,7 +355,7 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
         log.info(
             "engine ready (pid %d): %s",
             os.getpid(),
-            ", ".join(f"{n} ({m.providers[0]})" for n, m in registry.current.items()),
+            ", ".join(f"{n} ({m.providers[0]})" for n, m in local.registry.current.items()),
         )
         async with server:
             while not stop.is_set() and os.getppid() == parent:

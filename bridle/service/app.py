@@ -1,8 +1,9 @@
 """The HTTP service: FastAPI routes over the inference layer (`bridle/service/infer.py`).
 
-`create_app(settings)` builds the app; its lifespan loads the models once (on this process's GPU, when there
-is one: `bridle/runtime/devices.py`), settles the device's batching defaults, starts the batchers and warms
-every graph up (503 `not_ready` until then). The routes (bridle/service/routes/, one `APIRouter` per family)
+`create_app(settings)` builds the app; its lifespan starts the inference layer (`Inference.start`: the models
+load once, in this process on its GPU when there is one, or in the engine process for a front end:
+bridle/service/engines.py), which settles the device's batching defaults, and warms every graph up (503
+`not_ready` until then). The routes (bridle/service/routes/, one `APIRouter` per family)
 read and validate requests and serialise the typed results; everything between lives in `Inference`. Their
 query parameters and answers are pydantic models (bridle/service/schemas.py), which the OpenAPI schema at
 `/openapi.json` and `/docs` is generated from:
@@ -29,17 +30,13 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import anyio.to_thread
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from bridle.model.logs import log_to_stderr
 from bridle.runtime import tracing
 from bridle.runtime.client import EngineLink
-from bridle.runtime.devices import device_for_process
 from bridle.runtime.errors import ModelLoadError
-from bridle.runtime.models import load_model, load_models
-from bridle.runtime.sessions import CPU
 from bridle.service.errors import install_handlers
 from bridle.service.infer import Inference
 from bridle.service.metrics import Metrics, MetricsMiddleware
@@ -62,24 +59,12 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state: ServiceState = app.state.bridle
         inference = state.inference
-        if engine is not None:
-            await inference.open_engine(engine)
-            try:
-                yield
-            finally:
-                await inference.stop()
-            return
         try:
-            chooser = settings.provider_chooser(device_for_process(settings.device_id))
-            inference.models = await anyio.to_thread.run_sync(
-                load_models, settings.model_dirs, chooser, settings.cpu_threads, settings.precision
-            )
+            await inference.start(engine)
         except ModelLoadError as e:
             state.startup_error = e
             raise
-        inference.on_gpu = any(m.providers[0] != CPU for m in inference.models.values())
-        state.settings = inference.settings = settings.for_device(inference.on_gpu)
-        inference.start(lambda d, v: load_model(d, chooser, settings.cpu_threads, version=v))
+        state.settings = inference.settings  # the device's
         warm = asyncio.create_task(inference.warm_up())
         hangup = _reload_on_sighup(inference)
         try:
@@ -129,7 +114,8 @@ def create_app(settings: Settings | None = None, engine: EngineLink | None = Non
 
 def _reload_on_sighup(inference: Inference) -> Callable[[], None]:
     """SIGHUP reloads the models, when this server runs in the main thread (`bridle-serve` in one
-    process; a test's server thread cannot take signals). Returns what removes the handler."""
+    process; a test's server thread cannot take signals; a front-end process has SIGHUP blocked: the
+    supervisor passes it to the engine process). Returns what removes the handler."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()

@@ -1,13 +1,14 @@
 """The inference layer between HTTP and ONNX Runtime: uploads in, typed results out.
 
-`Inference` owns the loaded models, one dynamic batcher per model graph and the decoding thread pool.
+`Inference` owns the loaded models, the engine that runs their graphs (bridle/service/engines.py: in this
+process, or the engine process's client) and the decoding thread pool.
 For each request it picks the model of every upload, checks that the model can do what is asked (before
 any decoding or scheduling), decodes and windows the uploads off the event loop, checks the request's
-window count, runs the graph through the batchers (fetching only the outputs the task needs: `OUTPUTS`)
-and reduces the outputs: the clip's embedding and scores from its windows' (bridle/model/windowing.py:
-a mean weighted by each window's seconds of signal, or the maximum of a multi-label head's scores), L2
-normalisation, softmax (or sigmoid, for multi-label models) and top-k. It knows nothing of HTTP:
-`bridle/service/routes/` reads the request and serialises these results.
+window count, runs the graph through the engine's batchers (fetching only the outputs the task needs:
+`OUTPUTS`) and reduces the outputs: the clip's embedding and scores from its windows'
+(bridle/model/windowing.py: a mean weighted by each window's seconds of signal, or the maximum of a
+multi-label head's scores), L2 normalisation, softmax (or sigmoid, for multi-label models) and top-k. It
+knows nothing of HTTP: `bridle/service/routes/` reads the request and serialises these results.
 
 `reload()` swaps the models while serving (bridle/runtime/registry.py, bridle/runtime/engine.py): each request
 holds the set of models that served when it began (a generation) until it ends, so the requests in flight
@@ -19,12 +20,10 @@ a given one (bridle/runtime/versions.py).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -35,18 +34,13 @@ from bridle.model.modalities import Modality, sniff_modality, spec_for
 from bridle.model.scores import scores as class_scores
 from bridle.model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 from bridle.runtime import tracing
-from bridle.runtime.batcher import Batcher
-from bridle.runtime.client import EngineClient, EngineLink, EngineListener, RemoteBatcher
-from bridle.runtime.engine import BatchSpec, start_batchers
-from bridle.runtime.engine import warm_up as warm_up_batchers
-from bridle.runtime.errors import EngineError, ModelLoadError
-from bridle.runtime.models import LoadedModel, load_model, load_models
-from bridle.runtime.registry import Loader, Registry
-from bridle.runtime.sessions import CPU, CpuThreads, ProviderChooser
-from bridle.runtime.slots import ENGINE_GRAPHS
+from bridle.runtime.client import EngineLink
+from bridle.runtime.errors import EngineError
+from bridle.runtime.interface import InferenceEngine
+from bridle.runtime.models import LoadedModel
 from bridle.runtime.versions import newest, resolve
 from bridle.runtime.windows import Limits, Windows, decodes_quickly, to_windows
-from bridle.runtime.wire import ModelInfo
+from bridle.service.engines import FEATURES, make_engine
 from bridle.service.errors import ServiceError, from_media_error, retry_later
 from bridle.service.media import Upload
 from bridle.service.metrics import Metrics
@@ -54,8 +48,6 @@ from bridle.service.settings import Settings, usable_cores
 
 log = logging.getLogger("bridle.service")
 
-GRAPHS = ENGINE_GRAPHS
-FEATURES = "features"  # the optional preprocessing graph and its output (POST /features)
 # the graph outputs each task fetches (the encoder also has `patch_embeddings`, fetched for /embed
 # with pooling=tokens only; the tokenizer also has `quantized`, which no route returns)
 OUTPUTS = {
@@ -148,21 +140,16 @@ class Inference:
     settings: Settings
     models: dict[str, LoadedModel]  # the models new requests take, by key (NAME, NAME@VERSION)
     metrics: Metrics
-    batchers: dict[tuple[str, str], Batcher] = field(default_factory=dict)  # by (instance, graph)
-    warm: bool = False  # this process's batchers are warm
-    on_gpu: bool = False  # the models run on a GPU: its batching defaults and warm-up (Settings.for_device)
-    engine: EngineClient | None = None  # a front-end process: the engine process runs the graphs
-    registry: Registry | None = None  # one process: what `reload` swaps
+    engine: InferenceEngine | None = None  # where the graphs run (`start`)
     _decoders: ThreadPoolExecutor | None = None
     _generation: _Generation | None = None
     _older: list[_Generation] = field(default_factory=list)  # replaced, with requests still on them
-    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def ready(self) -> bool:
         """The graphs can run: warm here, or a warm engine process connected."""
-        return self.engine.ready if self.engine is not None else self.warm
+        return self.engine is not None and self.engine.ready
 
     @property
     def limits(self) -> Limits:
@@ -170,43 +157,14 @@ class Inference:
         return Limits(s.max_audio_seconds, s.max_image_pixels, s.max_video_seconds)
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def start(self, load: Loader | None = None) -> None:
-        """Start a batcher per model graph and the decoding pool (in the event loop). `load(directory,
-        version)` loads a model directory as the models were (None: no reloads)."""
-        s = self.settings
-        hooks = self.metrics.batcher_hooks(s.max_batch_size)
-        spec = batch_spec(s)
-
-        def unavailable(directory: Path, version: str | None) -> LoadedModel:
-            raise ModelLoadError("this service was started without a way to reload its models")
-
-        self.registry = Registry(
-            s.model_dirs,
-            s.precision,
-            load or unavailable,
-            lambda loads: start_batchers(loads, spec, hooks),
-            lambda batchers, loads: warm_up_batchers(batchers, loads, s.warmup_sizes(self.on_gpu)),
-            self.models,
-        )
-        self.registry.start()
-        self.batchers = self.registry.batchers
-        self._start_decoders()
-
-    async def open_engine(self, link: EngineLink) -> None:
-        """A front-end process: the manifests (and the light features graph, run here) of the models the
-        engine process serves, and a client that connects to it (ready once the engine is warm)."""
-        self.models = await anyio.to_thread.run_sync(
-            lambda: load_models(
-                self.settings.model_dirs,
-                ProviderChooser([CPU]),
-                CpuThreads(intra_op=1, arena=self.settings.cpu_mem_arena),
-                self.settings.precision,
-                graphs=(FEATURES,),
-                check_hashes=False,  # the engine checks them
-            )
-        )
-
-        self.engine = EngineClient(link, _FrontEndListener(self))
+    async def start(self, link: EngineLink | None = None) -> None:
+        """Load the models and start where their graphs run (in the event loop): in this process, or in
+        the engine process over `link` (a front end; bridle/service/engines.py `make_engine`). The models
+        given at construction (a test's) run as they are; else they load here (`ModelLoadError` when
+        one does not). Then the settings are the device's (`Settings.for_device`)."""
+        self.engine = make_engine(self.settings, self.metrics, self, link, self.models or None)
+        self.models = await self.engine.load()
+        self.settings = self.settings.for_device(self.engine.on_gpu)
         self.engine.start()
         self._start_decoders()
 
@@ -225,22 +183,20 @@ class Inference:
         memory; sized here, it does not grow later under load (the resident size stays flat).
 
         A failed warm-up (e.g. out of GPU memory at the largest batch) is logged, and the service stays
-        not ready (503 on /ready, so a healthcheck or an orchestrator sees it)."""
+        not ready (503 on /ready, so a healthcheck or an orchestrator sees it). A front end waits here
+        for the engine process, which warms itself up."""
+        if self.engine is None:
+            raise RuntimeError("start() first")
         try:
-            sizes = self.settings.warmup_sizes(self.on_gpu)
-            await warm_up_batchers(self.batchers, self.models, sizes)  # type: ignore[arg-type]
+            await self.engine.warm_up()
         except Exception:
             log.exception("warm-up failed: the service stays not ready")
             return
-        self.warm = True
         log.info("ready: %s", ", ".join(f"{n} ({m.providers[0]})" for n, m in self.models.items()))
 
     async def stop(self) -> None:
-        self.warm = False
         for task in list(self._tasks):
             task.cancel()
-        for batcher in list(self.batchers.values()):
-            await batcher.stop()
         if self.engine is not None:
             await self.engine.stop()
         if self._decoders is not None:
@@ -250,27 +206,14 @@ class Inference:
     async def reload(self) -> dict[str, Any]:
         """Read the model directories again and serve what they hold now: {"ok", "models", "loaded",
         "unloaded"}, or {"ok": False, "message", "models"} when a load failed (what served serves on).
-        In a front end the engine process reloads, and every front end switches with it."""
-        if self.engine is not None:
-            try:
-                return await self.engine.reload()
-            except EngineError as e:
-                raise retry_later(e.code, e.message, self.settings.retry_after_s) from None
-        if self.registry is None:
+        In a front end the engine process reloads, and every front end switches with it; either way
+        the engine calls `switch`."""
+        if self.engine is None:
             raise ServiceError(409, "not_started", "the models are not loaded yet")
-        async with self._reloading:
-            serving = sorted(self.models)
-            try:
-                staged = await self.registry.stage()
-            except ModelLoadError as e:
-                log.error("reload failed, still serving %s: %s", serving, e)
-                return {"ok": False, "message": str(e), "models": serving}
-            if staged.changed:
-                self.registry.commit(staged)
-                removed = staged.removed
-                self.switch(staged.current, lambda: self.registry.discard(removed), removed)  # type: ignore[union-attr]
-                log.info("reload: serving %s (loaded %s)", sorted(staged.current), staged.summary()["loaded"])
-            return {"ok": True, **staged.summary()}
+        try:
+            return await self.engine.reload()
+        except EngineError as e:  # the engine process is gone (restarting)
+            raise retry_later(e.code, e.message, self.settings.retry_after_s) from None
 
     def switch(
         self, models: dict[str, LoadedModel], then: Any, replaced: list[LoadedModel] | None = None
@@ -312,11 +255,6 @@ class Inference:
         generation.users -= 1
         if not generation.users:
             generation.idle.set()
-
-    def _batcher(self, model: LoadedModel, graph: str) -> Batcher | RemoteBatcher:
-        if self.engine is not None:
-            return RemoteBatcher(self.engine, model.instance, graph)
-        return self.batchers[(model.instance, graph)]
 
     # ---- the three tasks ---------------------------------------------------------------------
     async def embed(
@@ -434,6 +372,9 @@ class Inference:
         need_classifier: bool = False,
         aggregate: Aggregate | None = None,
     ) -> list[tuple[_Prepared, dict[str, np.ndarray]]]:
+        engine = self.engine
+        if engine is None:
+            raise RuntimeError("start() first")
         generation = self._hold()  # this request's models, whatever a reload does meanwhile
         try:
             prepared = await asyncio.gather(
@@ -441,7 +382,7 @@ class Inference:
             )
             self._check_size([len(p.windows.spans) for p in prepared])
             results = await asyncio.gather(
-                *(self._batcher(p.model, graph).submit(p.windows.signal, outputs) for p in prepared)
+                *(engine.submit(p.model.instance, graph, p.windows.signal, outputs) for p in prepared)
             )
         finally:
             self._let_go(generation)
@@ -506,18 +447,6 @@ class Inference:
             self.metrics.stage_seconds.labels("decode").observe(time.perf_counter() - started)
 
 
-def batch_spec(s: Settings) -> BatchSpec:
-    """The batchers' settings of `s` (the device's: `Settings.for_device`)."""
-    return BatchSpec(
-        max_batch_size=s.max_batch_size,
-        max_wait_s=s.max_wait_ms / 1000,
-        queue_size=s.queue_size,
-        timeout_s=s.request_timeout_s,
-        retry_after_s=s.retry_after_s,
-        concurrent_runs=s.concurrent_runs,
-    )
-
-
 def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -535,70 +464,3 @@ def _top(
         for i in order
         if threshold is None or probs[i] >= threshold
     ]
-
-
-class _FrontEndListener(EngineListener):
-    """A front end's side of the engine's models: its hello and each reload (bridle/runtime/client.py)."""
-
-    def __init__(self, inference: Inference) -> None:
-        self.inference = inference
-        self.prepared: dict[int, dict[str, LoadedModel]] = {}
-
-    async def _models(self, engine_models: dict[str, ModelInfo]) -> dict[str, LoadedModel]:
-        """The engine's models, by key, each named by the engine's instance id: the manifests (and
-        features graph) this process holds for the same directory and files, else read now."""
-        inference = self.inference
-        held = [*inference.models.values(), *(m for p in self.prepared.values() for m in p.values())]
-        known = {(m.directory, m.fingerprint): m for m in held}
-        models = {}
-        for key, info in engine_models.items():
-            directory = Path(info.directory)
-            model = known.get((directory, info.fingerprint))
-            if model is None:
-                model = await anyio.to_thread.run_sync(
-                    lambda d=directory, v=info.version: load_model(
-                        d,
-                        ProviderChooser([CPU]),
-                        CpuThreads(intra_op=1, arena=inference.settings.cpu_mem_arena),
-                        graphs=(FEATURES,),
-                        check_hashes=False,  # the engine checks them
-                        version=v,
-                    )
-                )
-            models[key] = dataclasses.replace(model, instance=info.instance, engine_info=info)
-        return models
-
-    async def hello(self, engine_models: dict[str, ModelInfo]) -> None:
-        try:
-            models = await self._models(engine_models)
-        except ModelLoadError as e:  # the engine read it: this process should too
-            log.error("cannot read the engine's models here: %s", e)
-            models = {}
-        # a new engine: the old one, and the requests it held, are gone, so nothing to release
-        self.inference.switch(models, _nothing)
-
-    async def prepare(self, seq: int, models: dict[str, ModelInfo]) -> str | None:
-        try:
-            self.prepared[seq] = await self._models(models)
-        except ModelLoadError as e:
-            return str(e)
-        return None
-
-    def commit(self, seq: int) -> None:
-        models = self.prepared.pop(seq, None)
-        engine = self.inference.engine
-        if models is None or engine is None:
-            return
-
-        async def release() -> None:
-            engine.release(seq)
-
-        self.inference.switch(models, release)
-        log.info("reload %d: serving %s", seq, sorted(models))
-
-    def abort(self, seq: int) -> None:
-        self.prepared.pop(seq, None)
-
-
-async def _nothing() -> None:
-    return None

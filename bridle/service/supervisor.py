@@ -52,7 +52,7 @@ from bridle.runtime.models import model_directories
 from bridle.runtime.parent import Parent
 from bridle.runtime.slots import RingSpec, SlotRing, slot_bytes
 from bridle.service import engine_folders
-from bridle.service.infer import batch_spec
+from bridle.service.engines import hooks_for, local_spec
 from bridle.service.memory import hold_mmap_threshold
 from bridle.service.metrics import MULTIPROCESS_ENV, Metrics
 from bridle.service.server import DrainingServer, server_config
@@ -100,16 +100,7 @@ def shared_memory_shortfall(settings: Settings) -> str | None:
 
 
 def engine_spec(settings: Settings, socket_path: str) -> EngineSpec:
-    gpu = settings.for_device(on_gpu=True)
-    return EngineSpec(
-        model_dirs=settings.model_dirs,
-        chooser=settings.provider_chooser(settings.device_id[0]),
-        threads=settings.cpu_threads,
-        precision=settings.precision,
-        batching={False: batch_spec(settings), True: batch_spec(gpu)},
-        warmup_sizes={False: settings.warmup_sizes(False), True: gpu.warmup_sizes(True)},
-        socket_path=socket_path,
-    )
+    return EngineSpec(local_spec(settings, settings.device_id[0]), socket_path)
 
 
 def run_front_end(settings: Settings, link: EngineLink, sock: socket.socket) -> None:
@@ -137,7 +128,7 @@ def _engine_main(spec: EngineSpec, go: Any | None = None) -> None:
     metrics = Metrics.create()  # into the folder the front ends' /metrics read (multiprocess mode)
     tracing.start("engine")  # when OTEL_EXPORTER_OTLP_ENDPOINT asks: its spans go out from here
     try:
-        run_engine(spec, lambda batching: metrics.batcher_hooks(batching.max_batch_size), go)
+        run_engine(spec, hooks_for(metrics), go)
     finally:
         if not parent.alive():  # the supervisor was killed: no one else removes its folder
             shutil.rmtree(Path(spec.socket_path).parent, ignore_errors=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from bridle.runtime.batcher import Batcher
+from bridle.runtime.batcher import Batcher, BatchSpec
 from bridle.runtime.errors import EngineError
 
 
@@ -33,7 +34,7 @@ class FakeGraph:
 
 def make(graph: FakeGraph, **kw) -> Batcher:
     options = {"max_batch_size": 8, "max_wait_s": 0.05, "queue_size": 64, "timeout_s": 5.0} | kw
-    return Batcher(graph, "fake", **options)
+    return Batcher("fake", graph, BatchSpec(**options))
 
 
 async def _with(batcher: Batcher, work):
@@ -187,10 +188,10 @@ def test_while_a_run_is_busy_a_free_run_starts_without_waiting() -> None:
     b = make(graph, max_batch_size=8, max_wait_s=60.0, concurrent_runs=2, timeout_s=120.0)
 
     async def work() -> int:
-        b.max_wait_s = 0.0  # the first, lone request starts at once
+        b.spec = replace(b.spec, max_wait_s=0.0)  # the first, lone request starts at once
         first = asyncio.ensure_future(b.submit(rows(0)))
         await until(lambda: graph.started == 1)
-        b.max_wait_s = 60.0
+        b.spec = replace(b.spec, max_wait_s=60.0)
         second = asyncio.ensure_future(b.submit(rows(1)))
         await until(lambda: graph.started == 2)  # while the first run is still blocked
         running_together = graph.started
@@ -264,7 +265,7 @@ def test_warm_up_runs_once_on_each_runner_thread_and_batches_run_on_those_thread
         time.sleep(0.02)
         return {"out": signal}
 
-    b = Batcher(run, "fake", 1, 0.0, 64, 5.0, concurrent_runs=runs)
+    b = Batcher("fake", run, BatchSpec(1, 0.0, 64, 5.0, concurrent_runs=runs))
 
     async def work():
         names = await b.warm_up(lambda: warmed.append(threading.current_thread().name))

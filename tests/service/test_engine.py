@@ -20,7 +20,7 @@ import onnxruntime as ort
 import pytest
 from conftest import Server, run_server
 
-from bridle.runtime.batcher import Batcher
+from bridle.runtime.batcher import Batcher, BatchSpec
 from bridle.runtime.models import load_model
 from bridle.runtime.sessions import CpuThreads, ProviderChooser
 
@@ -338,13 +338,9 @@ def test_concurrent_runs_share_one_session_per_graph(model_root: Path, monkeypat
 
     async def two_at_once() -> list[dict[str, np.ndarray]]:
         batcher = Batcher(
-            run=lambda x, outputs: model.run("encoder", x, outputs),
-            name="audio/encoder",
-            max_batch_size=2,
-            max_wait_s=0.0,
-            queue_size=8,
-            timeout_s=20,
-            concurrent_runs=2,
+            "audio/encoder",
+            lambda x, outputs: model.run("encoder", x, outputs),
+            BatchSpec(max_batch_size=2, max_wait_s=0.0, queue_size=8, timeout_s=20, concurrent_runs=2),
         )
         batcher.start()
         try:

@@ -24,7 +24,7 @@ def run_with(model_dirs: list[Path], work, **overrides):
 
     async def go():
         inference = Inference(settings, models, Metrics.create())
-        inference.start()
+        await inference.start()
         try:
             return await work(inference)
         finally:

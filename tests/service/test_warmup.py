@@ -19,10 +19,14 @@ from bridle.service.settings import Settings
 
 
 class RecordingSession:
-    """Wraps an ONNX Runtime session: records (thread, batch size, output names) of every run."""
+    """Wraps an ONNX Runtime session: records (thread, batch size, output names) of every run; with
+    `providers`, says it runs on those (a CPU session standing in for a GPU one)."""
 
-    def __init__(self, session, runs: list[tuple[str, int, tuple[str, ...]]]) -> None:
-        self.session, self.runs = session, runs
+    def __init__(self, session, runs: list[tuple[str, int, tuple[str, ...]]], providers=None) -> None:
+        self.session, self.runs, self.providers = session, runs, providers
+
+    def get_providers(self) -> list[str]:
+        return self.providers or self.session.get_providers()
 
     def run(self, output_names, feed, run_options=None):
         batch = len(next(iter(feed.values())))
@@ -37,18 +41,20 @@ MARK = ("--- warmed up ---", 0, ())
 
 
 def recorded(model_dirs: list[Path], work, on_gpu: bool = False, **overrides) -> dict[tuple[str, str], list]:
-    """Load the models with every session recorded, start an `Inference` (as on a GPU when `on_gpu`),
-    warm it up, await `work(inference)`; the runs of each (model, graph), warm-up first, then MARK."""
+    """Load the models with every session recorded, start an `Inference` (as on a GPU when `on_gpu`:
+    the sessions say they run on CUDA), warm it up, await `work(inference)`; the runs of each (model,
+    graph), warm-up first, then MARK."""
     settings = Settings(model_dirs=model_dirs, **overrides)
     models = load_models(model_dirs, ProviderChooser(["CPUExecutionProvider"]), CpuThreads(intra_op=1))
     runs: dict[tuple[str, str], list] = {}
     for name, model in models.items():
         for graph, session in list(model.sessions.items()):
-            model.sessions[graph] = RecordingSession(session, runs.setdefault((name, graph), []))
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_gpu else None
+            model.sessions[graph] = RecordingSession(session, runs.setdefault((name, graph), []), providers)
 
     async def go():
-        inference = Inference(settings, models, Metrics.create(), on_gpu=on_gpu)
-        inference.start()
+        inference = Inference(settings, models, Metrics.create())
+        await inference.start()
         try:
             await inference.warm_up()
             assert inference.ready
@@ -126,7 +132,7 @@ def test_a_failed_warm_up_is_logged_and_the_service_stays_not_ready(model_root: 
 
     async def go() -> bool:
         inference = Inference(Settings(model_dirs=[model_root / "audio"]), models, Metrics.create())
-        inference.start()
+        await inference.start()
         try:
             await inference.warm_up()
             return inference.ready
