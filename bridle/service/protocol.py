@@ -131,16 +131,15 @@ class RefusingProtocol(_HttpTools):
 
     def data_received(self, data: bytes) -> None:
         """Skip a refused request's body, refuse the plain requests at the bound, parse the rest."""
-        rest = self._skip_refused_body(data)
-        if rest:
-            rest = self._refuse_plain_requests(rest)
-        if rest:
-            super().data_received(rest)
+        if self._skip:
+            data = self._skip_refused_body(data)
+        if data:
+            data = self._refuse_plain_requests(data)
+        if data:
+            super().data_received(data)
 
     def _skip_refused_body(self, data: bytes) -> bytes:
-        """What of `data` follows the body of a request refused already (all of it when none is due)."""
-        if not self._skip:
-            return data
+        """What of `data` follows the body of a request refused already."""
         self._active_at = self.loop.time()
         if len(data) <= self._skip:
             self._skip -= len(data)
