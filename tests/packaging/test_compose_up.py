@@ -11,21 +11,58 @@ containers, and the decoy must see no request.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.packaging.docker_engine import Engine
+from tests.packaging.docker_engine import REPO, Engine
 from tests.packaging.ports import SERVE_PORT, ComposeTarget, Decoy, decoy_on
 
 pytestmark = pytest.mark.slow
 
-READY_TIMEOUT_S = 90.0
-HEALTHY_AFTER_READY_S = 10.0  # the healthcheck probes every 2 s (a loaded machine runs late)
+
+@dataclass(frozen=True)
+class Healthcheck:
+    """The CPU image's HEALTHCHECK (docker/Dockerfile.cpu), in seconds: the test waits as long as the
+    image itself allows, so a loaded machine's slow start is not a failure, and a start the image would
+    call unhealthy is."""
+
+    interval: float
+    timeout: float
+    start_period: float
+    retries: int
+
+    @classmethod
+    def of_image(cls, dockerfile: str = "docker/Dockerfile.cpu") -> Healthcheck:
+        line = re.search(r"^HEALTHCHECK (.*)$", (REPO / dockerfile).read_text(), re.M)
+        assert line, f"{dockerfile} has no HEALTHCHECK"
+        found = dict(re.findall(r"--([\w-]+)=(\d+)s?", line.group(1)))
+        return cls(
+            float(found["interval"]),
+            float(found["timeout"]),
+            float(found["start-period"]),
+            int(found["retries"]),
+        )
+
+    @property
+    def ready_within_s(self) -> float:
+        """The start the image allows: failed probes in its start period do not count."""
+        return self.start_period
+
+    @property
+    def verdict_within_s(self) -> float:
+        """From the service's start: Docker has said healthy or unhealthy by then (the start period, then
+        `retries` failed probes of up to `interval` + `timeout` each)."""
+        return self.start_period + self.retries * (self.interval + self.timeout)
+
+
+HEALTHCHECK = Healthcheck.of_image()
 
 
 def _spoken(word: str) -> bytes:
@@ -35,13 +72,38 @@ def _spoken(word: str) -> bytes:
     return subprocess.run([exe, "-v", "en", "--stdout", word], capture_output=True, check=True).stdout
 
 
-def _wait_until(predicate, timeout_s: float, what: str) -> float:
+def _wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, alive: Callable[[], None] = lambda: None
+) -> float:
+    """Seconds until `predicate()` holds; fails after `timeout_s`, or at once when `alive()` raises (the
+    container died or restarted: no wait for a limit hides that)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         if predicate():
             return time.monotonic() - start
+        alive()
         time.sleep(0.1)
     raise AssertionError(f"{what} not within {timeout_s:.0f} s")
+
+
+def _running(engine: Engine, container: str) -> Callable[[], None]:
+    """A check that the container still runs its first process: an exit or a restart (compose.yaml's
+    `restart: unless-stopped` would hide a crash loop) fails with the container's log."""
+
+    def check() -> None:
+        state = engine.inspect(container)
+        if state["State"]["Status"] != "running" or state["RestartCount"]:
+            log = engine.run(["docker", "logs", "--tail", "40", container], check=False)
+            raise AssertionError(
+                f"the container stopped or restarted ({state['State']['Status']}, exit"
+                f" {state['State']['ExitCode']}, {state['RestartCount']} restarts):\n{log.stdout}{log.stderr}"
+            )
+
+    return check
+
+
+def _health(engine: Engine, container: str) -> str:
+    return engine.inspect(container)["State"]["Health"]["Status"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -91,13 +153,22 @@ def test_compose_up_serves_the_bundled_models_and_stops_cleanly(
     engine.build(["bridle:cpu"], env=env)
     try:
         engine.compose("up", "-d", env=env)
+        started = time.monotonic()
         assert _project_networks(engine, target), "the project has no network of its own"
-        ready_s = _wait_until(lambda: _ready(target), READY_TIMEOUT_S, "/ready answering 200")
-        _check_own_service(target)
         container = _container(engine, target, "bridle")
-        health = lambda: engine.inspect(container)["State"]["Health"]["Status"] == "healthy"  # noqa: E731
-        healthy_s = _wait_until(health, HEALTHY_AFTER_READY_S, "healthy after /ready")
-        print(f"ready {ready_s:.1f} s after up; healthy {healthy_s:.1f} s after that")
+        alive = _running(engine, container)
+        ready_s = _wait_until(
+            lambda: _ready(target), HEALTHCHECK.ready_within_s, "/ready answering 200", alive
+        )
+        _check_own_service(target)
+        # Docker's own verdict: healthy, or unhealthy (its probes failed `retries` times after the start
+        # period), by the time its rules reach one
+        verdict_s = HEALTHCHECK.verdict_within_s - (time.monotonic() - started)
+        _wait_until(
+            lambda: _health(engine, container) != "starting", verdict_s, "Docker's health verdict", alive
+        )
+        assert _health(engine, container) == "healthy", engine.inspect(container)["State"]["Health"]
+        print(f"ready {ready_s:.1f} s after up; healthy {time.monotonic() - started:.1f} s after up")
         print(f"bridle:cpu image {engine.image_size_mb('bridle:cpu'):.0f} MB")
 
         models = httpx.get(f"{target.url}/ready", timeout=5).json()["models"]
@@ -135,7 +206,7 @@ def test_scale_profile_spreads_requests_over_the_replicas(engine: Engine, target
     try:
         # returns once the replicas are healthy
         engine.compose(*scale, "up", "-d", "--scale", "replica=2", env=env)
-        _wait_until(lambda: _ready(target), READY_TIMEOUT_S, "/ready through the balancer")
+        _wait_until(lambda: _ready(target), HEALTHCHECK.ready_within_s, "/ready through the balancer")
         _check_own_service(target)
         audio = _spoken("seven")
         replicas = set()
