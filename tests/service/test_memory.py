@@ -46,3 +46,17 @@ def test_freed_large_blocks_leave_the_process_with_the_threshold_held() -> None:
     moving, held = _kept_mib("moving"), _kept_mib("held")
     assert moving > 60, f"glibc's moving threshold kept only {moving:.1f} MiB: the pattern no longer shows it"
     assert held < 10, f"{held:.1f} MiB of the freed 80 MiB stayed resident with the threshold held"
+
+
+@pytest.mark.parametrize("arena", [False, True])
+def test_a_front_ends_features_sessions_keep_an_arena_only_when_asked(arena: bool) -> None:
+    """BRIDLE_CPU_MEM_ARENA (off by default) holds in the front end's features graphs as in the engine: with
+    the arena, ONNX Runtime kept the largest /features run a front end had seen."""
+    from bridle.runtime.models import DEFAULT_MODELS_ROOT
+    from bridle.service.engines import front_end_models
+    from bridle.service.settings import Settings
+
+    settings = Settings(model_dirs=[DEFAULT_MODELS_ROOT / "audio-digits"], cpu_mem_arena=arena)
+    (model,) = front_end_models(settings).values()
+    assert set(model.sessions) == {"features"}
+    assert model.sessions["features"].get_session_options().enable_cpu_mem_arena is arena
