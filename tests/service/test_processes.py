@@ -304,14 +304,18 @@ def test_a_client_that_leaves_is_dropped_from_the_engine_queue(served: Served, m
     assert time.monotonic() - started < AT_ONCE_S
 
 
-def test_a_killed_supervisor_leaves_nothing_behind(model_root: Path) -> None:
+def test_a_killed_supervisor_leaves_nothing_behind(
+    model_root: Path, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL to bridle-serve itself: the engine stops by itself and removes the supervisor's folder
     (its socket and the metrics files), the front ends drain and go, and no shared memory is left."""
-    before = set(Path(tempfile.gettempdir()).glob("bridle-engine-*"))
+    # a temporary folder of its own: a service another test starts at the same moment makes its folder
+    # in the shared one
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
     s = start(model_root / "audio", DRAIN_TIMEOUT_S="2")
     try:
         wait_ready(s)
-        (folder,) = set(Path(tempfile.gettempdir()).glob("bridle-engine-*")) - before
+        (folder,) = short_tmp.glob("bridle-engine-*")
         assert (folder / "engine.sock").exists() and any((folder / "metrics").iterdir())
         wait_for_log(s, "engine spare ready")
         children = [
