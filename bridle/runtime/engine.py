@@ -42,6 +42,7 @@ from bridle.runtime import tracing, wire
 from bridle.runtime.errors import EngineError, ModelLoadError
 from bridle.runtime.local import HooksFor, LocalEngine, LocalSpec
 from bridle.runtime.models import LoadedModel
+from bridle.runtime.parent import Parent
 from bridle.runtime.registry import Registry, Staged
 from bridle.runtime.slots import SlotRing, aligned, slot_bytes
 from bridle.runtime.wire import (
@@ -330,7 +331,7 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
+    parent = Parent()
 
     async def reloads() -> None:
         while True:
@@ -346,7 +347,7 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
             # a thread blocks on the event (no polling: the spare idles at ~0 CPU) and wakes the moment
             # it is set; every TAKEOVER_CHECK_S it looks whether the spare should stop instead
             while not await asyncio.to_thread(go.wait, TAKEOVER_CHECK_S):
-                if stop.is_set() or os.getppid() != parent:
+                if stop.is_set() or not parent.alive():
                     return
         if not spec.socket_path.startswith("\0"):  # a file path (not an abstract socket's name)
             with contextlib.suppress(FileNotFoundError):
@@ -358,7 +359,7 @@ async def serve(spec: EngineSpec, hooks: HooksFor | None = None, go: Any | None 
             ", ".join(f"{n} ({m.providers[0]})" for n, m in local.registry.current.items()),
         )
         async with server:
-            while not stop.is_set() and os.getppid() == parent:
+            while not stop.is_set() and parent.alive():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
         reloader.cancel()

@@ -32,13 +32,14 @@ import numpy as np
 from bridle.model.decoding import MediaError
 from bridle.model.modalities import Modality, sniff_modality, spec_for
 from bridle.model.scores import scores as class_scores
+from bridle.model.scores import top_k_indices
 from bridle.model.windowing import Aggregate, aggregate_for, clip_mean, clip_scores
 from bridle.runtime import tracing
 from bridle.runtime.client import EngineLink
 from bridle.runtime.errors import EngineError
 from bridle.runtime.interface import InferenceEngine
 from bridle.runtime.models import LoadedModel
-from bridle.runtime.versions import newest, resolve
+from bridle.runtime.versions import default_model, resolve
 from bridle.runtime.windows import Limits, Windows, decodes_quickly, to_windows
 from bridle.service.engines import FEATURES, make_engine
 from bridle.service.errors import ServiceError, from_media_error, retry_later
@@ -358,10 +359,11 @@ class Inference:
                     f"model {name!r} takes {model.manifest.modality}, the upload is {modality}",
                 )
             return model
-        for model in newest(models).values():
-            if model.manifest.modality == modality:
-                return model
-        raise ServiceError(415, "unsupported", f"no loaded model takes {modality}; loaded: {sorted(models)}")
+        model = default_model(models, modality)
+        if model is None:
+            loaded = sorted(models)
+            raise ServiceError(415, "unsupported", f"no loaded model takes {modality}; loaded: {loaded}")
+        return model
 
     async def _run(
         self,
@@ -458,7 +460,7 @@ def _top(
     threshold: float | None = None,
     ids: list[str] | None = None,
 ) -> list[Label]:
-    order = np.argsort(-probs, kind="stable")[:k]  # (k,)
+    order = top_k_indices(probs, k)  # (k,)
     return [
         Label(labels[i], float(probs[i]), ids[i] if ids else None)
         for i in order
