@@ -273,14 +273,20 @@ class EngineClient(InferenceEngine):
     ) -> dict[str, np.ndarray]:
         """Run `graph` of `model` on `rows` (k, ...) in the engine; the `outputs` named, each (k, ...)."""
         n = self.link.slot_rows
+        # every part's outcome is collected, so a part that fails beside another leaves no exception
+        # unretrieved; the first failure is the caller's
         parts = await asyncio.gather(
             *(
                 tracing.inside(
                     tracing.client_span("engine"), self._submit, model, graph, rows[i : i + n], outputs
                 )
                 for i in range(0, len(rows), n)
-            )
+            ),
+            return_exceptions=True,
         )
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
         if len(parts) == 1:
             return parts[0]
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -292,7 +298,9 @@ class EngineClient(InferenceEngine):
             raise self._unavailable()
         slot = await self._free.get()
         writer = self._writer
-        if writer is None:  # it went while this part waited for a slot
+        # it went while this part waited for a slot, or its socket is closing and the reader has not
+        # seen the end yet (the engine was killed a moment ago)
+        if writer is None or writer.is_closing():
             self._free.put_nowait(slot)
             raise self._unavailable()
         self.ring.array(slot, 0, rows.dtype.name, rows.shape)[...] = rows
@@ -300,7 +308,12 @@ class EngineClient(InferenceEngine):
         part = _Part(asyncio.get_running_loop().create_future(), slot)
         self._parts[part_id] = part
         wanted = list(outputs) if outputs is not None else None
-        writer.write(wire.encode(Run(part_id, slot, model, graph, len(rows), wanted, tracing.carrier())))
+        try:
+            writer.write(wire.encode(Run(part_id, slot, model, graph, len(rows), wanted, tracing.carrier())))
+        except (RuntimeError, ConnectionError):  # the transport closed under the write
+            del self._parts[part_id]
+            self._free.put_nowait(slot)
+            raise self._unavailable() from None
         try:
             return await part.future
         except asyncio.CancelledError:

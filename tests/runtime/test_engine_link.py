@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import uvloop
 from engine_link import WAIT_S, InProcess, raw_front_end, until
 
 from bridle.runtime import wire
@@ -164,6 +165,23 @@ def test_when_the_engine_goes_its_work_in_flight_fails_and_the_client_reconnects
             await served_on(link)
 
     asyncio.run(go())
+
+
+def test_a_part_sent_while_the_engines_socket_is_closing_fails_as_unavailable(model_root: Path) -> None:
+    """The engine's socket closes and, before the client's reader has seen it, a request comes (the soak
+    of issue 40 got a 500 here: the write raised on the closed transport): it fails with
+    `engine_unavailable`, and its slots are free."""
+
+    async def go() -> None:
+        async with InProcess([model_root], slot_rows=2) as link:
+            instance = link.model(V1).instance
+            link.client._writer.transport.abort()  # closing now; the reader learns of it a turn later
+            with pytest.raises(EngineError) as failed:
+                await link.client.submit(instance, "encoder", link.rows(V1, 5))  # 3 parts
+            assert failed.value.code == "engine_unavailable"
+            assert link.free_slots() == link.slots
+
+    uvloop.run(go())  # the front ends' loop (uvicorn's): its write on a closed transport raises
 
 
 def test_a_front_end_that_breaks_the_protocol_is_dropped_and_its_work_cancelled(model_root: Path) -> None:
