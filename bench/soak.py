@@ -273,8 +273,9 @@ def main(
             for role, share in (("engine", 0.4), ("front end 0", 0.7)):
                 time.sleep(max(0.0, started + share * seconds - time.monotonic()))
                 pid = roles.current()[role]
-                os.kill(pid, signal.SIGKILL)
+                # the time before the kill: an answer failed by it may come back before os.kill returns
                 kills.append((role, pid, time.monotonic() - started))
+                os.kill(pid, signal.SIGKILL)
                 print(
                     f"soak: SIGKILL {role} (pid {pid}) at {kills[-1][2]:.1f} s", file=sys.stderr, flush=True
                 )
